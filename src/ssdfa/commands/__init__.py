@@ -1,0 +1,1 @@
+"""Subcommands of the ``ssdfa`` CLI, one module each (see ``ssdfa.cli``)."""

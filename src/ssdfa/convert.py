@@ -1,0 +1,222 @@
+"""``ssdfa.convert``: one line turns a model into one trained by a chosen rule.
+
+Where feedback points go, in order of preference:
+1. the ``ssdfa.FeedbackPoint()`` markers a custom model already holds;
+2. an ``nn.Sequential`` (nested ones are flattened): a point at the input of every weight
+   layer but the first, i.e. at the output of each hidden block, after its non-linearity,
+   pooling and flattening;
+3. any other model that ``torch.fx`` can trace as a single chain of supported layers: the same
+   placement.  Anything else is rejected with a list of what to change.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .feedback import make_feedback
+from .layers import is_pass_through, is_weight_layer, supported_names
+from .points import FeedbackPoint
+from .rules import make_rule
+from .validate import Problem, UnsupportedModelError, check_sequential, flatten_sequential
+from .wrapper import FeedbackModel
+
+_FX_FUNCTIONS = {
+    torch.flatten, torch.relu, torch.tanh, torch.sigmoid, F.relu, F.tanh, F.sigmoid, F.gelu,
+    F.leaky_relu, F.elu, F.silu, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.dropout,
+    F.log_softmax, F.softmax, torch.log_softmax, torch.softmax,
+}
+_FX_METHODS = {"view", "reshape", "flatten", "relu", "tanh", "sigmoid", "contiguous", "softmax",
+               "log_softmax", "squeeze", "unsqueeze"}
+_SHAPE_ONLY = {"size", "dim"}
+
+
+def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None = None,
+            input_shape: tuple[int, ...] | None = None,
+            example_input: torch.Tensor | None = None, seed: int | None = None,
+            **rule_options) -> FeedbackModel:
+    """Wrap ``model`` so that ``loss.backward()`` trains it with ``method`` (see ``METHODS``).
+
+    ``num_classes`` checks the output width (inferred when omitted).  ``input_shape`` (without
+    the batch dimension) or ``example_input`` is needed when the first weight layer is a
+    Conv2d, to size the feedback of each point.  ``seed`` fixes every B_l; each point gets its
+    own independent matrix.  Rule options: ``sparsity`` or ``connections`` and ``rank`` (sdfa).
+    The returned model shares its parameters with ``model``; build the optimizer after this call.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert expects a torch.nn.Module, got {type(model).__name__}")
+    rule = make_rule(method, **rule_options)
+    net, points = _place_points(model, rule.name)
+    x = _example(net, model, input_shape, example_input)
+
+    fired, y = _probe(net, points, x)
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or num_classes < 1):
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    out_width = int(y[0].numel())
+    if num_classes is not None and num_classes != out_width:
+        raise ValueError(
+            f"num_classes={num_classes} but the model outputs {out_width} values per example "
+            f"(output shape {tuple(y.shape)}); the feedback matrices need the true output width"
+        )
+    missing = [name for name, _ in points if name not in fired]
+    if missing and rule.direct:
+        raise UnsupportedModelError([
+            Problem(name, "FeedbackPoint", "never reached in the forward pass",
+                    "Remove it or make sure forward() calls it") for name in missing
+        ], rule.name)
+    order = sorted((n for n, _ in points if n in fired), key=lambda n: fired[n][0])
+    by_name = dict(points)
+    wrapped = FeedbackModel(net, rule, [(n, by_name[n]) for n in order], num_classes=out_width)
+
+    if rule.direct:
+        base = torch.Generator().manual_seed(
+            int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+        device = next((p.device for p in net.parameters()), torch.device("cpu"))
+        for name in order:
+            neurons = fired[name][1]
+            gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=base)))
+            spec = rule.feedback_spec(out_width)
+            wrapped.feedback.append(make_feedback(out_width, neurons, spec, generator=gen).to(device))
+    return wrapped
+
+
+# -- placing the points ----------------------------------------------------------------------
+def _place_points(model: nn.Module, method: str):
+    marked = [(n, m) for n, m in model.named_modules() if isinstance(m, FeedbackPoint)]
+    if marked:
+        return model, marked
+    if isinstance(model, nn.Sequential):
+        leaves = flatten_sequential(model)
+        problems = check_sequential(leaves)
+        if problems:
+            raise UnsupportedModelError(problems, method)
+        return _sequential_with_points(leaves)
+    return _fx_with_points(model, method)
+
+
+def _sequential_with_points(leaves):
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    points = []
+    seen_weight = False
+    for path, mod in leaves:
+        if is_weight_layer(mod):
+            if seen_weight:
+                name = f"point{len(points)}"
+                point = FeedbackPoint()
+                layers[name] = point
+                points.append((name, point))
+            seen_weight = True
+        layers[path.replace(".", "_")] = mod
+    return nn.Sequential(layers), points
+
+
+def _fx_with_points(model: nn.Module, method: str):
+    import torch.fx as fx
+
+    hint = ("Place ssdfa.FeedbackPoint() after each hidden block in your model's forward(), "
+            "or build it as an nn.Sequential")
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception as exc:  # fx raises many types; report the cause, keep the chain
+        raise UnsupportedModelError(
+            [Problem("", type(model).__name__, f"could not be traced with torch.fx ({exc})", hint)],
+            method) from exc
+    mods = dict(gm.named_modules())
+    problems = []
+    weight_nodes = []
+    for node in gm.graph.nodes:
+        users = [u for u in node.users if not _shape_only(u)]
+        if node.op in ("call_module", "call_function", "call_method", "placeholder") and len(users) > 1:
+            problems.append(Problem(str(node.target), node.op,
+                                    "its output feeds several layers (a branch or skip connection)",
+                                    hint))
+        if node.op == "call_module":
+            mod = mods[node.target]
+            if is_weight_layer(mod):
+                weight_nodes.append(node)
+            elif not is_pass_through(mod):
+                problems.append(Problem(str(node.target), type(mod).__name__,
+                                        "not a layer ssdfa can train through",
+                                        f"Supported: {supported_names()}. {hint}"))
+        elif node.op == "call_function" and node.target not in _FX_FUNCTIONS \
+                and node.target is not operator.getitem:
+            problems.append(Problem(getattr(node.target, "__name__", str(node.target)), "function",
+                                    "not an operation ssdfa knows to be element-wise or a reshape",
+                                    hint))
+        elif node.op == "call_method" and node.target not in _FX_METHODS | _SHAPE_ONLY:
+            problems.append(Problem(str(node.target), "method",
+                                    "not an operation ssdfa knows to be element-wise or a reshape",
+                                    hint))
+    if not weight_nodes:
+        problems.append(Problem("", type(model).__name__, "no Linear or Conv2d layer", hint))
+    if problems:
+        raise UnsupportedModelError(problems, method)
+    points = []
+    for node in weight_nodes[1:]:
+        name = f"point{len(points)}"
+        point = FeedbackPoint()
+        gm.add_submodule(name, point)
+        with gm.graph.inserting_before(node):
+            new = gm.graph.call_module(name, args=(node.args[0],))
+        node.replace_input_with(node.args[0], new)
+        points.append((name, point))
+    gm.recompile()
+    return gm, points
+
+
+def _shape_only(node) -> bool:
+    return (node.op == "call_method" and node.target in _SHAPE_ONLY) or (
+        node.op == "call_function" and node.target is getattr and node.args[1] == "shape")
+
+
+# -- probing shapes ----------------------------------------------------------------------------
+def _example(net, model, input_shape, example_input):
+    if example_input is not None:
+        if not isinstance(example_input, torch.Tensor):
+            raise TypeError("example_input must be a tensor with a batch dimension")
+        return example_input[:2]
+    device = next((p.device for p in net.parameters()), torch.device("cpu"))
+    if input_shape is not None:
+        shape = tuple(int(d) for d in input_shape)
+        return torch.zeros(2, *shape, device=device)
+    first = next((m for m in net.modules() if is_weight_layer(m)), None)
+    if isinstance(first, nn.Linear):
+        return torch.zeros(2, first.in_features, device=device)
+    raise ValueError(
+        f"cannot tell the input size of {type(model).__name__}: its first weight layer is "
+        f"{type(first).__name__ if first is not None else 'missing'}. Pass input_shape=(C, H, W) "
+        "(without the batch dimension) or example_input=a batch of data to ssdfa.convert"
+    )
+
+
+def _probe(net, points, x):
+    """One no-grad eval forward: which points fire, in what order, with how many neurons."""
+    fired: dict[str, tuple[int, int]] = {}
+    handles = []
+    for name, point in points:
+        def hook(mod, inp, out, name=name):
+            if name not in fired:
+                fired[name] = (len(fired), int(out[0].numel()))
+        handles.append(point.register_forward_hook(hook))
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            y = net(x)
+    except Exception as exc:
+        raise ValueError(
+            f"a test forward pass with an input of shape {tuple(x.shape)} failed: {exc}. "
+            "Pass input_shape=(...) without the batch dimension, or example_input=a real batch"
+        ) from exc
+    finally:
+        net.train(was_training)
+        for h in handles:
+            h.remove()
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"the model must return one tensor (batch, classes), got {type(y).__name__}")
+    return fired, y

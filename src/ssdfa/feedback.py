@@ -1,0 +1,254 @@
+"""Feedback matrices: how they are drawn (the factory) and how they are stored and applied.
+
+Convention: a feedback matrix B has shape (M errors, N neurons); the signal a feedback point
+receives is ``e @ B`` for an error batch ``e`` of shape (batch, M) (SSDFA paper, Eq. 8-11,
+written there as B·e for a single example).
+
+Storage follows sparsity. :class:`DenseFeedback` keeps the (M, N) matrix. :class:`SparseFeedback`
+keeps, per neuron, the indices of its S errors and their S values, and applies them with a
+gather, so memory and time are O(N·S) rather than O(N·M): the point of SDFA and SSDFA.
+Everything needed to rebuild B is a buffer (or a parameter when B learns), so it is in
+``state_dict``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = [
+    "FeedbackSpec",
+    "DenseFeedback",
+    "SparseFeedback",
+    "make_feedback",
+    "resolve_connections",
+    "default_std",
+]
+
+
+class FeedbackConfigError(ValueError):
+    """An impossible or malformed feedback request (sparsity, connections, rank)."""
+
+
+def default_std(neurons: int) -> float:
+    """Std of the paper's dense init U(-1/sqrt(N), 1/sqrt(N)), N = neurons at the point.
+
+    The SSDFA paper (Sec. VI) draws B uniformly in ±1/sqrt(fan-in) with the layer size as the
+    fan-in; that is also the law of a freshly initialised PyTorch output layer reading that
+    point, so e·B starts at the magnitude BP's first hidden error would have.  For conv points
+    N = C·H·W, which keeps a conv layer's summed-over-positions update in scale with the rest.
+    """
+    return 1.0 / math.sqrt(3.0 * neurons)
+
+
+@dataclass(frozen=True)
+class FeedbackSpec:
+    """What to draw: S non-zeros per neuron out of M errors, rank R (``None`` = full)."""
+
+    connections: int | None = None  # S; None means dense (S = M)
+    rank: int | None = None  # R; None means full rank, min(M, N)
+    learnable: bool = False  # B as nn.Parameter (DKP) rather than a buffer
+
+
+def _check_int(name: str, value, low: int, high: int, why: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise FeedbackConfigError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if not low <= value <= high:
+        raise FeedbackConfigError(f"{name}={value} is out of range [{low}, {high}]: {why}")
+    return value
+
+
+def resolve_connections(num_errors: int, *, sparsity=None, connections=None) -> int | None:
+    """Turn ``sparsity`` (fraction of zeros) or ``connections`` (non-zeros per neuron) into S.
+
+    Returns None for dense feedback (neither given, or sparsity 0).
+    """
+    if sparsity is not None and connections is not None:
+        raise FeedbackConfigError(
+            "give either sparsity (fraction of zeros per row) or connections (non-zeros per "
+            "neuron), not both"
+        )
+    if connections is not None:
+        return _check_int(
+            "connections", connections, 1, num_errors,
+            f"each neuron can listen to between 1 and all {num_errors} errors",
+        )
+    if sparsity is None:
+        return None
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
+        raise FeedbackConfigError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
+    if not 0.0 <= float(sparsity) < 1.0:
+        raise FeedbackConfigError(
+            f"sparsity={sparsity} must lie in [0, 1): it is the fraction of zeros in each row of "
+            f"B; 1 would leave neurons with no feedback (SSDFA is sparsity {1 - 1 / num_errors:g} "
+            f"for {num_errors} errors, or connections=1)"
+        )
+    s = round((1.0 - float(sparsity)) * num_errors)
+    if s < 1:
+        raise FeedbackConfigError(
+            f"sparsity={sparsity} leaves no error per neuron with {num_errors} errors; use at most "
+            f"{1 - 1 / num_errors:g} (connections=1, SSDFA)"
+        )
+    return None if s == num_errors else s
+
+
+def _even_index_sets(m: int, s: int, r: int, gen: torch.Generator) -> torch.Tensor:
+    """R sets of S distinct errors out of M, covering every error as evenly as possible.
+
+    Each set takes the S least-used errors so far (ties broken at random), so usage counts
+    never differ by more than one; with S·R >= M every error lands in some set.
+    """
+    counts = torch.zeros(m)
+    sets = []
+    for _ in range(r):
+        noise = torch.rand(m, generator=gen)  # random tie-break in [0, 1)
+        pick = torch.argsort(counts + noise)[:s]
+        counts[pick] += 1
+        sets.append(torch.sort(pick).values)
+    return torch.stack(sets)  # (R, S)
+
+
+def _balanced_groups(n: int, r: int, gen: torch.Generator) -> torch.Tensor:
+    """Assign each of N neurons one of R groups, every group used (N >= R), order random."""
+    groups = torch.arange(n) % r
+    return groups[torch.randperm(n, generator=gen)]
+
+
+class _Feedback(nn.Module):
+    """Base: a feedback matrix of shape (M, N) applied as ``e @ B``. Subclasses store it."""
+
+    num_errors: int
+    num_neurons: int
+
+    def project(self, e: torch.Tensor) -> torch.Tensor:
+        """(batch, M) errors -> (batch, N) signals, checking shapes once here."""
+        if e.dim() != 2 or e.shape[1] != self.num_errors:
+            raise ValueError(
+                f"feedback expects errors of shape (batch, {self.num_errors}), got {tuple(e.shape)}"
+            )
+        return self._project(e)
+
+    def dense(self) -> torch.Tensor:
+        """The matrix as a dense (M, N) tensor, for inspection and analysis."""
+        raise NotImplementedError
+
+    def grad_from(self, e: torch.Tensor, h: torch.Tensor):
+        """Gradient of sum(h * (e @ B)) w.r.t. the stored values: eᵀh in storage layout."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"errors={self.num_errors}, neurons={self.num_neurons}"
+
+
+class DenseFeedback(_Feedback):
+    """Dense B (M, N): O(N·M) memory and MACs per example."""
+
+    def __init__(self, matrix: torch.Tensor, learnable: bool = False):
+        super().__init__()
+        self.num_errors, self.num_neurons = matrix.shape
+        if learnable:
+            self.matrix = nn.Parameter(matrix)
+        else:
+            self.register_buffer("matrix", matrix)
+
+    def _project(self, e):
+        return e @ self.matrix.to(e.dtype)
+
+    def dense(self):
+        return self.matrix.detach().clone()
+
+    def grad_from(self, e, h):
+        return e.t() @ h  # (M, N) = eᵀh
+
+
+class SparseFeedback(_Feedback):
+    """Sparse B kept as (index, value) per neuron, both (N, S): O(N·S) memory and MACs."""
+
+    def __init__(self, index: torch.Tensor, value: torch.Tensor, num_errors: int,
+                 learnable: bool = False):
+        super().__init__()
+        if index.shape != value.shape or index.dim() != 2:
+            raise ValueError("index and value must both have shape (neurons, connections)")
+        self.num_errors = int(num_errors)
+        self.num_neurons, self.connections = index.shape
+        self.register_buffer("index", index.long())
+        if learnable:
+            self.value = nn.Parameter(value)
+        else:
+            self.register_buffer("value", value)
+
+    def _project(self, e):
+        v = self.value.to(e.dtype)
+        if self.connections == 1:  # SSDFA: one error times one weight per neuron (Eq. 11)
+            return e[:, self.index[:, 0]] * v[:, 0]
+        return (e[:, self.index] * v).sum(-1)  # (batch, N, S) -> (batch, N)
+
+    def dense(self):
+        b = torch.zeros(self.num_errors, self.num_neurons, dtype=self.value.dtype,
+                        device=self.value.device)
+        cols = torch.arange(self.num_neurons, device=self.index.device)
+        cols = cols[:, None].expand_as(self.index)
+        b.index_put_((self.index, cols), self.value.detach(), accumulate=True)
+        return b
+
+    def grad_from(self, e, h):
+        # d/dvalue[n, s] of sum_b h[b, n] * e[b, index[n, s]] * value[n, s]
+        return (e[:, self.index] * h[:, :, None]).sum(0)
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, connections={self.connections}"
+
+
+def make_feedback(num_errors: int, num_neurons: int, spec: FeedbackSpec = FeedbackSpec(), *,
+                  generator: torch.Generator | None = None,
+                  std: float | None = None) -> _Feedback:
+    """Draw a feedback matrix (M errors × N neurons) as ``spec`` asks.
+
+    Dense full rank: i.i.d. U(-1/sqrt(N), 1/sqrt(N)).  Otherwise (S < M or R < M), as the SSDFA
+    reference builds it: R index sets of S errors covering all errors evenly; each neuron is
+    given one set (group); its row is a random scalar times its group's random sparse vector,
+    so a group's rows share their zeros and B has rank R.  The result is rescaled so that its
+    std over all M·N entries is the dense one: sparser rows get larger non-zeros and every
+    neuron's signal keeps the dense magnitude.  Unlike the reference, every error reaches at
+    least one neuron of the layer whenever N >= M.
+    """
+    m = _check_int("num_errors", num_errors, 1, 1 << 40, "need at least one error")
+    n = _check_int("num_neurons", num_neurons, 1, 1 << 40, "need at least one neuron")
+    gen = generator if generator is not None else torch.Generator().manual_seed(
+        int(torch.randint(0, 2**62, (1,)).item()))
+    s = m if spec.connections is None else _check_int(
+        "connections", spec.connections, 1, m,
+        f"a neuron can listen to between 1 and all {m} errors")
+    full = min(m, n)
+    r = full if spec.rank is None else _check_int(
+        "rank", spec.rank, 1, full,
+        f"B is {m}×{n}, so its rank is at most {full}")
+    if s * r < m:
+        raise FeedbackConfigError(
+            f"connections × rank = {s} × {r} = {s * r} < {m} errors: some errors would never be "
+            f"fed back to this layer, so they could not train it. Raise the rank to at least "
+            f"{math.ceil(m / s)} or the connections per neuron to at least {math.ceil(m / r)}."
+        )
+    target = default_std(n) if std is None else float(std)
+
+    if s == m and r == m:
+        bound = math.sqrt(3.0) * target
+        mat = (torch.rand(m, n, generator=gen) * 2 - 1) * bound
+        return DenseFeedback(mat, learnable=spec.learnable)
+
+    sets = _even_index_sets(m, s, r, gen)  # (R, S)
+    group_values = torch.rand(r, s, generator=gen) * 2 - 1  # (R, S)
+    groups = _balanced_groups(n, r, gen)  # (N,)
+    scalars = torch.rand(n, generator=gen) * 2 - 1  # (N,)
+    index = sets[groups]  # (N, S)
+    value = scalars[:, None] * group_values[groups]  # (N, S)
+    # std over all M·N entries (zeros included) -> target
+    current = torch.sqrt((value.double() ** 2).sum() / (m * n) - (value.double().sum() / (m * n)) ** 2)
+    value = (value * (target / current.clamp_min(1e-30))).float()
+    if s == m:
+        fb = SparseFeedback(index, value, m)
+        return DenseFeedback(fb.dense(), learnable=spec.learnable)
+    return SparseFeedback(index, value, m, learnable=spec.learnable)

@@ -1,0 +1,100 @@
+"""What a learning rule is, and the registry that names them.
+
+A rule says *what signal each feedback point receives*; how that signal gets into a layer is
+shared (``ssdfa.wrapper``).  Direct rules cut the autograd graph at every feedback point, so no
+Wᵀ·δ is ever computed across blocks, and receive the output error e = ∂L/∂(network output).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..feedback import FeedbackSpec, resolve_connections
+
+RULES: dict[str, type["Rule"]] = {}
+
+
+def register_rule(name: str):
+    """Class decorator: make a rule available as ``convert(model, method=name)``."""
+
+    def deco(cls):
+        if name in RULES:
+            raise ValueError(f"rule {name!r} registered twice")
+        cls.name = name
+        RULES[name] = cls
+        return cls
+
+    return deco
+
+
+class RuleOptionError(ValueError):
+    """An option a rule does not take, or a bad value for one it does."""
+
+
+class Rule:
+    """Base class. Subclasses set ``direct`` and override ``error_signal`` or ``point_signals``.
+
+    ``options`` lists the keyword options a rule accepts; anything else is rejected by name.
+    """
+
+    name = "rule"
+    direct = True  # cut the graph at feedback points and inject signals there
+    needs_activations = False  # keep h_l for the backward pass (learned B, alignment)
+    options: tuple[str, ...] = ()
+    summary = ""
+
+    def __init__(self, **opts):
+        unknown = sorted(set(opts) - set(self.options))
+        if unknown:
+            takes = ", ".join(self.options) or "no options"
+            raise RuleOptionError(
+                f"method {self.name!r} does not take {', '.join(unknown)}; it takes: {takes}"
+            )
+        self.opts = opts
+
+    def feedback_spec(self, num_errors: int) -> FeedbackSpec:
+        """How to draw B_l for this rule (dense, full rank by default)."""
+        return FeedbackSpec()
+
+    def error_signal(self, e: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+        """The (batch, M) vector fed back through every B_l; plain DFA feeds e itself."""
+        return e
+
+    def point_signals(self, e, feedback, shapes, target):
+        """Gradients injected at the feedback points, each of its point's shape (Eq. 8-9)."""
+        sig = self.error_signal(e, target)
+        return [fb.project(sig).view(shape) for fb, shape in zip(feedback, shapes)]
+
+    def feedback_grads(self, e, hs, feedback, target):
+        """Gradients of learnable feedback tensors (only rules whose B learns override this)."""
+        raise NotImplementedError(f"rule {self.name!r} has no learnable feedback")
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.opts.items())
+        return f"{type(self).__name__}({args})"
+
+
+def make_rule(method, **opts) -> Rule:
+    """Look a rule up by name (case and dashes forgiven) and build it with ``opts``."""
+    if isinstance(method, Rule):
+        if opts:
+            raise RuleOptionError("pass options to the Rule's constructor, not to convert")
+        return method
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a name such as 'ssdfa', got {type(method).__name__}")
+    key = method.strip().lower().replace("-", "_")
+    if key not in RULES:
+        raise KeyError(f"unknown method {method!r}; choose one of: {', '.join(sorted(RULES))}")
+    opts = {k: v for k, v in opts.items() if v is not None}
+    return RULES[key](**opts)
+
+
+def sparse_spec(num_errors: int, opts: dict, default_sparsity=None, learnable=False) -> FeedbackSpec:
+    """FeedbackSpec from the shared sparsity/connections/rank options."""
+    sparsity = opts.get("sparsity")
+    connections = opts.get("connections")
+    if sparsity is None and connections is None and default_sparsity is not None:
+        # the default must work for any class count: at least one connection per neuron
+        connections = max(1, round((1.0 - default_sparsity) * num_errors))
+    s = resolve_connections(num_errors, sparsity=sparsity, connections=connections)
+    return FeedbackSpec(connections=s, rank=opts.get("rank"), learnable=learnable)

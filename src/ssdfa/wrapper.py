@@ -1,0 +1,138 @@
+"""The converted model: runs the user's network and routes each rule's signal into it.
+
+Gradient convention.  For a direct rule the graph is cut at every feedback point (the point's
+output is detached before the next block sees it).  The network output y is passed through
+``_Inject``, an identity in the forward pass whose backward receives e = ∂L/∂y for whatever
+loss the user backpropagates, gives the output block its true gradient e, and gives feedback
+point l the gradient the rule chooses (e·B_l for DFA), reshaped to the point's shape.  One
+``loss.backward()`` then lets autograd apply f' and form ∂L/∂W inside every block, and no block
+ever computes a gradient with respect to its input: the Wᵀ·δ chain BP needs is never built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from .rules import Rule
+
+
+class _Inject(torch.autograd.Function):
+    """Identity on y; on the way back, e -> (e for y, signal_l for each point h_l, grads of B)."""
+
+    @staticmethod
+    def forward(ctx, owner, order, target, y, *tensors):
+        ctx.owner, ctx.order, ctx.target = owner, order, target
+        ctx.shapes = [t.shape for t in tensors[: len(order)]]
+        if owner.rule.needs_activations:
+            ctx.save_for_backward(*tensors[: len(order)])
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        owner: FeedbackModel = ctx.owner
+        rule = owner.rule
+        e = grad_y.reshape(grad_y.shape[0], -1)  # (batch, M)
+        hs = ctx.saved_tensors if rule.needs_activations else None
+        feedback = [owner.feedback[i] for i in ctx.order]
+        signals = rule.point_signals(e, feedback, ctx.shapes, ctx.target)
+        signals = [s if ctx.needs_input_grad[4 + k] else None for k, s in enumerate(signals)]
+        extra = rule.feedback_grads(e, hs, feedback, ctx.target) if owner.rule_tensors() else []
+        return (None, None, None, grad_y, *signals, *extra)
+
+
+class FeedbackModel(nn.Module):
+    """A network trained with a credit-assignment rule; build it with :func:`ssdfa.convert`.
+
+    Forward returns the network's output unchanged.  ``feedback`` holds one module per feedback
+    point (:mod:`ssdfa.feedback`), in the order the points fire; it is part of ``state_dict``.
+    """
+
+    def __init__(self, net: nn.Module, rule: Rule, points: list[tuple[str, nn.Module]],
+                 num_classes: int | None = None):
+        super().__init__()
+        self.net = net
+        self.rule = rule
+        self.point_names = [name for name, _ in points]
+        self.num_classes = num_classes
+        self.feedback = nn.ModuleList()
+        self._tape: list | None = None
+        self._cut = True
+        self._handles = []
+        if rule.direct:
+            for idx, (_, point) in enumerate(points):
+                self._handles.append(point.register_forward_hook(self._make_hook(idx)))
+
+    # -- the forward pass ---------------------------------------------------------------------
+    def _make_hook(self, idx):
+        def hook(module, inputs, output):
+            tape = self._tape
+            if tape is None:
+                return None
+            tape.append((idx, output))
+            return output.detach() if self._cut else None
+
+        return hook
+
+    def forward(self, *args, target: torch.Tensor | None = None, **kwargs):
+        """Run the network; for a direct rule in grad mode, arm the feedback injection.
+
+        ``target`` (class indices or one-hot) is only read by rules that feed the target back.
+        """
+        if not self.rule.direct or not torch.is_grad_enabled() or not self._cut:
+            return self.net(*args, **kwargs)
+        tape: list = []
+        self._tape = tape
+        try:
+            y = self.net(*args, **kwargs)
+        finally:
+            self._tape = None
+        if not isinstance(y, torch.Tensor):
+            raise TypeError(
+                f"a directly trained model must return one tensor of shape (batch, classes), "
+                f"got {type(y).__name__}"
+            )
+        order = tuple(i for i, _ in tape)
+        if len(set(order)) != len(order):
+            raise RuntimeError(
+                "a feedback point fired twice in one forward pass; each ssdfa.FeedbackPoint must "
+                "be used once (create one marker per hidden block)"
+            )
+        hs = [h for _, h in tape]
+        extra = self.rule_tensors()
+        if not hs and not extra:
+            return y
+        return _Inject.apply(self, order, target, y, *hs, *extra)
+
+    def rule_tensors(self) -> list[torch.Tensor]:
+        """Learnable feedback tensors handed to the injection (empty unless B learns)."""
+        return [p for p in self.feedback.parameters()]
+
+    # -- inspection and control ---------------------------------------------------------------
+    def feedback_matrices(self) -> "OrderedDict[str, torch.Tensor]":
+        """{point name: dense B_l of shape (classes, neurons at the point)}, in firing order."""
+        return OrderedDict(
+            (name, fb.dense()) for name, fb in zip(self.point_names, self.feedback)
+        )
+
+    @contextlib.contextmanager
+    def backprop(self):
+        """Within this block the model computes exact BP gradients (for alignment analyses)."""
+        old, self._cut = self._cut, False
+        try:
+            yield self
+        finally:
+            self._cut = old
+
+    def unwrap(self) -> nn.Module:
+        """Remove the hooks and return the plain network (parameters shared, not copied)."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        return self.net
+
+    def extra_repr(self):
+        return f"rule={self.rule!r}, points={self.point_names}"
