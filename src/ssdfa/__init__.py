@@ -30,7 +30,22 @@ def feedback_matrices(model: FeedbackModel) -> "OrderedDict[str, torch.Tensor]":
     return model.feedback_matrices()
 
 
+def feedback_parameters(model: FeedbackModel) -> list[torch.nn.Parameter]:
+    """The learned feedback matrices alone (DKP's B_l, KP's B_l), for their own optimizer.
+
+    They are also in ``model.parameters()``; to give them another learning rate or weight
+    decay, build param groups: ``fb = ssdfa.feedback_parameters(model)`` and the rest as
+    ``[p for p in model.parameters() if all(p is not q for q in fb)]``.  Empty for fixed B.
+    """
+    if not isinstance(model, FeedbackModel):
+        raise TypeError("feedback_parameters expects a model returned by ssdfa.convert")
+    if hasattr(model, "feedback_parameters"):
+        return model.feedback_parameters()
+    return list(model.feedback.parameters())
+
+
 __all__ = [
+    "feedback_parameters",
     "METHODS", "convert", "feedback_matrices", "FeedbackModel", "FeedbackPoint", "Rule",
     "register_rule", "make_feedback", "FeedbackSpec", "DenseFeedback", "SparseFeedback",
     "UnsupportedModelError",

@@ -19,6 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .feedback import make_feedback
+from .frozen import frozen_module, split_leaves
+from .layerwise import LayerwiseModel, is_wrappable
+from .layerwise import wrap as wrap_layer
 from .layers import is_pass_through, is_weight_layer, supported_names
 from .points import FeedbackPoint
 from .rules import make_rule
@@ -38,19 +41,26 @@ _SHAPE_ONLY = {"size", "dim"}
 def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None = None,
             input_shape: tuple[int, ...] | None = None,
             example_input: torch.Tensor | None = None, seed: int | None = None,
-            **rule_options) -> FeedbackModel:
+            train_only: str | None = None, **rule_options) -> FeedbackModel:
     """Wrap ``model`` so that ``loss.backward()`` trains it with ``method`` (see ``METHODS``).
 
     ``num_classes`` checks the output width (inferred when omitted).  ``input_shape`` (without
     the batch dimension) or ``example_input`` is needed when the first weight layer is a
     Conv2d, to size the feedback of each point.  ``seed`` fixes every B_l; each point gets its
     own independent matrix.  Rule options: ``sparsity`` or ``connections`` and ``rank`` (sdfa).
+    ``train_only="fc"`` (nn.Sequential only) freezes every layer before the first Linear and
+    trains the rest with ``method`` (transfer learning, :mod:`ssdfa.frozen`).
     The returned model shares its parameters with ``model``; build the optimizer after this call.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert expects a torch.nn.Module, got {type(model).__name__}")
     rule = make_rule(method, **rule_options)
-    net, points = _place_points(model, rule.name)
+    base = torch.Generator().manual_seed(
+        int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+    if rule.layerwise:
+        net, points, layer_names = _layerwise_net(model, rule, train_only, base)
+    else:
+        net, points = _place_points(model, rule.name, train_only)
     x = _example(net, model, input_shape, example_input)
 
     fired, y = _probe(net, points, x)
@@ -71,11 +81,11 @@ def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None 
         ], rule.name)
     order = sorted((n for n, _ in points if n in fired), key=lambda n: fired[n][0])
     by_name = dict(points)
+    if rule.layerwise:
+        return LayerwiseModel(net, rule, layer_names, num_classes=out_width)
     wrapped = FeedbackModel(net, rule, [(n, by_name[n]) for n in order], num_classes=out_width)
 
-    if rule.direct:
-        base = torch.Generator().manual_seed(
-            int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+    if rule.direct and (rule.inject or rule.local):  # shallow feeds nothing back: no B_l
         device = next((p.device for p in net.parameters()), torch.device("cpu"))
         for name in order:
             neurons = fired[name][1]
@@ -86,17 +96,81 @@ def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None 
 
 
 # -- placing the points ----------------------------------------------------------------------
-def _place_points(model: nn.Module, method: str):
+def _place_points(model: nn.Module, method: str, train_only: str | None = None):
+    if train_only is not None:
+        leaves = _checked_leaves(model, method)
+        frozen, trained = split_leaves(leaves, train_only, model, method)
+        net, points = _sequential_with_points(trained)
+        features = frozen_module(frozen)
+        if features is not None:
+            net = nn.Sequential(OrderedDict([("frozen", features), *net.named_children()]))
+        return net, points
     marked = [(n, m) for n, m in model.named_modules() if isinstance(m, FeedbackPoint)]
     if marked:
         return model, marked
     if isinstance(model, nn.Sequential):
-        leaves = flatten_sequential(model)
-        problems = check_sequential(leaves)
-        if problems:
-            raise UnsupportedModelError(problems, method)
-        return _sequential_with_points(leaves)
+        return _sequential_with_points(_checked_leaves(model, method))
     return _fx_with_points(model, method)
+
+
+def _checked_leaves(model, method):
+    leaves = flatten_sequential(model) if isinstance(model, nn.Sequential) else []
+    problems = check_sequential(leaves) if leaves else []
+    if problems:
+        raise UnsupportedModelError(problems, method)
+    return leaves
+
+
+def _layerwise_net(model: nn.Module, rule, train_only, base: torch.Generator):
+    """A copy of the model's structure with each Linear/Conv2d wrapped to use its own B_l.
+
+    nn.Sequential is rebuilt; other models are traced with torch.fx (any topology: FA needs no
+    chain).  The user's modules are shared, never modified.
+    """
+    def gen():
+        return torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=base)))
+
+    names = []
+    if isinstance(model, nn.Sequential) or train_only is not None:
+        leaves = _checked_leaves(model, rule.name)
+        frozen, trained = split_leaves(leaves, train_only, model, rule.name)
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        features = frozen_module(frozen)
+        if features is not None:
+            layers["frozen"] = features
+        for path, mod in trained:
+            name = path.replace(".", "_")
+            if isinstance(mod, FeedbackPoint):
+                continue
+            if is_wrappable(mod):
+                mod = wrap_layer(mod, gen(), rule.learnable)
+                names.append(name)
+            layers[name] = mod
+        return nn.Sequential(layers), [], names
+    import torch.fx as fx
+
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception as exc:  # fx raises many types; report the cause, keep the chain
+        raise UnsupportedModelError([Problem(
+            "", type(model).__name__, f"could not be traced with torch.fx ({exc})",
+            "Build the model as an nn.Sequential")], rule.name) from exc
+    for node in gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        mod = gm.get_submodule(node.target)
+        if not is_wrappable(mod):
+            continue
+        parent, _, leaf = node.target.rpartition(".")
+        owner = gm.get_submodule(parent) if parent else gm
+        if owner is not gm and any(owner is m for m in model.modules()):
+            raise UnsupportedModelError([Problem(node.target, type(mod).__name__,
+                                                 "shared container cannot be rewired",
+                                                 "Build the model as an nn.Sequential")], rule.name)
+        setattr(owner, leaf, wrap_layer(mod, gen(), rule.learnable))
+        names.append(node.target)
+    gm.recompile()
+    return gm, [], names
 
 
 def _sequential_with_points(leaves):

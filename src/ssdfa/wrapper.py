@@ -61,6 +61,7 @@ class FeedbackModel(nn.Module):
         self.feedback = nn.ModuleList()
         self._tape: list | None = None
         self._cut = True
+        self._target = None
         self._handles = []
         if rule.direct:
             for idx, (_, point) in enumerate(points):
@@ -72,6 +73,11 @@ class FeedbackModel(nn.Module):
             tape = self._tape
             if tape is None:
                 return None
+            if self._cut and self.rule.local:
+                # update-unlocked: this block learns now and its graph is freed at once
+                self._local_update(idx, output)
+                tape.append((idx, None))
+                return output.detach()
             tape.append((idx, output))
             return output.detach() if self._cut else None
 
@@ -84,12 +90,19 @@ class FeedbackModel(nn.Module):
         """
         if not self.rule.direct or not torch.is_grad_enabled() or not self._cut:
             return self.net(*args, **kwargs)
+        if self.rule.local and self.training and target is None:
+            raise ValueError(
+                f"method {self.rule.name!r} with unlocked=True trains each block during the "
+                "forward pass and needs the target: call model(x, target=y), or evaluate under "
+                "torch.no_grad() or model.eval()")
         tape: list = []
         self._tape = tape
+        self._target = target if self.training else None
         try:
             y = self.net(*args, **kwargs)
         finally:
             self._tape = None
+            self._target = None
         if not isinstance(y, torch.Tensor):
             raise TypeError(
                 f"a directly trained model must return one tensor of shape (batch, classes), "
@@ -101,11 +114,20 @@ class FeedbackModel(nn.Module):
                 "a feedback point fired twice in one forward pass; each ssdfa.FeedbackPoint must "
                 "be used once (create one marker per hidden block)"
             )
+        if not self.rule.inject:
+            return y
         hs = [h for _, h in tape]
         extra = self.rule_tensors()
         if not hs and not extra:
             return y
         return _Inject.apply(self, order, target, y, *hs, *extra)
+
+    def _local_update(self, idx: int, h: torch.Tensor):
+        """Backpropagate the rule's forward-time signal into the block that produced ``h``."""
+        if self._target is None or not h.requires_grad:
+            return
+        signal = self.rule.local_signal(self.feedback[idx], self._target, h)
+        h.backward(signal)
 
     def rule_tensors(self) -> list[torch.Tensor]:
         """Learnable feedback tensors handed to the injection (empty unless B learns)."""

@@ -40,6 +40,9 @@ class Rule:
     name = "rule"
     direct = True  # cut the graph at feedback points and inject signals there
     needs_activations = False  # keep h_l for the backward pass (learned B, alignment)
+    layerwise = False  # B_l replaces W_l inside each layer's backward (FA, KP); no points used
+    inject = True  # signals enter at the points during backward (False: shallow, unlocked DRTP)
+    local = False  # each block learns during the forward pass from ``local_signal`` (DRTP)
     options: tuple[str, ...] = ()
     summary = ""
 
@@ -68,6 +71,10 @@ class Rule:
     def feedback_grads(self, e, hs, feedback, target):
         """Gradients of learnable feedback tensors (only rules whose B learns override this)."""
         raise NotImplementedError(f"rule {self.name!r} has no learnable feedback")
+
+    def local_signal(self, feedback, target, h):
+        """The gradient point output ``h`` gets during the forward pass (update-unlocked rules)."""
+        raise NotImplementedError(f"rule {self.name!r} has no forward-time signal")
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.opts.items())

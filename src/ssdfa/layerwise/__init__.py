@@ -1,0 +1,106 @@
+"""Layer-wise feedback (FA, KP): a matrix B_l replaces W_l in each layer's own backward pass.
+
+Unlike the direct rules, nothing is cut: the error travels back layer by layer through ordinary
+autograd, except that each weight layer hands back ``δ·B_l`` instead of ``δ·W_l`` for its input
+(DKP paper, Eq. 5).  Its weight and bias gradients are the usual ones.  B_l is stored with the
+weight's own shape, so for Kolen-Pollack "B receives W's update" means ``grad_B == grad_W``.
+
+How each layer type does this lives in one small file per layer family (``linear.py``,
+``conv.py``), registered with ``@register_layer(nn.Linear)``: adding a layer type is adding a file.
+The converted network holds a :class:`LayerFeedback` module in place of every registered layer;
+it shares the user's weight and bias and owns B (a buffer, or a parameter when B learns).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from ..wrapper import FeedbackModel
+
+LAYERS: dict[type[nn.Module], type["LayerFeedback"]] = {}
+
+
+def register_layer(layer_type: type[nn.Module]):
+    """Class decorator: ``cls`` trains ``layer_type`` layers with a substitute backward matrix."""
+
+    def deco(cls):
+        if layer_type in LAYERS:
+            raise ValueError(f"{layer_type.__name__} registered twice")
+        LAYERS[layer_type] = cls
+        return cls
+
+    return deco
+
+
+class LayerFeedback(nn.Module):
+    """Runs ``layer`` forward as usual; in backward, uses ``feedback`` (weight-shaped) for ∂x.
+
+    ``layer`` is the user's module (parameters shared, not copied); ``feedback`` is B_l.
+    Subclasses implement ``forward`` with an autograd Function.
+    """
+
+    def __init__(self, layer: nn.Module, feedback: torch.Tensor, learnable: bool = False):
+        super().__init__()
+        if feedback.shape != layer.weight.shape:
+            raise ValueError(f"feedback shape {tuple(feedback.shape)} differs from the weight's "
+                             f"{tuple(layer.weight.shape)}")
+        self.layer = layer
+        if learnable:
+            self.feedback = nn.Parameter(feedback)
+        else:
+            self.register_buffer("feedback", feedback)
+
+    def extra_repr(self):
+        kind = "learned" if isinstance(self.feedback, nn.Parameter) else "fixed"
+        return f"feedback={kind} {tuple(self.feedback.shape)}"
+
+
+def draw_feedback(weight: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """B_l ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), the law of PyTorch's default weight init."""
+    fan_in = weight[0].numel()
+    bound = 1.0 / math.sqrt(fan_in)
+    b = (torch.rand(weight.shape, generator=generator) * 2 - 1) * bound
+    return b.to(device=weight.device, dtype=weight.dtype)
+
+
+def wrap(layer: nn.Module, generator: torch.Generator, learnable: bool) -> nn.Module:
+    """The registered wrapper for ``layer`` with a freshly drawn B, or ``layer`` if unregistered."""
+    cls = LAYERS.get(type(layer))
+    if cls is None:
+        return layer
+    return cls(layer, draw_feedback(layer.weight.detach(), generator), learnable=learnable)
+
+
+def is_wrappable(layer: nn.Module) -> bool:
+    return type(layer) in LAYERS
+
+
+class LayerwiseModel(FeedbackModel):
+    """A network trained by a layer-wise rule (FA, KP); each weight layer holds its own B_l."""
+
+    def __init__(self, net, rule, layer_names: list[str], num_classes=None):
+        super().__init__(net, rule, [], num_classes=num_classes)
+        self.layer_names = list(layer_names)
+
+    def _layers(self):
+        return [(n, self.net.get_submodule(n.replace(".", "_")) if isinstance(self.net, nn.Sequential)
+                 else self.net.get_submodule(n)) for n in self.layer_names]
+
+    def feedback_matrices(self):
+        """{layer name: B_l with the weight's shape}, used in place of W_l in the backward pass."""
+        return OrderedDict((n, m.feedback.detach().clone()) for n, m in self._layers())
+
+    def feedback_parameters(self) -> list[nn.Parameter]:
+        return [m.feedback for _, m in self._layers() if isinstance(m.feedback, nn.Parameter)]
+
+    def extra_repr(self):
+        return f"rule={self.rule!r}, layers={self.layer_names}"
+
+
+from . import conv, linear  # noqa: E402,F401  (registration side effect)
+
+__all__ = ["LAYERS", "LayerwiseModel", "LayerFeedback", "register_layer", "wrap", "draw_feedback", "is_wrappable"]

@@ -1,0 +1,68 @@
+"""Direct random target projection (DRTP paper, Sec. 2.3, Algorithm 1).
+
+Every hidden point gets y*·B_l, y* the one-hot target, in place of the error: no feedback
+pathway at all.  y* stands for the error sign up to a shift and a rescaling that the random
+B_l absorb (Sec. 2.3.1); its sign is kept as the paper writes it.  As for sign-DFA, the signal
+is divided by the batch size, as a mean-reduced loss divides e.  The output layer gets its true
+gradient (Algorithm 1).
+
+``unlocked=True`` uses what DRTP allows: each hidden block's weight gradient is computed the
+moment its forward pass is done, and its graph freed at once, so peak training memory does not
+grow with depth.  Gradients then accumulate during ``model(x, target=y)``: zero them *before*
+the forward pass.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Rule, register_rule, sparse_spec
+
+
+def one_hot_target(target, num_errors: int, batch: int, dtype, device, method: str) -> torch.Tensor:
+    """(batch, M) one-hot y* from class indices or an already one-hot (or soft) target."""
+    if target is None:
+        raise ValueError(
+            f"method {method!r} feeds the target back: call the model as model(x, target=y) "
+            "during training (y: class indices or one-hot)")
+    if not isinstance(target, torch.Tensor):
+        target = torch.as_tensor(target)
+    target = target.to(device)
+    if target.dim() == 1 and not target.is_floating_point():
+        if target.shape[0] != batch:
+            raise ValueError(f"target holds {target.shape[0]} labels for a batch of {batch}")
+        if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_errors):
+            raise ValueError(f"target labels must lie in [0, {num_errors}), got "
+                             f"{int(target.min())}..{int(target.max())}")
+        return torch.nn.functional.one_hot(target.long(), num_errors).to(dtype)
+    if target.shape != (batch, num_errors):
+        raise ValueError(f"target must be class indices of shape ({batch},) or one-hot of shape "
+                         f"({batch}, {num_errors}), got {tuple(target.shape)}")
+    return target.to(dtype)
+
+
+@register_rule("drtp")
+class DRTP(Rule):
+    summary = ("direct random target projection: one-hot y*/batch through fixed B_l; "
+               "unlocked=True updates each block during the forward pass")
+    options = ("sparsity", "connections", "rank", "unlocked")
+
+    def __init__(self, **opts):
+        super().__init__(**opts)
+        unlocked = opts.get("unlocked", False)
+        if not isinstance(unlocked, bool):
+            raise ValueError(f"unlocked must be True or False, got {unlocked!r}")
+        self.local = unlocked
+        self.inject = not unlocked
+
+    def feedback_spec(self, num_errors):
+        return sparse_spec(num_errors, self.opts)
+
+    def error_signal(self, e, target):
+        y = one_hot_target(target, e.shape[1], e.shape[0], e.dtype, e.device, self.name)
+        return y / e.shape[0]
+
+    def local_signal(self, feedback, target, h):
+        batch = h.shape[0]
+        y = one_hot_target(target, feedback.num_errors, batch, h.dtype, h.device, self.name)
+        return feedback.project(y / batch).view(h.shape)

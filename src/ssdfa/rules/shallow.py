@@ -1,0 +1,13 @@
+"""Shallow learning (DRTP paper, Sec. 2.1): hidden layers stay at their random init.
+
+The graph is cut at every point and nothing is injected, so hidden blocks get no gradient at
+all (``.grad`` stays ``None``); only the output block learns, by its true gradient.
+"""
+
+from .base import Rule, register_rule
+
+
+@register_rule("shallow")
+class Shallow(Rule):
+    summary = "shallow learning: hidden layers frozen at init, only the output layer learns"
+    inject = False
