@@ -1,0 +1,460 @@
+"""The rest of the family (fa, kp, dkp, sign_dfa, drtp, shallow) and train_only="fc".
+
+Every check compares with an independent computation written from the papers' formulas.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import ssdfa
+from ssdfa.layerwise import LayerFeedback
+
+ATOL = 1e-5
+
+
+def mlp(bias=True, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 16, bias=bias), nn.Tanh(), nn.Linear(16, 12, bias=bias),
+                         nn.Tanh(), nn.Linear(12, 3, bias=bias))
+
+
+def batch(n=7, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 8, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def wrappers(model):
+    return [m for m in model.modules() if isinstance(m, LayerFeedback)]
+
+
+def manual_forward(net, x):
+    """(hidden outputs h_1, h_2, logits) of the 8-16-12-3 tanh MLP, by hand."""
+    w = [m for m in net if isinstance(m, nn.Linear)]
+    h1 = torch.tanh(F.linear(x, w[0].weight, w[0].bias))
+    h2 = torch.tanh(F.linear(h1, w[1].weight, w[1].bias))
+    return h1, h2, F.linear(h2, w[2].weight, w[2].bias)
+
+
+def output_error(y, t):
+    """e = ∂L/∂y for mean cross-entropy: (softmax(y) - onehot) / batch."""
+    return (torch.softmax(y, 1) - F.one_hot(t, y.shape[1]).float()) / y.shape[0]
+
+
+def direct_grads(net, x, signals):
+    """DFA-style weight gradients (Eq. 3-4 of the DKP paper) given the signal at each point."""
+    w = [m for m in net if isinstance(m, nn.Linear)]
+    h1, h2, _ = manual_forward(net, x)
+    d1 = signals[0] * (1 - h1 ** 2)
+    d2 = signals[1] * (1 - h2 ** 2)
+    return [d1.t() @ x, d2.t() @ h1]
+
+
+# -- fa ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bias", [True, False])
+def test_fa_with_b_equal_w_is_backprop(bias):
+    net = mlp(bias)
+    ref = copy.deepcopy(net)
+    model = ssdfa.convert(net, "fa", seed=0)
+    for wr in wrappers(model):
+        wr.feedback.copy_(wr.layer.weight.detach())
+    x, t = batch()
+    F.cross_entropy(model(x), t).backward()
+    F.cross_entropy(ref(x), t).backward()
+    for (name, p), q in zip(net.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=0, rtol=0, msg=name)
+
+
+def test_fa_random_b_matches_layer_by_layer():
+    net = mlp()
+    model = ssdfa.convert(net, "fa", seed=3)
+    B = list(ssdfa.feedback_matrices(model).values())
+    w = [m for m in net if isinstance(m, nn.Linear)]
+    assert [b.shape for b in B] == [m.weight.shape for m in w]
+    assert not any(torch.equal(b, m.weight) for b, m in zip(B, w))
+    x, t = batch()
+    F.cross_entropy(model(x), t).backward()
+    with torch.no_grad():
+        h1, h2, y = manual_forward(net, x)
+        e = output_error(y, t)
+        d2 = (e @ B[2]) * (1 - h2 ** 2)  # δ·B_3 replaces δ·W_3 (Eq. 5)
+        d1 = (d2 @ B[1]) * (1 - h1 ** 2)
+    expected = [d1.t() @ x, d1.sum(0), d2.t() @ h1, d2.sum(0), e.t() @ h2, e.sum(0)]
+    for (name, p), g in zip(net.named_parameters(), expected):
+        torch.testing.assert_close(p.grad, g, atol=ATOL, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("conv_kw", [dict(padding=1), dict(stride=2, bias=False),
+                                     dict(padding=1, padding_mode="reflect")])
+def test_fa_conv_input_gradient_uses_b(conv_kw):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, 3, **conv_kw)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Tanh(), conv, nn.Tanh(), nn.Flatten(),
+                        nn.Linear(3 * (3 if conv_kw.get("stride") else 8) ** 2, 4))
+    ref = copy.deepcopy(net)
+    model = ssdfa.convert(net, "fa", input_shape=(1, 8, 8), seed=0)
+    x = torch.randn(5, 1, 8, 8)
+    t = torch.randint(0, 4, (5,))
+    B = list(ssdfa.feedback_matrices(model).values())
+    # independent: grad of the conv's input when the conv used B as its weight
+    h1 = torch.tanh(ref[0](x)).detach().requires_grad_()
+    a2 = ref[2](h1)
+    h2 = torch.tanh(a2)
+    y = ref[5](h2.flatten(1))
+    e = output_error(y, t).detach()
+    g_h2 = (e @ B[2]).view_as(h2)
+    g_a2 = g_h2 * (1 - h2.detach() ** 2)
+    conv_b = copy.deepcopy(ref[2])
+    conv_b.weight.data.copy_(B[1])
+    g_h1 = torch.autograd.grad(conv_b(h1), h1, g_a2)[0]
+    gw2 = torch.autograd.grad(a2, ref[2].weight, g_a2)[0]  # ∂W is BP's, given δ
+    F.cross_entropy(model(x), t).backward()
+    torch.testing.assert_close(net[2].weight.grad, gw2, atol=ATOL, rtol=1e-4)
+    g_a1 = g_h1 * (1 - h1.detach() ** 2)
+    a1 = ref[0](x)
+    gw1 = torch.autograd.grad(a1, ref[0].weight, g_a1)[0]
+    torch.testing.assert_close(net[0].weight.grad, gw1, atol=ATOL, rtol=1e-4)
+
+
+def test_fa_feedback_in_state_dict_and_user_model_untouched():
+    net = mlp()
+    before = {n: type(m) for n, m in net.named_modules()}
+    model = ssdfa.convert(net, "fa", seed=0)
+    assert {n: type(m) for n, m in net.named_modules()} == before
+    keys = [k for k in model.state_dict() if k.endswith("feedback")]
+    assert len(keys) == 3
+    again = ssdfa.convert(mlp(), "fa", seed=1)
+    again.load_state_dict(model.state_dict())
+    for a, b in zip(ssdfa.feedback_matrices(model).values(), ssdfa.feedback_matrices(again).values()):
+        assert torch.equal(a, b)
+
+
+def test_fa_on_a_traced_model_with_a_skip():
+    class Skip(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.out = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            h = torch.tanh(self.a(x))
+            return self.out(h + torch.tanh(self.b(h)))
+
+    user = Skip()
+    model = ssdfa.convert(user, "fa", seed=0)
+    assert list(ssdfa.feedback_matrices(model)) == ["a", "b", "out"]
+    assert isinstance(user.a, nn.Linear)
+    x, t = batch()
+    F.cross_entropy(model(x), t).backward()
+    assert all(p.grad is not None for p in user.parameters())
+
+
+# -- kp ------------------------------------------------------------------------------------------
+def angle(a, b):
+    cos = F.cosine_similarity(a.flatten(), b.flatten(), dim=0).clamp(-1, 1)
+    return math.degrees(math.acos(cos.item()))
+
+
+def test_kp_b_gets_w_update_and_converges(digits):
+    X, Y, _, _ = digits
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 10))
+    model = ssdfa.convert(net, "kp", seed=0)
+    fb = ssdfa.feedback_parameters(model)
+    assert len(fb) == 2 and all(any(p is q for q in model.parameters()) for p in fb)
+    lr, wd = 0.1, 0.05
+    opt = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=wd)
+    wr = wrappers(model)
+    angles = [[angle(w.feedback, w.layer.weight) for w in wr]]
+    g = torch.Generator().manual_seed(0)
+    for epoch in range(8):
+        perm = torch.randperm(len(X), generator=g)
+        for i in range(0, len(X), 20):
+            b = perm[i:i + 20]
+            opt.zero_grad()
+            F.cross_entropy(model(X[b]), Y[b]).backward()
+            if epoch == 0 and i == 0:  # B's update is W's own (B stored in W's shape)
+                olds = [(w.feedback.detach().clone(), w.layer.weight.detach().clone()) for w in wr]
+                for w in wr:
+                    torch.testing.assert_close(w.feedback.grad, w.layer.weight.grad, atol=0, rtol=0)
+                opt.step()
+                for (b0, w0), w in zip(olds, wr):  # ΔB + ηλB = ΔW + ηλW (Eq. 6)
+                    torch.testing.assert_close(w.feedback.detach() - b0 + lr * wd * b0,
+                                               w.layer.weight.detach() - w0 + lr * wd * w0,
+                                               atol=1e-6, rtol=0)
+                continue
+            opt.step()
+        angles.append([angle(w.feedback, w.layer.weight) for w in wr])
+    assert all(a > 60 for a in angles[0])
+    assert all(a < 10 for a in angles[-2]), angles
+    assert all(late < early for early, late in zip(angles[-2], angles[-1])), angles
+
+
+# -- dkp -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("opts", [{}, {"connections": 2}])
+def test_dkp_b_gradient_is_e_transpose_h(opts):
+    net = mlp()
+    model = ssdfa.convert(net, "dkp", seed=0, **opts)
+    B = list(ssdfa.feedback_matrices(model).values())
+    x, t = batch()
+    F.cross_entropy(model(x, target=t), t).backward()
+    with torch.no_grad():
+        h1, h2, y = manual_forward(net, x)
+        e = output_error(y, t)
+    for fb, h in zip(model.feedback, (h1, h2)):
+        dense = e.t() @ h  # (M, N), Eq. 7
+        if hasattr(fb, "index"):  # sparse storage: the entries of eᵀh at the kept positions
+            cols = torch.arange(fb.num_neurons)[:, None].expand_as(fb.index)
+            expected = dense[fb.index, cols]
+            got = fb.value.grad
+        else:
+            expected, got = dense, fb.matrix.grad
+        torch.testing.assert_close(got, expected, atol=ATOL, rtol=1e-4)
+    w = [m for m in net if isinstance(m, nn.Linear)]
+    for m, g in zip(w, direct_grads(net, x, [e @ B[0], e @ B[1]])):
+        torch.testing.assert_close(m.weight.grad, g, atol=ATOL, rtol=1e-4)
+
+
+def test_dkp_feedback_parameters_take_their_own_optimizer():
+    net = mlp()
+    model = ssdfa.convert(net, "dkp", seed=0)
+    fb = ssdfa.feedback_parameters(model)
+    assert len(fb) == 2 and all(isinstance(p, nn.Parameter) for p in fb)
+    assert sum(any(p is q for q in model.parameters()) for p in fb) == 2
+    rest = [p for p in model.parameters() if all(p is not q for q in fb)]
+    assert len(rest) == 6
+    opt_w = torch.optim.SGD(rest, lr=0.1, momentum=0.9, nesterov=True)
+    opt_b = torch.optim.Adam(fb, lr=1e-3, weight_decay=1e-4)
+    before = [p.detach().clone() for p in fb]
+    x, t = batch()
+    F.cross_entropy(model(x, target=t), t).backward()
+    opt_w.step()
+    opt_b.step()
+    assert all(not torch.equal(a, p) for a, p in zip(before, fb))
+
+
+# -- sign_dfa, drtp, shallow -------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["sign_dfa", "drtp"])
+@pytest.mark.parametrize("opts", [{}, {"connections": 1}])
+def test_signal_and_weight_gradients(method, opts):
+    net = mlp()
+    model = ssdfa.convert(net, method, seed=0, **opts)
+    B = list(ssdfa.feedback_matrices(model).values())
+    seen = []
+    for name in model.point_names:
+        model.net.get_submodule(name).register_full_backward_hook(
+            lambda m, gi, go: None)  # the point itself is an identity
+    x, t = batch()
+    out = model(x, target=t)
+    hs = []
+    with torch.no_grad():
+        h1, h2, y = manual_forward(net, x)
+        e = output_error(y, t)
+        n = x.shape[0]
+        sig = e.sign() / n if method == "sign_dfa" else F.one_hot(t, 3).float() / n
+        expected_signals = [sig @ B[0], sig @ B[1]]
+    F.cross_entropy(out, t).backward()
+    w = [m for m in net if isinstance(m, nn.Linear)]
+    for m, g in zip(w, direct_grads(net, x, expected_signals)):
+        torch.testing.assert_close(m.weight.grad, g, atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(w[2].weight.grad, e.t() @ h2, atol=ATOL, rtol=1e-4)
+    del seen, hs
+
+
+def test_drtp_accepts_one_hot_and_needs_a_target():
+    x, t = batch()
+    a, b = ssdfa.convert(mlp(), "drtp", seed=0), ssdfa.convert(mlp(), "drtp", seed=0)
+    F.cross_entropy(a(x, target=t), t).backward()
+    F.cross_entropy(b(x, target=F.one_hot(t, 3).float()), t).backward()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=0, rtol=0)
+    c = ssdfa.convert(mlp(), "drtp", seed=0)
+    with pytest.raises(ValueError, match="target=y"):
+        F.cross_entropy(c(x), t).backward()
+    d = ssdfa.convert(mlp(), "drtp", seed=0, unlocked=True)
+    with pytest.raises(ValueError, match="target=y"):
+        d(x)
+    with torch.no_grad():
+        assert d(x).shape == (7, 3)
+
+
+def test_shallow_leaves_hidden_weights_bit_identical():
+    net = mlp()
+    model = ssdfa.convert(net, "shallow", seed=0)
+    assert len(ssdfa.feedback_matrices(model)) == 0
+    hidden = [p.detach().clone() for p in list(net.parameters())[:4]]
+    out_w = net[4].weight.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-2)
+    for seed in range(3):
+        x, t = batch(seed=seed)
+        opt.zero_grad()
+        out = model(x)
+        F.cross_entropy(out, t).backward()
+        assert all(p.grad is None for p in list(net.parameters())[:4])
+        with torch.no_grad():
+            _, h2, y = manual_forward(net, x)
+        torch.testing.assert_close(net[4].weight.grad, output_error(y, t).t() @ h2, atol=ATOL,
+                                   rtol=1e-4)
+        opt.step()
+    for a, p in zip(hidden, list(net.parameters())[:4]):
+        assert torch.equal(a, p)
+    assert not torch.equal(out_w, net[4].weight)
+
+
+# -- drtp update-unlocked ----------------------------------------------------------------------
+def deep_mlp(depth, width=32, seed=0):
+    torch.manual_seed(seed)
+    layers = [nn.Linear(8, width), nn.Tanh()]
+    for _ in range(depth - 1):
+        layers += [nn.Linear(width, width), nn.Tanh()]
+    return nn.Sequential(*layers, nn.Linear(width, 3))
+
+
+def test_drtp_unlocked_equals_ordinary_after_a_step():
+    nets = [deep_mlp(3), deep_mlp(3)]
+    models = [ssdfa.convert(nets[0], "drtp", seed=4),
+              ssdfa.convert(nets[1], "drtp", seed=4, unlocked=True)]
+    x, t = batch()
+    for m in models:
+        opt = torch.optim.SGD(m.parameters(), lr=0.3, momentum=0.9)
+        for _ in range(2):
+            opt.zero_grad()
+            F.cross_entropy(m(x, target=t), t).backward()
+            opt.step()
+    for p, q in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=0)
+
+
+class SavedBytes:
+    """Peak bytes of tensors autograd holds for backward, via saved-tensor hooks."""
+
+    def __init__(self):
+        self.live = self.peak = 0
+
+    def __enter__(self):
+        owner = self
+
+        class Held:
+            def __init__(self, t):
+                self.t, self.n = t, t.numel() * t.element_size()
+                owner.live += self.n
+                owner.peak = max(owner.peak, owner.live)
+
+            def __del__(self):
+                owner.live -= self.n
+
+        self._ctx = torch.autograd.graph.saved_tensors_hooks(Held, lambda h: h.t)
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)
+
+
+def peak_saved(method, depth, **opts):
+    model = ssdfa.convert(deep_mlp(depth, width=64), method, seed=0, **opts)
+    x = torch.randn(256, 8)
+    t = torch.randint(0, 3, (256,))
+    with SavedBytes() as s:
+        F.cross_entropy(model(x, target=t), t).backward()
+    return s.peak
+
+
+def test_drtp_unlocked_memory_flat_in_depth_while_bp_grows():
+    bp = [peak_saved("bp", d) for d in (2, 8)]
+    drtp = [peak_saved("drtp", d) for d in (2, 8)]
+    unlocked = [peak_saved("drtp", d, unlocked=True) for d in (2, 8)]
+    assert bp[1] > 3 * bp[0]
+    assert drtp[1] > 3 * drtp[0]  # ordinary mode keeps every block's graph until backward
+    assert unlocked[1] <= 1.05 * unlocked[0], unlocked
+    assert unlocked[1] < bp[1] / 3
+
+
+# -- train_only="fc" -----------------------------------------------------------------------------
+def cnn(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                      nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()),
+        nn.Flatten(),
+        nn.Sequential(nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 12), nn.Tanh(), nn.Linear(12, 3)),
+    )
+
+
+@pytest.mark.parametrize("method", ["bp", "dfa", "ssdfa", "fa", "drtp"])
+def test_train_only_fc_freezes_conv_and_trains_fc(method):
+    net = cnn()
+    model = ssdfa.convert(net, method, input_shape=(1, 8, 8), seed=0, train_only="fc")
+    convs = list(net[0].parameters())
+    before = [p.detach().clone() for p in convs]
+    stats = net[0][1].running_mean.clone()
+    if model.rule.direct and method != "bp":
+        assert len(model.point_names) == 2  # points over the FC part only
+    x, t = torch.randn(6, 1, 8, 8), torch.randint(0, 3, (6,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-2)
+    model.train()
+    F.cross_entropy(model(x, target=t), t).backward()
+    assert all(p.grad is None for p in convs)
+    assert all(p.grad is not None for p in net[2].parameters())
+    opt.step()
+    assert all(torch.equal(a, p) for a, p in zip(before, convs))
+    assert torch.equal(stats, net[0][1].running_mean)  # frozen part runs in eval mode
+    # the FC part gets the rule's gradient on the frozen features
+    feats = net[1](net[0](x)).detach()
+    if method == "bp":
+        ref = copy.deepcopy(net[2])
+        ref.zero_grad()
+        F.cross_entropy(ref(feats), t).backward()
+
+
+def test_train_only_rejects_what_it_cannot_do():
+    with pytest.raises(ValueError, match="train_only"):
+        ssdfa.convert(cnn(), "dfa", input_shape=(1, 8, 8), train_only="conv")
+    bad = nn.Sequential(nn.Linear(4, 4), nn.Conv2d(1, 1, 1))
+    with pytest.raises(ssdfa.UnsupportedModelError):
+        ssdfa.convert(bad, "dfa", train_only="fc", input_shape=(4,))
+
+
+# -- every method learns digits ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    X = torch.tensor(d.data, dtype=torch.float32) / 16.0
+    Y = torch.tensor(d.target)
+    perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(0))
+    tr, te = perm[:1400], perm[1400:]
+    return X[tr], Y[tr], X[te], Y[te]
+
+
+ACCURACY: dict[str, float] = {}
+
+
+@pytest.mark.parametrize("method", list(ssdfa.METHODS) + ["drtp-unlocked"])
+def test_every_method_learns_digits(method, digits):
+    X, Y, Xt, Yt = digits
+    opts = {"unlocked": True} if method == "drtp-unlocked" else {}
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 400), nn.Tanh(), nn.Linear(400, 10))
+    model = ssdfa.convert(net, method.replace("-unlocked", ""), seed=0, **opts)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9,
+                          weight_decay=1e-3 if method in ("kp", "dkp") else 0.0)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        perm = torch.randperm(len(X), generator=g)
+        for i in range(0, len(X), 32):
+            b = perm[i:i + 32]
+            opt.zero_grad()
+            F.cross_entropy(model(X[b], target=Y[b]), Y[b]).backward()
+            opt.step()
+    with torch.no_grad():
+        acc = (model(Xt).argmax(1) == Yt).float().mean().item()
+    ACCURACY[method] = acc
+    print(f"digits 64-400-10, 3 epochs: {method} test accuracy {acc:.3f}")
+    assert acc > 0.6, f"{method} reached only {acc:.3f} (chance 0.1)"
