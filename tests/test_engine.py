@@ -201,7 +201,7 @@ def test_forward_output_is_unchanged_and_nothing_is_left_stored():
     out = model(x)
     torch.testing.assert_close(out, ref)
     out.sum().backward()
-    assert model._tape is None
+    assert ssdfa.points.ACTIVE.get() is None
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref)
     assert model.unwrap() is model.net
@@ -344,3 +344,24 @@ def test_learns_digits_above_90_percent(method):
         acc = (model(xte).argmax(1) == yte).float().mean().item()
     print(f"{method} digits test accuracy {acc:.3f}")
     assert acc >= 0.90
+
+
+def test_a_deep_copy_trains_with_its_own_feedback():
+    model = ssdfa.convert(mlp(), "sdfa", seed=0, connections=2, rank=2)
+    clone = copy.deepcopy(model)
+    x, y = torch.randn(6, 6), torch.randint(0, 4, (6,))
+    check_gradients(clone, x, y)
+    check_gradients(model, x, y)
+    assert torch.equal(grads_of(clone, x, y)["0.weight"], grads_of(model, x, y)["0.weight"])
+
+
+def test_nested_converted_models_each_use_their_own_points():
+    inner = ssdfa.convert(nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4)), "dfa", seed=0)
+    x, y = torch.randn(3, 6), torch.tensor([0, 1, 2])
+    outer = nn.Sequential(nn.Identity(), inner)
+    F.cross_entropy(outer(x), y).backward()
+    g = inner.net[0].weight.grad.clone()
+    inner.zero_grad()
+    check_gradients(inner, x, y)
+    F.cross_entropy(inner(x), y).backward()
+    assert torch.equal(inner.net[0].weight.grad, g)
