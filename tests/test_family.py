@@ -468,3 +468,17 @@ def test_every_method_learns_digits(method, digits):
     ACCURACY[method] = acc
     print(f"digits 64-400-10, 3 epochs: {method} test accuracy {acc:.3f}")
     assert acc > 0.6, f"{method} reached only {acc:.3f} (chance 0.1)"
+
+
+@pytest.mark.parametrize("method", ["fa", "kp", "shallow", "drtp"])
+def test_backprop_context_gives_exact_gradients(method):
+    net = mlp()
+    ref = copy.deepcopy(net)
+    model = ssdfa.convert(net, method, seed=0, **({"unlocked": True} if method == "drtp" else {}))
+    x, t = batch()
+    with model.backprop():
+        F.cross_entropy(model(x), t).backward()
+    F.cross_entropy(ref(x), t).backward()
+    for p, q in zip(net.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-5)
+    assert all(m.feedback.grad is None for m in wrappers(model) if method == "kp")

@@ -17,6 +17,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from .points import ACTIVE
 from .rules import Rule
 
 
@@ -59,30 +60,11 @@ class FeedbackModel(nn.Module):
         self.point_names = [name for name, _ in points]
         self.num_classes = num_classes
         self.feedback = nn.ModuleList()
-        self._tape: list | None = None
+        # a plain list (not registered twice): deepcopy maps it onto the copied net's points
+        self._points = [point for _, point in points]
         self._cut = True
-        self._target = None
-        self._handles = []
-        if rule.direct:
-            for idx, (_, point) in enumerate(points):
-                self._handles.append(point.register_forward_hook(self._make_hook(idx)))
 
     # -- the forward pass ---------------------------------------------------------------------
-    def _make_hook(self, idx):
-        def hook(module, inputs, output):
-            tape = self._tape
-            if tape is None:
-                return None
-            if self._cut and self.rule.local:
-                # update-unlocked: this block learns now and its graph is freed at once
-                self._local_update(idx, output)
-                tape.append((idx, None))
-                return output.detach()
-            tape.append((idx, output))
-            return output.detach() if self._cut else None
-
-        return hook
-
     def forward(self, *args, target: torch.Tensor | None = None, **kwargs):
         """Run the network; for a direct rule in grad mode, arm the feedback injection.
 
@@ -90,19 +72,31 @@ class FeedbackModel(nn.Module):
         """
         if not self.rule.direct or not torch.is_grad_enabled() or not self._cut:
             return self.net(*args, **kwargs)
-        if self.rule.local and self.training and target is None:
+        local = self.rule.local and self.training  # update-unlocked rules (DRTP unlocked=True)
+        if local and target is None:
             raise ValueError(
                 f"method {self.rule.name!r} with unlocked=True trains each block during the "
                 "forward pass and needs the target: call model(x, target=y), or evaluate under "
                 "torch.no_grad() or model.eval()")
+        index = {id(p): i for i, p in enumerate(self._points)}
         tape: list = []
-        self._tape = tape
-        self._target = target if self.training else None
+
+        def record(point, h):
+            i = index.get(id(point))
+            if i is None:  # a marker of some other model
+                return h
+            if local:  # this block learns now and its graph is freed at once
+                self._local_update(i, h, target)
+                tape.append((i, None))
+                return h.detach()
+            tape.append((i, h))
+            return h.detach()  # cut: the next block never sends a gradient back here
+
+        token = ACTIVE.set(record)
         try:
             y = self.net(*args, **kwargs)
         finally:
-            self._tape = None
-            self._target = None
+            ACTIVE.reset(token)
         if not isinstance(y, torch.Tensor):
             raise TypeError(
                 f"a directly trained model must return one tensor of shape (batch, classes), "
@@ -114,7 +108,7 @@ class FeedbackModel(nn.Module):
                 "a feedback point fired twice in one forward pass; each ssdfa.FeedbackPoint must "
                 "be used once (create one marker per hidden block)"
             )
-        if not self.rule.inject:
+        if not self.rule.inject:  # shallow, unlocked DRTP: nothing enters during backward
             return y
         hs = [h for _, h in tape]
         extra = self.rule_tensors()
@@ -122,12 +116,11 @@ class FeedbackModel(nn.Module):
             return y
         return _Inject.apply(self, order, target, y, *hs, *extra)
 
-    def _local_update(self, idx: int, h: torch.Tensor):
+    def _local_update(self, idx: int, h: torch.Tensor, target):
         """Backpropagate the rule's forward-time signal into the block that produced ``h``."""
-        if self._target is None or not h.requires_grad:
+        if not h.requires_grad:
             return
-        signal = self.rule.local_signal(self.feedback[idx], self._target, h)
-        h.backward(signal)
+        h.backward(self.rule.local_signal(self.feedback[idx], target, h))
 
     def rule_tensors(self) -> list[torch.Tensor]:
         """Learnable feedback tensors handed to the injection (empty unless B learns)."""
@@ -150,10 +143,7 @@ class FeedbackModel(nn.Module):
             self._cut = old
 
     def unwrap(self) -> nn.Module:
-        """Remove the hooks and return the plain network (parameters shared, not copied)."""
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+        """The plain network (parameters shared, not copied); its markers are identities."""
         return self.net
 
     def extra_repr(self):

@@ -13,6 +13,7 @@ it shares the user's weight and bias and owns B (a buffer, or a parameter when B
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import OrderedDict
 
@@ -49,6 +50,7 @@ class LayerFeedback(nn.Module):
             raise ValueError(f"feedback shape {tuple(feedback.shape)} differs from the weight's "
                              f"{tuple(layer.weight.shape)}")
         self.layer = layer
+        self.exact = False  # True inside FeedbackModel.backprop(): plain layer, exact BP
         if learnable:
             self.feedback = nn.Parameter(feedback)
         else:
@@ -93,6 +95,19 @@ class LayerwiseModel(FeedbackModel):
     def feedback_matrices(self):
         """{layer name: B_l with the weight's shape}, used in place of W_l in the backward pass."""
         return OrderedDict((n, m.feedback.detach().clone()) for n, m in self._layers())
+
+    @contextlib.contextmanager
+    def backprop(self):
+        """Within this block every layer backpropagates through its own W (exact BP)."""
+        wrappers = [m for _, m in self._layers()]
+        old = [m.exact for m in wrappers]
+        for m in wrappers:
+            m.exact = True
+        try:
+            yield self
+        finally:
+            for m, o in zip(wrappers, old):
+                m.exact = o
 
     def feedback_parameters(self) -> list[nn.Parameter]:
         return [m.feedback for _, m in self._layers() if isinstance(m.feedback, nn.Parameter)]

@@ -60,6 +60,8 @@ class Conv2dFeedback(LayerFeedback):
 
     def forward(self, x):
         conv = self.layer
+        if self.exact:
+            return conv(x)
         padding = self._padding
         if conv.padding_mode != "zeros":  # same as nn.Conv2d: pad first, then convolve unpadded
             x = F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
