@@ -482,3 +482,27 @@ def test_backprop_context_gives_exact_gradients(method):
     for p, q in zip(net.parameters(), ref.parameters()):
         torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-5)
     assert all(m.feedback.grad is None for m in wrappers(model) if method == "kp")
+
+
+@pytest.mark.parametrize("method", ssdfa.METHODS)
+@pytest.mark.parametrize("batch_size", [1, 5])
+def test_public_reference_checker_covers_every_method(method, batch_size):
+    from ssdfa.reference import check_gradients
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, bias=False), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
+                        nn.Linear(8, 10), nn.Tanh(), nn.Linear(10, 3))
+    model = ssdfa.convert(net, method, input_shape=(1, 6, 6), seed=0)
+    check_gradients(model, torch.randn(batch_size, 1, 6, 6), torch.randint(0, 3, (batch_size,)))
+
+
+def test_layerwise_reference_checker_catches_backprop_in_place_of_fa(monkeypatch):
+    from ssdfa import reference
+
+    model = ssdfa.convert(mlp(), "fa", seed=0)
+    x, t = batch()
+    reference.check_gradients(model, x, t)
+    # a reference that used W instead of B (i.e. BP) must disagree with FA's gradients
+    monkeypatch.setattr(torch.func, "functional_call", lambda mod, params, args: mod(*args))
+    with pytest.raises(AssertionError, match="0.layer.weight"):
+        reference.check_gradients(model, x, t)

@@ -23,7 +23,53 @@ SIGNALS: dict[str, Callable] = {
     "dfa": lambda e, target: e,  # SSDFA paper Eq. 8-9
     "sdfa": lambda e, target: e,  # same, B sparse (Sec. III)
     "ssdfa": lambda e, target: e,  # Eq. 11: one error per neuron
+    "dkp": lambda e, target: e,  # DKP paper Eq. 3 (B_l learns, Eq. 7; not checked here)
+    "sign_dfa": lambda e, target: e.sign() / e.shape[0],  # DRTP paper Sec. 2.1 (sDFA), /batch
+    "drtp": lambda e, target: _one_hot(target, e) / e.shape[0],  # DRTP paper Algorithm 1, /batch
+    "shallow": None,  # DRTP paper Sec. 2.1: hidden blocks get nothing
 }
+
+
+def _one_hot(target, e):
+    if target.dim() == 1:
+        return F.one_hot(target.long(), e.shape[1]).to(e.dtype)
+    return target.to(e.dtype)
+
+
+def _layerwise_gradients(model, x, y, loss_fn):
+    """FA/KP by hand: walk the Sequential backwards; a weight layer's ∂x uses B_l (DKP Eq. 5)."""
+    from .layerwise import LayerFeedback
+
+    if not isinstance(model.net, nn.Sequential):
+        raise NotImplementedError("the layer-wise reference walks nn.Sequential models")
+    mods = list(model.net)
+    ins, outs = [], []
+    a = x
+    for mod in mods:  # forward, each module on a detached input, weight layers run plainly
+        a = a.detach().requires_grad_(a.is_floating_point())
+        ins.append(a)
+        a = mod.layer(a) if isinstance(mod, LayerFeedback) else mod(a)
+        outs.append(a)
+    g = torch.autograd.grad(loss_fn(outs[-1], y), outs[-1])[0]
+    name_of = {id(p): n for n, p in model.net.named_parameters()}
+    expected: dict[str, torch.Tensor] = {}
+    for mod, a, h in zip(reversed(mods), reversed(ins), reversed(outs)):
+        if not h.requires_grad:
+            break
+        params = [p for p in (mod.layer if isinstance(mod, LayerFeedback) else mod).parameters()]
+        grads = torch.autograd.grad(h, params, g, retain_graph=True, allow_unused=True) \
+            if params else []
+        for p, gp in zip(params, grads):
+            if gp is not None:
+                expected[name_of[id(p)]] = gp
+        if isinstance(mod, LayerFeedback):
+            if isinstance(mod.feedback, nn.Parameter):  # KP: B gets W's gradient
+                expected[name_of[id(mod.feedback)]] = expected[name_of[id(mod.layer.weight)]]
+            h = torch.func.functional_call(mod.layer, {"weight": mod.feedback.detach()}, (a,))
+        if not a.requires_grad:
+            break
+        g = torch.autograd.grad(h, a, g)[0]
+    return expected
 
 
 def _blocks(net: nn.Module) -> list[list[nn.Module]]:
@@ -46,6 +92,8 @@ def reference_gradients(model: FeedbackModel, x: torch.Tensor, y: torch.Tensor,
     """{parameter name in model.net: expected gradient} under the model's rule."""
     rule = model.rule.name
     params = dict(model.net.named_parameters())
+    if model.rule.layerwise:
+        return _layerwise_gradients(model, x, y, loss_fn)
     if not model.rule.direct:
         out = model.net(x)
         grads = torch.autograd.grad(loss_fn(out, y), list(params.values()), allow_unused=True)
@@ -63,10 +111,12 @@ def reference_gradients(model: FeedbackModel, x: torch.Tensor, y: torch.Tensor,
         acts.append(a)
     out = outs[-1]
     e = torch.autograd.grad(loss_fn(out, y), out, retain_graph=True)[0].reshape(out.shape[0], -1)
-    signal = SIGNALS[rule](e, y)
+    signal = None if SIGNALS[rule] is None else SIGNALS[rule](e, y)
     name_of = {id(p): n for n, p in params.items()}
     expected: dict[str, torch.Tensor] = {}
     for l, h in enumerate(outs):
+        if l < len(outs) - 1 and SIGNALS[rule] is None:
+            continue
         grad_h = e.view_as(h) if l == len(outs) - 1 else (signal @ matrices[l]).view_as(h)
         block_params = [p for mod in _blocks(model.net)[l] for p in mod.parameters()]
         if not block_params:
