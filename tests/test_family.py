@@ -19,6 +19,15 @@ from ssdfa.layerwise import LayerFeedback
 ATOL = 1e-5
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These nets are tiny: one intra-op thread is faster, above all on a busy machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def mlp(bias=True, seed=0):
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(8, 16, bias=bias), nn.Tanh(), nn.Linear(16, 12, bias=bias),
