@@ -515,3 +515,13 @@ def test_layerwise_reference_checker_catches_backprop_in_place_of_fa(monkeypatch
     monkeypatch.setattr(torch.func, "functional_call", lambda mod, params, args: mod(*args))
     with pytest.raises(AssertionError, match="0.layer.weight"):
         reference.check_gradients(model, x, t)
+
+
+def test_layerwise_unwrap_gives_the_plain_network():
+    net = mlp()
+    model = ssdfa.convert(net, "kp", seed=0)
+    plain = model.unwrap()
+    assert [type(m) for m in plain] == [type(m) for m in net]
+    assert all(a is b for a, b in zip(plain.parameters(), net.parameters()))
+    x, _ = batch()
+    torch.testing.assert_close(plain(x), net(x), atol=0, rtol=0)

@@ -109,6 +109,14 @@ class LayerwiseModel(FeedbackModel):
             for m, o in zip(wrappers, old):
                 m.exact = o
 
+    def unwrap(self) -> nn.Module:
+        """The plain network: each wrapper replaced by the user's layer (parameters shared)."""
+        if not isinstance(self.net, nn.Sequential):
+            raise NotImplementedError("unwrap of a traced layer-wise model: use your original "
+                                      "model, which shares these parameters")
+        return nn.Sequential(OrderedDict(
+            (k, m.layer if isinstance(m, LayerFeedback) else m) for k, m in self.net.named_children()))
+
     def feedback_parameters(self) -> list[nn.Parameter]:
         return [m.feedback for _, m in self._layers() if isinstance(m.feedback, nn.Parameter)]
 
