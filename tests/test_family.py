@@ -525,3 +525,36 @@ def test_layerwise_unwrap_gives_the_plain_network():
     assert all(a is b for a, b in zip(plain.parameters(), net.parameters()))
     x, _ = batch()
     torch.testing.assert_close(plain(x), net(x), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["dfa", "ssdfa", "drtp", "fa"])
+def test_transfer_learning_from_a_bp_trained_conv_net(method, digits):
+    """SSDFA paper, Table V: conv layers trained with BP, then only the FC part with `method`."""
+    X, Y, Xt, Yt = digits
+    X, Xt = X.view(-1, 1, 8, 8), Xt.view(-1, 1, 8, 8)
+
+    def fit(model, epochs, lr):
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(epochs):
+            perm = torch.randperm(len(X), generator=g)
+            for i in range(0, len(X), 32):
+                b = perm[i:i + 32]
+                opt.zero_grad()
+                F.cross_entropy(model(X[b], target=Y[b]), Y[b]).backward()
+                opt.step()
+        with torch.no_grad():
+            return (model(Xt).argmax(1) == Yt).float().mean().item()
+
+    torch.manual_seed(0)
+    features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+    net = nn.Sequential(features, nn.Flatten(), nn.Linear(128, 64), nn.Tanh(), nn.Linear(64, 10))
+    fit(ssdfa.convert(net, "bp", input_shape=(1, 8, 8)), 1, 0.05)  # pre-train everything
+    trained_conv = [p.detach().clone() for p in features.parameters()]
+    for layer in (net[2], net[4]):  # fresh classifier, trained with `method` only
+        layer.reset_parameters()
+    model = ssdfa.convert(net, method, input_shape=(1, 8, 8), seed=0, train_only="fc")
+    acc = fit(model, 2, 0.05)
+    assert all(torch.equal(a, p) for a, p in zip(trained_conv, features.parameters()))
+    print(f"digits transfer (BP conv, {method} FC): test accuracy {acc:.3f}")
+    assert acc > 0.7, acc  # chance is 0.1
