@@ -47,7 +47,9 @@ def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None 
     ``num_classes`` checks the output width (inferred when omitted).  ``input_shape`` (without
     the batch dimension) or ``example_input`` is needed when the first weight layer is a
     Conv2d, to size the feedback of each point.  ``seed`` fixes every B_l; each point gets its
-    own independent matrix.  Rule options: ``sparsity`` or ``connections`` and ``rank`` (sdfa).
+    own independent matrix.  Rule options: ``sparsity`` or ``connections`` and ``rank`` (sdfa,
+    dkp, sign_dfa, drtp), ``unlocked`` (drtp).  ``fa``/``kp`` wrap each Linear/Conv2d instead of
+    placing points (:mod:`ssdfa.layerwise`).
     ``train_only="fc"`` (nn.Sequential only) freezes every layer before the first Linear and
     trains the rest with ``method`` (transfer learning, :mod:`ssdfa.frozen`).
     The returned model shares its parameters with ``model``; build the optimizer after this call.
@@ -55,10 +57,13 @@ def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None 
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert expects a torch.nn.Module, got {type(model).__name__}")
     rule = make_rule(method, **rule_options)
-    base = torch.Generator().manual_seed(
-        int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+
+    def base_generator():  # drawn only where B is: `bp` leaves the global RNG untouched
+        return torch.Generator().manual_seed(
+            int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+
     if rule.layerwise:
-        net, points, layer_names = _layerwise_net(model, rule, train_only, base)
+        net, points, layer_names = _layerwise_net(model, rule, train_only, base_generator())
     else:
         net, points = _place_points(model, rule.name, train_only)
     x = _example(net, model, input_shape, example_input)
@@ -86,6 +91,7 @@ def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None 
     wrapped = FeedbackModel(net, rule, [(n, by_name[n]) for n in order], num_classes=out_width)
 
     if rule.direct and (rule.inject or rule.local):  # shallow feeds nothing back: no B_l
+        base = base_generator()
         device = next((p.device for p in net.parameters()), torch.device("cpu"))
         for name in order:
             neurons = fired[name][1]
@@ -100,7 +106,8 @@ def _place_points(model: nn.Module, method: str, train_only: str | None = None):
     if train_only is not None:
         leaves = _checked_leaves(model, method)
         frozen, trained = split_leaves(leaves, train_only, model, method)
-        net, points = _sequential_with_points(trained)
+        net, points = _sequential_with_points(
+            [(p, m) for p, m in trained if not isinstance(m, FeedbackPoint)])
         features = frozen_module(frozen)
         if features is not None:
             net = nn.Sequential(OrderedDict([("frozen", features), *net.named_children()]))
