@@ -558,3 +558,25 @@ def test_transfer_learning_from_a_bp_trained_conv_net(method, digits):
     assert all(torch.equal(a, p) for a, p in zip(trained_conv, features.parameters()))
     print(f"digits transfer (BP conv, {method} FC): test accuracy {acc:.3f}")
     assert acc > 0.7, acc  # chance is 0.1
+
+
+@pytest.mark.parametrize("conv_kw", [dict(groups=2, dilation=2, padding=2),
+                                     dict(stride=(2, 1), padding="valid"),
+                                     dict(padding="same", bias=False),
+                                     dict(padding=1, padding_mode="circular")],
+                         ids=["groups-dilation", "stride-valid", "same-nobias", "circular"])
+def test_fa_conv_with_b_equal_w_is_backprop(conv_kw):
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, 9, 9)
+    body = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.Tanh(), nn.Conv2d(4, 4, 3, **conv_kw),
+                         nn.Tanh(), nn.Flatten())
+    net = nn.Sequential(body, nn.Linear(body(x).shape[1], 3))
+    ref = copy.deepcopy(net)
+    model = ssdfa.convert(net, "fa", input_shape=(2, 9, 9))
+    for wr in wrappers(model):
+        wr.feedback.copy_(wr.layer.weight.detach())
+    t = torch.randint(0, 3, (3,))
+    F.cross_entropy(model(x), t).backward()
+    F.cross_entropy(ref(x), t).backward()
+    for (name, p), q in zip(net.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-5, msg=name)
