@@ -285,8 +285,8 @@ def test_drtp_accepts_one_hot_and_needs_a_target():
     a, b = ssdfa.convert(mlp(), "drtp", seed=0), ssdfa.convert(mlp(), "drtp", seed=0)
     F.cross_entropy(a(x, target=t), t).backward()
     F.cross_entropy(b(x, target=F.one_hot(t, 3).float()), t).backward()
-    for p, q in zip(a.parameters(), b.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, atol=0, rtol=0)
+    for p, q in zip(a.parameters(), b.parameters()):  # row pick vs matmul: rounding only
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-7, rtol=1e-6)
     c = ssdfa.convert(mlp(), "drtp", seed=0)
     with pytest.raises(ValueError, match="target=y"):
         F.cross_entropy(c(x), t).backward()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from ..feedback import DenseFeedback
 from .base import Rule, register_rule, sparse_spec
 
 
@@ -62,7 +63,19 @@ class DRTP(Rule):
         y = one_hot_target(target, e.shape[1], e.shape[0], e.dtype, e.device, self.name)
         return y / e.shape[0]
 
+    def point_signals(self, e, feedback, shapes, target):
+        return [self._projected(fb, target, torch.Size(shape), e.dtype, e.device)
+                for fb, shape in zip(feedback, shapes)]
+
     def local_signal(self, feedback, target, h):
-        batch = h.shape[0]
-        y = one_hot_target(target, feedback.num_errors, batch, h.dtype, h.device, self.name)
-        return feedback.project(y / batch).view(h.shape)
+        return self._projected(feedback, target, h.shape, h.dtype, h.device)
+
+    def _projected(self, fb, target, shape, dtype, device):
+        """y*·B_l / batch; for labels and dense B a row pick, as the paper notes (Sec. 2.3.1)."""
+        batch = shape[0]
+        if (isinstance(fb, DenseFeedback) and isinstance(target, torch.Tensor)
+                and target.dim() == 1 and not target.is_floating_point()):
+            one_hot_target(target, fb.num_errors, batch, dtype, device, self.name)  # checks
+            return (fb.matrix[target.to(fb.matrix.device).long()].to(dtype) / batch).view(shape)
+        y = one_hot_target(target, fb.num_errors, batch, dtype, device, self.name)
+        return fb.project(y / batch).view(shape)
