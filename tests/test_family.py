@@ -452,7 +452,6 @@ def digits():
     return X[tr], Y[tr], X[te], Y[te]
 
 
-ACCURACY: dict[str, float] = {}
 
 
 @pytest.mark.parametrize("method", list(ssdfa.METHODS) + ["drtp-unlocked"])
@@ -474,7 +473,6 @@ def test_every_method_learns_digits(method, digits):
             opt.step()
     with torch.no_grad():
         acc = (model(Xt).argmax(1) == Yt).float().mean().item()
-    ACCURACY[method] = acc
     print(f"digits 64-400-10, 3 epochs: {method} test accuracy {acc:.3f}")
     assert acc > 0.6, f"{method} reached only {acc:.3f} (chance 0.1)"
 
