@@ -578,3 +578,24 @@ def test_fa_conv_with_b_equal_w_is_backprop(conv_kw):
     F.cross_entropy(ref(x), t).backward()
     for (name, p), q in zip(net.named_parameters(), ref.parameters()):
         torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_layerwise_rules_refuse_weights_they_cannot_reach():
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(3, 8))
+            self.emb = nn.Conv1d(1, 1, 1)
+
+        def forward(self, x):
+            return F.linear(self.emb(x[:, None]).squeeze(1), self.w)
+
+    with pytest.raises(ssdfa.UnsupportedModelError) as info:
+        ssdfa.convert(Functional(), "fa", example_input=torch.randn(2, 8))
+    assert "linear" in str(info.value) and "Conv1d" in str(info.value)
+
+    class MyLinear(nn.Linear):
+        pass
+
+    model = ssdfa.convert(nn.Sequential(MyLinear(8, 4), nn.Tanh(), nn.Linear(4, 3)), "fa", seed=0)
+    assert len(ssdfa.feedback_matrices(model)) == 2

@@ -20,7 +20,7 @@ from torch import nn
 
 from .feedback import make_feedback
 from .frozen import frozen_module, split_leaves
-from .layerwise import LayerwiseModel, is_wrappable
+from .layerwise import LAYERS, LayerwiseModel, is_wrappable
 from .layerwise import wrap as wrap_layer
 from .layers import is_pass_through, is_weight_layer, supported_names
 from .points import FeedbackPoint
@@ -36,6 +36,9 @@ _FX_FUNCTIONS = {
 _FX_METHODS = {"view", "reshape", "flatten", "relu", "tanh", "sigmoid", "contiguous", "softmax",
                "log_softmax", "squeeze", "unsqueeze"}
 _SHAPE_ONLY = {"size", "dim"}
+# products with a weight that fx exposes as plain functions: a layer-wise rule cannot see them
+_WEIGHTED_FUNCTIONS = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.bilinear, torch.matmul, torch.mm,
+                       torch.bmm, torch.addmm, torch.einsum, operator.matmul}
 
 
 def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None = None,
@@ -162,11 +165,20 @@ def _layerwise_net(model: nn.Module, rule, train_only, base: torch.Generator):
         raise UnsupportedModelError([Problem(
             "", type(model).__name__, f"could not be traced with torch.fx ({exc})",
             "Build the model as an nn.Sequential")], rule.name) from exc
+    problems = []
     for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target in _WEIGHTED_FUNCTIONS:
+            problems.append(Problem(getattr(node.target, "__name__", str(node.target)), "function",
+                                    "a product a layer-wise rule cannot give its own B",
+                                    "Use nn.Linear / nn.Conv2d modules for weight layers"))
         if node.op != "call_module":
             continue
         mod = gm.get_submodule(node.target)
         if not is_wrappable(mod):
+            if any(True for _ in mod.parameters()) and not is_pass_through(mod):
+                problems.append(Problem(node.target, type(mod).__name__,
+                                        "has weights but no layer-wise backward",
+                                        f"Supported weight layers: {', '.join(t.__name__ for t in LAYERS)}"))
             continue
         parent, _, leaf = node.target.rpartition(".")
         owner = gm.get_submodule(parent) if parent else gm
@@ -176,6 +188,8 @@ def _layerwise_net(model: nn.Module, rule, train_only, base: torch.Generator):
                                                  "Build the model as an nn.Sequential")], rule.name)
         setattr(owner, leaf, wrap_layer(mod, gen(), rule.learnable))
         names.append(node.target)
+    if problems:
+        raise UnsupportedModelError(problems, rule.name)
     gm.recompile()
     return gm, [], names
 

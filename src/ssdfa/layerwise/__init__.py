@@ -69,16 +69,28 @@ def draw_feedback(weight: torch.Tensor, generator: torch.Generator) -> torch.Ten
     return b.to(device=weight.device, dtype=weight.dtype)
 
 
+def _registered(layer: nn.Module):
+    """The wrapper class for ``layer``'s type or a base type whose forward it keeps, else None."""
+    for base in type(layer).__mro__:
+        if base in LAYERS:
+            if type(layer).forward is not base.forward:
+                raise ValueError(
+                    f"{type(layer).__name__} subclasses {base.__name__} but has its own forward, "
+                    f"which a layer-wise rule would bypass; use a plain {base.__name__}")
+            return LAYERS[base]
+    return None
+
+
 def wrap(layer: nn.Module, generator: torch.Generator, learnable: bool) -> nn.Module:
     """The registered wrapper for ``layer`` with a freshly drawn B, or ``layer`` if unregistered."""
-    cls = LAYERS.get(type(layer))
+    cls = _registered(layer)
     if cls is None:
         return layer
     return cls(layer, draw_feedback(layer.weight.detach(), generator), learnable=learnable)
 
 
 def is_wrappable(layer: nn.Module) -> bool:
-    return type(layer) in LAYERS
+    return _registered(layer) is not None
 
 
 class LayerwiseModel(FeedbackModel):
