@@ -129,7 +129,7 @@ def run(args) -> int:
         t = res[m]["totals"]
         print(f"{'total':>10} {'':>6} {t['macs']:>14,} {t['reads']:>14,} {t['writes']:>14,} "
               f"{t['movement']:>14,} {t['feedback']:>12,}   "
-              f"({t['movement_bytes'] / 2**20:.3f} MiB moved)")
+              f"({t['movement_bytes'] / 1e6:.3f} MB moved)")
     if len(methods) > 1:
         print("\nratios (row / column), movement and MACs:")
         for i, a in enumerate(methods):
