@@ -128,7 +128,7 @@ def test_fig8_imagenet_alexnet_claims():
 
 def test_cifar100_advantage_is_smaller():
     rows = {}
-    for name, ds in (("alexnet", "imagenet"), ("cifar_conv", "cifar100")):
+    for name, ds in (("alexnet", "imagenet"), ("cifar-cnn", "cifar100")):
         shape, m = DATASET_SHAPES[ds]
         with torch.device("meta"):
             net = reference_architecture(name, shape, m)
@@ -150,7 +150,7 @@ def test_cost_cli_json(capsys):
 
 
 def test_cost_cli_text_and_errors(capsys):
-    assert main(["cost", "--model", "cifar_fc", "--dataset", "cifar10", "--train", "all"]) == 0
+    assert main(["cost", "--model", "cifar-fc", "--dataset", "cifar10", "--train", "all"]) == 0
     out = capsys.readouterr().out
     assert "bp/ssdfa" in out and "total" in out
     assert main(["cost", "--model", "nope", "--dataset", "cifar10"]) == 2

@@ -312,15 +312,19 @@ DATASET_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
     "cifar100": ((3, 32, 32), 100),
     "imagenet": ((3, 224, 224), 1000),
     "digits": ((1, 8, 8), 10),
+    "fashionmnist": ((1, 28, 28), 10),
+    "syntheticclassification": ((256,), 10),
 }
+"""Input shape (without batch) and classes per dataset name, lower case without - or _."""
 
 
 def reference_architecture(name: str, input_shape, num_classes: int) -> nn.Module:
     """The SSDFA paper's Table II networks as nn.Sequential (built by the cost model only).
 
     ``alexnet``: Krizhevsky et al. 2012 on one device (96-256-384-384-256 conv, no groups,
-    FC 9216-4096-4096-classes); ``cifar_conv``: Table II's CIFAR CNN (same-padded 5×5 convs
-    96-128-256, 3×3/2 pools, FC 2048-2048); ``cifar_fc``: FC 1000×3; ``mnist_fc``: FC 400.
+    FC 9216-4096-4096-classes); ``cifar-cnn``: Table II's CIFAR CNN (same-padded 5×5 convs
+    96-128-256, 3×3/2 pools, FC 2048-2048); ``cifar-fc``: FC 1000×3; ``mnist-fc``: FC 400.
+    The model registry's nets of the same names are preferred by ``ssdfa cost`` when present.
     """
     c, h, w = (tuple(input_shape) + (1, 1))[:3] if len(input_shape) >= 3 else (input_shape[0], 1, 1)
     flat = math.prod(input_shape)
@@ -334,7 +338,7 @@ def reference_architecture(name: str, input_shape, num_classes: int) -> nn.Modul
             nn.AdaptiveAvgPool2d(6), nn.Flatten())
         return nn.Sequential(*feats, nn.Linear(256 * 36, 4096), nn.ReLU(),
                              nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, num_classes))
-    if name == "cifar_conv":
+    if name == "cifar-cnn":
         size = h
         for _ in range(3):
             size = (size + 2 - 3) // 2 + 1
@@ -344,12 +348,12 @@ def reference_architecture(name: str, input_shape, num_classes: int) -> nn.Modul
             nn.Conv2d(128, 256, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2, padding=1),
             nn.Flatten(), nn.Linear(256 * size * size, 2048), nn.ReLU(),
             nn.Linear(2048, 2048), nn.ReLU(), nn.Linear(2048, num_classes))
-    if name == "cifar_fc":
+    if name == "cifar-fc":
         return nn.Sequential(nn.Flatten(), nn.Linear(flat, 1000), nn.Tanh(), nn.Linear(1000, 1000),
                              nn.Tanh(), nn.Linear(1000, 1000), nn.Tanh(), nn.Linear(1000, num_classes))
-    if name == "mnist_fc":
+    if name == "mnist-fc":
         return nn.Sequential(nn.Flatten(), nn.Linear(flat, 400), nn.Tanh(), nn.Linear(400, num_classes))
-    raise KeyError(f"no reference architecture {name!r}; known: alexnet, cifar_conv, cifar_fc, mnist_fc")
+    raise KeyError(f"no reference architecture {name!r}; known: {', '.join(REFERENCE_NAMES)}")
 
 
-REFERENCE_NAMES = ("alexnet", "cifar_conv", "cifar_fc", "mnist_fc")
+REFERENCE_NAMES = ("alexnet", "cifar-cnn", "cifar-fc", "mnist-fc")

@@ -298,7 +298,7 @@ def paper_costs(methods=("bp", "dfa", "ssdfa"), train="fc") -> dict:
     from .cost import DATASET_SHAPES, count_costs, layer_shapes, reference_architecture
 
     out = {}
-    for title, name, ds in (("CIFAR-100 CNN", "cifar_conv", "cifar100"),
+    for title, name, ds in (("CIFAR-100 CNN", "cifar-cnn", "cifar100"),
                             ("ImageNet AlexNet", "alexnet", "imagenet")):
         shape, m = DATASET_SHAPES[ds]
         with torch.device("meta"):

@@ -17,7 +17,7 @@ def register(subparsers):
             "error at the first trained layer's input is counted (Table I's 2|W|)."),
     )
     p.add_argument("--model", required=True, help="model name (ssdfa.models registry, or one of "
-                   "the paper's nets: alexnet, cifar_conv, cifar_fc, mnist_fc)")
+                   "the paper's nets the cost model builds itself: alexnet, cifar-cnn, cifar-fc, mnist-fc)")
     p.add_argument("--dataset", default=None,
                    help="sets input shape and classes: mnist, cifar10, cifar100, imagenet, digits")
     p.add_argument("--input-shape", default=None, help="C,H,W (or F) without batch; overrides --dataset")
@@ -32,6 +32,8 @@ def register(subparsers):
     p.add_argument("--connections", type=int, default=None,
                    help="errors per neuron S for sdfa (default: 10%% of the classes, at least 1)")
     p.add_argument("--bits", type=int, default=32, help="bits per word for the byte totals (32)")
+    p.add_argument("--reference", action="store_true",
+                   help="use the cost model's own paper network even if the registry has the name")
     p.add_argument("--json", action="store_true", help="print a JSON object keyed by method")
     p.set_defaults(func=run)
 
@@ -59,8 +61,8 @@ def _resolve(args):
     return shape, classes
 
 
-def _build(name, shape, classes):
-    """The model from the registry if it has it, else the paper's reference net, on meta."""
+def _build(name, shape, classes, reference=False):
+    """(model, where it came from): the registry's if it has the name, else the paper's net."""
     import torch
 
     from ..cli import UserError
@@ -69,28 +71,29 @@ def _build(name, shape, classes):
     builders = []
     known = []
     try:
-        from .. import models  # written by the CLI work; optional here
+        from .. import models  # the model registry; the cost model also works without it
         known = list(models.list_models())
-        if name in known:
-            builders.append(lambda: models.create_model(name, shape, classes))
+        if name in known and not reference:
+            builders.append(("ssdfa.models", lambda: models.create_model(name, shape, classes)))
     except ImportError:
         pass
     if name in REFERENCE_NAMES:
-        builders.append(lambda: reference_architecture(name, shape, classes))
+        builders.append(("the cost model's paper nets",
+                         lambda: reference_architecture(name, shape, classes)))
     if not builders:
         raise UserError(f"unknown model {name!r}; choose one of "
                         f"{', '.join(sorted(set(known) | set(REFERENCE_NAMES)))}")
-    build = builders[0]
+    where, build = builders[0]
     try:
         with torch.device("meta"):  # shapes only: no memory, no arithmetic
-            return build()
+            return build(), where
     except (RuntimeError, NotImplementedError, TypeError):
-        return build()
+        return build(), where
 
 
 def run(args) -> int:
     from ..cli import UserError
-    from ..cost import COST_RULES, count_costs, layer_shapes
+    from ..cost import COST_RULES, REFERENCE_NAMES, count_costs, layer_shapes
 
     methods = [m.strip().lower().replace("-", "_") for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in COST_RULES]
@@ -100,7 +103,10 @@ def run(args) -> int:
     if args.bits < 1:
         raise UserError(f"--bits must be a positive number of bits per word, got {args.bits}")
     shape, classes = _resolve(args)
-    net = _build(args.model, shape, classes)
+    if args.reference and args.model not in REFERENCE_NAMES:
+        raise UserError(f"--reference: the cost model has no {args.model!r}; it has "
+                        f"{', '.join(REFERENCE_NAMES)}")
+    net, where = _build(args.model, shape, classes, args.reference)
     try:
         layers = layer_shapes(net, shape)
     except RuntimeError as exc:
@@ -115,7 +121,7 @@ def run(args) -> int:
         json.dump(res, sys.stdout, indent=1)
         print()
         return 0
-    print(f"{args.model} on input {shape} with {classes} classes; trained: "
+    print(f"{args.model} (from {where}) on input {shape} with {classes} classes; trained: "
           f"{'FC layers only (transfer, Fig. 8 scope)' if args.train == 'fc' else 'all layers'}; "
           f"BP error at first layer input {'not ' if args.no_input_error else ''}counted; "
           f"one training example, backward pass; words of {args.bits} bits")

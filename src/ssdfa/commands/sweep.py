@@ -38,7 +38,7 @@ def register(subparsers):
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--optimizer", default=None)
     p.add_argument("--alignment", type=int, default=1,
-                   help="log alignment angles every k steps (default 1; 0 = no angles)")
+                   help="log alignment angles every k epochs (default 1; 0 = no angles)")
     p.add_argument("--limit-train", type=int, default=None, help="cap on training examples")
     p.add_argument("--device", default=None)
     p.add_argument("--data-dir", default=None)
