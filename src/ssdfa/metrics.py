@@ -55,34 +55,59 @@ def angle(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # -- update angles against BP ----------------------------------------------------------------------
-def _points(model) -> "OrderedDict[str, nn.Module]":
-    """The FeedbackPoint modules of ``model.net``, by name, in the model's point order."""
+def _weight_modules(net: nn.Module) -> "OrderedDict[str, nn.Module]":
+    """Modules that apply a weight layer: Linear/Conv2d, or a wrapper holding one as ``.layer``
+    (how layer-wise rules such as FA replace a layer), outermost only, in definition order."""
+    found: OrderedDict[str, nn.Module] = OrderedDict()
+    inner = set()
+    for name, m in net.named_modules():
+        if id(m) in inner:
+            continue
+        wrapped = getattr(m, "layer", None)
+        if isinstance(wrapped, nn.Module) and is_weight_layer(wrapped):
+            found[name] = m
+            inner.add(id(wrapped))
+        elif is_weight_layer(m):
+            found[name] = m
+    return found
+
+
+def _taps(model) -> "OrderedDict[str, nn.Module]":
+    """Where δ is measured: the feedback points of ``model.net`` in the model's order, or, for a
+    model without points (layer-wise rules), the input of every weight layer but the first."""
     mods = dict(model.net.named_modules())
     names = list(getattr(model, "point_names", []))
     found = OrderedDict((n, mods[n]) for n in names if n in mods)
     for n, m in mods.items():  # points a rule placed without listing them
         if isinstance(m, FeedbackPoint) and n not in found:
             found[n] = m
+    if not found:
+        found = OrderedDict(list(_weight_modules(model.net).items())[1:])
     return found
 
 
 @contextlib.contextmanager
-def _capture(points, store_grads: dict, store_acts: dict):
-    """Record each point's output h and the gradient that later arrives at it (tensor hooks)."""
+def _capture(taps, store_grads: dict, store_acts: dict):
+    """Record each tap's input h and the gradient that later arrives at it (tensor hooks).
+
+    The input of a feedback point is the block output h_l itself: a direct rule injects its
+    signal into exactly this tensor, and BP's gradient flows through it, so one pre-hook serves
+    both (and does not depend on how the engine cuts the graph after the point).
+    """
 
     def make(name):
-        def hook(module, inputs, output):
-            store_acts[name] = output.detach()
-            if output.requires_grad:
+        def pre_hook(module, inputs):
+            h = inputs[0]
+            store_acts[name] = h.detach()
+            if h.requires_grad:
                 def grab(g):
                     store_grads[name] = g.detach().clone()
-                output.register_hook(grab)
+                h.register_hook(grab)
             return None
 
-        return hook
+        return pre_hook
 
-    # prepend: see the point's own output, before a direct rule's hook swaps in a detached copy
-    handles = [m.register_forward_hook(make(n), prepend=True) for n, m in points.items()]
+    handles = [m.register_forward_pre_hook(make(n)) for n, m in taps.items()]
     try:
         yield
     finally:
@@ -94,7 +119,7 @@ def _one_pass(model, x, y, loss_fn, params):
     deltas, acts = {}, {}
     for p in params:
         p.grad = None
-    with _capture(_points(model), deltas, acts):
+    with _capture(_taps(model), deltas, acts):
         out = model(x, target=y)
         loss = loss_fn(out, y)
         loss.backward()
@@ -107,7 +132,8 @@ def alignment_angles(model, x: torch.Tensor, y: torch.Tensor, loss_fn=F.cross_en
                      extra: bool = True) -> dict[str, float]:
     """Angles (degrees) between the rule's signals and exact BP's on the same batch and weights.
 
-    Keys: ``delta/<point>`` (gradient arriving at each feedback point, DRTP Figs. 2-3),
+    Keys: ``delta/<point>`` (gradient arriving at each feedback point, DRTP Figs. 2-3; for
+    layer-wise rules without points, at the input of each weight layer but the first),
     ``dW/<parameter>`` (∂L/∂W of each parameter of ``model.net``); with ``extra`` also
     :func:`static_angles` and ``dkp/<point>`` (:func:`output_prediction_angles` on this batch).
     The model is run twice with the same random state (dropout masks match); every ``.grad``,
@@ -139,7 +165,7 @@ def alignment_angles(model, x: torch.Tensor, y: torch.Tensor, loss_fn=F.cross_en
             for b, v in zip(model.buffers(), saved_buffers):
                 b.copy_(v)
     result: dict[str, float] = {}
-    for name in _points(model):
+    for name in _taps(model):
         if name in d_rule and name in d_bp:
             result[f"delta/{name}"] = angle(d_rule[name], d_bp[name])
     for name, g in g_rule.items():
@@ -223,33 +249,38 @@ def output_prediction_angles(model, acts: dict, output: torch.Tensor) -> dict[st
 def fa_weight_angles(model) -> dict[str, float]:
     """FA/KP: ∠(B, W) (or ∠(Bᵀ, W)) for each weight that has a feedback tensor of its shape.
 
-    Looks first for a tensor other than weight/bias stored on the weight's own module (how a
-    layer-wise FA layer keeps B), then for ``model.feedback`` matrices whose dense form has the
-    weight's shape or its transpose, matched in order among weights of that shape (only for
-    rules that are not direct: a direct B_l can have a weight's shape by coincidence).
-    Keys ``fa/<weight name>``; 0° means B has become Wᵀ's transpose, i.e. exact BP.
+    Looks first for a tensor other than weight/bias stored on the weight's own module or on a
+    wrapper holding the layer as ``.layer`` (how a layer-wise FA layer keeps B), then, only for
+    rules that are not direct (a direct B_l can have a weight's shape by coincidence), for
+    ``model.feedback`` matrices whose dense form has the weight's shape or its transpose, matched
+    in order among weights of that shape.  Keys ``fa/<weight name>``; 0° means B = W (exact BP).
     """
     out = {}
-    layers = [(n, m) for n, m in model.net.named_modules() if is_weight_layer(m)]
+    wname = {id(p): n for n, p in model.net.named_parameters()}
     unmatched = []
-    for name, m in layers:
-        w = m.weight.detach()
-        own = [t for tn, t in list(m.named_buffers(recurse=False)) + list(m.named_parameters(recurse=False))
-               if tn not in ("weight", "bias") and t is not None and t.numel() == w.numel()]
+    for _, m in _weight_modules(model.net).items():
+        layer = m if is_weight_layer(m) else m.layer
+        w = layer.weight.detach()
+        name = wname.get(id(layer.weight), "weight")
+        own = []
+        for holder in dict.fromkeys([m, layer]):  # wrapper first, then the layer itself
+            own += [t for tn, t in list(holder.named_buffers(recurse=False))
+                    + list(holder.named_parameters(recurse=False))
+                    if tn not in ("weight", "bias") and t is not None and t.numel() == w.numel()]
         if own:
             b = own[0].detach()
-            b = b.t() if b.dim() == 2 and b.shape != w.shape and b.t().shape == w.shape else b
-            out[f"fa/{name}.weight"] = angle(b, w)
+            if b.shape != w.shape and b.dim() == 2 and b.t().shape == w.shape:
+                b = b.t()
+            out[f"fa/{name}"] = angle(b, w)
         else:
             unmatched.append((name, w))
     rule = getattr(model, "rule", None)
-    if unmatched and rule is not None and not rule.direct:  # a direct B_l is not layer-wise
+    if unmatched and rule is not None and not rule.direct:
         pool = list(_feedback_dense(model).values())
         for name, w in unmatched:
             for i, b in enumerate(pool):
                 if b.shape == w.shape or (b.dim() == 2 and b.t().shape == w.shape):
-                    bb = b if b.shape == w.shape else b.t()
-                    out[f"fa/{name}.weight"] = angle(bb, w)
+                    out[f"fa/{name}"] = angle(b if b.shape == w.shape else b.t(), w)
                     pool.pop(i)
                     break
     return out
