@@ -99,10 +99,15 @@ def plot_training_curves(runs: list[dict], path) -> Path:
     panels = [("train_loss", "train loss", False), ("test_loss", "test loss", False),
               ("train_acc", "train accuracy (%)", True), ("test_acc", "test accuracy (%)", True)]
     for ax, (key, title, pct) in zip(axes.flat, panels):
+        seen = []
         for run in runs:
             xs, ys = _series(run["metrics"], key)
             if xs:
                 ax.plot(xs, _pct(ys) if pct else ys, marker="o", ms=3, label=run["label"])
+                seen += ys
+        if not pct and seen and min(seen) > 0 and max(seen) / min(seen) > 100:
+            ax.set_yscale("log")  # a diverging run would flatten everyone else's curve
+            title += " (log scale)"
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
