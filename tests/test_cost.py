@@ -157,3 +157,19 @@ def test_cost_cli_text_and_errors(capsys):
     assert "unknown model" in capsys.readouterr().err
     assert main(["cost", "--model", "alexnet"]) == 2
     assert main(["cost", "--model", "alexnet", "--dataset", "imagenet", "--methods", "bp,xx"]) == 2
+
+
+def test_every_registered_method_has_a_cost_model():
+    import ssdfa
+    missing = [m for m in ssdfa.METHODS if m not in COST_RULES]
+    assert not missing, f"add a @cost_rule for {missing} in ssdfa/cost.py"
+
+
+def test_shapes_with_batchnorm_and_converted_models():
+    import ssdfa
+    net = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 2))
+    assert [lay.neurons for lay in layer_shapes(net, (4,))] == [6, 2]
+    assert net.training  # restored
+    for method in ssdfa.METHODS:
+        model = ssdfa.convert(net, method=method, num_classes=2)
+        assert [lay.weights for lay in layer_shapes(model, (4,))] == [24, 12], method

@@ -189,3 +189,22 @@ def test_fa_rule_with_b_equal_w_gives_bp():
 def test_output_prediction_angle_skips_missing():
     model = ssdfa.convert(_mlp(), method="dfa", num_classes=3, seed=0)
     assert output_prediction_angles(model, {}, torch.zeros(2, 3)) == {}
+
+
+@pytest.mark.parametrize("method", ssdfa.METHODS)
+def test_every_rule_gives_valid_angles_and_leaves_grads(method):
+    """Generated from the registry: angles in [0°, 180°], the output layer exact, no side effects."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(48, 8), nn.Tanh(),
+                        nn.Linear(8, 3))
+    model = ssdfa.convert(net, method=method, num_classes=3, input_shape=(1, 6, 6), seed=0)
+    x, y = torch.randn(5, 1, 6, 6), torch.tensor([0, 1, 2, 0, 1])
+    F.cross_entropy(model(x, target=y), y).backward()
+    before = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+    res = alignment_angles(model, x, y)
+    for k, v in res.items():
+        assert math.isnan(v) or 0.0 <= v <= 180.0, (k, v)
+    out_w = [k for k in res if k.startswith("dW/") and k.endswith("weight")][-1]
+    assert res[out_w] == pytest.approx(0.0, abs=1e-3)  # every rule gives the output layer its gradient
+    for p, g in zip(model.parameters(), before):
+        assert (g is None and p.grad is None) or torch.equal(p.grad, g)

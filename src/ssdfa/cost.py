@@ -35,6 +35,7 @@ rule and are not counted.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -168,6 +169,13 @@ def _ssdfa(layer, ctx, is_first, is_last):
     return _direct(layer, ctx, is_last, 1)
 
 
+@cost_rule("sign_dfa")
+def _sign_dfa(layer, ctx, is_first, is_last):
+    """DRTP paper's sDFA: DFA fed sign(e).  Counted as DFA: the products become additions of
+    ±B (still M·N operations) and each error needs 2 bits, which ``--bits`` does not model."""
+    return _direct(layer, ctx, is_last, ctx.num_classes)
+
+
 @cost_rule("dkp")
 def _dkp(layer, ctx, is_first, is_last):
     """Direct Kolen-Pollack: DFA plus ΔB = eᵀh (|B| MACs) and B written back."""
@@ -239,10 +247,16 @@ def layer_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerSh
     if not handles:
         raise ValueError("the model has no Linear or Conv2d layer to count")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    # eval: BatchNorm cannot run in training mode on a batch of one; backprop(): a converted
+    # model runs its plain layers (a layer-wise wrapper would otherwise bypass the hooked layer)
+    exact = model.backprop() if hasattr(model, "backprop") else contextlib.nullcontext()
     try:
-        with torch.no_grad():
+        model.eval()
+        with torch.no_grad(), exact:
             model(torch.zeros(1, *input_shape, device=device))
     finally:
+        model.train(was_training)
         for h in handles:
             h.remove()
     shapes = []
