@@ -85,6 +85,10 @@ def test_delta_and_dw_angles_match_independent_algebra():
     dw_dfa = ((e @ b0) * (1 - torch.tanh(a1) ** 2)).t() @ x
     dw_bp = (d1 * (1 - torch.tanh(a1) ** 2)).t() @ x
     assert res["dW/0.weight"] == pytest.approx(angle(dw_dfa, dw_bp), abs=1e-3)
+    # δz (pre-activation, DRTP's modulatory signal): f' applied to both
+    fp = 1 - torch.tanh(a1) ** 2
+    assert res["dz/0"] == pytest.approx(angle((e @ b0) * fp, d1 * fp), abs=1e-3)
+    assert "dz/4" not in res  # the output layer's δz is e under every rule
     # the output layer gets its true gradient under DFA
     assert res["dW/4.weight"] == pytest.approx(0.0, abs=1e-3)
     assert 0 < res["delta/point0"] < 180

@@ -87,12 +87,14 @@ def _taps(model) -> "OrderedDict[str, nn.Module]":
 
 
 @contextlib.contextmanager
-def _capture(taps, store_grads: dict, store_acts: dict):
+def _capture(taps, store_grads: dict, store_acts: dict, net: nn.Module | None = None):
     """Record each tap's input h and the gradient that later arrives at it (tensor hooks).
 
     The input of a feedback point is the block output h_l itself: a direct rule injects its
     signal into exactly this tensor, and BP's gradient flows through it, so one pre-hook serves
-    both (and does not depend on how the engine cuts the graph after the point).
+    both (and does not depend on how the engine cuts the graph after the point).  With ``net``,
+    the gradient at the output of every hidden weight layer (the pre-activation z) is kept too,
+    under the key ``dz:<layer>``.
     """
 
     def make(name):
@@ -107,7 +109,19 @@ def _capture(taps, store_grads: dict, store_acts: dict):
 
         return pre_hook
 
+    def make_out(name):
+        def hook(module, inputs, output):
+            if isinstance(output, torch.Tensor) and output.requires_grad:
+                def grab(g):
+                    store_grads[name] = g.detach().clone()
+                output.register_hook(grab)
+            return None
+
+        return hook
+
     handles = [m.register_forward_pre_hook(make(n)) for n, m in taps.items()]
+    hidden = list(_weight_modules(net).items())[:-1] if net is not None else []
+    handles += [m.register_forward_hook(make_out(f"dz:{n}")) for n, m in hidden]
     try:
         yield
     finally:
@@ -119,7 +133,7 @@ def _one_pass(model, x, y, loss_fn, params):
     deltas, acts = {}, {}
     for p in params:
         p.grad = None
-    with _capture(_taps(model), deltas, acts):
+    with _capture(_taps(model), deltas, acts, model.net):
         out = model(x, target=y)
         loss = loss_fn(out, y)
         loss.backward()
@@ -132,8 +146,10 @@ def alignment_angles(model, x: torch.Tensor, y: torch.Tensor, loss_fn=F.cross_en
                      extra: bool = True) -> dict[str, float]:
     """Angles (degrees) between the rule's signals and exact BP's on the same batch and weights.
 
-    Keys: ``delta/<point>`` (gradient arriving at each feedback point, DRTP Figs. 2-3; for
-    layer-wise rules without points, at the input of each weight layer but the first),
+    Keys: ``delta/<point>`` (gradient arriving at each feedback point, i.e. at h_l after the
+    block's non-linearity and pooling; for layer-wise rules without points, at the input of each
+    weight layer but the first), ``dz/<layer>`` (gradient at each hidden weight layer's output,
+    the pre-activation z_l: the DRTP paper's modulatory signal δz_k of Figs. 2-3, f′ applied),
     ``dW/<parameter>`` (∂L/∂W of each parameter of ``model.net``); with ``extra`` also
     :func:`static_angles` and ``dkp/<point>`` (:func:`output_prediction_angles` on this batch).
     The model is run twice with the same random state (dropout masks match); every ``.grad``,
@@ -168,6 +184,10 @@ def alignment_angles(model, x: torch.Tensor, y: torch.Tensor, loss_fn=F.cross_en
     for name in _taps(model):
         if name in d_rule and name in d_bp:
             result[f"delta/{name}"] = angle(d_rule[name], d_bp[name])
+    for name in _weight_modules(model.net):  # in layer order
+        key = f"dz:{name}"
+        if key in d_rule and key in d_bp:
+            result[f"dz/{name}"] = angle(d_rule[key], d_bp[key])
     for name, g in g_rule.items():
         if g is not None and g_bp.get(name) is not None:
             result[f"dW/{name}"] = angle(g, g_bp[name])

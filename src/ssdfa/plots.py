@@ -121,7 +121,8 @@ def plot_training_curves(runs: list[dict], path) -> Path:
     return _save(fig, path)
 
 
-_ANGLE_GROUPS = [("delta/", r"$\delta$ at feedback points vs BP"), ("dW/", r"$\partial W$ vs BP"),
+_ANGLE_GROUPS = [("dz/", r"$\delta z$ (pre-activation) vs BP (DRTP Figs. 2-3)"),
+                 ("delta/", r"$\delta$ at feedback points vs BP"), ("dW/", r"$\partial W$ vs BP"),
                  ("eq14/", r"$\angle(B_l,\ W_n \cdots W_{l+1})$ (Eq. 14)"),
                  ("dkp/", r"$\angle(h_l B_l^T,\ z_{out})$, $z_{out}$ = output pre-activation (DKP)"),
                  ("fa/", r"$\angle(B, W)$ (FA/KP)")]
@@ -143,7 +144,7 @@ def plot_angles(run: dict, path) -> Path | None:
     groups = [g for g in groups if g[2]]
     if not groups:
         return None
-    cols = 2 if len(groups) > 1 else 1
+    cols = 3 if len(groups) > 4 else (2 if len(groups) > 1 else 1)
     rows = math.ceil(len(groups) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=FIGSIZE["angles"], squeeze=False)
     for ax, (prefix, title, ks) in zip(axes.flat, groups):
