@@ -121,10 +121,10 @@ def plot_training_curves(runs: list[dict], path) -> Path:
     return _save(fig, path)
 
 
-_ANGLE_GROUPS = [("dz/", r"$\delta z$ (pre-activation) vs BP (DRTP Figs. 2-3)"),
+_ANGLE_GROUPS = [("dz/", r"$\delta z$ (pre-activation) vs BP (DRTP)"),
                  ("delta/", r"$\delta$ at feedback points vs BP"), ("dW/", r"$\partial W$ vs BP"),
                  ("eq14/", r"$\angle(B_l,\ W_n \cdots W_{l+1})$ (Eq. 14)"),
-                 ("dkp/", r"$\angle(h_l B_l^T,\ z_{out})$, $z_{out}$ = output pre-activation (DKP)"),
+                 ("dkp/", r"$\angle(h_l B_l^T,\ z_{out})$ (DKP Fig. 2)"),
                  ("fa/", r"$\angle(B, W)$ (FA/KP)")]
 
 
