@@ -56,8 +56,9 @@ def _angles_section(runs, md_dir, figs) -> list[str]:
         return []
     lines = ["## Alignment with backprop", "",
              "Angles in degrees at the last epoch (0° = the BP direction, 90° = orthogonal). "
-             "`delta/` is the signal arriving at each feedback point and `dW/` each weight's "
-             "update, against exact BP on the same batch and weights (DRTP paper, Figs. 2-3); "
+             "`dz/` is the signal at each hidden layer's pre-activation (the DRTP paper's δz, "
+             "Figs. 2-3), `delta/` the signal arriving at each feedback point and `dW/` each "
+             "weight's update, all against exact BP on the same batch and weights; "
              "`eq14/` is ∠(B_l, W_n⋯W_{l+1}) (SSDFA paper, Eq. 14); `dkp/` is ∠(h_l·B_lᵀ, output "
              "pre-activation) (DKP paper, Fig. 2).", ""]
     for r, ks in keyed:
