@@ -93,7 +93,6 @@ def test_metrics_csv_is_read_too(tmp_path):
 
 def test_sweep_plot(tmp_path):
     def fake(fields):
-        d = tmp_path / "sw" / "x"
         acc = 0.5 + 0.02 * fields["rank"] + 0.01 * fields["seed"]
         return {"final_test_acc": acc, "best_test_acc": acc}
 

@@ -88,3 +88,5 @@ def test_sweep_cli_reports_skips(tmp_path, capsys, monkeypatch):
     assert len(fake.calls) == 3
     assert main(["sweep", "--dataset", "unknownset", "--out", str(out)]) == 2
     assert "--num-classes" in capsys.readouterr().err
+    assert main(["sweep", "--method", "dfa", "--dataset", "mnist", "--out", str(out)]) == 2
+    assert "does not take rank and sparsity" in capsys.readouterr().err

@@ -69,7 +69,14 @@ def run(args) -> int:
         raise UserError(f"--rank takes integers and --sparsity numbers, comma-separated ({exc})") from exc
     if not ranks or not sparsities or args.seeds < 1:
         raise UserError("need at least one rank, one sparsity and --seeds >= 1")
-    base = {"method": args.method, "dataset": args.dataset, "alignment": args.alignment}
+    from ..rules import RULES
+
+    method = args.method.strip().lower().replace("-", "_")
+    takes = [m for m, rule in sorted(RULES.items()) if {"rank", "sparsity"} <= set(rule.options)]
+    if method not in takes:
+        raise UserError(f"method {args.method!r} does not take rank and sparsity; sweep one of: "
+                        f"{', '.join(takes)}")
+    base = {"method": method, "dataset": args.dataset, "alignment": args.alignment}
     for key in ("model", "epochs", "batch_size", "lr", "optimizer", "limit_train", "device",
                 "data_dir"):
         val = getattr(args, key)
