@@ -117,12 +117,16 @@ def run(args) -> int:
                           input_error=not args.no_input_error, bits=args.bits)
     except (ValueError, KeyError) as exc:
         raise UserError(str(exc)) from exc
+    if all(lay.kind == "linear" for lay in layers):
+        scope = "all layers (no conv layer)"
+    else:
+        scope = "FC layers only (transfer, Fig. 8 scope)" if args.train == "fc" else "all layers"
     if args.json:
         json.dump(res, sys.stdout, indent=1)
         print()
         return 0
     print(f"{args.model} (from {where}) on input {shape} with {classes} classes; trained: "
-          f"{'FC layers only (transfer, Fig. 8 scope)' if args.train == 'fc' else 'all layers'}; "
+          f"{scope}; "
           f"BP error at first layer input {'not ' if args.no_input_error else ''}counted; "
           f"one training example, backward pass; words of {args.bits} bits")
     hdr = f"{'layer':>10} {'kind':>6} {'MACs':>14} {'reads':>14} {'writes':>14} {'movement':>14} {'feedback':>12}"
