@@ -1,0 +1,151 @@
+"""``ssdfa cost``: MACs, memory traffic and data movement of one training example (Table I)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def register(subparsers):
+    p = subparsers.add_parser(
+        "cost",
+        help="per-layer MACs, reads, writes, data movement and feedback storage per method",
+        description=(
+            "Count the backward-pass cost of one training example for each method, per layer, "
+            "following the SSDFA paper's Table I (docs/cost-model.md states every convention). "
+            "Defaults follow the paper's Fig. 8: only FC layers train (--train fc) and BP's "
+            "error at the first trained layer's input is counted (Table I's 2|W|)."),
+    )
+    p.add_argument("--model", required=True, help="model name (ssdfa.models registry, or one of "
+                   "the paper's nets the cost model builds itself: alexnet, cifar-cnn, cifar-fc, mnist-fc)")
+    p.add_argument("--dataset", default=None,
+                   help="sets input shape and classes: mnist, cifar10, cifar100, imagenet, digits")
+    p.add_argument("--input-shape", default=None, help="C,H,W (or F) without batch; overrides --dataset")
+    p.add_argument("--num-classes", type=int, default=None, help="classes; overrides --dataset")
+    p.add_argument("--methods", default="bp,dfa,ssdfa", help="comma-separated (default bp,dfa,ssdfa)")
+    p.add_argument("--train", choices=("fc", "all"), default="fc",
+                   help="fc: only Linear layers train, as in the paper's Fig. 8 and transfer "
+                        "learning (default); all: conv layers train too")
+    p.add_argument("--no-input-error", action="store_true",
+                   help="do not count BP/FA's Wᵀ·δ at the first trained layer's input "
+                        "(nothing uses it; Table I counts it)")
+    p.add_argument("--connections", type=int, default=None,
+                   help="errors per neuron S for sdfa (default: 10%% of the classes, at least 1)")
+    p.add_argument("--bits", type=int, default=32, help="bits per word for the byte totals (32)")
+    p.add_argument("--reference", action="store_true",
+                   help="use the cost model's own paper network even if the registry has the name")
+    p.add_argument("--json", action="store_true", help="print a JSON object keyed by method")
+    p.set_defaults(func=run)
+
+
+def _resolve(args):
+    from ..cli import UserError
+    from ..cost import DATASET_SHAPES
+
+    shape, classes = None, None
+    if args.dataset is not None:
+        key = args.dataset.strip().lower().replace("-", "").replace("_", "")
+        if key not in DATASET_SHAPES:
+            raise UserError(f"unknown dataset {args.dataset!r} for the cost model; choose one of "
+                            f"{', '.join(DATASET_SHAPES)} or give --input-shape and --num-classes")
+        shape, classes = DATASET_SHAPES[key]
+    if args.input_shape is not None:
+        try:
+            shape = tuple(int(s) for s in args.input_shape.split(","))
+        except ValueError as exc:
+            raise UserError(f"--input-shape must be integers like 3,32,32, got {args.input_shape!r}") from exc
+    if args.num_classes is not None:
+        classes = args.num_classes
+    if shape is None or classes is None:
+        raise UserError("give --dataset, or both --input-shape and --num-classes")
+    return shape, classes
+
+
+def _build(name, shape, classes, reference=False):
+    """(model, where it came from): the registry's if it has the name, else the paper's net."""
+    import torch
+
+    from ..cli import UserError
+    from ..cost import REFERENCE_NAMES, reference_architecture
+
+    builders = []
+    known = []
+    try:
+        from .. import models  # the model registry; the cost model also works without it
+        known = list(models.list_models())
+        if name in known and not reference:
+            builders.append(("ssdfa.models", lambda: models.create_model(name, shape, classes)))
+    except ImportError:
+        pass
+    if name in REFERENCE_NAMES:
+        builders.append(("the cost model's paper nets",
+                         lambda: reference_architecture(name, shape, classes)))
+    if not builders:
+        raise UserError(f"unknown model {name!r}; choose one of "
+                        f"{', '.join(sorted(set(known) | set(REFERENCE_NAMES)))}")
+    where, build = builders[0]
+    try:
+        with torch.device("meta"):  # shapes only: no memory, no arithmetic
+            return build(), where
+    except (RuntimeError, NotImplementedError, TypeError):
+        return build(), where
+
+
+def run(args) -> int:
+    from ..cli import UserError
+    from ..cost import COST_RULES, REFERENCE_NAMES, count_costs, layer_shapes
+
+    methods = [m.strip().lower().replace("-", "_") for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in COST_RULES]
+    if bad or not methods:
+        raise UserError(f"no cost model for {', '.join(bad) or 'an empty --methods'}; choose from "
+                        f"{', '.join(sorted(COST_RULES))}")
+    if args.bits < 1:
+        raise UserError(f"--bits must be a positive number of bits per word, got {args.bits}")
+    shape, classes = _resolve(args)
+    if args.reference and args.model not in REFERENCE_NAMES:
+        raise UserError(f"--reference: the cost model has no {args.model!r}; it has "
+                        f"{', '.join(REFERENCE_NAMES)}")
+    net, where = _build(args.model, shape, classes, args.reference)
+    try:
+        layers = layer_shapes(net, shape)
+    except RuntimeError as exc:
+        raise UserError(f"model {args.model!r} does not accept inputs of shape {shape}: {exc}") from exc
+    conn = args.connections if args.connections is not None else max(1, round(0.1 * classes))
+    try:
+        res = count_costs(layers, methods, num_classes=classes, train=args.train, connections=conn,
+                          input_error=not args.no_input_error, bits=args.bits)
+    except (ValueError, KeyError) as exc:
+        raise UserError(str(exc)) from exc
+    if all(lay.kind == "linear" for lay in layers):
+        scope = "all layers (no conv layer)"
+    else:
+        scope = "FC layers only (transfer, Fig. 8 scope)" if args.train == "fc" else "all layers"
+    if args.json:
+        json.dump(res, sys.stdout, indent=1)
+        print()
+        return 0
+    print(f"{args.model} (from {where}) on input {shape} with {classes} classes; trained: "
+          f"{scope}; "
+          f"BP error at first layer input {'not ' if args.no_input_error else ''}counted; "
+          f"one training example, backward pass; words of {args.bits} bits")
+    hdr = f"{'layer':>10} {'kind':>6} {'MACs':>14} {'reads':>14} {'writes':>14} {'movement':>14} {'feedback':>12}"
+    for m in methods:
+        print(f"\n[{m}]\n{hdr}")
+        for r in res[m]["layers"]:
+            tag = r["kind"] if r["trained"] else "frozen"
+            print(f"{r['name']:>10} {tag:>6} {r['macs']:>14,} {r['reads']:>14,} {r['writes']:>14,} "
+                  f"{r['movement']:>14,} {r['feedback']:>12,}")
+        t = res[m]["totals"]
+        print(f"{'total':>10} {'':>6} {t['macs']:>14,} {t['reads']:>14,} {t['writes']:>14,} "
+              f"{t['movement']:>14,} {t['feedback']:>12,}   "
+              f"({t['movement_bytes'] / 1e6:.3f} MB moved)")
+    if len(methods) > 1:
+        print("\nratios (row / column), movement and MACs:")
+        for i, a in enumerate(methods):
+            for b in methods[i + 1:]:
+                ta, tb = res[a]["totals"], res[b]["totals"]
+                mv = ta["movement"] / tb["movement"] if tb["movement"] else float("inf")
+                mc = ta["macs"] / tb["macs"] if tb["macs"] else float("inf")
+                print(f"  {a}/{b}: movement {mv:,.1f}x  MACs {mc:.3f}x")
+    return 0

@@ -1,0 +1,179 @@
+"""Rank × sparsity sweeps (SSDFA paper, Figs. 5-6): accuracy and angle, mean ± std over seeds.
+
+Each cell (rank R, sparsity s, seed) is one training run in ``<out>/cells/r<R>_s<s>_seed<n>/``.
+A cell whose ``summary.json`` exists is complete and is read, not re-run, so an interrupted
+sweep resumes where it stopped.  Cells that cannot feed every error back — S·R < M with
+S = round((1 − s)·M) connections per neuron, the paper's "rank × connectivity < 1" — or whose
+rank exceeds the M errors are skipped, and each skip is reported with its reason.
+
+Results: ``sweep.csv`` (one row per run) and ``sweep.json`` (the grid, the skipped cells, and
+mean ± std per (rank, sparsity)), rewritten after every cell.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Callable
+
+__all__ = ["cell_problem", "run_sweep", "aggregate", "final_angles", "cell_dir"]
+
+CSV_FIELDS = ("rank", "sparsity", "connections", "seed", "test_acc", "best_test_acc",
+              "angle_eq14", "angle_delta", "run_dir")
+
+
+def cell_problem(rank: int, sparsity: float, num_classes: int) -> str | None:
+    """Why (rank, sparsity) cannot be run with ``num_classes`` errors, or None if it can."""
+    if rank < 1:
+        return f"rank {rank} < 1"
+    if rank > num_classes:
+        return f"rank {rank} > {num_classes} errors (B has at most rank M)"
+    if not 0.0 <= sparsity < 1.0:
+        return f"sparsity {sparsity} is outside [0, 1)"
+    s = round((1.0 - sparsity) * num_classes)
+    if s < 1:
+        return f"sparsity {sparsity} leaves no connection per neuron with {num_classes} errors"
+    if s * rank < num_classes:
+        return (f"rank·connectivity = {rank}·{1 - sparsity:g} = {rank * (1 - sparsity):g} < 1: "
+                f"{s} connections × rank {rank} cannot reach all {num_classes} errors")
+    return None
+
+
+def cell_dir(out: Path, rank: int, sparsity: float, seed: int) -> Path:
+    return Path(out) / "cells" / f"r{rank}_s{sparsity:g}_seed{seed}"
+
+
+def final_angles(metrics: list[dict]) -> dict[str, float]:
+    """Mean over points of the last epoch's ``angle/eq14/*`` and ``angle/delta/*`` columns."""
+    out = {"angle_eq14": math.nan, "angle_delta": math.nan}
+    if not metrics:
+        return out
+    last = metrics[-1]
+    for key, prefix in (("angle_eq14", "angle/eq14/"), ("angle_delta", "angle/delta/")):
+        vals = [float(v) for k, v in last.items() if k.startswith(prefix) and v not in (None, "")]
+        vals = [v for v in vals if not math.isnan(v)]
+        if vals:
+            out[key] = sum(vals) / len(vals)
+    return out
+
+
+def _train_with_api(fields: dict) -> dict:
+    """Run one cell through the training API (``ssdfa.training``)."""
+    import dataclasses
+
+    from .training import TrainConfig, run  # lazy: the sweep module imports without training
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(fields) - names)
+    if unknown:
+        raise ValueError(f"TrainConfig has no field(s) {', '.join(unknown)}")
+    return run(TrainConfig(**fields))
+
+
+def _read_json(path: Path, default):
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return default
+
+
+def run_sweep(out_dir, base: dict, ranks, sparsities, seeds, num_classes: int, *,
+              train: Callable[[dict], dict] | None = None, log=print) -> dict:
+    """Run every valid (rank, sparsity, seed) cell not yet complete; return ``sweep.json``'s dict.
+
+    ``base`` holds the TrainConfig fields shared by all cells (method, dataset, model, epochs…);
+    each cell adds ``rank``, ``sparsity``, ``seed`` and ``out_dir``.  ``train`` runs one cell
+    (default: ``ssdfa.training.run``) and returns its summary.
+    """
+    train = train or _train_with_api
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    skipped = []
+    rows = []
+    for r in ranks:
+        for s in sparsities:
+            why = cell_problem(int(r), float(s), num_classes)
+            if why:
+                skipped.append({"rank": int(r), "sparsity": float(s), "reason": why})
+                log(f"skipping rank={r} sparsity={s:g}: {why}")
+                continue
+            for seed in seeds:
+                d = cell_dir(out, int(r), float(s), int(seed))
+                summary_path = d / "summary.json"
+                if summary_path.exists():
+                    log(f"done already: rank={r} sparsity={s:g} seed={seed}")
+                else:
+                    log(f"running rank={r} sparsity={s:g} seed={seed} -> {d}")
+                    fields = dict(base, rank=int(r), seed=int(seed), out_dir=str(d),
+                                  sparsity=float(s))
+                    summary = train(fields)
+                    d.mkdir(parents=True, exist_ok=True)
+                    if not summary_path.exists():  # the API writes it; make sure it is there
+                        summary_path.write_text(json.dumps(summary, indent=1))
+                summary = _read_json(summary_path, {})
+                metrics = _read_json(d / "metrics.json", [])
+                rows.append({
+                    "rank": int(r), "sparsity": float(s),
+                    "connections": round((1 - float(s)) * num_classes), "seed": int(seed),
+                    "test_acc": summary.get("final_test_acc", math.nan),
+                    "best_test_acc": summary.get("best_test_acc", math.nan),
+                    **final_angles(metrics), "run_dir": str(d.relative_to(out)),
+                })
+                _write(out, base, ranks, sparsities, seeds, num_classes, rows, skipped)
+    return _write(out, base, ranks, sparsities, seeds, num_classes, rows, skipped)
+
+
+def _write(out, base, ranks, sparsities, seeds, num_classes, rows, skipped) -> dict:
+    with open(out / "sweep.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    result = {
+        "kind": "sweep",
+        "base": base,
+        "num_classes": num_classes,
+        "ranks": [int(r) for r in ranks],
+        "sparsities": [float(s) for s in sparsities],
+        "seeds": [int(s) for s in seeds],
+        "skipped": skipped,
+        "runs": rows,
+        "cells": aggregate(rows),
+    }
+    (out / "sweep.json").write_text(json.dumps(_clean(result), indent=1))
+    return result
+
+
+def _clean(obj):
+    """NaN -> null, so sweep.json is strict JSON."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def _mean_std(vals):
+    vals = [float(v) for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return math.nan, math.nan
+    m = sum(vals) / len(vals)
+    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    return m, sd
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """Mean ± sample std over seeds per (rank, sparsity)."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["rank"], row["sparsity"]), []).append(row)
+    cells = []
+    for (r, s), rs in sorted(groups.items()):
+        cell = {"rank": r, "sparsity": s, "n": len(rs)}
+        for key in ("test_acc", "best_test_acc", "angle_eq14", "angle_delta"):
+            cell[f"{key}_mean"], cell[f"{key}_std"] = _mean_std(r_[key] for r_ in rs)
+        cells.append(cell)
+    return cells
