@@ -17,6 +17,15 @@ from ssdfa import data as D
 
 
 @pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensors on a shared 2-core machine: one thread avoids waiting on a busy sibling."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     """No real dataset on this machine can leak into a test."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

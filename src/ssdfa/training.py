@@ -71,6 +71,7 @@ class TrainConfig:
     rank: int | None = None
     feedback_lr: float | None = None  # learning rate of learnable feedback (dkp); None: lr
     device: str = "auto"  # auto: cuda when available, else cpu
+    threads: int | None = None  # CPU threads for torch; None: torch's default
     data_dir: str | None = None
     download: bool = False
     image_size: int | None = None  # imagefolder only
@@ -117,6 +118,8 @@ def resolve(cfg: TrainConfig, dataset: Dataset | None = None, custom_model: bool
         problems.append(f"lr must be > 0, got {cfg.lr}")
     if cfg.feedback_lr is not None and not cfg.feedback_lr >= 0:
         problems.append(f"feedback_lr must be >= 0, got {cfg.feedback_lr}")
+    if cfg.threads is not None and cfg.threads < 1:
+        problems.append(f"threads must be >= 1, got {cfg.threads}")
     if cfg.alignment < 0:
         problems.append(f"alignment must be >= 0 (0 = off), got {cfg.alignment}")
     if cfg.model is None and dataset is not None:
@@ -256,8 +259,10 @@ def _summary(cfg, history, status, seconds) -> dict:
 
 
 def default_out_dir(cfg: TrainConfig) -> str:
+    """runs/<time>-<dataset>-<model>-<method>-s<seed>."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return os.path.join("runs", f"{stamp}-{cfg.dataset}-{cfg.model}-{cfg.method}-s{cfg.seed}")
+    model = cfg.model or default_model(str(cfg.dataset).lower(), ())
+    return os.path.join("runs", f"{stamp}-{cfg.dataset}-{model}-{cfg.method}-s{cfg.seed}")
 
 
 def _tensorboard(out: Path):
@@ -282,6 +287,8 @@ def run(config: TrainConfig, *, resume: bool = False, model: nn.Module | None = 
         cfg.model = f"custom:{type(model).__name__}"
     resolve(cfg, custom_model=model is not None)
     device = pick_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
 
     data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download,
                         image_size=cfg.image_size, limit_train=cfg.limit_train)

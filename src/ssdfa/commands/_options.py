@@ -57,6 +57,8 @@ def add_training_options(p: argparse.ArgumentParser, *, method: bool = True) -> 
 
     g = p.add_argument_group("output")
     g.add_argument("--device", default=S, help="auto (default), cpu, cuda, cuda:1, ...")
+    g.add_argument("--threads", type=int, default=S,
+                   help="CPU threads for torch (1 is fastest for small models on a busy machine)")
     g.add_argument("--out-dir", default=S, help="run directory (default runs/<time>-...)")
     g.add_argument("--config", default=None, metavar="FILE",
                    help="TOML file of options (keys as the flags, with _ or -); flags override it")

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..cli import UserError
-from ..training import Diverged, TrainConfig
+from ..training import Diverged, TrainConfig, default_out_dir
 from ._options import add_training_options, config_from_args, logger, show_progress, train_or_explain
 
 # flags that may change when a run is resumed; anything else would make it a different run
@@ -36,17 +36,23 @@ def run(args) -> int:
     else:
         cfg, _ = config_from_args(args)
         resume = False
-        if cfg.out_dir and (Path(cfg.out_dir) / "checkpoint.pt").exists() and not args.overwrite:
+        if cfg.out_dir is None:
+            cfg.out_dir = default_out_dir(cfg)
+        if (Path(cfg.out_dir) / "checkpoint.pt").exists() and not args.overwrite:
             raise UserError(f"{cfg.out_dir} already holds a run; continue it with --resume "
                             f"{cfg.out_dir}, pick another --out-dir, or pass --overwrite")
     try:
         summary = train_or_explain(cfg, resume=resume, progress=show_progress(args), log=log)
+    except KeyboardInterrupt:
+        print(f"ssdfa train: interrupted; the last finished epoch is saved — continue with "
+              f"`ssdfa train --resume {cfg.out_dir}`", file=sys.stderr)
+        return 130
     except Diverged as exc:
         print(f"ssdfa train: {exc}", file=sys.stderr)
         if args.json:
-            out = Path(cfg.out_dir) / "summary.json" if cfg.out_dir else None
-            if out and out.exists():
-                print(out.read_text())
+            out = Path(cfg.out_dir) / "summary.json"
+            if out.exists():
+                print(json.dumps(json.loads(out.read_text())))
         return 3
     if args.json:
         print(json.dumps(summary))
