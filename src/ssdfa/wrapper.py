@@ -17,6 +17,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from .points import ACTIVE
 from .rules import Rule
 
 
@@ -59,24 +60,11 @@ class FeedbackModel(nn.Module):
         self.point_names = [name for name, _ in points]
         self.num_classes = num_classes
         self.feedback = nn.ModuleList()
-        self._tape: list | None = None
+        # a plain list (not registered twice): deepcopy maps it onto the copied net's points
+        self._points = [point for _, point in points]
         self._cut = True
-        self._handles = []
-        if rule.direct:
-            for idx, (_, point) in enumerate(points):
-                self._handles.append(point.register_forward_hook(self._make_hook(idx)))
 
     # -- the forward pass ---------------------------------------------------------------------
-    def _make_hook(self, idx):
-        def hook(module, inputs, output):
-            tape = self._tape
-            if tape is None:
-                return None
-            tape.append((idx, output))
-            return output.detach() if self._cut else None
-
-        return hook
-
     def forward(self, *args, target: torch.Tensor | None = None, **kwargs):
         """Run the network; for a direct rule in grad mode, arm the feedback injection.
 
@@ -84,12 +72,21 @@ class FeedbackModel(nn.Module):
         """
         if not self.rule.direct or not torch.is_grad_enabled() or not self._cut:
             return self.net(*args, **kwargs)
+        index = {id(p): i for i, p in enumerate(self._points)}
         tape: list = []
-        self._tape = tape
+
+        def record(point, h):
+            i = index.get(id(point))
+            if i is None:  # a marker of some other model
+                return h
+            tape.append((i, h))
+            return h.detach()  # cut: the next block never sends a gradient back here
+
+        token = ACTIVE.set(record)
         try:
             y = self.net(*args, **kwargs)
         finally:
-            self._tape = None
+            ACTIVE.reset(token)
         if not isinstance(y, torch.Tensor):
             raise TypeError(
                 f"a directly trained model must return one tensor of shape (batch, classes), "
@@ -128,10 +125,7 @@ class FeedbackModel(nn.Module):
             self._cut = old
 
     def unwrap(self) -> nn.Module:
-        """Remove the hooks and return the plain network (parameters shared, not copied)."""
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+        """The plain network (parameters shared, not copied); its markers are identities."""
         return self.net
 
     def extra_repr(self):

@@ -1,0 +1,110 @@
+"""The feedback-matrix factory: sparsity, connections, rank, coverage, determinism, errors."""
+
+import math
+
+import pytest
+import torch
+
+from ssdfa.feedback import (DenseFeedback, FeedbackConfigError, FeedbackSpec, SparseFeedback,
+                            default_std, make_feedback, resolve_connections)
+
+
+def draw(m, n, s=None, r=None, seed=0):
+    return make_feedback(m, n, FeedbackSpec(connections=s, rank=r),
+                         generator=torch.Generator().manual_seed(seed))
+
+
+CASES = [  # (M, N, S, R)
+    (10, 100, 1, 10), (10, 100, 2, 5), (10, 100, 3, 4), (10, 100, 5, 2), (10, 100, 10, 1),
+    (10, 100, 10, 3), (10, 37, 4, 7), (100, 500, 1, 100), (100, 500, 10, 10), (7, 7, 1, 7),
+]
+
+
+@pytest.mark.parametrize("m,n,s,r", CASES)
+def test_connections_rank_and_coverage_hold_exactly(m, n, s, r):
+    b = draw(m, n, s, r).dense()
+    assert b.shape == (m, n)
+    nonzeros_per_neuron = (b != 0).sum(0)
+    assert torch.all(nonzeros_per_neuron == s), nonzeros_per_neuron.unique()
+    assert torch.linalg.matrix_rank(b).item() == r  # at the stored precision (float32)
+    assert torch.all((b != 0).sum(1) >= 1), "an error reaches no neuron of the layer"
+
+
+@pytest.mark.parametrize("sparsity,expected", [(0.0, None), (0.5, 5), (0.9, 1), (0.8, 2)])
+def test_sparsity_is_the_fraction_of_zeros(sparsity, expected):
+    assert resolve_connections(10, sparsity=sparsity) == expected
+    if expected is not None:
+        b = draw(10, 50, expected, 10).dense()
+        assert (b == 0).float().mean().item() == pytest.approx(sparsity)
+
+
+def test_ssdfa_rows_have_exactly_one_nonzero_and_every_error_is_used():
+    fb = draw(1000, 4096, 1, None)
+    assert isinstance(fb, SparseFeedback)
+    b = fb.dense()
+    assert torch.all((b != 0).sum(0) == 1)
+    per_error = (b != 0).sum(1)
+    assert per_error.min() >= 4 and per_error.max() <= 5  # about N/M = 4.1 each
+
+
+def test_dense_full_rank_is_iid_uniform_at_the_papers_scale():
+    fb = draw(10, 4000)
+    assert isinstance(fb, DenseFeedback)
+    b = fb.matrix
+    bound = 1 / math.sqrt(4000)
+    assert b.abs().max() <= bound
+    assert b.std().item() == pytest.approx(default_std(4000), rel=0.03)
+
+
+@pytest.mark.parametrize("s,r", [(1, 10), (3, 4), (10, 2)])
+def test_sparse_and_low_rank_keep_the_dense_std(s, r):
+    b = draw(10, 2000, s, r).dense()
+    assert b.std().item() == pytest.approx(default_std(2000), rel=1e-3)
+
+
+def test_storage_follows_sparsity():
+    fb = draw(1000, 10000, 1, None)
+    stored = sum(t.numel() for t in fb.buffers())
+    assert stored == 2 * 10000  # one index and one value per neuron, not N·M
+    fb3 = draw(1000, 10000, 3, 400)
+    assert sum(t.numel() for t in fb3.buffers()) == 2 * 3 * 10000
+
+
+def test_sparse_projection_equals_dense_product():
+    fb = draw(10, 30, 3, 4)
+    e = torch.randn(5, 10)
+    torch.testing.assert_close(fb.project(e), e @ fb.dense(), rtol=1e-6, atol=1e-6)
+    h = torch.randn(5, 30)
+    dense_grad = e.t() @ h
+    torch.testing.assert_close(fb.grad_from(e, h), torch.gather(dense_grad.t(), 1, fb.index))
+
+
+def test_same_seed_same_matrix_other_seed_other_matrix():
+    torch.testing.assert_close(draw(10, 50, 2, 5, seed=3).dense(), draw(10, 50, 2, 5, seed=3).dense())
+    assert not torch.equal(draw(10, 50, 2, 5, seed=3).dense(), draw(10, 50, 2, 5, seed=4).dense())
+
+
+@pytest.mark.parametrize("m,n,s,r,match", [
+    (10, 100, 2, 4, "never be fed back"),  # S·R = 8 < 10
+    (10, 100, 11, None, "connections=11 is out of range"),
+    (10, 100, 1, 11, "rank=11 is out of range"),
+    (10, 5, 2, 6, "rank=6 is out of range"),  # rank > N
+    (10, 100, 1.5, None, "connections must be an int"),
+    (10, 100, None, True, "rank must be an int"),
+])
+def test_impossible_requests_fail_with_a_reason(m, n, s, r, match):
+    with pytest.raises(FeedbackConfigError, match=match):
+        draw(m, n, s, r)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(sparsity=1.0), r"must lie in \[0, 1\)"),
+    (dict(sparsity=-0.1), r"must lie in \[0, 1\)"),
+    (dict(sparsity="high"), "must be a number"),
+    (dict(sparsity=0.99), "leaves no error per neuron"),
+    (dict(sparsity=0.5, connections=2), "not both"),
+    (dict(connections=0), "out of range"),
+])
+def test_bad_sparsity_options(kwargs, match):
+    with pytest.raises(FeedbackConfigError, match=match):
+        resolve_connections(10, **kwargs)
