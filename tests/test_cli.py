@@ -318,3 +318,10 @@ def test_readme_command_parses(cmd):
             assert value in valid, f"README uses unknown {key} {value!r}"
     if getattr(args, "methods", None):
         assert set(args.methods.split(",")) <= set(ssdfa.METHODS)
+
+
+def test_progress_bar_shows_loss_and_accuracy(tmp_path, capsys):
+    cfg = training.TrainConfig(epochs=1, limit_train=64, batch_size=16, out_dir=str(tmp_path / "r"))
+    training.run(cfg, progress=True)
+    err = capsys.readouterr().err
+    assert "epoch 1/1" in err and "loss=" in err and "acc=" in err

@@ -264,3 +264,39 @@ def test_dataset_info_reports_what_is_found(tmp_path):
     found = {name: where for name, _, where in D.dataset_info(tmp_path)}
     assert found["mnist"] == str(tmp_path / "mnist")
     assert found["digits"] == "embedded" and found["cifar10"] == "not found"
+
+
+def _fake_server(monkeypatch, files: dict[str, bytes]):
+    import io
+
+    def urlopen(url, timeout=None):
+        name = url.rsplit("/", 1)[-1]
+        return io.BytesIO(files[name])
+
+    monkeypatch.setattr(D.urllib.request, "urlopen", urlopen)
+
+
+def test_download_verifies_md5_then_loads_from_the_cache(tmp_path, monkeypatch):
+    import hashlib
+
+    src = tmp_path / "upstream"
+    write_idx_set(src, gz=True)
+    files = {p.name: p.read_bytes() for p in src.iterdir()}
+    sums = {name: hashlib.md5(raw).hexdigest() for name, raw in files.items()}
+    monkeypatch.setitem(D.DOWNLOADS, "mnist", ("http://example.invalid/", sums))
+    _fake_server(monkeypatch, files)
+    with pytest.raises(D.DatasetNotFound):
+        D.load_dataset("mnist")  # not without --download
+    ds = D.load_dataset("mnist", download=True)
+    assert len(ds.train) == 6 and ds.source == str(tmp_path / "cache" / "ssdfa" / "mnist")
+
+
+def test_download_with_a_wrong_checksum_keeps_nothing(tmp_path, monkeypatch):
+    src = tmp_path / "upstream"
+    write_idx_set(src, gz=True)
+    files = {p.name: p.read_bytes() for p in src.iterdir()}
+    monkeypatch.setitem(D.DOWNLOADS, "mnist", ("http://example.invalid/", {n: "0" * 32 for n in files}))
+    _fake_server(monkeypatch, files)
+    with pytest.raises(D.DatasetCorrupt, match="MD5"):
+        D.load_dataset("mnist", download=True)
+    assert not any((tmp_path / "cache" / "ssdfa" / "mnist").iterdir())
