@@ -300,3 +300,13 @@ def test_download_with_a_wrong_checksum_keeps_nothing(tmp_path, monkeypatch):
     with pytest.raises(D.DatasetCorrupt, match="MD5"):
         D.load_dataset("mnist", download=True)
     assert not any((tmp_path / "cache" / "ssdfa" / "mnist").iterdir())
+
+
+DEBIAN_FASHION = D.Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="Debian's dataset-fashion-mnist not installed")
+def test_debian_fashion_mnist_loads_whole():
+    ds = D.load_dataset("fashion-mnist", data_dir=DEBIAN_FASHION)
+    assert (len(ds.train), len(ds.test), ds.input_shape) == (60000, 10000, (1, 28, 28))
+    assert sorted(ds.train.y.unique().tolist()) == list(range(10))

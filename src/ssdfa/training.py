@@ -322,6 +322,7 @@ def run(config: TrainConfig, *, resume: bool = False, model: nn.Module | None = 
         history = list(ckpt["history"])
         log(f"resuming {out} after epoch {ckpt['epoch']} of {cfg.epochs}")
     _write_text_atomic(out / "config.json", json.dumps(asdict(cfg), indent=1))
+    log(f"{cfg.method} on {data.describe()}; model {cfg.model}; run directory {out}")
 
     tb = _tensorboard(out)
     n = len(data.train)
