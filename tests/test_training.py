@@ -76,3 +76,37 @@ def test_learnable_feedback_gets_its_own_learning_rate():
         assert not {id(p) for p in forward["params"]} & {id(p) for p in b}
         assert forward["weight_decay"] == 1e-6
     assert make_optimizer(TrainConfig(optimizer="nesterov"), model).param_groups[0]["nesterov"]
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    from ssdfa import checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    checkpoint.save_checkpoint(path, {"epoch": 1, "w": torch.ones(3)})
+
+    def broken_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save_checkpoint(path, {"epoch": 2, "w": torch.zeros(3)})
+    monkeypatch.undo()
+    assert checkpoint.load_checkpoint(path)["epoch"] == 1  # the old one, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temp file left
+
+
+def test_rng_states_round_trip():
+    import random
+
+    import numpy as np
+
+    from ssdfa.checkpoint import capture_rng, restore_rng
+
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    state = capture_rng()
+    first = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(99), np.random.seed(99), random.seed(99)
+    restore_rng(state)
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(first[0], again[0]) and (first[1] == again[1]).all() and first[2] == again[2]
