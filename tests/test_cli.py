@@ -325,3 +325,10 @@ def test_progress_bar_shows_loss_and_accuracy(tmp_path, capsys):
     training.run(cfg, progress=True)
     err = capsys.readouterr().err
     assert "epoch 1/1" in err and "loss=" in err and "acc=" in err
+
+
+def test_compare_checks_every_method_before_training(tmp_path, capsys):
+    assert main(["compare", "--methods", "sdfa,ssdfa", "--sparsity", "0.5", "--seeds", "1",
+                 "--out-dir", str(tmp_path / "c"), *QUICK]) == 2
+    assert "ssdfa: method 'ssdfa' does not take sparsity" in capsys.readouterr().err
+    assert not (tmp_path / "c" / "sdfa").exists()  # nothing was trained

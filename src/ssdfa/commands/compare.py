@@ -16,7 +16,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from ..cli import UserError
-from ..training import Diverged, resolve
+from ..rules import make_rule
+from ..training import Diverged, resolve, rule_options
 from ._options import add_training_options, config_from_args, logger, show_progress, train_or_explain
 
 
@@ -49,11 +50,13 @@ def run(args) -> int:
     first = base.seed
     if not isinstance(seeds, int) or seeds < 1:
         raise UserError(f"--seeds must be a positive number of seeds, got {seeds!r}")
-    for m in methods:  # reject a bad name before any training starts
+    for m in methods:  # reject a bad name or option before any training starts
         try:
-            resolve(replace(base, method=m))
-        except ValueError as exc:
-            raise UserError(str(exc)) from exc
+            cfg = resolve(replace(base, method=m))
+            opts = {k: v for k, v in rule_options(cfg).items() if k != "train_only"}
+            make_rule(cfg.method, **opts)
+        except (ValueError, KeyError) as exc:
+            raise UserError(f"{m}: {exc}") from exc
     if base.out_dir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         base.out_dir = str(Path("runs") / f"{stamp}-compare-{base.dataset}-{base.model or 'default'}")
