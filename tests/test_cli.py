@@ -332,3 +332,16 @@ def test_compare_checks_every_method_before_training(tmp_path, capsys):
                  "--out-dir", str(tmp_path / "c"), *QUICK]) == 2
     assert "ssdfa: method 'ssdfa' does not take sparsity" in capsys.readouterr().err
     assert not (tmp_path / "c" / "sdfa").exists()  # nothing was trained
+
+
+def test_compare_continues_in_the_same_out_dir(tmp_path, capsys):
+    out = tmp_path / "c"
+    argv = ["compare", "--methods", "dfa", "--epochs", "1", "--out-dir", str(out), *QUICK]
+    assert main([*argv, "--seeds", "1"]) == 0
+    first = (out / "dfa" / "seed0" / "checkpoint.pt").stat().st_mtime_ns
+    assert main([*argv, "--seeds", "2"]) == 0
+    assert (out / "dfa" / "seed0" / "checkpoint.pt").stat().st_mtime_ns == first  # reused
+    assert (out / "dfa" / "seed1" / "summary.json").is_file()  # only the new seed trained
+    assert "| dfa |" in (out / "results.md").read_text()
+    assert main([*argv, "--seeds", "1", "--lr", "0.3"]) == 2
+    assert "holds a run with other settings (lr)" in capsys.readouterr().err

@@ -16,6 +16,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from ..cli import UserError
+from ..data import DatasetError
+from ..data import _canonical as canonical_dataset
 from ..rules import make_rule
 from ..training import Diverged, resolve, rule_options
 from ._options import add_training_options, config_from_args, logger, show_progress, train_or_explain
@@ -70,9 +72,10 @@ def run(args) -> int:
         for k in range(seeds):
             seed = first + k
             cfg = replace(base, method=method, seed=seed, out_dir=str(out / method / f"seed{seed}"))
-            log(f"== {method}, seed {seed} ==")
+            resume = _earlier_run(cfg)
+            log(f"== {method}, seed {seed}{' (continuing the run already there)' if resume else ''} ==")
             try:
-                summary = train_or_explain(cfg, progress=show_progress(args), log=log)
+                summary = train_or_explain(cfg, resume=resume, progress=show_progress(args), log=log)
             except Diverged as exc:
                 log(f"{method} seed {seed}: {exc}")
                 summary = json.loads((Path(cfg.out_dir) / "summary.json").read_text())
@@ -95,6 +98,29 @@ def run(args) -> int:
         print(f"\n{title} — {seconds:.0f} s\n\n{table}\n\nwritten to {out / 'results.md'}")
     diverged = any(r["status"] != "finished" for rs in results.values() for r in rs)
     return 3 if diverged else 0
+
+
+def _earlier_run(cfg) -> bool:
+    """True when ``cfg.out_dir`` holds a run of this very config: it is continued, not redone.
+
+    So an interrupted ``ssdfa compare`` given the same ``--out-dir`` picks up where it stopped,
+    and adding seeds trains only the new ones.  A run of another config there is an error.
+    """
+    run_dir = Path(cfg.out_dir)
+    if not (run_dir / "checkpoint.pt").is_file():
+        return False
+    saved = json.loads((run_dir / "config.json").read_text())
+    wanted = asdict(resolve(replace(cfg)))
+    try:
+        wanted["dataset"] = canonical_dataset(cfg.dataset)
+    except DatasetError:
+        pass  # reported by the run itself
+    differ = sorted(k for k, v in wanted.items()
+                    if v is not None and k not in ("out_dir", "epochs") and saved.get(k) != v)
+    if differ:
+        raise UserError(f"{run_dir} holds a run with other settings ({', '.join(differ)}); "
+                        "give compare a new --out-dir")
+    return True
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
