@@ -31,7 +31,7 @@ import torch
 
 __all__ = [
     "Dataset", "Split", "TensorSplit", "load_dataset", "list_datasets", "dataset_info",
-    "find_dataset", "DatasetError", "DatasetNotFound", "DatasetCorrupt", "search_roots",
+    "find_dataset", "canonical_name", "DatasetError", "DatasetNotFound", "DatasetCorrupt", "search_roots",
 ]
 
 SYSTEM_ROOTS = (Path("/usr/share/datasets"), Path("/usr/local/share/datasets"))
@@ -153,7 +153,8 @@ def list_datasets() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _canonical(name: str) -> str:
+def canonical_name(name: str) -> str:
+    """The registry name of a dataset, forgiving case, '_' for '-' and listed aliases."""
     key = str(name).strip().lower().replace("_", "-")
     for canon, entry in _REGISTRY.items():
         if key == canon or key in entry.aliases:
@@ -164,7 +165,7 @@ def _canonical(name: str) -> str:
 def load_dataset(name: str, data_dir=None, *, download: bool = False, image_size: int | None = None,
                  limit_train: int | None = None) -> Dataset:
     """Load dataset ``name`` (see :func:`list_datasets`); ``limit_train`` keeps the first n."""
-    canon = _canonical(name)
+    canon = canonical_name(name)
     entry = _REGISTRY[canon]
     ds = entry.loader(data_dir=data_dir, download=download, image_size=image_size)
     if limit_train is not None:
@@ -176,7 +177,7 @@ def load_dataset(name: str, data_dir=None, *, download: bool = False, image_size
 
 def find_dataset(name: str, data_dir=None) -> Path | None:
     """The folder holding dataset ``name``'s files, or None (embedded datasets: None)."""
-    entry = _REGISTRY[_canonical(name)]
+    entry = _REGISTRY[canonical_name(name)]
     if entry.embedded:
         return None
     explicit = Path(data_dir).expanduser() if data_dir else None

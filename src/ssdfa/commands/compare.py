@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..cli import UserError
 from ..data import DatasetError
-from ..data import _canonical as canonical_dataset
+from ..data import canonical_name as canonical_dataset
 from ..rules import make_rule
 from ..training import Diverged, resolve, rule_options
 from ._options import add_training_options, config_from_args, logger, show_progress, train_or_explain
