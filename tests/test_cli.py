@@ -345,3 +345,9 @@ def test_compare_continues_in_the_same_out_dir(tmp_path, capsys):
     assert "| dfa |" in (out / "results.md").read_text()
     assert main([*argv, "--seeds", "1", "--lr", "0.3"]) == 2
     assert "holds a run with other settings (lr)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_unknown_dataset_is_a_user_error(command, capsys):
+    assert main([command, "--dataset", "nope", "--quiet"]) == 2
+    assert "unknown dataset 'nope'; choose one of:" in capsys.readouterr().err

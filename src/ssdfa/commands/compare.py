@@ -18,6 +18,7 @@ from pathlib import Path
 from ..cli import UserError
 from ..data import DatasetError
 from ..data import canonical_name as canonical_dataset
+from ..models import default_model
 from ..rules import make_rule
 from ..training import Diverged, resolve, rule_options
 from ._options import add_training_options, config_from_args, logger, show_progress, train_or_explain
@@ -52,6 +53,10 @@ def run(args) -> int:
     first = base.seed
     if not isinstance(seeds, int) or seeds < 1:
         raise UserError(f"--seeds must be a positive number of seeds, got {seeds!r}")
+    try:
+        base.dataset = canonical_dataset(base.dataset)
+    except DatasetError as exc:
+        raise UserError(str(exc)) from exc
     for m in methods:  # reject a bad name or option before any training starts
         try:
             cfg = resolve(replace(base, method=m))
@@ -61,7 +66,8 @@ def run(args) -> int:
             raise UserError(f"{m}: {exc}") from exc
     if base.out_dir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        base.out_dir = str(Path("runs") / f"{stamp}-compare-{base.dataset}-{base.model or 'default'}")
+        model = base.model or default_model(base.dataset, ())
+        base.out_dir = str(Path("runs") / f"{stamp}-compare-{base.dataset}-{model}")
     out = Path(base.out_dir)
     log = logger(args)
 
