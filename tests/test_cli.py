@@ -351,3 +351,8 @@ def test_compare_continues_in_the_same_out_dir(tmp_path, capsys):
 def test_unknown_dataset_is_a_user_error(command, capsys):
     assert main([command, "--dataset", "nope", "--quiet"]) == 2
     assert "unknown dataset 'nope'; choose one of:" in capsys.readouterr().err
+
+
+def test_model_that_cannot_read_the_dataset_is_a_user_error(capsys):
+    assert main(["train", "--model", "mnist-cnn", "--dataset", "synthetic-regression", "--quiet"]) == 2
+    assert "needs image inputs" in capsys.readouterr().err

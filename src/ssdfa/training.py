@@ -155,7 +155,10 @@ def rule_options(cfg: TrainConfig) -> dict:
 def build_model(cfg: TrainConfig, data: Dataset, net: nn.Module | None = None):
     """The network (named, or the user's own) converted for ``cfg.method``."""
     if net is None:
-        net = create_model(cfg.model, data.input_shape, data.num_classes)
+        try:
+            net = create_model(cfg.model, data.input_shape, data.num_classes)
+        except ValueError as exc:  # a model that cannot read this dataset's inputs
+            raise ConfigError(f"model {cfg.model} on dataset {data.name}: {exc}") from exc
     return ssdfa.convert(net, cfg.method, num_classes=data.num_classes,
                          input_shape=data.input_shape, seed=cfg.seed, **rule_options(cfg))
 

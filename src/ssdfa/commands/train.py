@@ -87,8 +87,8 @@ def _resume_config(args) -> TrainConfig:
 def _describe(s: dict) -> str:
     if s["final_test_acc"] is None:
         return (f"{s['method']} on {s['dataset']} ({s['model']}): final test loss "
-                f"{s['final_test_loss']:.4f} after {s['epochs']} epochs, {s['seconds']:.1f} s; "
+                f"{s['final_test_loss']:.4f} after {s['epochs']} epoch{'s' if s['epochs'] != 1 else ''}, {s['seconds']:.1f} s; "
                 f"run in {s['out_dir']}")
     return (f"{s['method']} on {s['dataset']} ({s['model']}): final test accuracy "
             f"{100 * s['final_test_acc']:.2f}% (best {100 * s['best_test_acc']:.2f}% at epoch "
-            f"{s['best_epoch']}) after {s['epochs']} epochs, {s['seconds']:.1f} s; run in {s['out_dir']}")
+            f"{s['best_epoch']}) after {s['epochs']} epoch{'s' if s['epochs'] != 1 else ''}, {s['seconds']:.1f} s; run in {s['out_dir']}")
