@@ -356,3 +356,13 @@ def test_unknown_dataset_is_a_user_error(command, capsys):
 def test_model_that_cannot_read_the_dataset_is_a_user_error(capsys):
     assert main(["train", "--model", "mnist-cnn", "--dataset", "synthetic-regression", "--quiet"]) == 2
     assert "needs image inputs" in capsys.readouterr().err
+
+
+def test_readme_toml_example_is_a_valid_config(tmp_path):
+    import tomllib
+
+    blocks = re.findall(r"```toml\n(.*?)```", README.read_text(), re.S)
+    assert blocks
+    for block in blocks:
+        cfg = training.TrainConfig.from_dict(tomllib.loads(block))
+        training.resolve(cfg)
