@@ -1,0 +1,148 @@
+"""Options shared by ``ssdfa train`` and ``ssdfa compare``, and how they become a TrainConfig.
+
+Precedence: TrainConfig defaults < ``--config FILE`` (TOML) < flags given on the command line.
+Every flag defaults to ``argparse.SUPPRESS`` so that only flags the user typed override the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+
+from ..cli import UserError
+from ..training import LOSSES, OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig
+
+S = argparse.SUPPRESS
+
+
+def add_training_options(p: argparse.ArgumentParser, *, method: bool = True) -> None:
+    g = p.add_argument_group("what to train")
+    if method:
+        g.add_argument("--method", default=S, help="learning rule (see `ssdfa info`); default ssdfa")
+    g.add_argument("--dataset", default=S, help="dataset name (see `ssdfa info`); default digits")
+    g.add_argument("--model", default=S, help="model name (see `ssdfa info`); default: the dataset's")
+    g.add_argument("--data-dir", default=S, help="folder searched first for dataset files")
+    g.add_argument("--download", action="store_true", default=S,
+                   help="download a missing dataset into the user cache (needs the internet)")
+    g.add_argument("--image-size", type=int, default=S, help="imagefolder: square side in pixels")
+    g.add_argument("--limit-train", type=int, default=S, metavar="N",
+                   help="train on the first N examples only (quick runs)")
+    g.add_argument("--loss", choices=LOSSES, default=S, help="default auto: ce (mse for regression)")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=S, help="default 10")
+    g.add_argument("--batch-size", type=int, default=S, help="default 64")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=S, help="default sgd")
+    g.add_argument("--lr", type=float, default=S, help="learning rate, default 0.01")
+    g.add_argument("--momentum", type=float, default=S, help="sgd/nesterov momentum, default 0.9")
+    g.add_argument("--weight-decay", type=float, default=S, help="default 0")
+    g.add_argument("--schedule", choices=SCHEDULES, default=S, help="per-epoch lr schedule")
+    g.add_argument("--step-size", type=int, default=S, help="schedule step: epochs per decay")
+    g.add_argument("--gamma", type=float, default=S, help="schedule step: decay factor")
+    if method:
+        g.add_argument("--seed", type=int, default=S, help="seed of weights, feedback and data order")
+
+    g = p.add_argument_group("feedback (rule options)")
+    g.add_argument("--sparsity", type=float, default=S, help="fraction of zeros per row of B (sdfa)")
+    g.add_argument("--connections", type=int, default=S, help="non-zeros per neuron of B (sdfa)")
+    g.add_argument("--rank", type=int, default=S, help="rank of B (sdfa)")
+    g.add_argument("--feedback-lr", type=float, default=S, help="learning rate of learned B (dkp)")
+    g.add_argument("--train-only", default=S, metavar="LAYERS",
+                   help="e.g. fc: train only the fully connected layers")
+    g.add_argument("--alignment", type=int, default=S, metavar="K",
+                   help="log alignment angles with BP every K epochs (0 = off)")
+
+    g = p.add_argument_group("output")
+    g.add_argument("--device", default=S, help="auto (default), cpu, cuda, cuda:1, ...")
+    g.add_argument("--threads", type=int, default=S,
+                   help="CPU threads for torch (1 is fastest for small models on a busy machine)")
+    g.add_argument("--out-dir", default=S, help="run directory (default runs/<time>-...)")
+    g.add_argument("--config", default=None, metavar="FILE",
+                   help="TOML file of options (keys as the flags, with _ or -); flags override it")
+    g.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+    g.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+
+
+def read_toml(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file {path} not found")
+    try:
+        with open(p, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def _check_types(values: dict, where: str) -> None:
+    types = {f.name: f.type for f in fields(TrainConfig)}
+    for key, value in values.items():
+        t = str(types.get(key, ""))
+        if value is None:
+            continue
+        ok = True
+        if t.startswith("int"):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif t.startswith("float"):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif t.startswith("bool"):
+            ok = isinstance(value, bool)
+        elif t.startswith("str"):
+            ok = isinstance(value, str)
+        if not ok:
+            raise UserError(f"{where}: {key} = {value!r} should be {t.split(' |')[0]}")
+
+
+def config_from_args(args: argparse.Namespace, extra_keys: tuple[str, ...] = ()) -> tuple[TrainConfig, dict]:
+    """TrainConfig from defaults < TOML file < flags; ``extra_keys`` (e.g. ``methods``) returned apart."""
+    names = set(TrainConfig.field_names())
+    values: dict = {}
+    extras: dict = {}
+    if getattr(args, "config", None):
+        raw = {str(k).replace("-", "_"): v for k, v in read_toml(args.config).items()}
+        for key in list(raw):
+            if key in extra_keys:
+                extras[key] = raw.pop(key)
+        unknown = sorted(set(raw) - names)
+        if unknown:
+            raise UserError(f"config file {args.config}: unknown key(s) {', '.join(unknown)}; "
+                            f"valid keys: {', '.join(sorted(names | set(extra_keys)))}")
+        _check_types(raw, f"config file {args.config}")
+        values.update(raw)
+    for key, value in vars(args).items():
+        if key in names:
+            values[key] = value
+        elif key in extra_keys and value is not None:
+            extras[key] = value
+    try:
+        return TrainConfig.from_dict(values), extras
+    except ConfigError as exc:
+        raise UserError(str(exc)) from exc
+
+
+def logger(args):
+    if getattr(args, "quiet", False):
+        return lambda msg: None
+    return lambda msg: print(msg, file=sys.stderr, flush=True)
+
+
+def show_progress(args) -> bool:
+    return not getattr(args, "quiet", False) and sys.stderr.isatty()
+
+
+def train_or_explain(cfg: TrainConfig, **kwargs) -> dict:
+    """``training.run`` with the user's mistakes turned into one-line errors (exit status 2)."""
+    from ..data import DatasetError
+    from ..feedback import FeedbackConfigError
+    from ..rules import RuleOptionError
+    from ..training import run
+
+    try:
+        return run(cfg, **kwargs)
+    except (ConfigError, DatasetError, RuleOptionError, FeedbackConfigError) as exc:
+        raise UserError(str(exc)) from exc
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from exc

@@ -1,0 +1,167 @@
+"""``ssdfa compare``: train several methods over several seeds; a table of mean ± std.
+
+The table has the form of the papers' tables (e.g. SSDFA Table III): one row per method, test
+accuracy as mean ± sample standard deviation over the seeds.  It is printed and written to
+``results.md`` (and ``results.json``) in the run directory; each run keeps its own folder
+``<out>/<method>/seed<k>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from ..cli import UserError
+from ..data import DatasetError
+from ..data import canonical_name as canonical_dataset
+from ..models import default_model
+from ..rules import make_rule
+from ..training import Diverged, resolve, rule_options
+from ._options import add_training_options, config_from_args, logger, show_progress, train_or_explain
+
+
+def register(sub):
+    p = sub.add_parser(
+        "compare", help="train several methods over several seeds and tabulate test accuracy",
+        description="Train each method over several seeds and print a markdown table of test "
+                    "accuracy (mean ± std). Example: ssdfa compare --methods bp,dfa,ssdfa "
+                    "--seeds 3 --dataset digits --epochs 20")
+    p.add_argument("--methods", default=None, help="comma-separated rules, default bp,dfa,ssdfa")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds per method, default 3")
+    p.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="first seed (default 0)")
+    add_training_options(p, method=False)
+    p.set_defaults(func=run)
+
+
+def _methods(value) -> list[str]:
+    if isinstance(value, str):
+        value = value.split(",")
+    methods = [str(m).strip() for m in value if str(m).strip()]
+    if not methods:
+        raise UserError("--methods needs at least one method, e.g. bp,dfa,ssdfa")
+    return methods
+
+
+def run(args) -> int:
+    base, extras = config_from_args(args, extra_keys=("methods", "seeds"))
+    methods = _methods(extras.get("methods") or "bp,dfa,ssdfa")
+    seeds = extras.get("seeds") or 3
+    first = base.seed
+    if not isinstance(seeds, int) or seeds < 1:
+        raise UserError(f"--seeds must be a positive number of seeds, got {seeds!r}")
+    try:
+        base.dataset = canonical_dataset(base.dataset)
+    except DatasetError as exc:
+        raise UserError(str(exc)) from exc
+    for m in methods:  # reject a bad name or option before any training starts
+        try:
+            cfg = resolve(replace(base, method=m))
+            opts = {k: v for k, v in rule_options(cfg).items() if k != "train_only"}
+            make_rule(cfg.method, **opts)
+        except (ValueError, KeyError) as exc:
+            raise UserError(f"{m}: {exc}") from exc
+    if base.out_dir is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        model = base.model or default_model(base.dataset, ())
+        base.out_dir = str(Path("runs") / f"{stamp}-compare-{base.dataset}-{model}")
+    out = Path(base.out_dir)
+    log = logger(args)
+
+    results: dict[str, list[dict]] = {}
+    t0 = time.perf_counter()
+    for method in methods:
+        results[method] = []
+        for k in range(seeds):
+            seed = first + k
+            cfg = replace(base, method=method, seed=seed, out_dir=str(out / method / f"seed{seed}"))
+            resume = _earlier_run(cfg)
+            log(f"== {method}, seed {seed}{' (continuing the run already there)' if resume else ''} ==")
+            try:
+                summary = train_or_explain(cfg, resume=resume, progress=show_progress(args), log=log)
+            except Diverged as exc:
+                log(f"{method} seed {seed}: {exc}")
+                summary = json.loads((Path(cfg.out_dir) / "summary.json").read_text())
+            results[method].append(summary)
+    seconds = time.perf_counter() - t0
+
+    first_run = next(iter(results.values()))[0]
+    title = (f"{first_run['dataset']}, {first_run['model']}, {base.epochs} epochs, "
+             f"{seeds} seed(s) from {first}")
+    table = markdown_table(results)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(f"# ssdfa compare: {title}\n\n{table}\n")
+    payload = {"title": title, "seconds": round(seconds, 2), "config": asdict(base),
+               "methods": {m: aggregate(rs) | {"runs": rs} for m, rs in results.items()}}
+    (out / "results.json").write_text(json.dumps(payload, indent=1))
+    if args.json:
+        print(json.dumps({"seconds": payload["seconds"], "out_dir": str(out),
+                          "methods": {m: aggregate(rs) for m, rs in results.items()}}))
+    else:
+        print(f"\n{title} — {seconds:.0f} s\n\n{table}\n\nwritten to {out / 'results.md'}")
+    diverged = any(r["status"] != "finished" for rs in results.values() for r in rs)
+    return 3 if diverged else 0
+
+
+def _earlier_run(cfg) -> bool:
+    """True when ``cfg.out_dir`` holds a run of this very config: it is continued, not redone.
+
+    So an interrupted ``ssdfa compare`` given the same ``--out-dir`` picks up where it stopped,
+    and adding seeds trains only the new ones.  A run of another config there is an error.
+    """
+    run_dir = Path(cfg.out_dir)
+    if not (run_dir / "checkpoint.pt").is_file():
+        return False
+    saved = json.loads((run_dir / "config.json").read_text())
+    wanted = asdict(resolve(replace(cfg)))
+    try:
+        wanted["dataset"] = canonical_dataset(cfg.dataset)
+    except DatasetError:
+        pass  # reported by the run itself
+    differ = sorted(k for k, v in wanted.items()
+                    if v is not None and k not in ("out_dir", "epochs") and saved.get(k) != v)
+    if differ:
+        raise UserError(f"{run_dir} holds a run with other settings ({', '.join(differ)}); "
+                        "give compare a new --out-dir")
+    return True
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """Mean and sample std of the final and best test accuracy (in %) over finished runs."""
+    done = [r for r in runs if r["status"] == "finished"]
+    out = {"runs_finished": len(done), "runs": len(runs)}
+    for key in ("final_test_acc", "best_test_acc", "train_loss", "final_test_loss", "seconds"):
+        vals = [r[key] for r in done if r.get(key) is not None]
+        scale = 100.0 if key.endswith("acc") else 1.0
+        mean, std = _mean_std([scale * v for v in vals])
+        out[key] = {"mean": mean, "std": std} if vals else None
+    return out
+
+
+def markdown_table(results: dict[str, list[dict]]) -> str:
+    rows = ["| method | test accuracy (%) | best test accuracy (%) | train loss | seconds / run |",
+            "|---|---|---|---|---|"]
+    for method, runs in results.items():
+        agg = aggregate(runs)
+
+        def cell(key, digits=2):
+            v = agg[key]
+            return "—" if v is None else f"{v['mean']:.{digits}f} ± {v['std']:.{digits}f}"
+
+        note = "" if agg["runs_finished"] == agg["runs"] else \
+            f" ({agg['runs'] - agg['runs_finished']}/{agg['runs']} diverged)"
+        rows.append(f"| {method}{note} | {cell('final_test_acc')} | {cell('best_test_acc')} | "
+                    f"{cell('train_loss', 4)} | {agg['seconds']['mean']:.2f} |"
+                    if agg["seconds"] else f"| {method}{note} | — | — | — | — |")
+    return "\n".join(rows)
+
+
