@@ -110,3 +110,20 @@ def test_rng_states_round_trip():
     restore_rng(state)
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(first[0], again[0]) and (first[1] == again[1]).all() and first[2] == again[2]
+
+
+def test_unlocked_drtp_through_run_equals_ordinary_drtp(tmp_path):
+    """The loop must zero gradients before the forward pass: unlocked DRTP writes them there."""
+    finals = {}
+    for unlocked in (False, True):
+        cfg = TrainConfig(method="drtp", unlocked=unlocked, epochs=1, batch_size=50, lr=0.1,
+                          momentum=0.0, seed=1, limit_train=200, out_dir=str(tmp_path / str(unlocked)))
+        run(cfg, log=lambda m: None)
+        finals[unlocked] = torch.load(tmp_path / str(unlocked) / "checkpoint.pt",
+                                      weights_only=True)["model"]
+    assert finals[False].keys() == finals[True].keys()
+    for k in finals[False]:
+        torch.testing.assert_close(finals[True][k], finals[False][k], rtol=1e-6, atol=1e-7, msg=k)
+    first = next(k for k in finals[False] if k.endswith("weight"))
+    start = create_model("digits-fc", (1, 8, 8), 10)  # hidden weights did move
+    assert not torch.equal(finals[True][first], start.state_dict()[first.removeprefix("net.")])

@@ -70,6 +70,7 @@ class TrainConfig:
     connections: int | None = None
     rank: int | None = None
     feedback_lr: float | None = None  # learning rate of learnable feedback (dkp); None: lr
+    unlocked: bool = False  # drtp: update each block during the forward pass
     device: str = "auto"  # auto: cuda when available, else cpu
     threads: int | None = None  # CPU threads for torch; None: torch's default
     data_dir: str | None = None
@@ -147,6 +148,8 @@ def rule_options(cfg: TrainConfig) -> dict:
     """Feedback options the user set (unset ones are left to the rule's defaults)."""
     opts = {k: getattr(cfg, k) for k in ("sparsity", "connections", "rank")
             if getattr(cfg, k) is not None}
+    if cfg.unlocked:
+        opts["unlocked"] = True
     if cfg.train_only:
         opts["train_only"] = cfg.train_only
     return opts
@@ -344,11 +347,12 @@ def run(config: TrainConfig, *, resume: bool = False, model: nn.Module | None = 
         for i in bar:
             x, y = data.train.batch(perm[i:i + cfg.batch_size])
             x, y = x.to(device), y.to(device)  # x: (B, *input_shape)
+            # zero first: update-unlocked rules (drtp unlocked) write gradients during forward
+            opt.zero_grad(set_to_none=True)
             out_ = net(x, target=y)  # (B, classes); the target reaches rules that use it (drtp)
             loss = loss_fn(out_, y)
             if not torch.isfinite(loss):
                 _diverged(cfg, out, history, epoch, i // cfg.batch_size, loss.item())
-            opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             loss_sum += loss.item() * len(y)

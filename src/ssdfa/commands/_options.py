@@ -50,6 +50,8 @@ def add_training_options(p: argparse.ArgumentParser, *, method: bool = True) -> 
     g.add_argument("--connections", type=int, default=S, help="non-zeros per neuron of B (sdfa)")
     g.add_argument("--rank", type=int, default=S, help="rank of B (sdfa)")
     g.add_argument("--feedback-lr", type=float, default=S, help="learning rate of learned B (dkp)")
+    g.add_argument("--unlocked", action="store_const", const=True, default=S,
+                   help="drtp: update each block during the forward pass (memory flat in depth)")
     g.add_argument("--train-only", default=S, metavar="LAYERS",
                    help="e.g. fc: train only the fully connected layers")
     g.add_argument("--alignment", type=int, default=S, metavar="K",
