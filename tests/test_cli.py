@@ -310,11 +310,14 @@ def test_readme_documents_every_command():
 def test_readme_command_parses(cmd):
     args = build_parser().parse_args(shlex.split(cmd))
     assert args.func is not None
+    from ssdfa.cost import DATASET_SHAPES
+    datasets = D.list_datasets()
+    if args.command == "cost":  # the cost model takes shape presets, imagenet among them
+        datasets = [*datasets, *DATASET_SHAPES]
     for key in ("method", "model", "dataset"):
-        if key in vars(args):
-            value = getattr(args, key)
-            valid = {"method": ssdfa.METHODS, "model": list_models(),
-                     "dataset": D.list_datasets()}[key]
+        value = getattr(args, key, None)
+        if value is not None:  # None: the command's default
+            valid = {"method": ssdfa.METHODS, "model": list_models(), "dataset": datasets}[key]
             assert value in valid, f"README uses unknown {key} {value!r}"
     if getattr(args, "methods", None):
         assert set(args.methods.split(",")) <= set(ssdfa.METHODS)
