@@ -25,20 +25,8 @@ QUICK = ["--quiet", "--limit-train", "256", "--batch-size", "32"]
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors on a shared 2-core machine: one thread avoids waiting on a busy sibling."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("SSDFA_DATA", raising=False)
-    monkeypatch.setattr(D, "SYSTEM_ROOTS", (tmp_path / "system",))
-    monkeypatch.chdir(tmp_path)  # default run directories land in tmp_path/runs
+def isolated(no_real_data, monkeypatch):
+    monkeypatch.chdir(no_real_data)  # default run directories land in tmp_path/runs
 
 
 def run_json(capsys, argv) -> tuple[int, dict | None]:

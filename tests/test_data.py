@@ -16,21 +16,7 @@ import torch
 from ssdfa import data as D
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors on a shared 2-core machine: one thread avoids waiting on a busy sibling."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """No real dataset on this machine can leak into a test."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("SSDFA_DATA", raising=False)
-    monkeypatch.setattr(D, "SYSTEM_ROOTS", (tmp_path / "system",))
+pytestmark = pytest.mark.usefixtures("no_real_data")
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

@@ -26,15 +26,6 @@ NATURAL_SHAPE = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors on a shared 2-core machine: one thread avoids waiting on a busy sibling."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def shape_for(name):
     if name.startswith("drtp-fc"):
         return (1, 28, 28)

@@ -15,14 +15,6 @@ from ssdfa.models import create_model
 from ssdfa.training import TrainConfig, make_optimizer, run
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("method", ["bp", "ssdfa"])
 def test_run_equals_a_hand_written_loop(tmp_path, method):
     cfg = TrainConfig(method=method, epochs=2, batch_size=50, lr=0.1, momentum=0.0, seed=3,

@@ -1,0 +1,24 @@
+"""Fixtures shared by the test files."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensors on a shared 2-core machine: one thread avoids waiting on a busy sibling."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def no_real_data(tmp_path, monkeypatch):
+    """No real dataset on this machine can leak into a test: every look-up root is in tmp_path."""
+    from ssdfa import data as D
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("SSDFA_DATA", raising=False)
+    monkeypatch.setattr(D, "SYSTEM_ROOTS", (tmp_path / "system",))
+    return tmp_path
