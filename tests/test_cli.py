@@ -163,9 +163,12 @@ def test_divergence_stops_with_a_message_and_keeps_the_good_checkpoint(tmp_path,
 
     monkeypatch.setattr(training, "make_loss", poisoned)
     out = tmp_path / "run"
-    code, summary = run_json(capsys, ["train", "--epochs", "3", "--out-dir", str(out), "--json", *QUICK])
+    code = main(["train", "--epochs", "3", "--out-dir", str(out), "--json", *QUICK])
     assert code == 3
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    summary, err = json.loads(captured.out.strip().splitlines()[-1]), captured.err
+    assert "training diverged: loss is nan at epoch 2" in err
+    assert "checkpoint of epoch 1 is kept" in err and "lower --lr" in err
     assert summary["status"] == "diverged" and summary["diverged_at"]["epoch"] == 2
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert ckpt["epoch"] == 1

@@ -58,7 +58,6 @@ def output_error(y, t):
 
 def direct_grads(net, x, signals):
     """DFA-style weight gradients (Eq. 3-4 of the DKP paper) given the signal at each point."""
-    w = [m for m in net if isinstance(m, nn.Linear)]
     h1, h2, _ = manual_forward(net, x)
     d1 = signals[0] * (1 - h1 ** 2)
     d2 = signals[1] * (1 - h2 ** 2)
