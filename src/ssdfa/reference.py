@@ -114,11 +114,11 @@ def reference_gradients(model: FeedbackModel, x: torch.Tensor, y: torch.Tensor,
     signal = None if SIGNALS[rule] is None else SIGNALS[rule](e, y)
     name_of = {id(p): n for n, p in params.items()}
     expected: dict[str, torch.Tensor] = {}
-    for l, h in enumerate(outs):
-        if l < len(outs) - 1 and SIGNALS[rule] is None:
+    for layer, h in enumerate(outs):
+        if layer < len(outs) - 1 and SIGNALS[rule] is None:
             continue
-        grad_h = e.view_as(h) if l == len(outs) - 1 else (signal @ matrices[l]).view_as(h)
-        block_params = [p for mod in _blocks(model.net)[l] for p in mod.parameters()]
+        grad_h = e.view_as(h) if layer == len(outs) - 1 else (signal @ matrices[layer]).view_as(h)
+        block_params = [p for mod in _blocks(model.net)[layer] for p in mod.parameters()]
         if not block_params:
             continue
         grads = torch.autograd.grad(h, block_params, grad_outputs=grad_h, retain_graph=True,
