@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
@@ -183,8 +184,11 @@ class SparseFeedback(_Feedback):
     def _project(self, e):
         v = self.value.to(e.dtype)
         if self.connections == 1:  # SSDFA: one error times one weight per neuron (Eq. 11)
-            return e[:, self.index[:, 0]] * v[:, 0]
-        return (e[:, self.index] * v).sum(-1)  # (batch, N, S) -> (batch, N)
+            return e.index_select(1, self.index[:, 0]) * v[:, 0]
+        # signal[b, n] = sum_s value[n, s] * e[b, index[n, s]]: a weighted bag of rows of eᵀ,
+        # one fused kernel with no (batch, N, S) intermediate
+        bags = F.embedding_bag(self.index, e.t().contiguous(), per_sample_weights=v, mode="sum")
+        return bags.t().contiguous()  # (N, batch) -> (batch, N)
 
     def dense(self):
         b = torch.zeros(self.num_errors, self.num_neurons, dtype=self.value.dtype,
@@ -195,8 +199,10 @@ class SparseFeedback(_Feedback):
         return b
 
     def grad_from(self, e, h):
-        # d/dvalue[n, s] of sum_b h[b, n] * e[b, index[n, s]] * value[n, s]
-        return (e[:, self.index] * h[:, :, None]).sum(0)
+        # d/dvalue[n, s] of sum_b h[b, n] * e[b, index[n, s]] * value[n, s]; one connection at a
+        # time, so memory stays O(batch·N)
+        return torch.stack([(e.index_select(1, self.index[:, k]) * h).sum(0)
+                            for k in range(self.connections)], dim=1)
 
     def extra_repr(self):
         return f"{super().extra_repr()}, connections={self.connections}"
