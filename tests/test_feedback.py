@@ -108,3 +108,20 @@ def test_impossible_requests_fail_with_a_reason(m, n, s, r, match):
 def test_bad_sparsity_options(kwargs, match):
     with pytest.raises(FeedbackConfigError, match=match):
         resolve_connections(10, **kwargs)
+
+
+def test_conv_points_are_scaled_per_position_and_fc_points_by_the_paper():
+    """Linear point: 1/sqrt(3N). Conv point: 1/sqrt(3·max(fan_in, C_out)·P) (feedback_std)."""
+    import ssdfa
+    from torch import nn
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),  # fan_in 27 > C_out 8
+                        nn.Conv2d(8, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 72 > 64
+                        nn.Flatten(), nn.Linear(64 * 8 * 8, 200), nn.Tanh(), nn.Linear(200, 10))
+    model = ssdfa.convert(net, "dfa", input_shape=(3, 16, 16), seed=0)
+    b0, b1, b2 = ssdfa.feedback_matrices(model).values()
+    assert b1.shape == (10, 64 * 8 * 8)  # the pooled map: P = 64 positions
+    for b, expected in [(b0, 1 / math.sqrt(3 * 27 * 256)), (b1, 1 / math.sqrt(3 * 72 * 64)),
+                        (b2, default_std(200))]:
+        assert b.std().item() == pytest.approx(expected, rel=0.05)
+        assert b.abs().max().item() <= math.sqrt(3) * expected * (1 + 1e-6)  # uniform

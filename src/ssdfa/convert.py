@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .feedback import make_feedback
+from .feedback import feedback_std, make_feedback
 from .frozen import frozen_module, split_leaves
 from .layerwise import LAYERS, LayerwiseModel, is_wrappable
 from .layerwise import wrap as wrap_layer
@@ -97,10 +97,12 @@ def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None 
         base = base_generator()
         device = next((p.device for p in net.parameters()), torch.device("cpu"))
         for name in order:
-            neurons = fired[name][1]
+            _, neurons, producer = fired[name]
             gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=base)))
             spec = rule.feedback_spec(out_width)
-            wrapped.feedback.append(make_feedback(out_width, neurons, spec, generator=gen).to(device))
+            std = None if producer is None else feedback_std(producer, neurons)
+            wrapped.feedback.append(
+                make_feedback(out_width, neurons, spec, generator=gen, std=std).to(device))
     return wrapped
 
 
@@ -290,14 +292,20 @@ def _example(net, model, input_shape, example_input):
 
 
 def _probe(net, points, x):
-    """One no-grad eval forward: which points fire, in what order, with how many neurons."""
-    fired: dict[str, tuple[int, int]] = {}
+    """One no-grad eval forward: which points fire, in what order, with how many neurons, and
+    which weight layer fired last before each (it sets the feedback scale, ``feedback_std``)."""
+    fired: dict[str, tuple[int, int, nn.Module | None]] = {}
+    last_weight: list[nn.Module | None] = [None]
     handles = []
     for name, point in points:
         def hook(mod, inp, out, name=name):
             if name not in fired:
-                fired[name] = (len(fired), int(out[0].numel()))
+                fired[name] = (len(fired), int(out[0].numel()), last_weight[0])
         handles.append(point.register_forward_hook(hook))
+    for mod in net.modules():
+        if is_weight_layer(mod):
+            handles.append(mod.register_forward_hook(
+                lambda m, i, o: last_weight.__setitem__(0, m)))
     was_training = net.training
     net.eval()
     try:

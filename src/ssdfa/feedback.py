@@ -27,6 +27,7 @@ __all__ = [
     "make_feedback",
     "resolve_connections",
     "default_std",
+    "feedback_std",
 ]
 
 
@@ -43,6 +44,23 @@ def default_std(neurons: int) -> float:
     N = C·H·W, which keeps a conv layer's summed-over-positions update in scale with the rest.
     """
     return 1.0 / math.sqrt(3.0 * neurons)
+
+
+def feedback_std(layer: nn.Module, neurons: int) -> float:
+    """Std of B_l for a point of ``neurons`` fed by weight layer ``layer``.
+
+    Linear: the paper's 1/sqrt(3N) (``default_std``).  Conv2d: 1/sqrt(3·fan_in·P), fan_in =
+    C_in·k_h·k_w and P the positions at the point.  A conv point has one row per position and
+    the layer's gradient sums over all P of them, so E‖ΔW‖²/‖W‖² = 3·fan_in·P·batch·var(B)·
+    var(e)·var(input): this choice makes a conv layer's relative update independent of its
+    shape and image size.  With 1/sqrt(N) the SSDFA paper's CIFAR CNN gave its conv layers
+    updates 10-30x hotter than BP's and diverged at BP's learning rate (bench/conv_scale.py).
+    """
+    if not isinstance(layer, nn.Conv2d):
+        return default_std(neurons)
+    fan_in = layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
+    positions = neurons // layer.out_channels if neurons % layer.out_channels == 0 else 1
+    return 1.0 / math.sqrt(3.0 * max(fan_in, layer.out_channels) * max(positions, 1))
 
 
 @dataclass(frozen=True)
