@@ -86,7 +86,7 @@ def main(argv=None):
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     if a.quick:
-        a.cases, a.steps, a.batch, a.methods, a.no_biotorch = "mnist-cnn", 3, 4, "bp,dfa,ssdfa", True
+        a.cases, a.steps, a.batch, a.methods, a.no_biotorch = "mnist-cnn", 2, 4, "bp,dfa,ssdfa", True
     torch.set_num_threads(a.threads)
     cases = C.parse_list(a.cases, list(C.CASES), "case")
     methods, missing = C.available_methods(C.parse_list(a.methods, C.WANTED + list(C.OPTIONS), "method"))

@@ -1,7 +1,7 @@
 """Peak memory of a training step per method, and of DRTP's update-unlocked mode against depth.
 
     python bench/memory.py                  # every case x method, then the depth study
-    python bench/memory.py --quick          # fc only, depths 2 and 4
+    python bench/memory.py --quick          # two measurements: checks the script works
 
 tracemalloc does not see torch's CPU allocator, so each (case, method) runs in a fresh
 subprocess that reads the kernel's resident-set high-water mark: after two warm-up steps (so
@@ -123,7 +123,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--quick", action="store_true", help="fc only, depths 2,4, batch 16")
+    p.add_argument("--quick", action="store_true", help="plain BP on fc and BP at depth 2, small: checks the script")
     p.add_argument("--out", default=None)
     p.add_argument("--child", nargs=2, metavar=("CASE", "METHOD"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -132,9 +132,9 @@ def main(argv=None):
         return child(a)
     if a.quick:
         a.cases = a.cases or "fc"
-        a.depths, a.steps, a.width, a.depth_batch = "2,4", 1, 64, 256
+        a.depths, a.steps, a.width, a.depth_batch = "2", 1, 64, 256
         a.batch = a.batch or 16
-        a.methods, a.depth_methods, a.no_biotorch = "bp,drtp-unlocked", "drtp-unlocked", True
+        a.methods, a.depth_methods, a.no_biotorch = "bp,drtp-unlocked", "bp,drtp-unlocked", True
     cases = C.parse_list(a.cases or ",".join(C.CASES), list(C.CASES), "case")
     methods, missing = C.available_methods(C.parse_list(a.methods, C.WANTED + list(C.OPTIONS), "method"))
     depth_methods, _ = C.available_methods(
@@ -145,7 +145,7 @@ def main(argv=None):
               "depth_study": {"width": a.width, "batch": a.depth_batch},
               "skipped_methods": missing, "cases": {}, "depth": {}}
     for cname in cases:
-        names = ["plain-bp", "forward-only", *methods]
+        names = ["plain-bp"] if a.quick else ["plain-bp", "forward-only", *methods]
         if use_bt and C.CASES[cname].biotorch:
             names += list(C.BIOTORCH_MODES)
         rows = {}
@@ -164,6 +164,8 @@ def main(argv=None):
                 r["ratio_to_plain_bp"] = r["step_extra_bytes"] / bp
         result["cases"][cname] = rows
     depths = [int(d) for d in a.depths.split(",") if d]
+    if a.quick:  # one subprocess per measurement: keep it to two
+        depth_methods = [m for m in depth_methods if m in a.methods.split(",")][:1]
     print(f"\ndepth study: FC 784-{a.width}xD-10 tanh, batch {a.depth_batch}: step memory "
           "beyond parameters and gradients (MiB)")
     print("  " + f"{'method':14s}" + "".join(f"{'D=' + str(d):>9s}" for d in depths))
