@@ -57,7 +57,7 @@ def train(name, case, xs, ys, steps, batch, lr, biotorch):
         i = (s * batch) % (len(xs) - batch + 1)
         x, y = xs[i:i + batch], ys[i:i + batch]
         with torch.no_grad():
-            out = v.net(x) if v.kind != "biotorch" else v.model(x)
+            out = v.net(x)  # the user's net: ssdfa shares its layers, BioTorch converted it in place
             losses.append(float(F.cross_entropy(out, y)))
             if s >= steps - max(1, steps // 5):
                 correct += int((out.argmax(1) == y).sum())
