@@ -96,3 +96,11 @@ def test_memory_quick(tmp_path):  # one fresh subprocess per measurement
 def test_epoch_time_quick(tmp_path):
     res = run_script("epoch_time", tmp_path)
     assert all(positive(v) for v in res["ratio_to_plain_bp"].values())
+
+
+def test_profile_step_quick(tmp_path):
+    res = run_script("profile_step", tmp_path, "--variants", "plain-bp,dfa")
+    check_machine(res)
+    for name in ("plain-bp", "dfa"):
+        r = res["variants"][name]
+        assert positive(r["step_us"]) and r["top_ops"] and 0 <= r["matmul_self_us"] <= r["step_us"] * 1.01
