@@ -232,6 +232,7 @@ def machine(threads, device="cpu"):
                 cpu = line.split(":", 1)[1].strip()
                 break
     d = {"python": platform.python_version(), "torch": torch.__version__, "ssdfa": ssdfa.__version__,
+         "ssdfa_from": str(Path(ssdfa.__file__).parent), "methods": list(ssdfa.METHODS),
          "cpu": cpu, "logical_cpus": os.cpu_count(), "threads": threads, "device": device,
          "platform": platform.platform(),
          "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
