@@ -108,7 +108,7 @@ def main(argv=None):
                 print(f"[skip] {cname}/{n}: {failed[n]}", file=sys.stderr)
         times = time_case(case, variants, a)
         med = {n: statistics.median(t) for n, t in times.items()}
-        bp, floor = med["plain-bp"], med["floor"]
+        bp, floor = med["plain-bp"], med.get("floor", float("nan"))
         result["cases"][cname] = {
             "summary": case.summary, "batch": case.batch,
             "median_step_seconds": med,
