@@ -66,7 +66,7 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="also write the JSON here")
     a = p.parse_args(argv)
     if a.quick:
-        a.examples, a.reps = 512, 2
+        a.examples, a.reps = 256, 2
     torch.set_num_threads(a.threads)
     g = torch.Generator().manual_seed(0)
     xs = torch.randn(a.examples, 784, generator=g)
