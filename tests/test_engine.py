@@ -367,3 +367,24 @@ def test_nested_converted_models_each_use_their_own_points():
     check_gradients(inner, x, y)
     F.cross_entropy(inner(x), y).backward()
     assert torch.equal(inner.net[0].weight.grad, g)
+
+
+@pytest.mark.parametrize("method", ["dfa", "ssdfa", "sign_dfa", "dkp", "drtp"])
+def test_signals_are_made_one_block_at_a_time(method, monkeypatch):
+    """Point l's signal is computed only after block l+1's weights got their gradient, so at most
+    one signal is alive at a time (as BP holds one δ), not all of them at the start of backward."""
+    net = mlp()
+    model = ssdfa.convert(net, method, seed=0)
+    log, honest = [], type(model.rule).point_signals
+    point_of = {id(fb): k for k, fb in enumerate(model.feedback)}
+
+    def logged(self, e, feedback, shapes, target):
+        log.extend(f"signal{point_of[id(fb)]}" for fb in feedback)
+        return honest(self, e, feedback, shapes, target)
+
+    monkeypatch.setattr(type(model.rule), "point_signals", logged)
+    for i in (0, 2, 4, 6):
+        net[i].weight.register_hook(lambda g, i=i: log.append(f"W{i}"))
+    x, y = torch.randn(5, 6), torch.tensor([0, 1, 2, 3, 0])
+    F.cross_entropy(model(x, target=y), y).backward()
+    assert log == ["W6", "signal2", "W4", "signal1", "W2", "signal0", "W0"], log
