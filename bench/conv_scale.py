@@ -116,13 +116,13 @@ def main(argv=None):
         print(f"\n{cname}: ||ΔW||/||W|| after one SGD step at lr {a.lr}; {a.steps} steps with momentum")
         layer_names = list(next(r for r in rows.values() if "update_ratio" in r)["update_ratio"])
         print(f"  {'method':13s}" + "".join(f"{ln[-10:]:>11s}" for ln in layer_names)
-              + f"{'spread':>8s}{'loss0':>7s}{'lossN':>7s}{'acc':>6s}  diverged")
+              + f"{'spread':>8s}{'loss0':>9s}{'lossN':>10s}{'acc':>6s}  diverged")
         for n, r in rows.items():
             if "skipped" in r:
                 print(f"  {n:13s} skipped")
                 continue
             print(f"  {n:13s}" + "".join(f"{v:11.2e}" for v in r["update_ratio"].values())
-                  + f"{r['spread']:8.1f}{r['first_loss']:7.3f}{r['last_loss']:7.3f}"
+                  + f"{r['spread']:8.1f}{r['first_loss']:9.3f}{r['last_loss']:10.4g}"
                   + f"{r['last_accuracy']:6.2f}  {r['diverged']}")
     path = C.write_json(result, "conv_scale", a.out)
     print(f"\nwrote {path}")

@@ -126,9 +126,11 @@ def test_reference_checker_catches_a_wrong_gradient(monkeypatch):
     check_gradients(model, x, y)  # correct as built
     honest = type(model.rule).point_signals
 
+    first = model.feedback[0]
+
     def doubled_first_point(self, e, feedback, shapes, target):
         sig = honest(self, e, feedback, shapes, target)
-        return [sig[0] * 2, *sig[1:]]
+        return [s * 2 if fb is first else s for s, fb in zip(sig, feedback)]
 
     monkeypatch.setattr(type(model.rule), "point_signals", doubled_first_point)
     with pytest.raises(AssertionError) as err:
@@ -365,3 +367,24 @@ def test_nested_converted_models_each_use_their_own_points():
     check_gradients(inner, x, y)
     F.cross_entropy(inner(x), y).backward()
     assert torch.equal(inner.net[0].weight.grad, g)
+
+
+@pytest.mark.parametrize("method", ["dfa", "ssdfa", "sign_dfa", "dkp", "drtp"])
+def test_signals_are_made_one_block_at_a_time(method, monkeypatch):
+    """Point l's signal is computed only after block l+1's weights got their gradient, so at most
+    one signal is alive at a time (as BP holds one δ), not all of them at the start of backward."""
+    net = mlp()
+    model = ssdfa.convert(net, method, seed=0)
+    log, honest = [], type(model.rule).point_signals
+    point_of = {id(fb): k for k, fb in enumerate(model.feedback)}
+
+    def logged(self, e, feedback, shapes, target):
+        log.extend(f"signal{point_of[id(fb)]}" for fb in feedback)
+        return honest(self, e, feedback, shapes, target)
+
+    monkeypatch.setattr(type(model.rule), "point_signals", logged)
+    for i in (0, 2, 4, 6):
+        net[i].weight.register_hook(lambda g, i=i: log.append(f"W{i}"))
+    x, y = torch.randn(5, 6), torch.tensor([0, 1, 2, 3, 0])
+    F.cross_entropy(model(x, target=y), y).backward()
+    assert log == ["W6", "signal2", "W4", "signal1", "W2", "signal0", "W0"], log

@@ -21,28 +21,69 @@ from .points import ACTIVE
 from .rules import Rule
 
 
-class _Inject(torch.autograd.Function):
-    """Identity on y; on the way back, e -> (e for y, signal_l for each point h_l, grads of B)."""
+class _Signals:
+    """What the points of one forward pass share: the rule, their feedback, and e once known."""
+
+    def __init__(self, owner, target):
+        self.owner, self.target = owner, target
+        self.order: list[int] = []
+        self.shapes: list[torch.Size] = []
+        self.kinds: list[tuple[torch.dtype, torch.device]] = []
+        self.e: torch.Tensor | None = None
+
+    def signal(self, k: int) -> torch.Tensor:
+        """The gradient the rule injects at the k-th point that fired (e·B_l for DFA)."""
+        fb = self.owner.feedback[self.order[k]]
+        return self.owner.rule.point_signals(self.e, [fb], [self.shapes[k]], self.target)[0]
+
+
+class _Point(torch.autograd.Function):
+    """Identity on h_l; in backward, computes point l's signal from the stored error e.
+
+    Created as the point fires, so autograd reaches it only after every later block is done:
+    the signals exist one at a time, as BP's δ does, not all at once.
+    """
 
     @staticmethod
-    def forward(ctx, owner, order, target, y, *tensors):
-        ctx.owner, ctx.order, ctx.target = owner, order, target
-        ctx.shapes = [t.shape for t in tensors[: len(order)]]
-        if owner.rule.needs_activations:
-            ctx.save_for_backward(*tensors[: len(order)])
+    def forward(ctx, h, signals, k):
+        ctx.signals, ctx.k = signals, k
+        return h.view_as(h)
+
+    @staticmethod
+    def backward(ctx, _placeholder):
+        return ctx.signals.signal(ctx.k), None, None
+
+
+class _Inject(torch.autograd.Function):
+    """Identity on y; on the way back, e -> (e for y, a free placeholder per point, grads of B).
+
+    It stores e for the points' :class:`_Point` nodes, which compute the actual signals.
+    """
+
+    @staticmethod
+    def forward(ctx, signals, y, *tensors):
+        ctx.signals = signals
+        n = len(signals.order)
+        if signals.owner.rule.needs_activations:
+            ctx.save_for_backward(*tensors[:n])
         return y.clone()
 
     @staticmethod
     def backward(ctx, grad_y):
-        owner: FeedbackModel = ctx.owner
+        signals: _Signals = ctx.signals
+        owner: FeedbackModel = signals.owner
         rule = owner.rule
         e = grad_y.reshape(grad_y.shape[0], -1)  # (batch, M)
-        hs = ctx.saved_tensors if rule.needs_activations else None
-        feedback = [owner.feedback[i] for i in ctx.order]
-        signals = rule.point_signals(e, feedback, ctx.shapes, ctx.target)
-        signals = [s if ctx.needs_input_grad[4 + k] else None for k, s in enumerate(signals)]
-        extra = rule.feedback_grads(e, hs, feedback, ctx.target) if owner.rule_tensors() else []
-        return (None, None, None, grad_y, *signals, *extra)
+        signals.e = e
+        marks = [torch.zeros((), dtype=dtype, device=device).expand(shape)  # stride 0: free
+                 if ctx.needs_input_grad[2 + k] else None
+                 for k, (shape, (dtype, device)) in enumerate(zip(signals.shapes, signals.kinds))]
+        extra = []
+        if owner.rule_tensors():
+            hs = ctx.saved_tensors if rule.needs_activations else None
+            feedback = [owner.feedback[i] for i in signals.order]
+            extra = rule.feedback_grads(e, hs, feedback, signals.target)
+        return (None, grad_y, *marks, *extra)
 
 
 class FeedbackModel(nn.Module):
@@ -80,6 +121,7 @@ class FeedbackModel(nn.Module):
                 "torch.no_grad() or model.eval()")
         index = {id(p): i for i, p in enumerate(self._points)}
         tape: list = []
+        signals = _Signals(self, target)
 
         def record(point, h):
             i = index.get(id(point))
@@ -89,6 +131,12 @@ class FeedbackModel(nn.Module):
                 self._local_update(i, h, target)
                 tape.append((i, None))
                 return h.detach()
+            if self.rule.inject:
+                signals.order.append(i)
+                signals.shapes.append(h.shape)
+                signals.kinds.append((h.dtype, h.device))
+                if h.requires_grad:
+                    h = _Point.apply(h, signals, len(signals.order) - 1)
             tape.append((i, h))
             return h.detach()  # cut: the next block never sends a gradient back here
 
@@ -114,7 +162,7 @@ class FeedbackModel(nn.Module):
         extra = self.rule_tensors()
         if not hs and not extra:
             return y
-        return _Inject.apply(self, order, target, y, *hs, *extra)
+        return _Inject.apply(signals, y, *hs, *extra)
 
     def _local_update(self, idx: int, h: torch.Tensor, target):
         """Backpropagate the rule's forward-time signal into the block that produced ``h``."""
