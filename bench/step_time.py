@@ -5,7 +5,7 @@
     python bench/step_time.py --quick                 # seconds: checks the script works
 
 Per case, every variant gets its own copy of the same initial model, the same synthetic batches,
-SGD (lr 0.01, momentum 0.9) and thread count.  After a warm-up, each repetition times
+SGD (lr 0.01, momentum 0.9 or `--momentum`) and thread count.  After a warm-up, each repetition times
 ``--steps`` optimizer steps of every variant, in an order rotated per repetition; we report the
 median seconds per step and its ratio to plain PyTorch BP and to the floor (forward + one
 weight-gradient product per layer, ``_common.FloorLoop``).  ``forward-only`` is a no-grad
@@ -69,6 +69,8 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--batch", type=int, default=None, help="override every case's batch size")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--momentum", type=float, default=0.9,
+                   help="SGD momentum of every variant (0: plain SGD, the cheapest optimizer step)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true",
                    help="small batches, 2 reps of 1 step: checks the script, measures nothing")
@@ -90,7 +92,7 @@ def main(argv=None):
 
     result = {"script": "step_time", "date": C.now_utc(), "command": C.command("step_time.py", argv),
               "machine": C.machine(a.threads, a.device), "reps": a.reps, "steps_per_rep": a.steps,
-              "optimizer": "SGD lr=0.01 momentum=0.9", "skipped_methods": missing,
+              "optimizer": f"SGD lr=0.01 momentum={a.momentum}", "skipped_methods": missing,
               "biotorch": "used" if biotorch is not None else f"skipped: {bt_reason}", "cases": {}}
     for cname in cases:
         case = C.CASES[cname]
@@ -102,7 +104,7 @@ def main(argv=None):
         variants, failed = {}, {}
         for n in names:
             try:
-                variants[n] = C.Variant(n, case, a.device, biotorch=biotorch)
+                variants[n] = C.Variant(n, case, a.device, momentum=a.momentum, biotorch=biotorch)
             except Exception as exc:  # a method that cannot build this case: say so, go on
                 failed[n] = f"{type(exc).__name__}: {exc}"
                 print(f"[skip] {cname}/{n}: {failed[n]}", file=sys.stderr)
