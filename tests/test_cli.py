@@ -56,6 +56,22 @@ def test_train_writes_the_run_directory(tmp_path, capsys):
     assert any(k.startswith("feedback.") for k in ckpt["model"])  # B is saved with the weights
 
 
+def test_feedback_scale_reaches_the_model_and_the_saved_config(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _ = run_json(capsys, ["train", "--method", "dfa", "--epochs", "1", "--feedback-scale",
+                                "0.25", "--out-dir", str(out), "--json", *QUICK])
+    assert code == 0
+    assert json.loads((out / "config.json").read_text())["feedback_scale"] == 0.25
+    saved = load_checkpoint(out / "checkpoint.pt")["model"]
+    cfg = training.TrainConfig(method="dfa", model="digits-fc", seed=0)
+    plain = training.build_model(cfg, D.load_dataset("digits"))
+    name, b = next((k, v) for k, v in plain.state_dict().items() if k.startswith("feedback."))
+    torch.testing.assert_close(saved[name], 0.25 * b)
+    code = main(["train", "--method", "fa", "--feedback-scale", "0.5", "--epochs", "1",
+                 "--out-dir", str(tmp_path / "fa"), *QUICK])
+    assert code != 0 and "no direct feedback matrices" in capsys.readouterr().err
+
+
 def test_config_file_precedence(tmp_path, capsys):
     toml = tmp_path / "exp.toml"
     toml.write_text('method = "dfa"\nlr = 0.2\nepochs = 1\nbatch-size = 16\n')
@@ -204,6 +220,20 @@ def test_compare_table_on_stdout(tmp_path, capsys):
                  str(tmp_path / "c"), *QUICK]) == 0
     out = capsys.readouterr().out
     assert "| method | test accuracy (%)" in out and "| ssdfa |" in out
+
+
+def test_compare_takes_feedback_scale_for_direct_methods_only(tmp_path, capsys):
+    assert main(["compare", "--methods", "dfa,ssdfa", "--seeds", "1", "--epochs", "1",
+                 "--feedback-scale", "0.5", "--out-dir", str(tmp_path / "ok"), *QUICK]) == 0
+    for m in ("dfa", "ssdfa"):
+        cfg = json.loads((tmp_path / "ok" / m / "seed0" / "config.json").read_text())
+        assert cfg["feedback_scale"] == 0.5
+    capsys.readouterr()
+    assert main(["compare", "--methods", "dfa,bp", "--feedback-scale", "0.5", "--epochs", "1",
+                 "--out-dir", str(tmp_path / "bad"), *QUICK]) != 0
+    err = capsys.readouterr().err
+    assert "bp:" in err and "no direct feedback matrices" in err
+    assert not (tmp_path / "bad" / "dfa").exists()  # refused before any training
 
 
 def test_evaluate_matches_the_last_epoch(tmp_path, capsys):

@@ -125,3 +125,42 @@ def test_conv_points_are_scaled_per_position_and_fc_points_by_the_paper():
                         (b2, default_std(200))]:
         assert b.std().item() == pytest.approx(expected, rel=0.05)
         assert b.abs().max().item() <= math.sqrt(3) * expected * (1 + 1e-6)  # uniform
+
+
+@pytest.mark.parametrize("method", ["dfa", "ssdfa", "drtp"])
+def test_feedback_scale_multiplies_every_direct_matrix(method):
+    import ssdfa
+    from torch import nn
+
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 20),
+                             nn.Tanh(), nn.Linear(20, 5))
+
+    base = ssdfa.feedback_matrices(ssdfa.convert(net(), method, input_shape=(1, 8, 8), seed=3))
+    half = ssdfa.feedback_matrices(ssdfa.convert(net(), method, input_shape=(1, 8, 8), seed=3,
+                                                 feedback_scale=0.5))
+    assert list(base) == list(half)
+    for name in base:
+        torch.testing.assert_close(half[name], 0.5 * base[name], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), "0.3", True])
+def test_feedback_scale_rejects_bad_values(bad):
+    import ssdfa
+    from torch import nn
+
+    with pytest.raises(FeedbackConfigError, match="feedback_scale must be a positive number"):
+        ssdfa.convert(nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)), "dfa",
+                      feedback_scale=bad)
+
+
+@pytest.mark.parametrize("method", ["bp", "fa", "kp", "shallow"])
+def test_feedback_scale_is_refused_where_there_is_no_direct_feedback(method):
+    import ssdfa
+    from torch import nn
+
+    net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    with pytest.raises(FeedbackConfigError, match="no direct feedback matrices"):
+        ssdfa.convert(net, method, feedback_scale=0.3)
+    ssdfa.convert(net, method, feedback_scale=1.0)  # the default is always fine

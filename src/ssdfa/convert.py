@@ -11,6 +11,7 @@ Where feedback points go, in order of preference:
 
 from __future__ import annotations
 
+import math
 import operator
 from collections import OrderedDict
 
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .feedback import feedback_std, make_feedback
+from .feedback import FeedbackConfigError, default_std, feedback_std, make_feedback
 from .frozen import frozen_module, split_leaves
 from .layerwise import LAYERS, LayerwiseModel, is_wrappable
 from .layerwise import wrap as wrap_layer
@@ -44,7 +45,8 @@ _WEIGHTED_FUNCTIONS = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.bilinear, torch
 def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None = None,
             input_shape: tuple[int, ...] | None = None,
             example_input: torch.Tensor | None = None, seed: int | None = None,
-            train_only: str | None = None, **rule_options) -> FeedbackModel:
+            train_only: str | None = None, feedback_scale: float = 1.0,
+            **rule_options) -> FeedbackModel:
     """Wrap ``model`` so that ``loss.backward()`` trains it with ``method`` (see ``METHODS``).
 
     ``num_classes`` checks the output width (inferred when omitted).  ``input_shape`` (without
@@ -53,6 +55,9 @@ def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None 
     own independent matrix.  Rule options: ``sparsity`` or ``connections`` and ``rank`` (sdfa,
     dkp, sign_dfa, drtp), ``unlocked`` (drtp).  ``fa``/``kp`` wrap each Linear/Conv2d instead of
     placing points (:mod:`ssdfa.layerwise`).
+    ``feedback_scale`` multiplies the std of every direct B_l (default 1: the scale of
+    :func:`ssdfa.feedback.feedback_std`); below 1 it tempers the hidden layers' updates, e.g. 0.3
+    lets the SSDFA paper's CIFAR CNN train with DFA at BP's lr 0.01 + momentum 0.9.
     ``train_only="fc"`` (nn.Sequential only) freezes every layer before the first Linear and
     trains the rest with ``method`` (transfer learning, :mod:`ssdfa.frozen`).
     The returned model shares its parameters with ``model``; build the optimizer after this call.
@@ -60,6 +65,7 @@ def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None 
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert expects a torch.nn.Module, got {type(model).__name__}")
     rule = make_rule(method, **rule_options)
+    feedback_scale = check_feedback_scale(feedback_scale, rule)
 
     def base_generator():  # drawn only where B is: `bp` leaves the global RNG untouched
         return torch.Generator().manual_seed(
@@ -100,10 +106,23 @@ def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None 
             _, neurons, producer = fired[name]
             gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=base)))
             spec = rule.feedback_spec(out_width)
-            std = None if producer is None else feedback_std(producer, neurons)
+            std = default_std(neurons) if producer is None else feedback_std(producer, neurons)
+            std *= feedback_scale
             wrapped.feedback.append(
                 make_feedback(out_width, neurons, spec, generator=gen, std=std).to(device))
     return wrapped
+
+
+def check_feedback_scale(scale, rule) -> float:
+    """``feedback_scale`` as a positive float, or a message saying what is allowed."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) \
+            or scale <= 0:
+        raise FeedbackConfigError(f"feedback_scale must be a positive number, got {scale!r}")
+    if scale != 1 and not (rule.direct and (rule.inject or rule.local)):
+        raise FeedbackConfigError(
+            f"feedback_scale={scale:g} has no effect with method {rule.name!r}, which has no direct "
+            "feedback matrices; it applies to dfa, sdfa, ssdfa, dkp, sign_dfa and drtp")
+    return float(scale)
 
 
 # -- placing the points ----------------------------------------------------------------------

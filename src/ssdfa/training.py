@@ -10,6 +10,7 @@ A NaN or infinite loss stops the run with :class:`Diverged`; the last good check
 
 from __future__ import annotations
 
+import math
 import csv
 import io
 import json
@@ -70,6 +71,7 @@ class TrainConfig:
     connections: int | None = None
     rank: int | None = None
     feedback_lr: float | None = None  # learning rate of learnable feedback (dkp); None: lr
+    feedback_scale: float = 1.0  # multiplies the std of every direct B_l
     unlocked: bool = False  # drtp: update each block during the forward pass
     device: str = "auto"  # auto: cuda when available, else cpu
     threads: int | None = None  # CPU threads for torch; None: torch's default
@@ -119,6 +121,9 @@ def resolve(cfg: TrainConfig, dataset: Dataset | None = None, custom_model: bool
         problems.append(f"lr must be > 0, got {cfg.lr}")
     if cfg.feedback_lr is not None and not cfg.feedback_lr >= 0:
         problems.append(f"feedback_lr must be >= 0, got {cfg.feedback_lr}")
+    if not (isinstance(cfg.feedback_scale, (int, float)) and cfg.feedback_scale > 0
+            and math.isfinite(cfg.feedback_scale)):
+        problems.append(f"feedback_scale must be a positive number, got {cfg.feedback_scale!r}")
     if cfg.threads is not None and cfg.threads < 1:
         problems.append(f"threads must be >= 1, got {cfg.threads}")
     if cfg.alignment < 0:
@@ -150,6 +155,8 @@ def rule_options(cfg: TrainConfig) -> dict:
             if getattr(cfg, k) is not None}
     if cfg.unlocked:
         opts["unlocked"] = True
+    if cfg.feedback_scale != 1:
+        opts["feedback_scale"] = cfg.feedback_scale
     if cfg.train_only:
         opts["train_only"] = cfg.train_only
     return opts

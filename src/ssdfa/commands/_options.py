@@ -50,6 +50,9 @@ def add_training_options(p: argparse.ArgumentParser, *, method: bool = True) -> 
     g.add_argument("--connections", type=int, default=S, help="non-zeros per neuron of B (sdfa)")
     g.add_argument("--rank", type=int, default=S, help="rank of B (sdfa)")
     g.add_argument("--feedback-lr", type=float, default=S, help="learning rate of learned B (dkp)")
+    g.add_argument("--feedback-scale", type=float, default=S, metavar="X",
+                   help="multiply the std of every direct B_l by X (default 1; e.g. 0.3 for "
+                        "DFA on a deep ReLU CNN at lr 0.01)")
     g.add_argument("--unlocked", action="store_const", const=True, default=S,
                    help="drtp: update each block during the forward pass (memory flat in depth)")
     g.add_argument("--train-only", default=S, metavar="LAYERS",

@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from ..convert import check_feedback_scale
 from ..cli import UserError
 from ..data import DatasetError
 from ..data import canonical_name as canonical_dataset
@@ -60,8 +61,9 @@ def run(args) -> int:
     for m in methods:  # reject a bad name or option before any training starts
         try:
             cfg = resolve(replace(base, method=m))
-            opts = {k: v for k, v in rule_options(cfg).items() if k != "train_only"}
-            make_rule(cfg.method, **opts)
+            opts = {k: v for k, v in rule_options(cfg).items()
+                    if k not in ("train_only", "feedback_scale")}  # convert's, not the rule's
+            check_feedback_scale(cfg.feedback_scale, make_rule(cfg.method, **opts))
         except (ValueError, KeyError) as exc:
             raise UserError(f"{m}: {exc}") from exc
     if base.out_dir is None:
