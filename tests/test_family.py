@@ -453,17 +453,11 @@ def digits():
 
 
 
-@pytest.mark.parametrize("method", list(ssdfa.METHODS) + ["drtp-unlocked"])
-def test_every_method_learns_digits(method, digits):
-    X, Y, Xt, Yt = digits
-    opts = {"unlocked": True} if method == "drtp-unlocked" else {}
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(64, 400), nn.Tanh(), nn.Linear(400, 10))
-    model = ssdfa.convert(net, method.replace("-unlocked", ""), seed=0, **opts)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9,
-                          weight_decay=1e-3 if method in ("kp", "dkp") else 0.0)
+def fit_digits(model, X, Y, Xt, Yt, epochs, lr, weight_decay=0.0) -> float:
+    """SGD (momentum 0.9, batch 32, seeded order) for ``epochs``; returns test accuracy."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     g = torch.Generator().manual_seed(0)
-    for _ in range(3):
+    for _ in range(epochs):
         perm = torch.randperm(len(X), generator=g)
         for i in range(0, len(X), 32):
             b = perm[i:i + 32]
@@ -471,7 +465,18 @@ def test_every_method_learns_digits(method, digits):
             F.cross_entropy(model(X[b], target=Y[b]), Y[b]).backward()
             opt.step()
     with torch.no_grad():
-        acc = (model(Xt).argmax(1) == Yt).float().mean().item()
+        return (model(Xt).argmax(1) == Yt).float().mean().item()
+
+
+@pytest.mark.parametrize("method", list(ssdfa.METHODS) + ["drtp-unlocked"])
+def test_every_method_learns_digits(method, digits):
+    X, Y, Xt, Yt = digits
+    opts = {"unlocked": True} if method == "drtp-unlocked" else {}
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 400), nn.Tanh(), nn.Linear(400, 10))
+    model = ssdfa.convert(net, method.replace("-unlocked", ""), seed=0, **opts)
+    acc = fit_digits(model, X, Y, Xt, Yt, epochs=3, lr=0.05,
+                     weight_decay=1e-3 if method in ("kp", "dkp") else 0.0)
     print(f"digits 64-400-10, 3 epochs: {method} test accuracy {acc:.3f}")
     assert acc > 0.6, f"{method} reached only {acc:.3f} (chance 0.1)"
 
@@ -531,17 +536,7 @@ def test_transfer_learning_from_a_bp_trained_conv_net(method, digits):
     X, Xt = X.view(-1, 1, 8, 8), Xt.view(-1, 1, 8, 8)
 
     def fit(model, epochs, lr):
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-        g = torch.Generator().manual_seed(0)
-        for _ in range(epochs):
-            perm = torch.randperm(len(X), generator=g)
-            for i in range(0, len(X), 32):
-                b = perm[i:i + 32]
-                opt.zero_grad()
-                F.cross_entropy(model(X[b], target=Y[b]), Y[b]).backward()
-                opt.step()
-        with torch.no_grad():
-            return (model(Xt).argmax(1) == Yt).float().mean().item()
+        return fit_digits(model, X, Y, Xt, Yt, epochs=epochs, lr=lr)
 
     torch.manual_seed(0)
     features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
