@@ -3,8 +3,10 @@
 Gradient convention.  For a direct rule the graph is cut at every feedback point (the point's
 output is detached before the next block sees it).  The network output y is passed through
 ``_Inject``, an identity in the forward pass whose backward receives e = ∂L/∂y for whatever
-loss the user backpropagates, gives the output block its true gradient e, and gives feedback
-point l the gradient the rule chooses (e·B_l for DFA), reshaped to the point's shape.  One
+loss the user backpropagates and gives the output block its true gradient e.  Each point's
+output passes through a ``_Point`` node made as the point fires; when autograd reaches it (after
+every later block) it gives point l the gradient the rule chooses (e·B_l for DFA), reshaped to
+the point's shape, so only one such signal exists at a time.  One
 ``loss.backward()`` then lets autograd apply f' and form ∂L/∂W inside every block, and no block
 ever computes a gradient with respect to its input: the Wᵀ·δ chain BP needs is never built.
 """
