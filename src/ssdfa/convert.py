@@ -113,12 +113,13 @@ def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None 
     return wrapped
 
 
-def check_feedback_scale(scale, rule) -> float:
-    """``feedback_scale`` as a positive float, or a message saying what is allowed."""
+def check_feedback_scale(scale, rule=None) -> float:
+    """``feedback_scale`` as a positive float, or a message saying what is allowed; with
+    ``rule``, also that the rule has direct feedback matrices for it to scale."""
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) \
             or scale <= 0:
         raise FeedbackConfigError(f"feedback_scale must be a positive number, got {scale!r}")
-    if scale != 1 and not (rule.direct and (rule.inject or rule.local)):
+    if rule is not None and scale != 1 and not (rule.direct and (rule.inject or rule.local)):
         raise FeedbackConfigError(
             f"feedback_scale={scale:g} has no effect with method {rule.name!r}, which has no direct "
             "feedback matrices; it applies to dfa, sdfa, ssdfa, dkp, sign_dfa and drtp")

@@ -10,7 +10,6 @@ A NaN or infinite loss stops the run with :class:`Diverged`; the last good check
 
 from __future__ import annotations
 
-import math
 import csv
 import io
 import json
@@ -30,7 +29,9 @@ from torch import nn
 import ssdfa
 
 from .checkpoint import CHECKPOINT, capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from .convert import check_feedback_scale
 from .data import Dataset, load_dataset
+from .feedback import FeedbackConfigError
 from .models import create_model, default_model, list_models
 
 __all__ = ["TrainConfig", "run", "Diverged", "ConfigError", "build_model", "evaluate",
@@ -121,9 +122,10 @@ def resolve(cfg: TrainConfig, dataset: Dataset | None = None, custom_model: bool
         problems.append(f"lr must be > 0, got {cfg.lr}")
     if cfg.feedback_lr is not None and not cfg.feedback_lr >= 0:
         problems.append(f"feedback_lr must be >= 0, got {cfg.feedback_lr}")
-    if not (isinstance(cfg.feedback_scale, (int, float)) and cfg.feedback_scale > 0
-            and math.isfinite(cfg.feedback_scale)):
-        problems.append(f"feedback_scale must be a positive number, got {cfg.feedback_scale!r}")
+    try:
+        check_feedback_scale(cfg.feedback_scale)
+    except FeedbackConfigError as exc:
+        problems.append(str(exc))
     if cfg.threads is not None and cfg.threads < 1:
         problems.append(f"threads must be >= 1, got {cfg.threads}")
     if cfg.alignment < 0:

@@ -15,8 +15,8 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from ..convert import check_feedback_scale
 from ..cli import UserError
+from ..convert import check_feedback_scale
 from ..data import DatasetError
 from ..data import canonical_name as canonical_dataset
 from ..models import default_model
