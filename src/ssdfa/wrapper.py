@@ -28,9 +28,8 @@ class _Signals:
 
     def __init__(self, owner, target):
         self.owner, self.target = owner, target
-        self.order: list[int] = []
-        self.shapes: list[torch.Size] = []
-        self.kinds: list[tuple[torch.dtype, torch.device]] = []
+        self.order: tuple[int, ...] = ()  # feedback index of each point, in firing order
+        self.shapes: list[torch.Size] = []  # each point's output shape, set by _Inject
         self.e: torch.Tensor | None = None
 
     def signal(self, k: int) -> torch.Tensor:
@@ -65,9 +64,11 @@ class _Inject(torch.autograd.Function):
     @staticmethod
     def forward(ctx, signals, y, *tensors):
         ctx.signals = signals
-        n = len(signals.order)
+        hs = tensors[: len(signals.order)]
+        signals.shapes = [h.shape for h in hs]
+        ctx.kinds = [(h.dtype, h.device) for h in hs]
         if signals.owner.rule.needs_activations:
-            ctx.save_for_backward(*tensors[:n])
+            ctx.save_for_backward(*hs)
         return y.clone()
 
     @staticmethod
@@ -79,7 +80,7 @@ class _Inject(torch.autograd.Function):
         signals.e = e
         marks = [torch.zeros((), dtype=dtype, device=device).expand(shape)  # stride 0: free
                  if ctx.needs_input_grad[2 + k] else None
-                 for k, (shape, (dtype, device)) in enumerate(zip(signals.shapes, signals.kinds))]
+                 for k, (shape, (dtype, device)) in enumerate(zip(signals.shapes, ctx.kinds))]
         extra = []
         if owner.rule_tensors():
             hs = ctx.saved_tensors if rule.needs_activations else None
@@ -133,12 +134,8 @@ class FeedbackModel(nn.Module):
                 self._local_update(i, h, target)
                 tape.append((i, None))
                 return h.detach()
-            if self.rule.inject:
-                signals.order.append(i)
-                signals.shapes.append(h.shape)
-                signals.kinds.append((h.dtype, h.device))
-                if h.requires_grad:
-                    h = _Point.apply(h, signals, len(signals.order) - 1)
+            if self.rule.inject and h.requires_grad:
+                h = _Point.apply(h, signals, len(tape))  # k-th point: its signal comes later
             tape.append((i, h))
             return h.detach()  # cut: the next block never sends a gradient back here
 
@@ -164,6 +161,7 @@ class FeedbackModel(nn.Module):
         extra = self.rule_tensors()
         if not hs and not extra:
             return y
+        signals.order = order
         return _Inject.apply(signals, y, *hs, *extra)
 
     def _local_update(self, idx: int, h: torch.Tensor, target):
