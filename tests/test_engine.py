@@ -203,7 +203,7 @@ def test_forward_output_is_unchanged_and_nothing_is_left_stored():
     out = model(x)
     torch.testing.assert_close(out, ref)
     out.sum().backward()
-    assert ssdfa.points.ACTIVE.get() is None
+    assert ssdfa.points.ACTIVE == [] and model._tape is None
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref)
     assert model.unwrap() is model.net
@@ -306,7 +306,6 @@ def test_skip_connections_are_rejected_with_a_way_out():
     (lambda: ssdfa.convert(mlp(), "ssdfa", rank=2), ValueError, "does not take rank"),
     (lambda: ssdfa.convert(mlp(), "sdfa", connections=1, rank=2), ValueError, "never be fed back"),
     (lambda: ssdfa.convert(mlp(), "dfa", num_classes=10), ValueError, "outputs 4 values"),
-    (lambda: ssdfa.convert(cnn(), "dfa"), ValueError, r"input_shape=\(C, H, W\)"),
     (lambda: ssdfa.convert(cnn(), "dfa", input_shape=(2, 3, 3)), ValueError, "test forward pass"),
     (lambda: ssdfa.convert("model", "dfa"), TypeError, "torch.nn.Module"),
 ])

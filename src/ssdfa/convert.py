@@ -1,116 +1,143 @@
 """``ssdfa.convert``: one line turns a model into one trained by a chosen rule.
 
-Where feedback points go, in order of preference:
-1. the ``ssdfa.FeedbackPoint()`` markers a custom model already holds;
-2. an ``nn.Sequential`` (nested ones are flattened): a point at the input of every weight
-   layer but the first, i.e. at the output of each hidden block, after its non-linearity,
-   pooling and flattening;
-3. any other model that ``torch.fx`` can trace as a single chain of supported layers: the same
-   placement.  Anything else is rejected with a list of what to change.
+It reads: refuse what is already wrapped, pick the rule, place the points
+(:mod:`ssdfa.placement`), wrap, and size the feedback matrices with a probe forward when an
+input can be made now (else at the first forward pass, :class:`ssdfa.wrapper.FeedbackModel`).
 """
 
 from __future__ import annotations
 
 import math
-import operator
+import copy
 from collections import OrderedDict
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .feedback import FeedbackConfigError, default_std, feedback_std, make_feedback
+from .feedback import FeedbackConfigError
 from .frozen import frozen_module, split_leaves
+from .layers import is_pass_through, is_weight_layer
 from .layerwise import LAYERS, LayerwiseModel, is_wrappable
 from .layerwise import wrap as wrap_layer
-from .layers import is_pass_through, is_weight_layer, supported_names
+from .placement import checked_leaves, place_points
 from .points import FeedbackPoint
 from .rules import make_rule
-from .validate import Problem, UnsupportedModelError, check_sequential, flatten_sequential
-from .wrapper import FeedbackModel
-
-_FX_FUNCTIONS = {
-    torch.flatten, torch.relu, torch.tanh, torch.sigmoid, F.relu, F.tanh, F.sigmoid, F.gelu,
-    F.leaky_relu, F.elu, F.silu, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.dropout,
-    F.log_softmax, F.softmax, torch.log_softmax, torch.softmax,
-}
-_FX_METHODS = {"view", "reshape", "flatten", "relu", "tanh", "sigmoid", "contiguous", "softmax",
-               "log_softmax", "squeeze", "unsqueeze"}
-_SHAPE_ONLY = {"size", "dim"}
-# products with a weight that fx exposes as plain functions: a layer-wise rule cannot see them
-_WEIGHTED_FUNCTIONS = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.bilinear, torch.matmul, torch.mm,
-                       torch.bmm, torch.addmm, torch.einsum, operator.matmul}
-
+from .validate import Problem, UnsupportedModelError
+from .wrapper import FeedbackModel, ProbeError, _batch_variant, _probe
 
 def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None = None,
             input_shape: tuple[int, ...] | None = None,
             example_input: torch.Tensor | None = None, seed: int | None = None,
-            train_only: str | None = None, feedback_scale: float = 1.0,
-            **rule_options) -> FeedbackModel:
+            train_only: str | None = None, feedback_scale: float = 1.0, points=None,
+            grad_scaler=None, **rule_options) -> FeedbackModel:
     """Wrap ``model`` so that ``loss.backward()`` trains it with ``method`` (see ``METHODS``).
 
-    ``num_classes`` checks the output width (inferred when omitted).  ``input_shape`` (without
-    the batch dimension) or ``example_input`` is needed when the first weight layer is a
-    Conv2d, to size the feedback of each point.  ``seed`` fixes every B_l; each point gets its
-    own independent matrix.  Rule options: ``sparsity`` or ``connections`` and ``rank`` (sdfa,
-    dkp, sign_dfa, drtp), ``unlocked`` (drtp).  ``fa``/``kp`` wrap each Linear/Conv2d instead of
-    placing points (:mod:`ssdfa.layerwise`).
-    ``feedback_scale`` multiplies the std of every direct B_l (default 1: the scale of
-    :func:`ssdfa.feedback.feedback_std`); below 1 it tempers the hidden layers' updates, e.g. 0.3
-    lets the SSDFA paper's CIFAR CNN train with DFA at BP's lr 0.01 + momentum 0.9.
-    ``train_only="fc"`` (nn.Sequential only) freezes every layer before the first Linear and
-    trains the rest with ``method`` (transfer learning, :mod:`ssdfa.frozen`).
+    No input shape is needed: the feedback matrices are sized by a probe forward at the first
+    call (or now, from ``input_shape`` without the batch dimension or ``example_input``; dkp,
+    whose B_l the optimizer must hold, needs one of them unless the first layer is Linear).
+    ``num_classes`` checks the output width.  ``points``: module types or qualified names whose
+    outputs get feedback (default: Sequential/chain blocks, else every residual block).
+    ``seed`` fixes every B_l; each point gets its own independent matrix.  Rule options:
+    ``sparsity`` or ``connections`` and ``rank`` (sdfa, dkp, sign_dfa, drtp), ``unlocked``
+    (drtp).  ``fa``/``kp`` wrap each Linear/Conv2d instead of placing points.
+    ``feedback_scale`` multiplies the std of every direct B_l (default 1,
+    :func:`ssdfa.feedback.feedback_std`).  ``grad_scaler``: the ``torch.amp.GradScaler`` used
+    with fp16 autocast, for sign_dfa and drtp whose signal must carry its loss scale.
+    ``train_only="fc"`` (nn.Sequential only) freezes every layer before the first Linear.
     The returned model shares its parameters with ``model``; build the optimizer after this call.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert expects a torch.nn.Module, got {type(model).__name__}")
+    _refuse_wrapped(model)
     rule = make_rule(method, **rule_options)
     feedback_scale = check_feedback_scale(feedback_scale, rule)
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or num_classes < 1):
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if points is not None and not rule.direct:
+        raise ValueError(f"points= places direct feedback; method {rule.name!r} has none")
 
     def base_generator():  # drawn only where B is: `bp` leaves the global RNG untouched
         return torch.Generator().manual_seed(
             int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
 
     if rule.layerwise:
-        net, points, layer_names = _layerwise_net(model, rule, train_only, base_generator())
+        net, layer_names = _layerwise_net(model, rule, train_only, base_generator())
+        wrapped = LayerwiseModel(net, rule, layer_names, num_classes=num_classes)
+    elif not rule.direct:  # bp: any module that runs; chain points (identities) name its taps
+        placed = place_points(model, rule.name, train_only)
+        wrapped = FeedbackModel(model if placed.auto else placed.net, rule,
+                                [] if placed.auto else placed.points, num_classes)
     else:
-        net, points = _place_points(model, rule.name, train_only)
-    x = _example(net, model, input_shape, example_input)
-
-    fired, y = _probe(net, points, x)
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                    or num_classes < 1):
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    out_width = int(y[0].numel())
-    if num_classes is not None and num_classes != out_width:
+        placed = place_points(model, rule.name, train_only, points)
+        wrapped = FeedbackModel(placed.net, rule, placed.points, num_classes, seed=seed,
+                                feedback_scale=feedback_scale, auto_points=placed.auto,
+                                problems=placed.problems, grad_scaler=grad_scaler)
+    given = _given_example(wrapped.net, input_shape, example_input)
+    if given is not None:
+        if wrapped.built:
+            _check_width(wrapped, given)
+        else:
+            wrapped._build((given,), {})
+        return wrapped
+    guess = _guessed_example(wrapped)
+    if guess is not None and not wrapped.built:
+        try:
+            wrapped._build((guess,), {})
+        except ProbeError:
+            pass  # not a plain-input model: size it at the first forward
+    if not wrapped.built and rule.learned_feedback:
         raise ValueError(
-            f"num_classes={num_classes} but the model outputs {out_width} values per example "
-            f"(output shape {tuple(y.shape)}); the feedback matrices need the true output width"
-        )
-    missing = [name for name, _ in points if name not in fired]
-    if missing and rule.direct:
-        raise UnsupportedModelError([
-            Problem(name, "FeedbackPoint", "never reached in the forward pass",
-                    "Remove it or make sure forward() calls it") for name in missing
-        ], rule.name)
-    order = sorted((n for n, _ in points if n in fired), key=lambda n: fired[n][0])
-    by_name = dict(points)
-    if rule.layerwise:
-        return LayerwiseModel(net, rule, layer_names, num_classes=out_width)
-    wrapped = FeedbackModel(net, rule, [(n, by_name[n]) for n in order], num_classes=out_width)
-
-    if rule.direct and (rule.inject or rule.local):  # shallow feeds nothing back: no B_l
-        base = base_generator()
-        device = next((p.device for p in net.parameters()), torch.device("cpu"))
-        for name in order:
-            _, neurons, producer = fired[name]
-            gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=base)))
-            spec = rule.feedback_spec(out_width)
-            std = default_std(neurons) if producer is None else feedback_std(producer, neurons)
-            std *= feedback_scale
-            wrapped.feedback.append(
-                make_feedback(out_width, neurons, spec, generator=gen, std=std).to(device))
+            f"method {rule.name!r} learns its feedback matrices, so they must exist before you "
+            "build the optimizer: pass input_shape=(...) without the batch dimension, or "
+            "example_input=a batch, to ssdfa.convert")
     return wrapped
+
+
+def _refuse_wrapped(model: nn.Module):
+    if hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
+        raise ValueError("this model is already compiled: convert first, then compile, "
+                         "model = torch.compile(ssdfa.convert(net, ...))")
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        raise ValueError("convert first, then wrap: DistributedDataParallel(ssdfa.convert(net, ...))")
+    done = next((m for m in model.modules() if isinstance(m, FeedbackModel)), None)
+    if done is not None:
+        raise ValueError(
+            f"this model is already converted (method {done.rule.name!r}); converting it again "
+            "would nest two rules. Convert the original model, or model.unwrap() for the plain "
+            "network")
+
+
+def _check_width(wrapped, x):
+    with torch.no_grad():
+        y = _probe(wrapped.net, [], *_batch_variant(((x,), {}), 2))["y"]
+    width = int(y[0].numel())
+    if wrapped.num_classes is not None and wrapped.num_classes != width:
+        raise ValueError(
+            f"num_classes={wrapped.num_classes} but the model outputs {width} values per example "
+            f"(output shape {tuple(y.shape)}); the feedback matrices need the true output width")
+    wrapped.num_classes = width
+
+
+def _given_example(net, input_shape, example_input):
+    if example_input is not None:
+        if not isinstance(example_input, torch.Tensor) or example_input.dim() == 0:
+            raise TypeError("example_input must be a tensor with a batch dimension")
+        return example_input
+    if input_shape is not None:
+        device = next((p.device for p in net.parameters()), torch.device("cpu"))
+        return torch.zeros(2, *(int(d) for d in input_shape), device=device)
+    return None
+
+
+def _guessed_example(wrapped):
+    """A zero batch for a model whose first layer, in definition order, is a Linear."""
+    net = wrapped.net
+    first = next((m for m in net.modules() if is_weight_layer(m) or isinstance(m, nn.Embedding)), None)
+    if isinstance(first, nn.Linear):
+        device = first.weight.device
+        return torch.zeros(2, first.in_features, device=device)
+    return None
 
 
 def check_feedback_scale(scale, rule=None) -> float:
@@ -126,33 +153,6 @@ def check_feedback_scale(scale, rule=None) -> float:
     return float(scale)
 
 
-# -- placing the points ----------------------------------------------------------------------
-def _place_points(model: nn.Module, method: str, train_only: str | None = None):
-    if train_only is not None:
-        leaves = _checked_leaves(model, method)
-        frozen, trained = split_leaves(leaves, train_only, model, method)
-        net, points = _sequential_with_points(
-            [(p, m) for p, m in trained if not isinstance(m, FeedbackPoint)])
-        features = frozen_module(frozen)
-        if features is not None:
-            net = nn.Sequential(OrderedDict([("frozen", features), *net.named_children()]))
-        return net, points
-    marked = [(n, m) for n, m in model.named_modules() if isinstance(m, FeedbackPoint)]
-    if marked:
-        return model, marked
-    if isinstance(model, nn.Sequential):
-        return _sequential_with_points(_checked_leaves(model, method))
-    return _fx_with_points(model, method)
-
-
-def _checked_leaves(model, method):
-    leaves = flatten_sequential(model) if isinstance(model, nn.Sequential) else []
-    problems = check_sequential(leaves) if leaves else []
-    if problems:
-        raise UnsupportedModelError(problems, method)
-    return leaves
-
-
 def _layerwise_net(model: nn.Module, rule, train_only, base: torch.Generator):
     """A copy of the model's structure with each Linear/Conv2d wrapped to use its own B_l.
 
@@ -164,7 +164,7 @@ def _layerwise_net(model: nn.Module, rule, train_only, base: torch.Generator):
 
     names = []
     if isinstance(model, nn.Sequential) or train_only is not None:
-        leaves = _checked_leaves(model, rule.name)
+        leaves = checked_leaves(model, rule.name)
         frozen, trained = split_leaves(leaves, train_only, model, rule.name)
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         features = frozen_module(frozen)
@@ -178,168 +178,54 @@ def _layerwise_net(model: nn.Module, rule, train_only, base: torch.Generator):
                 mod = wrap_layer(mod, gen(), rule.learnable)
                 names.append(name)
             layers[name] = mod
-        return nn.Sequential(layers), [], names
-    import torch.fx as fx
-
-    try:
-        gm = fx.symbolic_trace(model)
-    except Exception as exc:  # fx raises many types; report the cause, keep the chain
-        raise UnsupportedModelError([Problem(
-            "", type(model).__name__, f"could not be traced with torch.fx ({exc})",
-            "Build the model as an nn.Sequential")], rule.name) from exc
-    problems = []
-    for node in gm.graph.nodes:
-        if node.op == "call_function" and node.target in _WEIGHTED_FUNCTIONS:
-            problems.append(Problem(getattr(node.target, "__name__", str(node.target)), "function",
-                                    "a product a layer-wise rule cannot give its own B",
-                                    "Use nn.Linear / nn.Conv2d modules for weight layers"))
-        if node.op != "call_module":
-            continue
-        mod = gm.get_submodule(node.target)
-        if not is_wrappable(mod):
-            if any(True for _ in mod.parameters()) and not is_pass_through(mod):
-                problems.append(Problem(node.target, type(mod).__name__,
-                                        "has weights but no layer-wise backward",
-                                        f"Supported weight layers: {', '.join(t.__name__ for t in LAYERS)}"))
-            continue
-        parent, _, leaf = node.target.rpartition(".")
-        owner = gm.get_submodule(parent) if parent else gm
-        if owner is not gm and any(owner is m for m in model.modules()):
-            raise UnsupportedModelError([Problem(node.target, type(mod).__name__,
-                                                 "shared container cannot be rewired",
-                                                 "Build the model as an nn.Sequential")], rule.name)
-        setattr(owner, leaf, wrap_layer(mod, gen(), rule.learnable))
-        names.append(node.target)
+        return nn.Sequential(layers), names
+    net = clone_tree(model)
+    problems = _functional_products(model)
+    targets = []
+    for name, mod in net.named_modules():
+        if is_wrappable(mod):
+            targets.append(name)
+        elif any(p is not None for p in mod._parameters.values()) and not is_pass_through(mod) \
+                and not isinstance(mod, nn.Embedding):
+            problems.append(Problem(name, type(mod).__name__, "has weights but no layer-wise backward",
+                                    f"Supported weight layers: {', '.join(t.__name__ for t in LAYERS)}"))
     if problems:
         raise UnsupportedModelError(problems, rule.name)
-    gm.recompile()
-    return gm, [], names
+    for name in targets:
+        parent, _, leaf = name.rpartition(".")
+        setattr(net.get_submodule(parent), leaf, wrap_layer(net.get_submodule(name), gen(), rule.learnable))
+        names.append(name)
+    return net, names
 
 
-def _sequential_with_points(leaves):
-    layers: OrderedDict[str, nn.Module] = OrderedDict()
-    points = []
-    seen_weight = False
-    for path, mod in leaves:
-        if is_weight_layer(mod):
-            if seen_weight:
-                name = f"point{len(points)}"
-                point = FeedbackPoint()
-                layers[name] = point
-                points.append((name, point))
-            seen_weight = True
-        layers[path.replace(".", "_")] = mod
-    return nn.Sequential(layers), points
+def _functional_products(model) -> list[Problem]:
+    """Weight products torch.fx sees as plain functions (F.linear, matmul, ...): a layer-wise rule
+    cannot give them their own B.  Models fx cannot trace are checked module by module only."""
+    import operator
 
-
-def _fx_with_points(model: nn.Module, method: str):
     import torch.fx as fx
+    import torch.nn.functional as F
 
-    hint = ("Place ssdfa.FeedbackPoint() after each hidden block in your model's forward(), "
-            "or build it as an nn.Sequential")
+    weighted = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.bilinear, torch.matmul, torch.mm,
+                torch.bmm, torch.addmm, torch.einsum, operator.matmul}
     try:
         gm = fx.symbolic_trace(model)
-    except Exception as exc:  # fx raises many types; report the cause, keep the chain
-        raise UnsupportedModelError(
-            [Problem("", type(model).__name__, f"could not be traced with torch.fx ({exc})", hint)],
-            method) from exc
-    mods = dict(gm.named_modules())
-    problems = []
-    weight_nodes = []
-    for node in gm.graph.nodes:
-        users = [u for u in node.users if not _shape_only(u)]
-        if node.op in ("call_module", "call_function", "call_method", "placeholder") and len(users) > 1:
-            problems.append(Problem(str(node.target), node.op,
-                                    "its output feeds several layers (a branch or skip connection)",
-                                    hint))
-        if node.op == "call_module":
-            mod = mods[node.target]
-            if is_weight_layer(mod):
-                weight_nodes.append(node)
-            elif not is_pass_through(mod):
-                problems.append(Problem(str(node.target), type(mod).__name__,
-                                        "not a layer ssdfa can train through",
-                                        f"Supported: {supported_names()}. {hint}"))
-        elif node.op == "call_function" and node.target not in _FX_FUNCTIONS \
-                and node.target is not operator.getitem:
-            problems.append(Problem(getattr(node.target, "__name__", str(node.target)), "function",
-                                    "not an operation ssdfa knows to be element-wise or a reshape",
-                                    hint))
-        elif node.op == "call_method" and node.target not in _FX_METHODS | _SHAPE_ONLY:
-            problems.append(Problem(str(node.target), "method",
-                                    "not an operation ssdfa knows to be element-wise or a reshape",
-                                    hint))
-    if not weight_nodes:
-        problems.append(Problem("", type(model).__name__, "no Linear or Conv2d layer", hint))
-    if problems:
-        raise UnsupportedModelError(problems, method)
-    points = []
-    for node in weight_nodes[1:]:
-        name = f"point{len(points)}"
-        point = FeedbackPoint()
-        gm.add_submodule(name, point)
-        with gm.graph.inserting_before(node):
-            new = gm.graph.call_module(name, args=(node.args[0],))
-        node.replace_input_with(node.args[0], new)
-        points.append((name, point))
-    gm.recompile()
-    return gm, points
+    except Exception:  # fx raises many types; module checks still apply
+        return []
+    return [Problem(getattr(n.target, "__name__", str(n.target)), "function",
+                    "a product a layer-wise rule cannot give its own B",
+                    "Use nn.Linear / nn.Conv2d modules for weight layers")
+            for n in gm.graph.nodes if n.op == "call_function" and n.target in weighted]
 
 
-def _shape_only(node) -> bool:
-    return (node.op == "call_method" and node.target in _SHAPE_ONLY) or (
-        node.op == "call_function" and node.target is getattr and node.args[1] == "shape")
-
-
-# -- probing shapes ----------------------------------------------------------------------------
-def _example(net, model, input_shape, example_input):
-    if example_input is not None:
-        if not isinstance(example_input, torch.Tensor):
-            raise TypeError("example_input must be a tensor with a batch dimension")
-        return example_input[:2]
-    device = next((p.device for p in net.parameters()), torch.device("cpu"))
-    if input_shape is not None:
-        shape = tuple(int(d) for d in input_shape)
-        return torch.zeros(2, *shape, device=device)
-    first = next((m for m in net.modules() if is_weight_layer(m)), None)
-    if isinstance(first, nn.Linear):
-        return torch.zeros(2, first.in_features, device=device)
-    raise ValueError(
-        f"cannot tell the input size of {type(model).__name__}: its first weight layer is "
-        f"{type(first).__name__ if first is not None else 'missing'}. Pass input_shape=(C, H, W) "
-        "(without the batch dimension) or example_input=a batch of data to ssdfa.convert"
-    )
-
-
-def _probe(net, points, x):
-    """One no-grad eval forward: which points fire, in what order, with how many neurons, and
-    which weight layer fired last before each (it sets the feedback scale, ``feedback_std``)."""
-    fired: dict[str, tuple[int, int, nn.Module | None]] = {}
-    last_weight: list[nn.Module | None] = [None]
-    handles = []
-    for name, point in points:
-        def hook(mod, inp, out, name=name):
-            if name not in fired:
-                fired[name] = (len(fired), int(out[0].numel()), last_weight[0])
-        handles.append(point.register_forward_hook(hook))
-    for mod in net.modules():
-        if is_weight_layer(mod):
-            handles.append(mod.register_forward_hook(
-                lambda m, i, o: last_weight.__setitem__(0, m)))
-    was_training = net.training
-    net.eval()
-    try:
-        with torch.no_grad():
-            y = net(x)
-    except Exception as exc:
-        raise ValueError(
-            f"a test forward pass with an input of shape {tuple(x.shape)} failed: {exc}. "
-            "Pass input_shape=(...) without the batch dimension, or example_input=a real batch"
-        ) from exc
-    finally:
-        net.train(was_training)
-        for h in handles:
-            h.remove()
-    if not isinstance(y, torch.Tensor):
-        raise TypeError(f"the model must return one tensor (batch, classes), got {type(y).__name__}")
-    return fired, y
+def clone_tree(module: nn.Module) -> nn.Module:
+    """New module objects with the same parameters, buffers and hooks (copied containers), so a
+    layer can be swapped in the copy without touching the user's model."""
+    new = copy.copy(module)
+    new.__dict__ = dict(module.__dict__)
+    for key, value in module.__dict__.items():
+        if isinstance(value, dict) and key.startswith("_"):
+            new.__dict__[key] = type(value)(value)
+    new._modules = type(module._modules)(
+        (k, None if m is None else clone_tree(m)) for k, m in module._modules.items())
+    return new

@@ -1,92 +1,100 @@
 """The converted model: runs the user's network and routes each rule's signal into it.
 
-Gradient convention.  For a direct rule the graph is cut at every feedback point (the point's
-output is detached before the next block sees it).  The network output y is passed through
-``_Inject``, an identity in the forward pass whose backward receives e = ∂L/∂y for whatever
-loss the user backpropagates and gives the output block its true gradient e.  Each point's
-output passes through a ``_Point`` node made as the point fires; when autograd reaches it (after
-every later block) it gives point l the gradient the rule chooses (e·B_l for DFA), reshaped to
-the point's shape, so only one such signal exists at a time.  One
-``loss.backward()`` then lets autograd apply f' and form ∂L/∂W inside every block, and no block
-ever computes a gradient with respect to its input: the Wᵀ·δ chain BP needs is never built.
+Gradient convention.  For a direct rule the graph is cut at every feedback point: the next block
+sees the point's output detached.  At point l, ``_Point`` taps h_l and returns a small *carrier*
+tensor shaped like the network output; the output y passes through ``_Inject``, an identity in
+the forward pass, that also takes every carrier.  In backward, ``_Inject`` receives
+∂L/∂y, gives y its true gradient (so the output block learns as in BP), turns it into the output
+error e = ∂L/∂z at the logits z (below), and hands e to every carrier.  Each ``_Point`` then
+gives h_l the gradient its rule chooses (e·B_l for DFA).  Autograd reaches a point only after
+every later block, so one signal exists at a time, as BP's δ does; inside each block autograd
+applies f' and forms ∂L/∂W, and no block computes a gradient for its input: the Wᵀ·δ chain BP
+needs is never built.  Everything travels as autograd tensors, so ``torch.compile`` traces it.
+
+The error is taken at the logits: a network ending in ``log_softmax`` or ``softmax`` over its
+last dimension feeds back e = ∂L/∂z for the z entering it, so ``nll_loss`` on log-probabilities
+gives the hidden gradients of ``cross_entropy`` on logits.  For any other output, e = ∂L/∂y.
+With an output (batch, seq, classes) and a point (batch, seq, d), each position gets its own
+error: δ_t = e_t·B_l with B_l of shape (classes, d) (Launay et al., 2020, token-level DFA).
+
+Shapes are found by probing the network with two batch sizes (:meth:`FeedbackModel._build`), at
+convert time when an input can be made, else at the first forward pass.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import OrderedDict
 
 import torch
 from torch import nn
 
-from .points import ACTIVE
+from .feedback import default_std, feedback_std, make_feedback
+from .layers import is_weight_layer
+from .points import ACTIVE, FeedbackPoint
 from .rules import Rule
+from .validate import Problem, UnsupportedModelError
+
+class ProbeError(ValueError):
+    """A probe forward with a made-up or given input failed."""
 
 
-class _Signals:
-    """What the points of one forward pass share: the rule, their feedback, and e once known."""
-
-    def __init__(self, owner, target):
-        self.owner, self.target = owner, target
-        self.order: tuple[int, ...] = ()  # feedback index of each point, in firing order
-        self.shapes: list[torch.Size] = []  # each point's output shape, set by _Inject
-        self.e: torch.Tensor | None = None
-
-    def signal(self, k: int) -> torch.Tensor:
-        """The gradient the rule injects at the k-th point that fired (e·B_l for DFA)."""
-        fb = self.owner.feedback[self.order[k]]
-        return self.owner.rule.point_signals(self.e, [fb], [self.shapes[k]], self.target)[0]
+_HEADS = {"LogSoftmaxBackward0": "log_softmax", "SoftmaxBackward0": "softmax"}
 
 
 class _Point(torch.autograd.Function):
-    """Identity on h_l; in backward, computes point l's signal from the stored error e.
-
-    Created as the point fires, so autograd reaches it only after every later block is done:
-    the signals exist one at a time, as BP's δ does, not all at once.
-    """
+    """Taps h_l: returns a zero carrier shaped like the output; in backward, the carrier's
+    gradient is the output error e, and h_l gets the rule's signal (and B_l its gradient)."""
 
     @staticmethod
-    def forward(ctx, h, signals, k):
-        ctx.signals, ctx.k = signals, k
-        return h.view_as(h)
+    def forward(ctx, h, owner, i, carrier_shape, target, *params):
+        ctx.owner, ctx.i, ctx.target, ctx.shape = owner, i, target, h.shape
+        if owner.rule.needs_activations:
+            ctx.save_for_backward(h)
+        return h.new_zeros(carrier_shape)
 
     @staticmethod
-    def backward(ctx, _placeholder):
-        return ctx.signals.signal(ctx.k), None, None
+    def backward(ctx, e):
+        owner: FeedbackModel = ctx.owner
+        rule, fb, target = owner.rule, owner.feedback[ctx.i], ctx.target
+        token = owner.token[ctx.i]
+        e2 = e.reshape(-1, e.shape[-1]) if token else e.reshape(e.shape[0], -1)  # (rows, M)
+        if token and target is not None:
+            target = target.reshape(e2.shape[0], *target.shape[2:])
+        grad_h = None
+        if ctx.needs_input_grad[0]:
+            flat = torch.Size((e2.shape[0], fb.num_neurons))
+            grad_h = rule.point_signals(e2, [fb], [flat], target)[0].view(ctx.shape)
+            if rule.scale_free:  # sign(e), y*: carry GradScaler's loss scale (e has it)
+                grad_h = grad_h * owner.loss_scale(grad_h)
+        grads = [None] * len(owner.feedback[ctx.i]._parameters)
+        if any(ctx.needs_input_grad[5:]):
+            h = ctx.saved_tensors[0]
+            grads = rule.feedback_grads(e2, [h.reshape(e2.shape[0], -1)], [fb], target)
+        return (grad_h, None, None, None, None, *grads)
 
 
 class _Inject(torch.autograd.Function):
-    """Identity on y; on the way back, e -> (e for y, a free placeholder per point, grads of B).
-
-    It stores e for the points' :class:`_Point` nodes, which compute the actual signals.
-    """
+    """Identity on y; on the way back, ∂L/∂y -> (y's true gradient, e at the logits per carrier)."""
 
     @staticmethod
-    def forward(ctx, signals, y, *tensors):
-        ctx.signals = signals
-        hs = tensors[: len(signals.order)]
-        signals.shapes = [h.shape for h in hs]
-        ctx.kinds = [(h.dtype, h.device) for h in hs]
-        if signals.owner.rule.needs_activations:
-            ctx.save_for_backward(*hs)
+    def forward(ctx, head, y, *carriers):
+        ctx.head, ctx.shapes = head, [c.shape for c in carriers]
+        if head != "none":
+            ctx.save_for_backward(y)
         return y.clone()
 
     @staticmethod
     def backward(ctx, grad_y):
-        signals: _Signals = ctx.signals
-        owner: FeedbackModel = signals.owner
-        rule = owner.rule
-        e = grad_y.reshape(grad_y.shape[0], -1)  # (batch, M)
-        signals.e = e
-        marks = [torch.zeros((), dtype=dtype, device=device).expand(shape)  # stride 0: free
-                 if ctx.needs_input_grad[2 + k] else None
-                 for k, (shape, (dtype, device)) in enumerate(zip(signals.shapes, ctx.kinds))]
-        extra = []
-        if owner.rule_tensors():
-            hs = ctx.saved_tensors if rule.needs_activations else None
-            feedback = [owner.feedback[i] for i in signals.order]
-            extra = rule.feedback_grads(e, hs, feedback, signals.target)
-        return (None, grad_y, *marks, *extra)
+        e = grad_y
+        if ctx.head == "log_softmax":  # y = log p: ∂L/∂z = g - p·Σg
+            (y,) = ctx.saved_tensors
+            e = grad_y - y.exp() * grad_y.sum(-1, keepdim=True)
+        elif ctx.head == "softmax":  # y = p: ∂L/∂z = p·(g - Σ g·p)
+            (p,) = ctx.saved_tensors
+            e = p * (grad_y - (grad_y * p).sum(-1, keepdim=True))
+        return (None, grad_y, *[e.reshape(s) for s in ctx.shapes])
 
 
 class FeedbackModel(nn.Module):
@@ -97,16 +105,27 @@ class FeedbackModel(nn.Module):
     """
 
     def __init__(self, net: nn.Module, rule: Rule, points: list[tuple[str, nn.Module]],
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, *, seed: int | None = None,
+                 feedback_scale: float = 1.0, auto_points: bool = False,
+                 problems: list | None = None, grad_scaler=None):
         super().__init__()
         self.net = net
         self.rule = rule
         self.point_names = [name for name, _ in points]
         self.num_classes = num_classes
         self.feedback = nn.ModuleList()
-        # a plain list (not registered twice): deepcopy maps it onto the copied net's points
+        self.grad_scaler = grad_scaler
+        # plain lists (not registered twice): deepcopy maps them onto the copied net's points
         self._points = [point for _, point in points]
+        self.token: list[bool] = []  # per point: one error per position (Launay et al.)
+        self._shapes: list[tuple] = []  # per point: its shape without the batch (and seq) dims
+        self.head = "none"  # "log_softmax"/"softmax": e is taken at their input z
+        self.built = not rule.direct
+        self._seed, self._scale = seed, feedback_scale
+        self._auto, self._problems = auto_points, list(problems or [])
         self._cut = True
+        self._tape: list | None = None
+        self._target = None
 
     # -- the forward pass ---------------------------------------------------------------------
     def forward(self, *args, target: torch.Tensor | None = None, **kwargs):
@@ -114,6 +133,8 @@ class FeedbackModel(nn.Module):
 
         ``target`` (class indices or one-hot) is only read by rules that feed the target back.
         """
+        if not self.built:
+            self._build(args, kwargs)
         if not self.rule.direct or not torch.is_grad_enabled() or not self._cut:
             return self.net(*args, **kwargs)
         local = self.rule.local and self.training  # update-unlocked rules (DRTP unlocked=True)
@@ -122,64 +143,179 @@ class FeedbackModel(nn.Module):
                 f"method {self.rule.name!r} with unlocked=True trains each block during the "
                 "forward pass and needs the target: call model(x, target=y), or evaluate under "
                 "torch.no_grad() or model.eval()")
-        index = {id(p): i for i, p in enumerate(self._points)}
-        tape: list = []
-        signals = _Signals(self, target)
-
-        def record(point, h):
-            i = index.get(id(point))
-            if i is None:  # a marker of some other model
-                return h
-            if local:  # this block learns now and its graph is freed at once
-                self._local_update(i, h, target)
-                tape.append((i, None))
-                return h.detach()
-            if self.rule.inject and h.requires_grad:
-                h = _Point.apply(h, signals, len(tape))  # k-th point: its signal comes later
-            tape.append((i, h))
-            return h.detach()  # cut: the next block never sends a gradient back here
-
-        token = ACTIVE.set(record)
+        if self.rule.scale_free and self.grad_scaler is None and _fp16_autocast(self._device.type):
+            raise RuntimeError(
+                f"method {self.rule.name!r} feeds back a signal without the size of e (a sign or "
+                "the target), so it cannot carry GradScaler's loss scale by itself under fp16 "
+                "autocast: pass your scaler, ssdfa.convert(..., grad_scaler=scaler) or set "
+                "model.grad_scaler = scaler (False if you use none), or use bf16 autocast")
+        self._tape, self._target, self._local = [], target, local
+        ACTIVE.append(self)
         try:
             y = self.net(*args, **kwargs)
         finally:
-            ACTIVE.reset(token)
+            ACTIVE.remove(self)
+            tape, self._tape, self._target = self._tape, None, None
         if not isinstance(y, torch.Tensor):
             raise TypeError(
                 f"a directly trained model must return one tensor of shape (batch, classes), "
-                f"got {type(y).__name__}"
-            )
-        order = tuple(i for i, _ in tape)
-        if len(set(order)) != len(order):
+                f"got {type(y).__name__}")
+        fired = [i for i, _ in tape]
+        if len(set(fired)) != len(fired):
             raise RuntimeError(
                 "a feedback point fired twice in one forward pass; each ssdfa.FeedbackPoint must "
-                "be used once (create one marker per hidden block)"
-            )
-        if not self.rule.inject:  # shallow, unlocked DRTP: nothing enters during backward
+                "be used once (create one marker per hidden block)")
+        carriers = [c for _, c in tape if c is not None]
+        if not carriers:
             return y
-        hs = [h for _, h in tape]
-        extra = self.rule_tensors()
-        if not hs and not extra:
-            return y
-        signals.order = order
-        return _Inject.apply(signals, y, *hs, *extra)
+        for c in carriers:
+            lead = c.shape[:-1] if c.dim() == 3 and y.dim() == 3 else c.shape[:1]
+            if tuple(y.shape[:len(lead)]) != tuple(lead):
+                raise ValueError(
+                    f"the output has shape {tuple(y.shape)} but a feedback point saw a batch of "
+                    f"{tuple(lead)}; every point must hold the batch in its first dimension")
+        return _Inject.apply(self.head, y, *carriers)
 
-    def _local_update(self, idx: int, h: torch.Tensor, target):
-        """Backpropagate the rule's forward-time signal into the block that produced ``h``."""
-        if not h.requires_grad:
+    def _record(self, point: FeedbackPoint, h: torch.Tensor) -> torch.Tensor:
+        """What a point hands the model during its forward pass; the next block gets h detached."""
+        i = self.point_index(point)
+        if i is None or self._tape is None:  # a marker of some other model
+            return h
+        self._check_shape(i, h)
+        if self._local:  # this block learns now and its graph is freed at once
+            if h.requires_grad:
+                signal = self.rule.local_signal(self.feedback[i], self._target, h)
+                h.backward(signal * self.loss_scale(signal) if self.rule.scale_free else signal)
+            self._tape.append((i, None))
+            return h.detach()
+        carrier = None
+        if self.rule.inject and h.requires_grad:
+            shape = (*h.shape[:2], self.num_classes) if self.token[i] else (h.shape[0], self.num_classes)
+            carrier = _Point.apply(h, self, i, shape, self._target, *self.feedback[i]._parameters.values())
+        self._tape.append((i, carrier))
+        return h.detach()  # cut: the next block never sends a gradient back here
+
+    def point_index(self, point) -> int | None:
+        for i, p in enumerate(self._points):
+            if p is point:
+                return i
+        return None
+
+    def _check_shape(self, i, h):
+        skip = 2 if self.token[i] else 1
+        if tuple(h.shape[skip:]) != self._shapes[i]:
+            want = ("(batch, seq, " if skip == 2 else "(batch, ") + ", ".join(map(str, self._shapes[i])) + ")"
+            raise ValueError(
+                f"feedback point {self.point_names[i]!r} got activations of shape {tuple(h.shape)}, "
+                f"but its feedback matrix was drawn for {want} when the model was converted: "
+                "feed inputs of the size it was converted with, or convert again for this size")
+
+    def loss_scale(self, like: torch.Tensor):
+        """GradScaler's current scale (1 without one) for signals that ignore |e|."""
+        scaler = self.grad_scaler
+        if not scaler or not scaler.is_enabled():
+            return 1.0
+        scale = scaler._get_scale_async()  # on the device: no sync
+        return float(scaler._init_scale) if scale is None else scale.to(like.device, like.dtype)
+
+    # -- building: shapes, head, feedback matrices --------------------------------------------
+    @torch.compiler.disable
+    def _build(self, args, kwargs):
+        """Probe the network with two batch sizes; place residual points; draw each B_l."""
+        from .placement import hook_points, residual_blocks
+
+        if self.built:
             return
-        h.backward(self.rule.local_signal(self.feedback[idx], target, h))
+        if not args and not kwargs:
+            raise ValueError("call the model with its input")
+        if self._auto:
+            names = residual_blocks(self.net, *_batch_variant((args, kwargs), 2))
+            if not names:
+                self._problems.append(Problem(
+                    "", type(self.net).__name__, "no residual block found either (a module whose "
+                    "output adds two paths from its input)", "Place the points yourself"))
+                raise UnsupportedModelError(self._problems, self.rule.name)
+            points = hook_points(self.net, names)
+            self.point_names = [n for n, _ in points]
+            self._points = [p for _, p in points]
+            self._auto = False
+        small = _probe(self.net, self._points, *_batch_variant((args, kwargs), 2))
+        large = _probe(self.net, self._points, *_batch_variant((args, kwargs), 3))
+        y2, y3 = small["y"], large["y"]
+        if y2.shape[0] != 2 or y3.shape[0] != 3 or y2.shape[1:] != y3.shape[1:]:
+            raise ValueError(
+                f"the model's output ({tuple(y3.shape)} for a batch of 3) does not hold the batch "
+                "in its first dimension; ssdfa needs batch-first inputs and outputs (e.g. "
+                "batch_first=True for nn.Transformer* layers)")
+        missing = [n for n, p in zip(self.point_names, self._points) if id(p) not in large["fired"]]
+        if missing:
+            raise UnsupportedModelError([
+                Problem(name, "FeedbackPoint", "never reached in the forward pass",
+                        "Remove it or make sure forward() calls it") for name in missing
+            ], self.rule.name)
+        problems = []
+        for name, p in zip(self.point_names, self._points):
+            a, b = small["fired"][id(p)][1], large["fired"][id(p)][1]
+            if not (a[0] == 2 and b[0] == 3 and a[1:] == b[1:]):
+                moved = [d for d in range(min(len(a), len(b))) if a[d] != b[d]]
+                problems.append(Problem(
+                    name, "point", f"its output {tuple(b)} for a batch of 3 does not hold the batch "
+                    f"in dimension 0 (it moved dimension {moved})",
+                    "Make the block batch-first (e.g. batch_first=True), or choose other points="))
+        if problems:
+            raise UnsupportedModelError(problems, self.rule.name)
+        order = sorted(range(len(self._points)), key=lambda k: large["fired"][id(self._points[k])][0])
+        self._points = [self._points[k] for k in order]
+        self.point_names = [self.point_names[k] for k in order]
+        y = y3
+        fn = y.grad_fn
+        if type(fn).__name__ in _HEADS and int(fn._saved_dim) in (-1, y.dim() - 1):
+            self.head = _HEADS[type(fn).__name__]
+        shapes = [large["fired"][id(p)][1] for p in self._points]
+        self.token = [y.dim() == 3 and len(s) == 3 and s[1] == y.shape[1] for s in shapes]
+        self._shapes = [tuple(s[2:]) if t else tuple(s[1:]) for s, t in zip(shapes, self.token)]
+        width = int(y.shape[-1]) if any(self.token) else int(y[0].numel())
+        if any(self.token) and not all(self.token):
+            width = int(y.shape[-1])
+            flat = [n for n, t in zip(self.point_names, self.token) if not t]
+            raise UnsupportedModelError([Problem(n, "point", "has no sequence dimension while the "
+                                                 "output is (batch, seq, classes)",
+                                                 "Choose points of shape (batch, seq, d)")
+                                         for n in flat], self.rule.name)
+        if self.num_classes is not None and self.num_classes != width:
+            raise ValueError(
+                f"num_classes={self.num_classes} but the model outputs {width} values per "
+                f"{'position' if any(self.token) else 'example'} (output shape "
+                f"{tuple(y.shape)}); the feedback matrices need the true output width")
+        self.num_classes = width
+        if self.rule.inject or self.rule.local:  # shallow feeds nothing back: no B_l
+            base = torch.Generator().manual_seed(
+                int(self._seed) if self._seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+            device = self._device
+            for i, p in enumerate(self._points):
+                producer = large["fired"][id(p)][2]
+                neurons = math.prod(self._shapes[i])
+                gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=base)))
+                spec = self.rule.feedback_spec(width)
+                std = default_std(neurons) if producer is None else feedback_std(producer, neurons)
+                self.feedback.append(make_feedback(width, neurons, spec, generator=gen,
+                                                   std=std * self._scale).to(device))
+        self.built = True
 
-    def rule_tensors(self) -> list[torch.Tensor]:
-        """Learnable feedback tensors handed to the injection (empty unless B learns)."""
-        return [p for p in self.feedback.parameters()]
+    @property
+    def _device(self) -> str:
+        return next((p.device for p in self.net.parameters()), torch.device("cpu"))
 
     # -- inspection and control ---------------------------------------------------------------
     def feedback_matrices(self) -> "OrderedDict[str, torch.Tensor]":
-        """{point name: dense B_l of shape (classes, neurons at the point)}, in firing order."""
+        """{point name: dense B_l of shape (classes, neurons at the point)}, in firing order;
+        (classes, d) for a token-level point."""
         return OrderedDict(
-            (name, fb.dense()) for name, fb in zip(self.point_names, self.feedback)
-        )
+            (name, fb.dense()) for name, fb in zip(self.point_names, self.feedback))
+
+    def points(self) -> "OrderedDict[str, FeedbackPoint]":
+        """{point name: its marker}, in firing order (a hooked block's output passes its marker)."""
+        return OrderedDict(zip(self.point_names, self._points))
 
     @contextlib.contextmanager
     def backprop(self):
@@ -191,8 +327,66 @@ class FeedbackModel(nn.Module):
             self._cut = old
 
     def unwrap(self) -> nn.Module:
-        """The plain network (parameters shared, not copied); its markers are identities."""
+        """The plain network (parameters shared, not copied); its points are identities, and its
+        ``state_dict`` loads into a fresh copy of your model."""
         return self.net
 
     def extra_repr(self):
         return f"rule={self.rule!r}, points={self.point_names}"
+
+
+def _fp16_autocast(kind: str) -> bool:
+    return torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.float16
+
+
+def _batch_variant(inputs, n: int):
+    """(args, kwargs) with every tensor that holds the batch in dim 0 cut or repeated to n rows."""
+    args, kwargs = inputs
+    first = next((t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)), None)
+    if first is None or first.dim() == 0:
+        raise ValueError("the model's first input must be a tensor with a batch dimension")
+    batch = first.shape[0]
+    idx = torch.arange(n, device=first.device) % batch
+
+    def cut(t):
+        if isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[0] == batch:
+            return t.detach().index_select(0, idx)
+        if isinstance(t, (list, tuple)):
+            return type(t)(cut(v) for v in t)
+        return t
+    return cut(tuple(args)), {k: cut(v) for k, v in kwargs.items()}
+
+
+def _probe(net, points, args, kwargs):
+    """One grad-enabled eval forward: for each point (by id) its firing rank, its output shape
+    and the weight layer that fired last before it (it sets the feedback scale)."""
+    fired: dict[int, tuple] = {}
+    last_weight: list[nn.Module | None] = [None]
+    handles = []
+    for point in points:
+        def hook(mod, inp, out):
+            if id(mod) not in fired:
+                fired[id(mod)] = (len(fired), tuple(out.shape), last_weight[0])
+        handles.append(point.register_forward_hook(hook))
+    for mod in net.modules():
+        if is_weight_layer(mod):
+            handles.append(mod.register_forward_hook(
+                lambda m, i, o: last_weight.__setitem__(0, m)))
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.enable_grad():
+            y = net(*args, **kwargs)
+    except (ValueError, RuntimeError, TypeError, IndexError) as exc:
+        shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
+        raise ProbeError(
+            f"a test forward pass with inputs of shape {shapes} failed: {exc}. Pass "
+            "input_shape=(...) without the batch dimension, or example_input=a real batch, to "
+            "ssdfa.convert") from exc
+    finally:
+        net.train(was_training)
+        for h in handles:
+            h.remove()
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"the model must return one tensor (batch, classes), got {type(y).__name__}")
+    return {"fired": fired, "y": y}

@@ -124,8 +124,13 @@ class LayerwiseModel(FeedbackModel):
     def unwrap(self) -> nn.Module:
         """The plain network: each wrapper replaced by the user's layer (parameters shared)."""
         if not isinstance(self.net, nn.Sequential):
-            raise NotImplementedError("unwrap of a traced layer-wise model: use your original "
-                                      "model, which shares these parameters")
+            from ..convert import clone_tree
+
+            net = clone_tree(self.net)
+            for name, _ in self._layers():
+                parent, _, leaf = name.rpartition(".")
+                setattr(net.get_submodule(parent), leaf, net.get_submodule(name).layer)
+            return net
         return nn.Sequential(OrderedDict(
             (k, m.layer if isinstance(m, LayerFeedback) else m) for k, m in self.net.named_children()))
 

@@ -43,6 +43,8 @@ class Rule:
     layerwise = False  # B_l replaces W_l inside each layer's backward (FA, KP); no points used
     inject = True  # signals enter at the points during backward (False: shallow, unlocked DRTP)
     local = False  # each block learns during the forward pass from ``local_signal`` (DRTP)
+    scale_free = False  # the signal ignores |e| (a sign, the target): it must carry the loss scale
+    learned_feedback = False  # B_l are parameters the optimizer must hold (DKP)
     options: tuple[str, ...] = ()
     summary = ""
 

@@ -16,6 +16,7 @@ class DKP(Rule):
     summary = "direct Kolen-Pollack: DFA with B_l learned by ∂B_l = eᵀh_l (Eq. 7-8); sparsity/connections/rank"
     options = ("sparsity", "connections", "rank")
     needs_activations = True
+    learned_feedback = True
 
     def feedback_spec(self, num_errors):
         return sparse_spec(num_errors, self.opts, learnable=True)

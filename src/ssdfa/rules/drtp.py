@@ -47,6 +47,7 @@ class DRTP(Rule):
     summary = ("direct random target projection: one-hot y*/batch through fixed B_l; "
                "unlocked=True updates each block during the forward pass")
     options = ("sparsity", "connections", "rank", "unlocked")
+    scale_free = True
 
     def __init__(self, **opts):
         super().__init__(**opts)

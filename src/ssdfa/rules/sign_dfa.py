@@ -11,6 +11,7 @@ from .base import Rule, register_rule, sparse_spec
 class SignDFA(Rule):
     summary = "error-sign DFA (DRTP paper's sDFA): sign(e)/batch through B_l; sparsity/connections/rank"
     options = ("sparsity", "connections", "rank")
+    scale_free = True
 
     def feedback_spec(self, num_errors):
         return sparse_spec(num_errors, self.opts)
