@@ -67,7 +67,7 @@ class _Point(torch.autograd.Function):
             flat = torch.Size((e2.shape[0], fb.num_neurons))
             grad_h = rule.point_signals(e2, [fb], [flat], target)[0].view(ctx.shape)
             if rule.scale_free:  # sign(e), y*: carry GradScaler's loss scale (e has it)
-                grad_h = grad_h * owner.loss_scale(grad_h)
+                grad_h = owner.scaled(grad_h)
         grads = [None] * len(owner.feedback[ctx.i]._parameters)
         if any(ctx.needs_input_grad[5:]):
             h = ctx.saved_tensors[0]
@@ -95,6 +95,23 @@ class _Inject(torch.autograd.Function):
             (p,) = ctx.saved_tensors
             e = p * (grad_y - (grad_y * p).sum(-1, keepdim=True))
         return (None, grad_y, *[e.reshape(s) for s in ctx.shapes])
+
+
+class _Deliver(torch.autograd.Function):
+    """Identity on y; in backward, hands the gradients an update-unlocked rule computed during
+    the forward pass to their parameters.  They are computed and their graph freed at once; only
+    their accumulation waits for the backward pass, so DistributedDataParallel sees every
+    parameter receive its gradient in backward, as it expects, and averages them."""
+
+    @staticmethod
+    def forward(ctx, grads, y, *params):
+        ctx.grads = grads
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        grads, ctx.grads = ctx.grads, None
+        return (None, grad_y, *grads)
 
 
 class FeedbackModel(nn.Module):
@@ -126,6 +143,8 @@ class FeedbackModel(nn.Module):
         self._cut = True
         self._tape: list | None = None
         self._target = None
+        self._frozen: list = []  # shallow: hidden parameters marked requires_grad=False
+        self._early: dict = {}  # parameter -> gradient computed in the forward pass (unlocked)
 
     # -- the forward pass ---------------------------------------------------------------------
     def forward(self, *args, target: torch.Tensor | None = None, **kwargs):
@@ -149,7 +168,7 @@ class FeedbackModel(nn.Module):
                 "the target), so it cannot carry GradScaler's loss scale by itself under fp16 "
                 "autocast: pass your scaler, ssdfa.convert(..., grad_scaler=scaler) or set "
                 "model.grad_scaler = scaler (False if you use none), or use bf16 autocast")
-        self._tape, self._target, self._local = [], target, local
+        self._tape, self._target, self._local, self._early = [], target, local, {}
         ACTIVE.append(self)
         try:
             y = self.net(*args, **kwargs)
@@ -165,6 +184,9 @@ class FeedbackModel(nn.Module):
             raise RuntimeError(
                 "a feedback point fired twice in one forward pass; each ssdfa.FeedbackPoint must "
                 "be used once (create one marker per hidden block)")
+        early, self._early = self._early, {}
+        if early:
+            return _Deliver.apply(list(early.values()), y, *early)
         carriers = [c for _, c in tape if c is not None]
         if not carriers:
             return y
@@ -182,10 +204,14 @@ class FeedbackModel(nn.Module):
         if i is None or self._tape is None:  # a marker of some other model
             return h
         self._check_shape(i, h)
-        if self._local:  # this block learns now and its graph is freed at once
+        if self._local:  # this block's gradients are computed now and its graph freed at once
             if h.requires_grad:
                 signal = self.rule.local_signal(self.feedback[i], self._target, h)
-                h.backward(signal * self.loss_scale(signal) if self.rule.scale_free else signal)
+                signal = self.scaled(signal) if self.rule.scale_free else signal
+                params = [p for p in self.net.parameters() if p.requires_grad]
+                for p, g in zip(params, torch.autograd.grad(h, params, signal, allow_unused=True)):
+                    if g is not None:
+                        self._early[p] = g if p not in self._early else self._early[p] + g
             self._tape.append((i, None))
             return h.detach()
         carrier = None
@@ -210,13 +236,16 @@ class FeedbackModel(nn.Module):
                 f"but its feedback matrix was drawn for {want} when the model was converted: "
                 "feed inputs of the size it was converted with, or convert again for this size")
 
-    def loss_scale(self, like: torch.Tensor):
-        """GradScaler's current scale (1 without one) for signals that ignore |e|."""
+    def scaled(self, signal: torch.Tensor) -> torch.Tensor:
+        """``signal`` times GradScaler's current loss scale (none: unchanged), for signals that
+        ignore |e|; multiplied in fp32, as 2^16 itself overflows fp16."""
         scaler = self.grad_scaler
         if not scaler or not scaler.is_enabled():
-            return 1.0
-        scale = scaler._get_scale_async()  # on the device: no sync
-        return float(scaler._init_scale) if scale is None else scale.to(like.device, like.dtype)
+            return signal
+        scale = scaler._get_scale_async()  # a tensor on the device: no sync
+        if scale is None:  # before the scaler's first scale()
+            return (signal.float() * float(scaler._init_scale)).to(signal.dtype)
+        return (signal.float() * scale.to(signal.device)).to(signal.dtype)
 
     # -- building: shapes, head, feedback matrices --------------------------------------------
     @torch.compiler.disable
@@ -301,6 +330,25 @@ class FeedbackModel(nn.Module):
                 self.feedback.append(make_feedback(width, neurons, spec, generator=gen,
                                                    std=std * self._scale).to(device))
         self.built = True
+        if not (self.rule.inject or self.rule.local):
+            self._freeze_hidden(_batch_variant((args, kwargs), 2))
+
+    def _freeze_hidden(self, inputs):
+        """Shallow learning: hidden parameters get no gradient, so mark them frozen
+        (``requires_grad=False``); DistributedDataParallel then expects none for them."""
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        was = self.net.training
+        self.net.eval()
+        try:
+            with torch.enable_grad():
+                y = self(*inputs[0], **inputs[1])
+            grads = torch.autograd.grad(y.float().sum(), params, allow_unused=True) \
+                if y.requires_grad else [None] * len(params)
+        finally:
+            self.net.train(was)
+        self._frozen = [p for p, g in zip(params, grads) if g is None]
+        for p in self._frozen:
+            p.requires_grad_(False)
 
     @property
     def _device(self) -> str:
@@ -321,10 +369,14 @@ class FeedbackModel(nn.Module):
     def backprop(self):
         """Within this block the model computes exact BP gradients (for alignment analyses)."""
         old, self._cut = self._cut, False
+        for p in self._frozen:  # shallow's hidden parameters take BP's gradient here too
+            p.requires_grad_(True)
         try:
             yield self
         finally:
             self._cut = old
+            for p in self._frozen:
+                p.requires_grad_(False)
 
     def unwrap(self) -> nn.Module:
         """The plain network (parameters shared, not copied); its points are identities, and its

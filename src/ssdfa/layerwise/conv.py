@@ -19,6 +19,7 @@ class _Conv2dFeedbackFn(torch.autograd.Function):
         ctx.save_for_backward(x, feedback)
         ctx.conf = (stride, padding, dilation, groups)
         ctx.bias_shape = None if bias is None else list(bias.shape)
+        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
@@ -28,8 +29,13 @@ class _Conv2dFeedbackFn(torch.autograd.Function):
         need_x, need_w, need_b, need_fb = ctx.needs_input_grad[:4]
         mask = [need_x, need_w or need_fb, ctx.bias_shape is not None and need_b]
         grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            grad_y, x, feedback.to(grad_y.dtype), ctx.bias_shape, list(stride), list(padding),
-            list(dilation), False, [0, 0], groups, mask)
+            grad_y, x.to(grad_y.dtype), feedback.to(grad_y.dtype), ctx.bias_shape, list(stride),
+            list(padding), list(dilation), False, [0, 0], groups, mask)
+        # under autocast grad_y may be fp16 while x and W are fp32: each gradient in its
+        # input's dtype, as autocast's own casts give BP
+        grad_x = None if grad_x is None else grad_x.to(x.dtype)
+        grad_w = None if grad_w is None else grad_w.to(ctx.dtypes[0])
+        grad_b = None if grad_b is None else grad_b.to(ctx.dtypes[1])
         grad_fb = grad_w.clone() if need_fb else None  # Kolen-Pollack: B gets W's update
         return (grad_x, grad_w if need_w else None, grad_b if mask[2] else None, grad_fb,
                 None, None, None, None)

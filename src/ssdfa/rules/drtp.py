@@ -8,8 +8,8 @@ gradient (Algorithm 1).
 
 ``unlocked=True`` uses what DRTP allows: each hidden block's weight gradient is computed the
 moment its forward pass is done, and its graph freed at once, so peak training memory does not
-grow with depth.  Gradients then accumulate during ``model(x, target=y)``: zero them *before*
-the forward pass.
+grow with depth.  They are added to ``.grad`` by ``loss.backward()``, with the output layer's,
+so the usual loop (and DistributedDataParallel's averaging) applies unchanged.
 """
 
 from __future__ import annotations

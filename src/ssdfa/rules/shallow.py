@@ -1,7 +1,9 @@
 """Shallow learning (DRTP paper, Sec. 2.1): hidden layers stay at their random init.
 
 The graph is cut at every point and nothing is injected, so hidden blocks get no gradient at
-all (``.grad`` stays ``None``); only the output block learns, by its true gradient.
+all (``.grad`` stays ``None``); only the output block learns, by its true gradient.  Convert
+marks the hidden parameters ``requires_grad=False``, which lets DistributedDataParallel run
+with its default arguments.
 """
 
 from .base import Rule, register_rule
