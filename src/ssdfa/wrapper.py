@@ -298,7 +298,9 @@ class FeedbackModel(nn.Module):
         self.point_names = [self.point_names[k] for k in order]
         y = y3
         fn = y.grad_fn
-        if type(fn).__name__ in _HEADS and int(fn._saved_dim) in (-1, y.dim() - 1):
+        dim = int(getattr(fn, "_saved_dim", 0))
+        dim = dim - 2**64 if dim >= 2**63 else dim  # -1 comes back as an unsigned int64
+        if type(fn).__name__ in _HEADS and dim in (-1, y.dim() - 1):
             self.head = _HEADS[type(fn).__name__]
         shapes = [large["fired"][id(p)][1] for p in self._points]
         self.token = [y.dim() == 3 and len(s) == 3 and s[1] == y.shape[1] for s in shapes]
