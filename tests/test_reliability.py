@@ -289,7 +289,7 @@ def test_nonsense_is_refused_in_one_line(tmp_path, capsys, argv, needle):
     out = [] if "--out-dir" in argv or argv[0] == "frobnicate" else ["--out-dir", str(tmp_path / "r")]
     err = one_line_error(capsys, [argv[0], *(QUICK if argv[0] != "frobnicate" else []), *argv[1:], *out])
     assert needle in err
-    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+    assert not (tmp_path / "r").exists()  # refused before the run directory is touched
 
 
 def test_argparse_errors_are_one_line_not_the_usage(capsys):

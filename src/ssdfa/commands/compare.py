@@ -22,7 +22,8 @@ from ..data import canonical_name as canonical_dataset
 from ..models import default_model
 from ..rules import make_rule
 from ..rundir import locked, write_text_atomic
-from ..training import RESUME_MAY_CHANGE, ConfigError, Diverged, read_run_config, resolve, rule_options
+from ..training import (RESUME_MAY_CHANGE, ConfigError, Diverged, pick_device, read_run_config,
+                        resolve, rule_options)
 from ._options import add_training_options, config_from_args, logger, show_progress, train_or_explain
 
 
@@ -72,6 +73,7 @@ def run(args) -> int:
             check_feedback_scale(cfg.feedback_scale, make_rule(cfg.method, **opts))
         except (ValueError, KeyError) as exc:
             raise UserError(f"{m}: {exc}") from exc
+    pick_device(base.device)
     if base.out_dir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         model = base.model or default_model(base.dataset, ())

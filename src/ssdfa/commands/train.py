@@ -11,7 +11,7 @@ from ..checkpoint import CHECKPOINT
 from ..cli import UserError
 from ..rundir import locked
 from ..training import (RESUME_MAY_CHANGE, ConfigError, Diverged, TrainConfig, default_out_dir,
-                        read_run_config, resolve)
+                        pick_device, read_run_config, resolve)
 from ._options import add_training_options, config_from_args, logger, show_progress, train_or_explain
 
 
@@ -37,6 +37,8 @@ def run(args) -> int:
         cfg, _ = config_from_args(args)
         if cfg.out_dir is None:
             cfg.out_dir = default_out_dir(cfg)
+    resolve(replace(cfg))  # bad options are refused before the directory is touched
+    pick_device(cfg.device)
     out = Path(cfg.out_dir)
     with locked(out):  # checked and written by this process alone until it exits
         if not args.resume and (out / CHECKPOINT).exists() and not args.overwrite:
