@@ -26,7 +26,7 @@ from ssdfa.cli import main
 # SSDFA_FUZZ_EXAMPLES=500 (and SSDFA_FUZZ_RANDOM=1 for new draws) for a deeper hunt
 EXAMPLES = int(os.environ.get("SSDFA_FUZZ_EXAMPLES", "40"))
 DERANDOMIZE = not os.environ.get("SSDFA_FUZZ_RANDOM")
-SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=DERANDOMIZE,
+SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=DERANDOMIZE, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow])
 
@@ -136,7 +136,7 @@ OPTION_VALUES = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=Tr
                           st.integers(-3, 20), st.sampled_from([2**70, -(2**70), "0.5", "fc", True]))
 
 
-@settings(max_examples=max(60, EXAMPLES), deadline=None, derandomize=DERANDOMIZE)
+@settings(max_examples=max(60, EXAMPLES), deadline=None, derandomize=DERANDOMIZE, database=None)
 @given(method=st.one_of(st.sampled_from(list(ssdfa.METHODS)), st.sampled_from(["", "nope", 3])),
        options=st.dictionaries(st.sampled_from(["sparsity", "connections", "rank",
                                                  "feedback_scale", "unlocked", "train_only"]),
