@@ -50,3 +50,8 @@ __all__ = [
     "register_rule", "make_feedback", "FeedbackSpec", "DenseFeedback", "SparseFeedback",
     "UnsupportedModelError",
 ]
+
+# submodules the README uses as attributes (ssdfa.reference.check_gradients, ssdfa.training.run);
+# imported last, as they use the names above
+from . import reference as reference  # noqa: E402
+from . import training as training  # noqa: E402

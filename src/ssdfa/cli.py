@@ -8,6 +8,7 @@ a file.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import pkgutil
 import sys
@@ -19,8 +20,40 @@ class UserError(Exception):
     """A problem with the user's input: printed as one clear message, exit status 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line (not the whole usage) pointing at --help."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see `{self.prog} --help`)\n")
+
+
+def one_line(message) -> str:
+    """A message on one line: its lines joined with '; '."""
+    return "; ".join(ln.strip() for ln in str(message).splitlines() if ln.strip())
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "the input cannot work": one line, exit status 2."""
+    from .checkpoint import CheckpointError
+    from .data import DatasetError
+    from .feedback import FeedbackConfigError
+    from .rules import RuleOptionError
+    from .rundir import RunDirError
+    from .training import ConfigError
+    from .validate import UnsupportedModelError
+
+    return (UserError, ConfigError, DatasetError, RuleOptionError, FeedbackConfigError,
+            UnsupportedModelError, CheckpointError, RunDirError)
+
+
+def _diverged() -> type[BaseException]:
+    from .training import Diverged
+
+    return Diverged
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ssdfa",
         description="Train and compare networks with direct feedback credit assignment.",
     )
@@ -42,9 +75,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except UserError as exc:
-        print(f"ssdfa {args.command}: error: {exc}", file=sys.stderr)
+    except _input_errors() as exc:
+        print(f"ssdfa {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
+    except _diverged() as exc:
+        print(f"ssdfa {args.command}: {one_line(exc)}", file=sys.stderr)
+        return 3
+    except OSError as exc:  # the machine, not ssdfa: a full disk, a vanished file, permissions
+        where = f" ({exc.filename})" if exc.filename else ""
+        what = ("the disk is full" + where + "; free some space, then run again (--resume "
+                "continues a run from its last checkpoint)") if exc.errno == errno.ENOSPC \
+            else f"{exc.strerror or one_line(exc)}{where}"
+        print(f"ssdfa {args.command}: error: {what}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"ssdfa {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -12,8 +12,10 @@ gzip CRC, pickle layout, MD5 of downloads) — nothing is half-loaded.
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
+import math
 import os
 import pickle
 import shutil
@@ -332,7 +334,7 @@ def read_idx(path: Path) -> np.ndarray:
     if len(raw) < head:
         raise DatasetCorrupt(f"{path}: truncated inside its header")
     dims = struct.unpack(f">{ndim}I", raw[4:head])
-    expected = int(np.prod(dims))
+    expected = math.prod(dims)  # Python ints: a header's product cannot overflow and wrap
     if len(raw) - head != expected:
         raise DatasetCorrupt(f"{path}: header says {'x'.join(map(str, dims))} = {expected} bytes "
                              f"of data, the file holds {len(raw) - head}; it is truncated or "
@@ -402,15 +404,42 @@ def _load_mnist(data_dir=None, download=False, **_):
 
 
 # -- CIFAR-10 / CIFAR-100: python pickle batches -------------------------------------------
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickle plain containers and numpy arrays only: a dataset file cannot run code."""
+def _pickle_globals() -> dict[tuple[str, str], object]:
+    """The only (module, name) pairs a CIFAR batch may name, each mapped to its object.
 
-    _ALLOWED = {"_reconstruct", "ndarray", "dtype", "scalar", "_frombuffer"}
+    The objects are taken from numpy as already imported (from the callables its own arrays
+    pickle with), never by importing the module a file names: importing runs that module's
+    code, so ``numpy.f2py.__main__`` would run f2py.  numpy 1 files say ``numpy.core``, numpy 2
+    files ``numpy._core``; both mean the same functions.
+    """
+    arr = np.zeros(1, dtype=np.uint8)
+    reconstruct = arr.__reduce__()[0]  # numpy.(_)core.multiarray._reconstruct
+    scalar = np.int64(0).__reduce__()[0]  # numpy.(_)core.multiarray.scalar
+    frombuffer = arr.__reduce_ex__(5)[0]  # numpy.(_)core.numeric._frombuffer (protocol 5)
+    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+               ("_codecs", "encode"): codecs.encode}  # bytes in protocol-2 pickles of Python 3
+    for core in ("numpy.core", "numpy._core"):
+        allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
+        allowed[(f"{core}.multiarray", "scalar")] = scalar
+        allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
+    return allowed
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickle plain containers and numpy arrays only: a dataset file cannot run code.
+
+    ``find_class`` decides from the two strings alone against an explicit list of pairs and
+    imports nothing (``pickle.Unpickler.find_class`` would import the module first).
+    """
+
+    _ALLOWED = _pickle_globals()
 
     def find_class(self, module, name):
-        if module.split(".")[0] == "numpy" and name in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a dataset file")
+        found = self._ALLOWED.get((module, name))
+        if found is None:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a dataset file "
+                                         "(only numpy arrays are read)")
+        return found
 
 
 def _read_pickle(path: Path) -> dict:
@@ -549,14 +578,37 @@ class ImageFolderSplit(Split):
                 left, top = (w - self.size) // 2, (h - self.size) // 2
                 im = im.crop((left, top, left + self.size, top + self.size))
                 arr = np.asarray(im, dtype=np.uint8).copy()
-        except OSError as exc:
-            raise DatasetCorrupt(f"{path}: cannot be read as an image ({exc})") from exc
+        except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for a broken file
+            raise DatasetCorrupt(f"{path}: cannot be read as an image ({exc}); remove or "
+                                 "replace it, then continue with --resume") from exc
         return torch.from_numpy(arr).permute(2, 0, 1)  # (3, H, W)
 
     def batch(self, idx):
         xs = torch.stack([self._load(self.items[int(i)][0]) for i in idx]).float().div_(255.0)
         ys = torch.tensor([self.items[int(i)][1] for i in idx], dtype=torch.long)
         return (xs - _IMAGENET_MEAN) / _IMAGENET_STD, ys
+
+
+def _check_images(paths: list[Path]) -> None:
+    """Open every image's header before training, so a file that is not an image (empty,
+    garbage, cut inside its header, missing) is named now rather than mid-epoch.  Decoding
+    every pixel would cost as much as an epoch; damage past the header is still reported, by
+    name, when its batch is read."""
+    from PIL import Image
+
+    bad = []
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                im.verify()
+        except (OSError, SyntaxError, ValueError) as exc:
+            bad.append((path, exc))
+    if bad:
+        path, exc = bad[0]
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DatasetCorrupt(f"{path}: cannot be read as an image ({why}){more}; "
+                             "remove or replace it")
 
 
 def _scan_classes(folder: Path, classes: list[str]) -> list[tuple[Path, int]]:
@@ -599,6 +651,7 @@ def _load_imagefolder(data_dir=None, download=False, image_size=None, **_):
         val = _scan_classes(root / "val", classes)
     if not train or not val:
         raise DatasetCorrupt(f"{root}: found {len(train)} train and {len(val)} val images")
+    _check_images([p for p, _ in train + val])
     if image_size is None:
         from PIL import Image
 

@@ -13,10 +13,13 @@ mean ± std per (rank, sparsity)), rewritten after every cell.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
 from typing import Callable
+
+from .rundir import locked, write_text_atomic
 
 __all__ = ["cell_problem", "run_sweep", "aggregate", "final_angles", "cell_dir"]
 
@@ -88,8 +91,11 @@ def run_sweep(out_dir, base: dict, ranks, sparsities, seeds, num_classes: int, *
     (default: ``ssdfa.training.run``) and returns its summary.
     """
     train = train or _train_with_api
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with locked(out_dir) as out:  # one sweep per directory
+        return _sweep(out, base, ranks, sparsities, seeds, num_classes, train, log)
+
+
+def _sweep(out: Path, base, ranks, sparsities, seeds, num_classes, train, log) -> dict:
     skipped = []
     rows = []
     for r in ranks:
@@ -111,7 +117,7 @@ def run_sweep(out_dir, base: dict, ranks, sparsities, seeds, num_classes: int, *
                     summary = train(fields)
                     d.mkdir(parents=True, exist_ok=True)
                     if not summary_path.exists():  # the API writes it; make sure it is there
-                        summary_path.write_text(json.dumps(summary, indent=1))
+                        write_text_atomic(summary_path, json.dumps(summary, indent=1))
                 summary = _read_json(summary_path, {})
                 metrics = _read_json(d / "metrics.json", [])
                 rows.append({
@@ -126,10 +132,11 @@ def run_sweep(out_dir, base: dict, ranks, sparsities, seeds, num_classes: int, *
 
 
 def _write(out, base, ranks, sparsities, seeds, num_classes, rows, skipped) -> dict:
-    with open(out / "sweep.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+    w.writeheader()
+    w.writerows(rows)
+    write_text_atomic(out / "sweep.csv", buf.getvalue())
     result = {
         "kind": "sweep",
         "base": base,
@@ -141,7 +148,7 @@ def _write(out, base, ranks, sparsities, seeds, num_classes, rows, skipped) -> d
         "runs": rows,
         "cells": aggregate(rows),
     }
-    (out / "sweep.json").write_text(json.dumps(_clean(result), indent=1))
+    write_text_atomic(out / "sweep.json", json.dumps(_clean(result), indent=1))
     return result
 
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -28,16 +30,22 @@ from torch import nn
 
 import ssdfa
 
-from .checkpoint import CHECKPOINT, capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from . import rundir
+from .checkpoint import (CHECKPOINT, REQUIRED_KEYS, CheckpointError, capture_rng, first_line,
+                         load_checkpoint, restore_rng, save_checkpoint)
 from .convert import check_feedback_scale
 from .data import Dataset, load_dataset
 from .feedback import FeedbackConfigError
+from .frozen import TRAIN_ONLY
 from .models import create_model, default_model, list_models
 
 __all__ = ["TrainConfig", "run", "Diverged", "ConfigError", "build_model", "evaluate",
-           "OPTIMIZERS", "SCHEDULES", "LOSSES"]
+           "OPTIMIZERS", "SCHEDULES", "LOSSES", "read_run_config", "check_checkpoint_config", "load_state"]
 
 OPTIMIZERS = ("sgd", "nesterov", "adam")
+MAX_THREADS = 1024  # torch crashes (SIGSEGV) asked for 10^8 threads
+_F32_MAX = float(np.finfo(np.float32).max)
+_SEED_MAX = 2**63 - 1
 SCHEDULES = ("none", "step", "cosine")
 LOSSES = ("auto", "ce", "bce", "mse")
 
@@ -90,13 +98,40 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "config") -> "TrainConfig":
+        """A config from a mapping (TOML, config.json, a checkpoint), keys and types checked."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: expected a table of options, got {type(values).__name__}")
         known = set(cls.field_names())
         clean = {str(k).replace("-", "_"): v for k, v in values.items()}
         unknown = sorted(set(clean) - known)
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: "
                               f"{', '.join(sorted(known))}")
+        check_types(clean, where)
         return cls(**clean)
+
+
+def check_types(values: dict, where: str) -> None:
+    """Each value has its field's type (an int is a float too; None means "unset")."""
+    types = {f.name: str(f.type) for f in fields(TrainConfig)}
+    for key, value in values.items():
+        t = types.get(key, "")
+        if value is None:
+            if "None" in t:
+                continue
+            ok = False
+        elif t.startswith("int"):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif t.startswith("float"):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif t.startswith("bool"):
+            ok = isinstance(value, bool)
+        elif t.startswith("str"):
+            ok = isinstance(value, str)
+        else:
+            ok = True
+        if not ok:
+            raise ConfigError(f"{where}: {key} = {value!r} should be {t.split(' |')[0]}")
 
 
 # -- resolving and checking the config ------------------------------------------------------
@@ -118,18 +153,40 @@ def resolve(cfg: TrainConfig, dataset: Dataset | None = None, custom_model: bool
     for name in ("epochs", "batch_size", "step_size"):
         if int(getattr(cfg, name)) < 1:
             problems.append(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    if not cfg.lr > 0:
-        problems.append(f"lr must be > 0, got {cfg.lr}")
-    if cfg.feedback_lr is not None and not cfg.feedback_lr >= 0:
-        problems.append(f"feedback_lr must be >= 0, got {cfg.feedback_lr}")
+    # numbers the optimizer multiplies float32 weights by: finite, in float32's range
+    for name, low, low_ok, high, high_ok in (("lr", 0, False, _F32_MAX, True),
+                                             ("momentum", 0, True, 1, False),
+                                             ("weight_decay", 0, True, _F32_MAX, True),
+                                             ("gamma", 0, False, _F32_MAX, True),
+                                             ("feedback_lr", 0, True, _F32_MAX, True)):
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        inside = (math.isfinite(value) and (value >= low if low_ok else value > low)
+                  and (value <= high if high_ok else value < high))
+        if not inside:
+            where = (f"{'[' if low_ok else '('}{low}, "
+                     f"{'3.4e38]' if high == _F32_MAX else str(high) + (']' if high_ok else ')')}")
+            problems.append(f"{name} must be a number in {where}, got {value}")
     try:
         check_feedback_scale(cfg.feedback_scale)
     except FeedbackConfigError as exc:
         problems.append(str(exc))
-    if cfg.threads is not None and cfg.threads < 1:
-        problems.append(f"threads must be >= 1, got {cfg.threads}")
+    if not 0 <= cfg.seed <= _SEED_MAX:
+        problems.append(f"seed must be an integer in [0, 2**63 - 1], got {cfg.seed}")
+    if cfg.threads is not None and not 1 <= cfg.threads <= MAX_THREADS:
+        problems.append(f"threads must be in [1, {MAX_THREADS}], got {cfg.threads}")
     if cfg.alignment < 0:
         problems.append(f"alignment must be >= 0 (0 = off), got {cfg.alignment}")
+    if cfg.image_size is not None and cfg.image_size < 1:
+        problems.append(f"image_size must be >= 1, got {cfg.image_size}")
+    if cfg.limit_train is not None and cfg.limit_train < 1:
+        problems.append(f"limit_train must be >= 1, got {cfg.limit_train}")
+    if cfg.train_only is not None and cfg.train_only not in TRAIN_ONLY:
+        problems.append(f"train_only {cfg.train_only!r} unknown; choose one of: "
+                        f"{', '.join(TRAIN_ONLY)} (or leave it out to train every layer)")
+    if cfg.out_dir is not None and not str(cfg.out_dir).strip():
+        problems.append("out_dir is empty; give a folder name (or leave it out for runs/<time>-...)")
     if cfg.model is None and dataset is not None:
         cfg.model = default_model(dataset.name, dataset.input_shape)
     if not custom_model and cfg.model is not None and cfg.model not in list_models():
@@ -140,14 +197,26 @@ def resolve(cfg: TrainConfig, dataset: Dataset | None = None, custom_model: bool
 
 
 def pick_device(name: str) -> torch.device:
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, checked against this machine."""
+    name = str(name).strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"device {name!r} is not a torch device (cpu, cuda, cuda:1, mps)") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' asked for but torch sees no CUDA GPU; use --device cpu")
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(f"device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} asked for but torch sees no CUDA GPU; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA "
+                              f"GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError("device 'mps' asked for but torch has no usable MPS (Apple GPU) "
+                              "here; use --device cpu")
+    elif device.type != "cpu":
+        raise ConfigError(f"device {name!r} cannot train a model; use auto, cpu, cuda, cuda:N or mps")
     return device
 
 
@@ -240,10 +309,49 @@ def evaluate(model: nn.Module, split, loss_fn, batch_size: int, device, classifi
 
 
 # -- files of a run ---------------------------------------------------------------------------
-def _write_text_atomic(path: Path, text: str):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+_write_text_atomic = rundir.write_text_atomic
+
+# settings that may differ between a checkpoint and the run continuing it: they change where
+# and how fast it runs, not what it computes (epochs: only the stopping point)
+RESUME_MAY_CHANGE = ("epochs", "device", "data_dir", "threads", "download", "out_dir")
+
+
+def read_run_config(run_dir: str | os.PathLike) -> TrainConfig:
+    """The config.json of a run directory, or :class:`ConfigError` saying what is wrong with it."""
+    path = Path(run_dir) / "config.json"
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid JSON ({first_line(exc)}); it is damaged — start "
+                          "the run again in a new --out-dir") from exc
+    return TrainConfig.from_dict(values, where=str(path))
+
+
+def check_checkpoint_config(saved: dict, cfg: TrainConfig, path) -> None:
+    """Refuse a checkpoint whose own config differs from the run's in anything but the
+    settings of ``RESUME_MAY_CHANGE``: its weights belong to another run."""
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path} holds no config of its own; it was not written by ssdfa")
+    wanted = asdict(cfg)
+    differ = sorted(k for k in wanted if k not in RESUME_MAY_CHANGE and k in saved
+                    and saved[k] != wanted[k])
+    if differ:
+        both = ", ".join(f"{k} {saved[k]!r} vs {wanted[k]!r}" for k in differ[:4])
+        raise CheckpointError(
+            f"{path} belongs to another run than config.json ({both}"
+            f"{', ...' if len(differ) > 4 else ''}): the directory mixes two runs, e.g. an "
+            "--overwrite stopped before its first epoch; start again with --overwrite")
+
+
+def load_state(obj, state, what: str, path) -> None:
+    """``obj.load_state_dict(state)`` with a one-line error when the state does not fit."""
+    try:
+        obj.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+        raise CheckpointError(f"{path}: its {what} state does not fit this run "
+                              f"({first_line(exc)}); it belongs to another model") from exc
 
 
 def _write_metrics(out: Path, history: list[dict]):
@@ -311,8 +419,13 @@ def run(config: TrainConfig, *, resume: bool = False, model: nn.Module | None = 
     resolve(cfg, data, custom_model=model is not None)
     if cfg.out_dir is None:
         cfg.out_dir = default_out_dir(cfg)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with rundir.locked(cfg.out_dir) as out:  # one writer per run directory
+        return _run_locked(cfg, out, data, device, resume, model, progress, log)
+
+
+def _run_locked(cfg: TrainConfig, out: Path, data: Dataset, device, resume: bool,
+                model: nn.Module | None, progress: bool, log) -> dict:
+    rundir.remove_stale_temp_files(out)  # left by a writer killed mid-write; we hold the lock
     loss_fn = make_loss(cfg, data)
     classification = data.task == "classification"
 
@@ -327,16 +440,13 @@ def run(config: TrainConfig, *, resume: bool = False, model: nn.Module | None = 
     history: list[dict] = []
 
     if resume:
-        ckpt = load_checkpoint(out / CHECKPOINT, map_location=device)
-        net.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        if sched is not None and ckpt.get("scheduler") is not None:
-            sched.load_state_dict(ckpt["scheduler"])
-        order.set_state(ckpt["data_order"])
-        restore_rng(ckpt["rng"])
-        history = list(ckpt["history"])
-        log(f"resuming {out} after epoch {ckpt['epoch']} of {cfg.epochs}")
+        history = _restore(cfg, out / CHECKPOINT, device, net, opt, sched, order)
+        log(f"resuming {out} after epoch {len(history)} of {cfg.epochs}")
+    else:
+        _clear_previous_run(out)
     _write_text_atomic(out / "config.json", json.dumps(asdict(cfg), indent=1))
+    if resume:  # the metrics files match the checkpoint again, whatever a kill left
+        _write_metrics(out, history)
     log(f"{cfg.method} on {data.describe()}; model {cfg.model}; run directory {out}")
 
     tb = _tensorboard(out)
@@ -375,6 +485,8 @@ def run(config: TrainConfig, *, resume: bool = False, model: nn.Module | None = 
             sched.step()
         test_loss, test_acc = evaluate(net, data.test, loss_fn, max(cfg.batch_size, 256), device,
                                        classification)
+        if not math.isfinite(test_loss):  # the last step's update broke the weights
+            _diverged(cfg, out, history, epoch, None, test_loss, what="test loss")
         row = {"epoch": epoch, "train_loss": loss_sum / seen,
                "train_acc": correct / seen if classification else None,
                "test_loss": test_loss, "test_acc": test_acc,
@@ -384,17 +496,18 @@ def run(config: TrainConfig, *, resume: bool = False, model: nn.Module | None = 
             angles = alignment_angles(net, xa.to(device), ya.to(device), loss_fn=loss_fn)
             row.update({f"angle/{k}": v for k, v in angles.items()})
         history.append(row)
-        _write_metrics(out, history)
-        if tb is not None:
-            for k, v in row.items():
-                if k != "epoch" and v is not None:
-                    tb.add_scalar(k, v, epoch)
+        # the checkpoint first: the metrics files never describe an epoch it does not hold
         save_checkpoint(out / CHECKPOINT, {
             "epoch": epoch, "model": net.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict() if sched is not None else None,
             "data_order": order.get_state(), "rng": capture_rng(), "history": history,
             "config": asdict(cfg), "ssdfa_version": ssdfa.__version__,
         })
+        _write_metrics(out, history)
+        if tb is not None:
+            for k, v in row.items():
+                if k != "epoch" and v is not None:
+                    tb.add_scalar(k, v, epoch)
         acc = f" test acc {100 * test_acc:.2f}%" if test_acc is not None else ""
         log(f"epoch {epoch}/{cfg.epochs}: train loss {row['train_loss']:.4f}, "
             f"test loss {test_loss:.4f}{acc} ({row['seconds']:.1f} s)")
@@ -406,6 +519,43 @@ def run(config: TrainConfig, *, resume: bool = False, model: nn.Module | None = 
     return summary
 
 
+def _restore(cfg: TrainConfig, path: Path, device, net, opt, sched, order) -> list[dict]:
+    """Load every state from the checkpoint at ``path`` after checking it belongs to ``cfg``."""
+    ckpt = load_checkpoint(path, map_location=device, required=REQUIRED_KEYS)
+    check_checkpoint_config(ckpt["config"], cfg, path)
+    history = ckpt["history"]
+    if not isinstance(history, list) or len(history) != ckpt["epoch"]:
+        raise CheckpointError(f"{path}: its history does not match its epoch; the file is damaged")
+    done = len(history)
+    if cfg.epochs < done:
+        raise ConfigError(f"{path.parent} has trained {done} epochs already; --epochs must be at "
+                          f"least {done} to continue it")
+    saved_epochs = ckpt["config"].get("epochs")
+    if cfg.schedule == "cosine" and saved_epochs != cfg.epochs:
+        raise ConfigError(f"cannot change epochs ({saved_epochs} -> {cfg.epochs}) of a run with the "
+                          "cosine schedule: its learning rate depends on the total; start a new run")
+    load_state(net, ckpt["model"], "model", path)
+    load_state(opt, ckpt["optimizer"], "optimizer", path)
+    if sched is not None and ckpt["scheduler"] is not None:
+        load_state(sched, ckpt["scheduler"], "scheduler", path)
+    try:
+        order.set_state(ckpt["data_order"])
+        restore_rng(ckpt["rng"])
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+        raise CheckpointError(f"{path}: its random-number states are damaged "
+                              f"({first_line(exc)})") from exc
+    return list(history)
+
+
+def _clear_previous_run(out: Path) -> None:
+    """A fresh run replaces whatever run the directory held: the checkpoint goes first, so a
+    kill never leaves the new config.json beside the old weights."""
+    for name in (CHECKPOINT, "summary.json", "metrics.csv", "metrics.json"):
+        (out / name).unlink(missing_ok=True)
+    if (out / "tensorboard").is_dir():
+        shutil.rmtree(out / "tensorboard")
+
+
 def _bar(steps, epoch, epochs, progress):
     if not progress:
         return steps
@@ -414,14 +564,14 @@ def _bar(steps, epoch, epochs, progress):
     return tqdm(steps, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False, file=sys.stderr)
 
 
-def _diverged(cfg, out, history, epoch, step, value):
+def _diverged(cfg, out, history, epoch, step, value, what="loss"):
     summary = _summary(cfg, history, "diverged", sum(r["seconds"] for r in history))
-    summary["diverged_at"] = {"epoch": epoch, "step": step, "loss": str(value)}
+    summary["diverged_at"] = {"epoch": epoch, "step": step, "loss": str(value), "which": what}
     _write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
     kept = (f"the checkpoint of epoch {len(history)} is kept in {out / CHECKPOINT}" if history
             else "no checkpoint had been written yet")
     raise Diverged(
-        f"training diverged: loss is {value} at epoch {epoch}"
+        f"training diverged: {what} is {value} at epoch {epoch}"
         + (f", step {step}" if step is not None else "")
         + f"; {kept}. Try a lower --lr (now {cfg.lr}), gradient-friendlier --optimizer, or a "
         "smaller --batch-size."

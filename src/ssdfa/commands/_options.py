@@ -9,11 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 import tomllib
-from dataclasses import fields
 from pathlib import Path
 
 from ..cli import UserError
-from ..training import LOSSES, OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig
+from ..training import LOSSES, OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig, check_types
 
 S = argparse.SUPPRESS
 
@@ -80,25 +79,18 @@ def read_toml(path: str) -> dict:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"config file {path} is not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise UserError(f"config file {path} is not valid TOML: not UTF-8 text ({exc.reason} at "
+                        f"byte {exc.start})") from exc
+    except OSError as exc:
+        raise UserError(f"config file {path} cannot be read: {exc.strerror or exc}") from exc
 
 
 def _check_types(values: dict, where: str) -> None:
-    types = {f.name: f.type for f in fields(TrainConfig)}
-    for key, value in values.items():
-        t = str(types.get(key, ""))
-        if value is None:
-            continue
-        ok = True
-        if t.startswith("int"):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif t.startswith("float"):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        elif t.startswith("bool"):
-            ok = isinstance(value, bool)
-        elif t.startswith("str"):
-            ok = isinstance(value, str)
-        if not ok:
-            raise UserError(f"{where}: {key} = {value!r} should be {t.split(' |')[0]}")
+    try:
+        check_types(values, where)
+    except ConfigError as exc:
+        raise UserError(str(exc)) from exc
 
 
 def config_from_args(args: argparse.Namespace, extra_keys: tuple[str, ...] = ()) -> tuple[TrainConfig, dict]:

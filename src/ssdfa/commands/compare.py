@@ -21,7 +21,9 @@ from ..data import DatasetError
 from ..data import canonical_name as canonical_dataset
 from ..models import default_model
 from ..rules import make_rule
-from ..training import Diverged, resolve, rule_options
+from ..rundir import locked, write_text_atomic
+from ..training import (RESUME_MAY_CHANGE, ConfigError, Diverged, pick_device, read_run_config,
+                        resolve, rule_options)
 from ._options import add_training_options, config_from_args, logger, show_progress, train_or_explain
 
 
@@ -41,7 +43,10 @@ def register(sub):
 def _methods(value) -> list[str]:
     if isinstance(value, str):
         value = value.split(",")
-    methods = [str(m).strip() for m in value if str(m).strip()]
+    if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
+        raise UserError(f"methods = {value!r} should be a comma-separated string or a list of "
+                        "names, e.g. \"bp,dfa,ssdfa\"")
+    methods = [m.strip() for m in value if m.strip()]
     if not methods:
         raise UserError("--methods needs at least one method, e.g. bp,dfa,ssdfa")
     return methods
@@ -49,11 +54,13 @@ def _methods(value) -> list[str]:
 
 def run(args) -> int:
     base, extras = config_from_args(args, extra_keys=("methods", "seeds"))
-    methods = _methods(extras.get("methods") or "bp,dfa,ssdfa")
-    seeds = extras.get("seeds") or 3
+    methods = _methods(extras["methods"] if extras.get("methods") is not None else "bp,dfa,ssdfa")
+    seeds = extras["seeds"] if extras.get("seeds") is not None else 3
     first = base.seed
-    if not isinstance(seeds, int) or seeds < 1:
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise UserError(f"--seeds must be a positive number of seeds, got {seeds!r}")
+    if isinstance(first, int) and first + seeds - 1 > 2**63 - 1:
+        raise UserError(f"seeds {first}..{first + seeds - 1} go past 2**63 - 1; give a smaller --seed")
     try:
         base.dataset = canonical_dataset(base.dataset)
     except DatasetError as exc:
@@ -66,13 +73,17 @@ def run(args) -> int:
             check_feedback_scale(cfg.feedback_scale, make_rule(cfg.method, **opts))
         except (ValueError, KeyError) as exc:
             raise UserError(f"{m}: {exc}") from exc
+    pick_device(base.device)
     if base.out_dir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         model = base.model or default_model(base.dataset, ())
         base.out_dir = str(Path("runs") / f"{stamp}-compare-{base.dataset}-{model}")
-    out = Path(base.out_dir)
     log = logger(args)
+    with locked(base.out_dir) as out:  # one compare per directory
+        return _compare(args, base, methods, seeds, first, out, log)
 
+
+def _compare(args, base, methods, seeds, first, out: Path, log) -> int:
     results: dict[str, list[dict]] = {}
     t0 = time.perf_counter()
     for method in methods:
@@ -87,6 +98,10 @@ def run(args) -> int:
             except Diverged as exc:
                 log(f"{method} seed {seed}: {exc}")
                 summary = json.loads((Path(cfg.out_dir) / "summary.json").read_text())
+            except KeyboardInterrupt:
+                log(f"interrupted during {method} seed {seed}; run the same command again to "
+                    "continue: finished runs are kept")
+                raise
             results[method].append(summary)
     seconds = time.perf_counter() - t0
 
@@ -94,11 +109,10 @@ def run(args) -> int:
     title = (f"{first_run['dataset']}, {first_run['model']}, {base.epochs} epochs, "
              f"{seeds} seed(s) from {first}")
     table = markdown_table(results)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text(f"# ssdfa compare: {title}\n\n{table}\n")
+    write_text_atomic(out / "results.md", f"# ssdfa compare: {title}\n\n{table}\n")
     payload = {"title": title, "seconds": round(seconds, 2), "config": asdict(base),
                "methods": {m: aggregate(rs) | {"runs": rs} for m, rs in results.items()}}
-    (out / "results.json").write_text(json.dumps(payload, indent=1))
+    write_text_atomic(out / "results.json", json.dumps(payload, indent=1))
     if args.json:
         print(json.dumps({"seconds": payload["seconds"], "out_dir": str(out),
                           "methods": {m: aggregate(rs) for m, rs in results.items()}}))
@@ -117,14 +131,20 @@ def _earlier_run(cfg) -> bool:
     run_dir = Path(cfg.out_dir)
     if not (run_dir / "checkpoint.pt").is_file():
         return False
-    saved = json.loads((run_dir / "config.json").read_text())
+    try:
+        saved = asdict(read_run_config(run_dir))
+    except FileNotFoundError:
+        raise UserError(f"{run_dir} holds a checkpoint without config.json; delete {run_dir} "
+                        "to train it again") from None
+    except ConfigError as exc:
+        raise UserError(str(exc)) from exc
     wanted = asdict(resolve(replace(cfg)))
     try:
         wanted["dataset"] = canonical_dataset(cfg.dataset)
     except DatasetError:
         pass  # reported by the run itself
     differ = sorted(k for k, v in wanted.items()
-                    if v is not None and k not in ("out_dir", "epochs") and saved.get(k) != v)
+                    if v is not None and k not in RESUME_MAY_CHANGE and saved.get(k) != v)
     if differ:
         raise UserError(f"{run_dir} holds a run with other settings ({', '.join(differ)}); "
                         "give compare a new --out-dir")

@@ -9,8 +9,9 @@ import torch
 
 from ..checkpoint import CHECKPOINT, load_checkpoint
 from ..cli import UserError
-from ..data import DatasetError, load_dataset
-from ..training import TrainConfig, build_model, evaluate, make_loss, pick_device
+from ..data import load_dataset
+from ..training import (build_model, check_checkpoint_config, evaluate, load_state, make_loss,
+                        pick_device, read_run_config, resolve)
 
 
 def register(sub):
@@ -30,19 +31,21 @@ def run(args) -> int:
     if not (run_dir / "config.json").is_file() or not (run_dir / CHECKPOINT).is_file():
         raise UserError(f"{run_dir} is not a run directory (expected config.json and "
                         f"{CHECKPOINT}, written by `ssdfa train`)")
-    cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    device = pick_device(args.device)
+    cfg = read_run_config(run_dir)
     if cfg.model and cfg.model.startswith("custom:"):
         raise UserError(f"{run_dir} trained a custom model; evaluate it from Python")
     if args.data_dir:
         cfg.data_dir = args.data_dir
-    device = pick_device(args.device)
-    try:
-        data = load_dataset(cfg.dataset, cfg.data_dir, image_size=cfg.image_size)
-    except DatasetError as exc:
-        raise UserError(str(exc)) from exc
+    ckpt = load_checkpoint(run_dir / CHECKPOINT, map_location=device,
+                           required=("epoch", "model", "config"))
+    data = load_dataset(cfg.dataset, cfg.data_dir, image_size=cfg.image_size)
+    cfg = resolve(cfg, data)
+    check_checkpoint_config(ckpt["config"], cfg, run_dir / CHECKPOINT)
     model = build_model(cfg, data).to(device)
-    ckpt = load_checkpoint(run_dir / CHECKPOINT, map_location=device)
-    model.load_state_dict(ckpt["model"])
+    load_state(model, ckpt["model"], "model", run_dir / CHECKPOINT)
     with torch.no_grad():
         loss, acc = evaluate(model, data.test, make_loss(cfg, data), args.batch_size, device,
                              data.task == "classification")

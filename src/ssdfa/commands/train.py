@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+from ..checkpoint import CHECKPOINT
 from ..cli import UserError
-from ..training import Diverged, TrainConfig, default_out_dir
+from ..rundir import locked
+from ..training import (RESUME_MAY_CHANGE, ConfigError, Diverged, TrainConfig, default_out_dir,
+                        pick_device, read_run_config, resolve)
 from ._options import add_training_options, config_from_args, logger, show_progress, train_or_explain
-
-# flags that may change when a run is resumed; anything else would make it a different run
-RESUME_MAY_CHANGE = ("epochs", "device", "data_dir")
 
 
 def register(sub):
@@ -32,28 +33,35 @@ def run(args) -> int:
     log = logger(args)
     if args.resume:
         cfg = _resume_config(args)
-        resume = True
     else:
         cfg, _ = config_from_args(args)
-        resume = False
         if cfg.out_dir is None:
             cfg.out_dir = default_out_dir(cfg)
-        if (Path(cfg.out_dir) / "checkpoint.pt").exists() and not args.overwrite:
-            raise UserError(f"{cfg.out_dir} already holds a run; continue it with --resume "
-                            f"{cfg.out_dir}, pick another --out-dir, or pass --overwrite")
-    try:
-        summary = train_or_explain(cfg, resume=resume, progress=show_progress(args), log=log)
-    except KeyboardInterrupt:
-        print(f"ssdfa train: interrupted; the last finished epoch is saved — continue with "
-              f"`ssdfa train --resume {cfg.out_dir}`", file=sys.stderr)
-        return 130
-    except Diverged as exc:
-        print(f"ssdfa train: {exc}", file=sys.stderr)
-        if args.json:
-            out = Path(cfg.out_dir) / "summary.json"
-            if out.exists():
-                print(json.dumps(json.loads(out.read_text())))
-        return 3
+    resolve(replace(cfg))  # bad options are refused before the directory is touched
+    pick_device(cfg.device)
+    out = Path(cfg.out_dir)
+    with locked(out):  # checked and written by this process alone until it exits
+        if not args.resume and (out / CHECKPOINT).exists() and not args.overwrite:
+            raise UserError(f"{out} already holds a run; continue it with --resume "
+                            f"{out}, pick another --out-dir, or pass --overwrite")
+        try:
+            summary = train_or_explain(cfg, resume=bool(args.resume), progress=show_progress(args),
+                                       log=log)
+        except KeyboardInterrupt:
+            if (out / CHECKPOINT).exists():
+                print(f"ssdfa train: interrupted; the last finished epoch is saved — continue "
+                      f"with `ssdfa train --resume {out}`", file=sys.stderr)
+            else:
+                print("ssdfa train: interrupted before the first epoch finished; nothing was "
+                      "saved to resume — run the same command again", file=sys.stderr)
+            return 130
+        except Diverged as exc:
+            print(f"ssdfa train: {exc}", file=sys.stderr)
+            if args.json:
+                summary_file = out / "summary.json"
+                if summary_file.exists():
+                    print(json.dumps(json.loads(summary_file.read_text())))
+            return 3
     if args.json:
         print(json.dumps(summary))
     else:
@@ -63,25 +71,32 @@ def run(args) -> int:
 
 def _resume_config(args) -> TrainConfig:
     run_dir = Path(args.resume)
-    cfg_file = run_dir / "config.json"
-    if not (run_dir / "checkpoint.pt").is_file() or not cfg_file.is_file():
+    if not (run_dir / CHECKPOINT).is_file() or not (run_dir / "config.json").is_file():
         raise UserError(f"{run_dir} is not a run directory with a checkpoint (expected "
-                        "config.json and checkpoint.pt there)")
-    saved = json.loads(cfg_file.read_text())
+                        f"config.json and {CHECKPOINT} there); to start it, run without --resume")
+    try:
+        saved = read_run_config(run_dir)
+    except ConfigError as exc:
+        raise UserError(str(exc)) from exc
     given, _ = config_from_args(args)
-    defaults = TrainConfig()
-    changed = [k for k in TrainConfig.field_names() if k in vars(args)]
-    if args.config:
-        changed += [k for k in TrainConfig.field_names()
-                    if getattr(given, k) != getattr(defaults, k) and k not in changed]
-    refused = sorted(set(changed) - set(RESUME_MAY_CHANGE))
+    typed = [k for k in TrainConfig.field_names() if k in vars(args)]
+    if args.config:  # keys of the file count as given too
+        defaults = TrainConfig()
+        typed += [k for k in TrainConfig.field_names()
+                  if getattr(given, k) != getattr(defaults, k) and k not in typed]
+    merged = replace(saved, **{k: getattr(given, k) for k in typed})
+    try:  # compare resolved values: --method SSDFA is the saved ssdfa
+        a, b = resolve(replace(merged)), resolve(replace(saved))
+    except ConfigError as exc:
+        raise UserError(str(exc)) from exc
+    refused = sorted(k for k in typed if k not in RESUME_MAY_CHANGE
+                     and getattr(a, k) != getattr(b, k))
     if refused:
         raise UserError(f"cannot change {', '.join(refused)} when resuming (only "
-                        f"{', '.join(RESUME_MAY_CHANGE)} may change); start a new run instead")
-    for key in changed:
-        saved[key] = getattr(given, key)
-    saved["out_dir"] = str(run_dir)
-    return TrainConfig.from_dict(saved, where=str(cfg_file))
+                        f"{', '.join(k for k in RESUME_MAY_CHANGE if k != 'out_dir')} may change); "
+                        "start a new run instead")
+    merged.out_dir = str(run_dir)
+    return merged
 
 
 def _describe(s: dict) -> str:
