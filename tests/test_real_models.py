@@ -386,17 +386,18 @@ def test_compile_traces_the_converted_forward_without_graph_breaks(case):
     assert explained.graph_break_count <= 1, explained.break_reasons
 
 
-def test_compiled_training_matches_eager():
+@pytest.mark.parametrize("method", ["dfa", "drtp"])
+def test_compiled_training_matches_eager(method):
     x, y, _ = batch("resnet18")
     finals = []
     for compiled in (False, True):
         torch._dynamo.reset()
-        model = ssdfa.convert(small_resnet(), "dfa", seed=0)
+        model = ssdfa.convert(small_resnet(), method, seed=0)
         run = torch.compile(model, backend="aot_eager") if compiled else model
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         for _ in range(3):
             opt.zero_grad()
-            F.cross_entropy(run(x), y).backward()
+            F.cross_entropy(run(x, target=y), y).backward()
             opt.step()
         finals.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*finals):

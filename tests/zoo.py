@@ -135,17 +135,19 @@ class ExamplesNet(nn.Module):
 
 # -- an nn.TransformerEncoder classifier -----------------------------------------------------
 class TransformerClassifier(nn.Module):
-    def __init__(self, vocab=50, d=32, heads=4, layers=2, num_classes=5, seq=12, batch_first=True):
+    def __init__(self, vocab=50, d=32, heads=4, layers=2, num_classes=5, seq=12, batch_first=True,
+                 in_features=None):
         super().__init__()
         self.batch_first = batch_first
-        self.embed = nn.Embedding(vocab, d)
+        # token ids (B, T), or vectors (B, T, in_features) such as an image's rows
+        self.embed = nn.Embedding(vocab, d) if in_features is None else nn.Linear(in_features, d)
         self.pos = nn.Parameter(torch.randn(seq, d) * 0.02)
         layer = nn.TransformerEncoderLayer(d, heads, 4 * d, dropout=0.1, batch_first=batch_first,
                                            activation="gelu")
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.head = nn.Linear(d, num_classes)
 
-    def forward(self, tokens):  # (B, T) token ids
+    def forward(self, tokens):  # (B, T) token ids or (B, T, in_features)
         x = self.embed(tokens) + self.pos[: tokens.shape[1]]
         if not self.batch_first:
             x = x.transpose(0, 1)  # (T, B, d)

@@ -168,6 +168,8 @@ class FeedbackModel(nn.Module):
                 "the target), so it cannot carry GradScaler's loss scale by itself under fp16 "
                 "autocast: pass your scaler, ssdfa.convert(..., grad_scaler=scaler) or set "
                 "model.grad_scaler = scaler (False if you use none), or use bf16 autocast")
+        if self.rule.needs_target and target is not None:
+            _check_labels(target, self.num_classes)
         self._tape, self._target, self._local, self._early = [], target, local, {}
         ACTIVE.append(self)
         try:
@@ -387,6 +389,14 @@ class FeedbackModel(nn.Module):
 
     def extra_repr(self):
         return f"rule={self.rule!r}, points={self.point_names}"
+
+
+@torch.compiler.disable
+def _check_labels(target, num_classes):
+    """Labels in range, read eagerly: the backward pass that uses them cannot read values."""
+    from .rules.drtp import check_labels
+
+    check_labels(target, num_classes)
 
 
 def _fp16_autocast(kind: str) -> bool:

@@ -45,6 +45,7 @@ class Rule:
     local = False  # each block learns during the forward pass from ``local_signal`` (DRTP)
     scale_free = False  # the signal ignores |e| (a sign, the target): it must carry the loss scale
     learned_feedback = False  # B_l are parameters the optimizer must hold (DKP)
+    needs_target = False  # the signal reads the target (DRTP): labels are checked in forward
     options: tuple[str, ...] = ()
     summary = ""
 

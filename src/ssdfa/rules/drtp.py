@@ -20,7 +20,17 @@ from ..feedback import DenseFeedback
 from .base import Rule, register_rule, sparse_spec
 
 
-def one_hot_target(target, num_errors: int, batch: int, dtype, device, method: str) -> torch.Tensor:
+def check_labels(target, num_errors: int):
+    """Class indices must lie in [0, M): checked once per forward pass, eagerly (it reads the
+    values, which torch.compile could not trace inside the backward pass)."""
+    if isinstance(target, torch.Tensor) and target.dim() >= 1 and not target.is_floating_point() \
+            and target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_errors):
+        raise ValueError(f"target labels must lie in [0, {num_errors}), got "
+                         f"{int(target.min())}..{int(target.max())}")
+
+
+def one_hot_target(target, num_errors: int, batch: int, dtype, device, method: str,
+                   check: bool = True) -> torch.Tensor:
     """(batch, M) one-hot y* from class indices or an already one-hot (or soft) target."""
     if target is None:
         raise ValueError(
@@ -32,9 +42,8 @@ def one_hot_target(target, num_errors: int, batch: int, dtype, device, method: s
     if target.dim() == 1 and not target.is_floating_point():
         if target.shape[0] != batch:
             raise ValueError(f"target holds {target.shape[0]} labels for a batch of {batch}")
-        if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_errors):
-            raise ValueError(f"target labels must lie in [0, {num_errors}), got "
-                             f"{int(target.min())}..{int(target.max())}")
+        if check:
+            check_labels(target, num_errors)
         return torch.nn.functional.one_hot(target.long(), num_errors).to(dtype)
     if target.shape != (batch, num_errors):
         raise ValueError(f"target must be class indices of shape ({batch},) or one-hot of shape "
@@ -64,19 +73,22 @@ class DRTP(Rule):
         y = one_hot_target(target, e.shape[1], e.shape[0], e.dtype, e.device, self.name)
         return y / e.shape[0]
 
+    needs_target = True
+
     def point_signals(self, e, feedback, shapes, target):
-        return [self._projected(fb, target, torch.Size(shape), e.dtype, e.device)
+        return [self._projected(fb, target, torch.Size(shape), e.dtype, e.device, check=False)
                 for fb, shape in zip(feedback, shapes)]
 
     def local_signal(self, feedback, target, h):
         return self._projected(feedback, target, h.shape, h.dtype, h.device)
 
-    def _projected(self, fb, target, shape, dtype, device):
-        """y*·B_l / batch; for labels and dense B a row pick, as the paper notes (Sec. 2.3.1)."""
+    def _projected(self, fb, target, shape, dtype, device, check=True):
+        """y*·B_l / batch; for labels and dense B a row pick, as the paper notes (Sec. 2.3.1).
+        ``check=False`` in backward: the converted model checked the labels in forward."""
         batch = shape[0]
         if (isinstance(fb, DenseFeedback) and isinstance(target, torch.Tensor)
                 and target.dim() == 1 and not target.is_floating_point()):
-            one_hot_target(target, fb.num_errors, batch, dtype, device, self.name)  # checks
+            one_hot_target(target, fb.num_errors, batch, dtype, device, self.name, check)  # shapes
             return (fb.matrix[target.to(fb.matrix.device).long()].to(dtype) / batch).view(shape)
-        y = one_hot_target(target, fb.num_errors, batch, dtype, device, self.name)
+        y = one_hot_target(target, fb.num_errors, batch, dtype, device, self.name, check)
         return fb.project(y / batch).view(shape)
