@@ -85,7 +85,10 @@ class _Inject(torch.autograd.Function):
         if owner.rule_tensors():
             hs = ctx.saved_tensors if rule.needs_activations else None
             feedback = [owner.feedback[i] for i in signals.order]
-            extra = rule.feedback_grads(e, hs, feedback, signals.target)
+            grads = rule.feedback_grads(e, hs, feedback, signals.target)  # in firing order
+            # back to the order of rule_tensors() (storage order), which _Inject received
+            by_id = {id(p): g for p, g in zip((p for fb in feedback for p in fb.parameters()), grads)}
+            extra = [by_id.get(id(p)) for p in owner.rule_tensors()]
         return (None, grad_y, *marks, *extra)
 
 
