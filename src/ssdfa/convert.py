@@ -56,8 +56,8 @@ def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None 
     dkp, sign_dfa, drtp), ``unlocked`` (drtp).  ``fa``/``kp`` wrap each Linear/Conv2d instead of
     placing points (:mod:`ssdfa.layerwise`).
     ``feedback_scale`` multiplies the std of every direct B_l (default 1: the scale of
-    :func:`ssdfa.feedback.feedback_std`); below 1 it tempers the hidden layers' updates, e.g. 0.3
-    lets the SSDFA paper's CIFAR CNN train with DFA at BP's lr 0.01 + momentum 0.9.
+    :func:`ssdfa.feedback.feedback_std`, which trains the registered CNNs at BP's lr 0.01 +
+    momentum 0.9); below 1 it tempers the hidden layers' updates, above 1 it heats them.
     ``train_only="fc"`` (nn.Sequential only) freezes every layer before the first Linear and
     trains the rest with ``method`` (transfer learning, :mod:`ssdfa.frozen`).
     The returned model shares its parameters with ``model``; build the optimizer after this call.
