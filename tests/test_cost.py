@@ -79,7 +79,7 @@ def test_conv_layer_counted_by_hand():
 
 def test_extensions_counted_by_hand():
     layers = layer_shapes(_two_layer(), (4,))
-    res = count_costs(layers, ("fa", "kp", "dkp", "drtp", "shallow"))
+    res = count_costs(layers, ("fa", "kp", "dkp", "drtp", "shallow", "sign_dfa"))
     fa = _totals(res, "fa")
     # FA: as BP's MACs, B shaped like W stored beside it, one word received per connection
     assert fa == dict(macs=36, reads=(15 + 12) + (8 + 6), writes=23, movement=12 + (6 + 2),
@@ -90,6 +90,9 @@ def test_extensions_counted_by_hand():
     drtp = _totals(res, "drtp")
     assert drtp == dict(macs=12 + 6, reads=(15 + 3) + 8, writes=23, movement=3 + 2, feedback=6)
     assert _totals(res, "shallow") == dict(macs=6, reads=8, writes=8, movement=2, feedback=0)
+    # sign-DFA: DFA's counts, M = 2 errors (their signs) per hidden neuron, |B| = 2·3
+    assert _totals(res, "sign_dfa") == dict(macs=(12 + 6) + 6, reads=(15 + 6) + 8, writes=23,
+                                            movement=6 + 2, feedback=6)
     assert set(COST_RULES) >= {"bp", "dfa", "sdfa", "ssdfa", "fa", "kp", "dkp", "drtp"}
 
 

@@ -70,6 +70,57 @@ def test_learnable_feedback_gets_its_own_learning_rate():
     assert make_optimizer(TrainConfig(optimizer="nesterov"), model).param_groups[0]["nesterov"]
 
 
+@pytest.mark.parametrize("method", ["kp", "dkp"])
+def test_run_applies_weight_decay_to_learned_feedback(tmp_path, method):
+    """KP needs the same weight decay on B as on W for B to converge to W (DKP paper, Eq. 6);
+    DKP's Eq. 8 decays B too.  run() must end where one plain SGD over all parameters ends."""
+    cfg = TrainConfig(method=method, epochs=1, batch_size=50, lr=0.1, momentum=0.0,
+                      weight_decay=0.05, seed=3, limit_train=150, out_dir=str(tmp_path / "run"))
+    run(cfg, log=lambda m: None)
+    got = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
+
+    data = load_dataset("digits")
+    torch.manual_seed(3)
+    model = ssdfa.convert(create_model("digits-fc", (1, 8, 8), 10), method, num_classes=10,
+                          input_shape=(1, 8, 8), seed=3)
+    fb = ssdfa.feedback_parameters(model)
+    assert fb and all(any(p is q for q in model.parameters()) for p in fb)
+    start = [p.detach().clone() for p in fb]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=0.05)  # one group, B included
+    order = torch.Generator().manual_seed(3)
+    perm = torch.randperm(150, generator=order)
+    for i in range(0, 150, 50):
+        x, y = data.train.batch(perm[i:i + 50])
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    want = model.state_dict()
+    assert got.keys() == want.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-6, atol=1e-7, msg=k)
+    assert not any(torch.equal(a, p) for a, p in zip(start, fb))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "nesterov", "adam"])
+def test_feedback_group_takes_the_configured_weight_decay(optimizer):
+    model = ssdfa.convert(create_model("digits-fc", (1, 8, 8), 10), "kp", num_classes=10, seed=0)
+    fb = {id(p) for p in ssdfa.feedback_parameters(model)}
+    opt = make_optimizer(TrainConfig(optimizer=optimizer, lr=0.1, weight_decay=0.25,
+                                     feedback_lr=0.2), model)
+    seen = set()
+    for group in opt.param_groups:
+        assert group["weight_decay"] == 0.25
+        seen |= {id(p) for p in group["params"]}
+    assert fb <= seen and len(fb) == 2
+    if optimizer == "sgd":  # zero gradients: one step multiplies B by exactly 1 - lr_B·λ
+        before = [p.detach().clone() for p in ssdfa.feedback_parameters(model)]
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        for b0, p in zip(before, ssdfa.feedback_parameters(model)):
+            torch.testing.assert_close(p.detach(), b0 * (1 - 0.2 * 0.25))
+
+
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     from ssdfa import checkpoint
 

@@ -49,18 +49,21 @@ def default_std(neurons: int) -> float:
 def feedback_std(layer: nn.Module, neurons: int) -> float:
     """Std of B_l for a point of ``neurons`` fed by weight layer ``layer``.
 
-    Linear: the paper's 1/sqrt(3N) (``default_std``).  Conv2d: 1/sqrt(3·fan_in·P), fan_in =
-    C_in·k_h·k_w and P the positions at the point.  A conv point has one row per position and
-    the layer's gradient sums over all P of them, so E‖ΔW‖²/‖W‖² = 3·fan_in·P·batch·var(B)·
-    var(e)·var(input): this choice makes a conv layer's relative update independent of its
-    shape and image size.  With 1/sqrt(N) the SSDFA paper's CIFAR CNN gave its conv layers
-    updates 10-30x hotter than BP's and diverged at BP's learning rate (bench/conv_scale.py).
+    Linear: the paper's 1/sqrt(3N) (``default_std``): U(±1/sqrt(N)), N = neurons at the point.
+    Conv2d: 1/sqrt(3·fan_in·N), fan_in = C_in/groups·k_h·k_w: the paper's U(±1/sqrt(N)) with N
+    the whole map (C·H·W), divided once more by sqrt(fan_in).  A conv kernel is shared by every
+    position of its map, and its inputs (ReLU/pool outputs) are mostly non-negative, so the
+    fan_in inputs of neighbouring positions add up coherently in the forward effect of an
+    update: per-position scaling alone (1/sqrt(3·max(fan_in, C_out)·P), the rule before this
+    one) let the SSDFA paper's CIFAR CNN diverge at BP's lr 0.01 + momentum 0.9 through its
+    conv layers of fan_in 2400 and 3200; with this rule dfa and ssdfa train it (README, "Conv
+    feedback scale"; bench/conv_scale.py shows the per-layer updates).  ``feedback_scale``
+    multiplies either rule.
     """
     if not isinstance(layer, nn.Conv2d):
         return default_std(neurons)
     fan_in = layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
-    positions = neurons // layer.out_channels if neurons % layer.out_channels == 0 else 1
-    return 1.0 / math.sqrt(3.0 * max(fan_in, layer.out_channels) * max(positions, 1))
+    return 1.0 / math.sqrt(3.0 * fan_in * neurons)
 
 
 @dataclass(frozen=True)
