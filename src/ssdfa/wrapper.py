@@ -177,10 +177,7 @@ class FeedbackModel(nn.Module):
         finally:
             ACTIVE.remove(self)
             tape, self._tape, self._target = self._tape, None, None
-        if not isinstance(y, torch.Tensor):
-            raise TypeError(
-                f"a directly trained model must return one tensor of shape (batch, classes), "
-                f"got {type(y).__name__}")
+        y, put = _split_output(y)
         fired = [i for i, _ in tape]
         if len(set(fired)) != len(fired):
             raise RuntimeError(
@@ -188,17 +185,17 @@ class FeedbackModel(nn.Module):
                 "be used once (create one marker per hidden block)")
         early, self._early = self._early, {}
         if early:
-            return _Deliver.apply(list(early.values()), y, *early)
+            return put(_Deliver.apply(list(early.values()), y, *early))
         carriers = [c for _, c in tape if c is not None]
         if not carriers:
-            return y
+            return put(y)
         for c in carriers:
             lead = c.shape[:-1] if c.dim() == 3 and y.dim() == 3 else c.shape[:1]
             if tuple(y.shape[:len(lead)]) != tuple(lead):
                 raise ValueError(
                     f"the output has shape {tuple(y.shape)} but a feedback point saw a batch of "
                     f"{tuple(lead)}; every point must hold the batch in its first dimension")
-        return _Inject.apply(self.head, y, *carriers)
+        return put(_Inject.apply(self.head, y, *carriers))
 
     def _record(self, point: FeedbackPoint, h: torch.Tensor) -> torch.Tensor:
         """What a point hands the model during its forward pass; the next block gets h detached."""
@@ -451,6 +448,26 @@ def _probe(net, points, args, kwargs):
         net.train(was_training)
         for h in handles:
             h.remove()
-    if not isinstance(y, torch.Tensor):
-        raise TypeError(f"the model must return one tensor (batch, classes), got {type(y).__name__}")
-    return {"fired": fired, "y": y}
+    return {"fired": fired, "y": _split_output(y)[0]}
+
+
+def _split_output(y):
+    """(the output tensor the error is taken at, a function putting a new one in its place): a
+    tensor, a tuple starting with one, or a Hugging Face-style output holding ``logits``."""
+    if isinstance(y, torch.Tensor):
+        return y, lambda t: t
+    if isinstance(y, dict) and isinstance(y.get("logits"), torch.Tensor):
+        if y.get("loss") is not None:
+            raise ValueError(
+                "the model computed its loss itself (it returned `loss`, e.g. labels= was passed), "
+                "from logits the feedback never sees; call it without labels and compute the "
+                "loss from outputs.logits")
+
+        def put(t):
+            y["logits"] = t
+            return y
+        return y["logits"], put
+    if isinstance(y, tuple) and y and isinstance(y[0], torch.Tensor):
+        return y[0], lambda t: (t, *y[1:])
+    raise TypeError(f"the model must return its output tensor (batch, classes), a tuple starting "
+                    f"with it, or an object with .logits; got {type(y).__name__}")
