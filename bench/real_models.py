@@ -104,9 +104,9 @@ def train(method, init, data, args, device):
             sched.step()
         acc = evaluate(model, data, args.model, device)
         epochs.append({"epoch": epoch + 1, "test_accuracy": acc, "seconds": seconds,
-                       "train_loss": float(loss)})
+                       "train_loss": float(loss.detach())})
         print(f"  {method:8s} epoch {epoch + 1}: test {acc:.2f} %  {seconds:.1f} s  "
-              f"loss {float(loss):.3f}", flush=True)
+              f"loss {float(loss.detach()):.3f}", flush=True)
     return epochs
 
 

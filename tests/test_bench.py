@@ -107,3 +107,13 @@ def test_profile_step_quick(tmp_path):
     for name in ("plain-bp", "dfa"):
         r = res["variants"][name]
         assert positive(r["step_us"]) and r["top_ops"] and 0 <= r["matmul_self_us"] <= r["step_us"] * 1.01
+
+
+def test_real_models_quick(tmp_path):
+    res = run_script("real_models", tmp_path, "--model", "examples-net", "--device", "cpu",
+                     "--methods", "plain,dfa,shallow")
+    check_machine(res)
+    assert list(res["methods"]) == ["plain", "dfa", "shallow"]
+    for entry in res["methods"].values():
+        (epoch,) = entry["epochs"]
+        assert 0 <= epoch["test_accuracy"] <= 100 and positive(epoch["seconds"])
