@@ -524,3 +524,21 @@ def test_hugging_face_models_from_a_config_where_transformers_installs(arch):
     got = {n: p.grad.clone() for n, p in model.net.named_parameters() if p.grad is not None}
     assert model.point_names == blocks
     assert any(".layer.0." in n or ".h.0." in n for n in got)
+
+
+def test_readme_training_loop_runs_as_written(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"### Your own training loop\n\n```python\n(.*?)```", text, re.S).group(1)
+    loader = [(torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))) for _ in range(2)]
+    monkeypatch.chdir(tmp_path)
+    ns = {"ssdfa": ssdfa, "torch": torch, "F": F, "Net": ExamplesNet, "loader": loader}
+    exec(block, ns)
+    plain = ExamplesNet()
+    plain.load_state_dict(torch.load("net.pt"))
+    plain.eval(), ns["model"].eval()
+    x = loader[0][0]
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), ns["model"](x))
