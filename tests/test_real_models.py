@@ -542,3 +542,19 @@ def test_readme_training_loop_runs_as_written(tmp_path, monkeypatch):
     x = loader[0][0]
     with torch.no_grad():
         torch.testing.assert_close(plain(x), ns["model"](x))
+
+
+def test_alignment_angles_are_taken_at_hooked_block_outputs():
+    from ssdfa.metrics import alignment_angles
+
+    model = ssdfa.convert(small_resnet(), "dfa", seed=0)
+    x, y, _ = batch("resnet18")
+    model(x)
+    seen = {}
+    for name, point in model.points().items():
+        point.register_forward_pre_hook(lambda m, i, name=name: seen.update({name: i[0].shape}))
+    res = alignment_angles(model, x, y)
+    assert {k for k in res if k.startswith("delta/")} == {f"delta/{n}" for n in EXPECTED_POINTS["resnet18"]}
+    for name in EXPECTED_POINTS["resnet18"]:  # the marker sees the block's output
+        block = model.net.get_submodule(name)
+        assert seen[name][1] == block.conv2.out_channels

@@ -76,8 +76,9 @@ def _taps(model) -> "OrderedDict[str, nn.Module]":
     """Where δ is measured: the feedback points of ``model.net`` in the model's order, or, for a
     model without points (layer-wise rules), the input of every weight layer but the first."""
     mods = dict(model.net.named_modules())
-    names = list(getattr(model, "point_names", []))
-    found = OrderedDict((n, mods[n]) for n in names if n in mods)
+    # each point's own marker: a hooked block's output passes through it, so the marker's input
+    # is h_l for markers and hooked blocks alike (the block module's input would not be)
+    found = OrderedDict(model.points()) if hasattr(model, "points") else OrderedDict()
     for n, m in mods.items():  # points a rule placed without listing them
         if isinstance(m, FeedbackPoint) and n not in found:
             found[n] = m
