@@ -558,3 +558,29 @@ def test_alignment_angles_are_taken_at_hooked_block_outputs():
     for name in EXPECTED_POINTS["resnet18"]:  # the marker sees the block's output
         block = model.net.get_submodule(name)
         assert seen[name][1] == block.conv2.out_channels
+
+
+@pytest.mark.parametrize("method", DIRECT + ["shallow"])
+@pytest.mark.parametrize("case", ["resnet18", "examples-net", "gpt"])
+def test_public_checker_covers_hooked_and_traced_models(case, method):
+    from ssdfa.reference import check_gradients
+
+    if method == "drtp" and case == "gpt":
+        pytest.skip("as above")
+    x, y, loss_fn = batch(case)
+    model = ssdfa.convert(CASES[case][0](), method, seed=0, example_input=x)
+    model.eval()  # dropout off: the checker runs the model twice
+    check_gradients(model, x, y, loss_fn, rtol=1e-4, atol=1e-6)
+
+
+def test_public_checker_catches_a_wrong_signal_on_a_hooked_model(monkeypatch):
+    from ssdfa.reference import check_gradients
+
+    x, y, _ = batch("resnet18")
+    model = ssdfa.convert(small_resnet(), "dfa", seed=0, example_input=x)
+    model.eval()
+    honest = type(model.rule).point_signals
+    monkeypatch.setattr(type(model.rule), "point_signals",
+                        lambda self, *a: [s * 1.5 for s in honest(self, *a)])
+    with pytest.raises(AssertionError, match="layer1.0.conv1.weight"):
+        check_gradients(model, x, y)

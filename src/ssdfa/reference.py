@@ -1,10 +1,13 @@
 """A slow, public reference: recompute a direct rule's gradients block by block from the paper.
 
 ``check_gradients(model, x, y)`` runs one backward through the converted model, then recomputes
-every parameter gradient with an explicit loop that uses nothing of the fast path (no hooks, no
-injection Function): the output error e = ∂L/∂y, the signal e·B_l from the dense matrices of
-``feedback_matrices`` (SSDFA paper, Eq. 8-9), and each block's own vector-Jacobian product.  Run
-it on your own models to make sure ssdfa trains them as the paper says.
+every parameter gradient with an explicit computation that uses nothing of the fast path (no
+injection Function, no carrier): the output error e at the logits, the signal e·B_l from the
+dense matrices of ``feedback_matrices`` (SSDFA paper, Eq. 8-9), and each block's own
+vector-Jacobian product.  An nn.Sequential is walked block by block; any other model (residual,
+transformer, traced) is run once with plain forward hooks that detach each point's output.  Run
+it on your own models to make sure ssdfa trains them as the paper says (in eval mode, or without
+dropout: it runs the model twice).
 """
 
 from __future__ import annotations
@@ -73,11 +76,6 @@ def _layerwise_gradients(model, x, y, loss_fn):
 
 
 def _blocks(net: nn.Module) -> list[list[nn.Module]]:
-    if not isinstance(net, nn.Sequential):
-        raise NotImplementedError(
-            "the reference checker walks nn.Sequential models (as convert builds them from a "
-            "Sequential); for custom models compare against your own per-block computation"
-        )
     blocks: list[list[nn.Module]] = [[]]
     for mod in net:
         if isinstance(mod, FeedbackPoint):
@@ -100,6 +98,8 @@ def reference_gradients(model: FeedbackModel, x: torch.Tensor, y: torch.Tensor,
         return {n: g for n, g in zip(params, grads) if g is not None}
     if rule not in SIGNALS:
         raise NotImplementedError(f"no reference signal for method {rule!r}; known: {sorted(SIGNALS)}")
+    if not isinstance(model.net, nn.Sequential):
+        return _hooked_gradients(model, x, y, loss_fn)
     matrices = list(model.feedback_matrices().values())
     # forward, block by block, each block on a detached input
     acts, outs = [x], []
@@ -127,6 +127,46 @@ def reference_gradients(model: FeedbackModel, x: torch.Tensor, y: torch.Tensor,
             if g is not None:
                 expected[name_of[id(p)]] = g
     return expected
+
+
+def _hooked_gradients(model, x, y, loss_fn):
+    """Any model: plain forward hooks detach each point's h_l for the next block; e is taken at
+    the logits (through a log_softmax/softmax head by its formula), per position for a
+    (batch, seq, classes) output and (batch, seq, d) points; each h_l gets signal·B_l."""
+    outs, handles = [], []
+    for point in model.points().values():
+        def cut(mod, inp, out):
+            outs.append(out)
+            return out.detach()
+        handles.append(point.register_forward_hook(cut))
+    try:
+        out = model.net(x)
+    finally:
+        for h in handles:
+            h.remove()
+    logits = out if isinstance(out, torch.Tensor) else (out[0] if isinstance(out, tuple)
+                                                        else out["logits"])
+    loss = loss_fn(out, y)
+    params = dict(model.net.named_parameters())
+    live = {n: p for n, p in params.items() if p.requires_grad}
+    total = dict(zip(live, torch.autograd.grad(loss, list(live.values()), allow_unused=True,
+                                               retain_graph=True)))
+    g = torch.autograd.grad(loss, logits, retain_graph=True)[0]
+    if model.head == "log_softmax":  # ∂L/∂z of z -> log softmax(z)
+        g = g - logits.exp() * g.sum(-1, keepdim=True)
+    elif model.head == "softmax":
+        g = logits * (g - (g * logits).sum(-1, keepdim=True))
+    if SIGNALS[model.rule.name] is not None:
+        for h, b in zip(outs, model.feedback_matrices().values()):
+            token = h.dim() == 3 and logits.dim() == 3
+            e = g.reshape(-1, g.shape[-1]) if token else g.reshape(h.shape[0], -1)
+            target = y.reshape(-1) if token and y.dim() == 2 else y
+            grad_h = (SIGNALS[model.rule.name](e, target) @ b).view_as(h)
+            for n, gp in zip(live, torch.autograd.grad(h, list(live.values()), grad_h,
+                                                       allow_unused=True, retain_graph=True)):
+                if gp is not None:
+                    total[n] = gp if total[n] is None else total[n] + gp
+    return {n: gp for n, gp in total.items() if gp is not None}
 
 
 def check_gradients(model: FeedbackModel, x: torch.Tensor, y: torch.Tensor,
