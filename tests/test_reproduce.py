@@ -139,3 +139,20 @@ def test_unknown_name_is_one_line_exit_2(capsys):
     assert main(["reproduce"]) == 2
     assert "ssdfa-fc" in capsys.readouterr().err
     assert main(["reproduce", "ssdfa-fc", "--seeds", "0"]) == 2
+
+
+def test_readme_names_only_registered_experiments():
+    from test_cli import readme_commands
+
+    used = [c.split()[1] for c in readme_commands()
+            if c.startswith("reproduce ") and not c.split()[1].startswith("-")]
+    assert used and set(used) <= set(E.names())
+
+
+def test_cifar_rows_need_their_data(tmp_path, capsys):
+    assert E.get("ssdfa-fc-cifar100").paper() == {"bp": 33.1, "dfa": 29.4, "ssdfa": 28.8}
+    assert E.get("ssdfa-fc-cifar10").paper() == {"bp": 59.9, "dfa": 58.9, "ssdfa": 58.6}
+    assert main(["reproduce", "ssdfa-fc-cifar10", "--quick", "--seeds", "1", "--quiet",
+                 "--out-dir", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "dataset 'cifar10' not found" in err

@@ -161,7 +161,7 @@ def _earlier_run(cfg) -> bool:
                     if v is not None and k not in RESUME_MAY_CHANGE and saved.get(k) != v)
     if differ:
         raise UserError(f"{run_dir} holds a run with other settings ({', '.join(differ)}); "
-                        "give compare a new --out-dir")
+                        "give a new --out-dir")
     return True
 
 
