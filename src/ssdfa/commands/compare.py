@@ -65,14 +65,7 @@ def run(args) -> int:
         base.dataset = canonical_dataset(base.dataset)
     except DatasetError as exc:
         raise UserError(str(exc)) from exc
-    for m in methods:  # reject a bad name or option before any training starts
-        try:
-            cfg = resolve(replace(base, method=m))
-            opts = {k: v for k, v in rule_options(cfg).items()
-                    if k not in ("train_only", "feedback_scale")}  # convert's, not the rule's
-            check_feedback_scale(cfg.feedback_scale, make_rule(cfg.method, **opts))
-        except (ValueError, KeyError) as exc:
-            raise UserError(f"{m}: {exc}") from exc
+    check_methods(base, methods)
     pick_device(base.device)
     if base.out_dir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -83,7 +76,25 @@ def run(args) -> int:
         return _compare(args, base, methods, seeds, first, out, log)
 
 
-def _compare(args, base, methods, seeds, first, out: Path, log) -> int:
+def check_methods(base, methods: list[str]) -> None:
+    """Reject a bad method name or rule option before any training starts."""
+    for m in methods:
+        try:
+            cfg = resolve(replace(base, method=m))
+            opts = {k: v for k, v in rule_options(cfg).items()
+                    if k not in ("train_only", "feedback_scale")}  # convert's, not the rule's
+            check_feedback_scale(cfg.feedback_scale, make_rule(cfg.method, **opts))
+        except (ValueError, KeyError) as exc:
+            raise UserError(f"{m}: {exc}") from exc
+
+
+def train_all(base, methods: list[str], seeds: int, first: int, out: Path, log,
+              progress: bool = False) -> tuple[dict[str, list[dict]], float]:
+    """Train (or continue, or reuse) every method and seed under ``out/<method>/seed<k>``.
+
+    Returns each method's run summaries and the seconds taken.  A run already finished in its
+    folder with the same settings is read back, not retrained (see :func:`_earlier_run`).
+    """
     results: dict[str, list[dict]] = {}
     t0 = time.perf_counter()
     for method in methods:
@@ -94,7 +105,7 @@ def _compare(args, base, methods, seeds, first, out: Path, log) -> int:
             resume = _earlier_run(cfg)
             log(f"== {method}, seed {seed}{' (continuing the run already there)' if resume else ''} ==")
             try:
-                summary = train_or_explain(cfg, resume=resume, progress=show_progress(args), log=log)
+                summary = train_or_explain(cfg, resume=resume, progress=progress, log=log)
             except Diverged as exc:
                 log(f"{method} seed {seed}: {exc}")
                 summary = json.loads((Path(cfg.out_dir) / "summary.json").read_text())
@@ -103,8 +114,11 @@ def _compare(args, base, methods, seeds, first, out: Path, log) -> int:
                     "continue: finished runs are kept")
                 raise
             results[method].append(summary)
-    seconds = time.perf_counter() - t0
+    return results, time.perf_counter() - t0
 
+
+def _compare(args, base, methods, seeds, first, out: Path, log) -> int:
+    results, seconds = train_all(base, methods, seeds, first, out, log, show_progress(args))
     first_run = next(iter(results.values()))[0]
     title = (f"{first_run['dataset']}, {first_run['model']}, {base.epochs} epochs, "
              f"{seeds} seed(s) from {first}")
@@ -147,7 +161,7 @@ def _earlier_run(cfg) -> bool:
                     if v is not None and k not in RESUME_MAY_CHANGE and saved.get(k) != v)
     if differ:
         raise UserError(f"{run_dir} holds a run with other settings ({', '.join(differ)}); "
-                        "give compare a new --out-dir")
+                        "give a new --out-dir")
     return True
 
 

@@ -1,0 +1,228 @@
+"""``ssdfa reproduce``: run one of the papers' experiments and set ours beside the paper's numbers.
+
+The experiments are data (:mod:`ssdfa.experiments`); training goes through ``ssdfa compare``'s
+machinery (:func:`ssdfa.commands.compare.train_all`): one folder per method and seed under the
+output directory, finished runs read back instead of retrained, interrupted ones continued, one
+writer per directory.  The table is **paper | ours (mean ± std over seeds) | gap to BP, paper
+vs ours**; it is printed and written to ``results.md`` and ``results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+from ..cli import UserError
+from ..experiments import Experiment, get, names
+
+__all__ = ["register", "run", "rows_for", "markdown"]
+
+
+def register(sub):
+    p = sub.add_parser(
+        "reproduce", help="run one paper experiment; table of paper vs ours",
+        description="Run a registered paper experiment (see --list) with the paper's setup and "
+                    "print paper | ours (mean ± std over seeds) | gap to BP, paper vs ours. "
+                    "Example: ssdfa reproduce drtp-classification --quick --seeds 1")
+    p.add_argument("name", nargs="?", help="experiment name (see --list)")
+    p.add_argument("--list", action="store_true", help="name the experiments and exit")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny budget (1 epoch on a few hundred examples) for CI and smoke tests")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per method, default 3")
+    p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    p.add_argument("--epochs", type=int, default=None, help="override the experiment's epochs")
+    p.add_argument("--limit-train", type=int, default=None, metavar="N",
+                   help="override the training-set size (first N examples)")
+    p.add_argument("--out-dir", default=None,
+                   help="output directory (default runs/reproduce/NAME, or NAME-quick); "
+                        "giving the same one again reuses finished runs")
+    p.add_argument("--data-dir", default=None, help="folder searched first for dataset files")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.set_defaults(func=run)
+
+
+def _experiment(name: str | None) -> Experiment:
+    if not name:
+        raise UserError(f"name an experiment; choose one of: {', '.join(names())} (or --list)")
+    try:
+        return get(name)
+    except KeyError as exc:
+        raise UserError(exc.args[0]) from None
+
+
+def run(args) -> int:
+    if args.list:
+        for n in names():
+            exp = get(n)
+            print(f"{n:22} {exp.title} [{exp.source}]")
+        return 0
+    exp = _experiment(args.name)
+    if args.seeds < 1:
+        raise UserError(f"--seeds must be a positive number of seeds, got {args.seeds}")
+    for flag, value in (("--epochs", args.epochs), ("--limit-train", args.limit_train)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}")
+    if exp.kind == "cost":
+        return _cost(exp, args)
+    return _train(exp, args)
+
+
+# -- training experiments ---------------------------------------------------------------------
+def _dataset(exp: Experiment, data_dir) -> tuple[str, str | None]:
+    """(dataset to use, a note when a stand-in replaces the paper's)."""
+    from ..data import dataset_info
+
+    present = {name for name, _, where in dataset_info(data_dir) if where != "not found"}
+    if exp.dataset in present:
+        return exp.dataset, None
+    for missing, instead in exp.stand_ins:
+        if missing == exp.dataset and instead in present:
+            return instead, (f"{exp.dataset} is not on this machine: {instead} stands in for it, "
+                             f"so the absolute numbers are not the paper's; compare the gaps to BP")
+    return exp.dataset, None  # the run reports the missing dataset, with how to get it
+
+
+def _train(exp: Experiment, args) -> int:
+    from ..rundir import locked, write_text_atomic
+    from ..training import TrainConfig, pick_device
+    from ._options import logger, show_progress
+    from .compare import check_methods, train_all
+
+    budget = exp.quick if args.quick else exp.full
+    epochs = args.epochs if args.epochs is not None else budget.epochs
+    limit = args.limit_train if args.limit_train is not None else budget.limit_train
+    dataset, note = _dataset(exp, args.data_dir)
+    out_dir = args.out_dir or str(Path("runs") / "reproduce" / (exp.name + ("-quick" if args.quick else "")))
+    base = TrainConfig(**(exp.train_options() | {"dataset": dataset}), epochs=epochs,
+                       limit_train=limit, seed=args.seed, device=args.device,
+                       threads=args.threads, data_dir=args.data_dir)
+    methods = list(exp.methods)
+    check_methods(base, methods)
+    pick_device(base.device)
+    log = logger(args)
+    if note:
+        log(f"note: {note}")
+    with locked(out_dir) as out:
+        results, seconds = train_all(base, methods, args.seeds, args.seed, out, log,
+                                     show_progress(args))
+        budget_text = (f"{epochs} epoch(s) (paper: {exp.full.epochs}), {args.seeds} seed(s) from "
+                       f"{args.seed}, training set {'first ' + str(limit) if limit else 'full'}"
+                       f"{', quick budget' if args.quick else ''}")
+        rows = rows_for(exp, results)
+        payload = {"experiment": exp.name, "title": exp.title, "citation": exp.citation,
+                   "source": exp.source, "metric": exp.metric, "dataset": dataset,
+                   "stand_in": note, "budget": {"epochs": epochs, "seeds": args.seeds,
+                                                "first_seed": args.seed, "limit_train": limit,
+                                                "quick": bool(args.quick)},
+                   "seconds": round(seconds, 2), "notes": exp.notes, "rows": rows}
+        text = markdown(exp, rows, dataset, note, budget_text)
+        write_text_atomic(out / "results.md", text + "\n")
+        write_text_atomic(out / "results.json", json.dumps(payload, indent=1) + "\n")
+    if args.json:
+        print(json.dumps(payload | {"out_dir": str(out)}))
+    else:
+        print(f"\n{text}\n{seconds:.0f} s; written to {out / 'results.md'}")
+    diverged = any(r["status"] != "finished" for rs in results.values() for r in rs)
+    return 3 if diverged else 0
+
+
+def _ours(runs: list[dict], metric: str) -> tuple[float | None, float | None, int]:
+    """Mean and sample std over finished runs of test accuracy or error, in %."""
+    vals = [100.0 * r["final_test_acc"] for r in runs
+            if r.get("status") == "finished" and r.get("final_test_acc") is not None]
+    if metric == "error":
+        vals = [100.0 - v for v in vals]
+    if not vals:
+        return None, None, 0
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0), len(vals)
+
+
+def rows_for(exp: Experiment, results: dict[str, list[dict]]) -> list[dict]:
+    """One row per method: paper, ours (mean, std, n), gap to BP (method - BP) of each."""
+    paper = exp.paper()
+    ours = {m: _ours(rs, exp.metric) for m, rs in results.items()}
+    bp_paper, bp_ours = paper.get("bp"), ours.get("bp", (None,))[0]
+    rows = []
+    for m in exp.methods:
+        mean, std, n = ours.get(m, (None, None, 0))
+        p = paper.get(m)
+        rows.append({
+            "method": m, "paper": p, "ours_mean": mean, "ours_std": std, "ours_runs": n,
+            "runs": len(results.get(m, [])),
+            "gap_paper": None if p is None or bp_paper is None or m == "bp" else p - bp_paper,
+            "gap_ours": None if mean is None or bp_ours is None or m == "bp" else mean - bp_ours,
+        })
+    return rows
+
+
+def _num(v, digits=2, sign=False) -> str:
+    if v is None:
+        return "—"
+    return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
+
+
+def markdown(exp: Experiment, rows: list[dict], dataset: str, note: str | None, budget: str) -> str:
+    what = "test accuracy" if exp.metric == "accuracy" else "test error"
+    lines = [f"# ssdfa reproduce {exp.name}: {exp.title}", "",
+             f"Paper: {exp.citation}, {exp.source}. Metric: {what} (%); gap = method − BP.",
+             f"Ran: {dataset}; {budget}."]
+    if note:
+        lines.append(f"Note: {note}.")
+    lines += ["", f"| method | paper {what} (%) | ours {what} (%), mean ± std | "
+                  "gap to BP: paper | gap to BP: ours |", "|---|---|---|---|---|"]
+    for r in rows:
+        ours = "—" if r["ours_mean"] is None else f"{r['ours_mean']:.2f} ± {r['ours_std']:.2f}"
+        if r["ours_runs"] < r["runs"]:
+            ours += f" ({r['runs'] - r['ours_runs']}/{r['runs']} diverged)"
+        lines.append(f"| {r['method']} | {_num(r['paper'])} | {ours} | "
+                     f"{_num(r['gap_paper'], sign=True)} | {_num(r['gap_ours'], sign=True)} |")
+    lines += ["", f"Setup: {exp.notes}"]
+    return "\n".join(lines)
+
+
+# -- cost experiments -------------------------------------------------------------------------
+def _cost(exp: Experiment, args) -> int:
+    from ..cost import DATASET_SHAPES, count_costs, layer_shapes
+    from ..rundir import locked, write_text_atomic
+    from .cost import _build
+
+    measured: dict[str, dict] = {}
+    for label, model, dataset in exp.cost_setups:
+        shape, classes = DATASET_SHAPES[dataset]
+        net, _ = _build(model, shape, classes, reference=True)
+        res = count_costs(layer_shapes(net, shape), list(exp.methods), num_classes=classes,
+                          train="fc", connections=1)
+        measured[label] = {m: res[m]["totals"] for m in exp.methods}
+    rows = []
+    for label, totals in measured.items():
+        bp, ss = totals["bp"], totals["ssdfa"]
+        for quantity, key in (("movement", "movement"), ("MACs", "macs")):
+            name = f"{quantity} bp/ssdfa, {label}"
+            rows.append({"quantity": name, "paper": exp.paper().get(name),
+                         "ours": bp[key] / ss[key] if ss[key] else None,
+                         "bp": bp[key], "dfa": totals["dfa"][key], "ssdfa": ss[key]})
+    lines = [f"# ssdfa reproduce {exp.name}: {exp.title}", "",
+             f"Paper: {exp.citation}, {exp.source}. One training example, backward pass.", "",
+             "| quantity | paper | ours | bp | dfa | ssdfa |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['quantity']} | {_num(r['paper'], 1)} | {_num(r['ours'], 1)} | "
+                     f"{r['bp']:,} | {r['dfa']:,} | {r['ssdfa']:,} |")
+    lines += ["", f"Setup: {exp.notes}"]
+    text = "\n".join(lines)
+    out_dir = args.out_dir or str(Path("runs") / "reproduce" / exp.name)
+    payload = {"experiment": exp.name, "title": exp.title, "citation": exp.citation,
+               "source": exp.source, "rows": rows, "totals": measured}
+    t0 = time.perf_counter()
+    with locked(out_dir) as out:
+        write_text_atomic(out / "results.md", text + "\n")
+        write_text_atomic(out / "results.json", json.dumps(payload, indent=1) + "\n")
+    if args.json:
+        print(json.dumps(payload | {"out_dir": str(out)}))
+    else:
+        print(f"\n{text}\n\n{time.perf_counter() - t0:.0f} s; written to {out / 'results.md'}")
+    return 0
