@@ -24,7 +24,8 @@ from ..rules import make_rule
 from ..rundir import locked, write_text_atomic
 from ..training import (RESUME_MAY_CHANGE, ConfigError, Diverged, pick_device, read_run_config,
                         resolve, rule_options)
-from ._options import add_training_options, config_from_args, logger, show_progress, train_or_explain
+from ._options import (add_training_options, check_nproc, config_from_args, logger, show_progress,
+                       train_or_explain)
 
 
 def register(sub):
@@ -53,6 +54,7 @@ def _methods(value) -> list[str]:
 
 
 def run(args) -> int:
+    nproc = check_nproc(args)
     base, extras = config_from_args(args, extra_keys=("methods", "seeds"))
     methods = _methods(extras["methods"] if extras.get("methods") is not None else "bp,dfa,ssdfa")
     seeds = extras["seeds"] if extras.get("seeds") is not None else 3
@@ -80,10 +82,10 @@ def run(args) -> int:
         base.out_dir = str(Path("runs") / f"{stamp}-compare-{base.dataset}-{model}")
     log = logger(args)
     with locked(base.out_dir) as out:  # one compare per directory
-        return _compare(args, base, methods, seeds, first, out, log)
+        return _compare(args, base, methods, seeds, first, out, log, nproc)
 
 
-def _compare(args, base, methods, seeds, first, out: Path, log) -> int:
+def _compare(args, base, methods, seeds, first, out: Path, log, nproc: int = 1) -> int:
     results: dict[str, list[dict]] = {}
     t0 = time.perf_counter()
     for method in methods:
@@ -94,7 +96,8 @@ def _compare(args, base, methods, seeds, first, out: Path, log) -> int:
             resume = _earlier_run(cfg)
             log(f"== {method}, seed {seed}{' (continuing the run already there)' if resume else ''} ==")
             try:
-                summary = train_or_explain(cfg, resume=resume, progress=show_progress(args), log=log)
+                summary = train_or_explain(cfg, nproc=nproc, resume=resume,
+                                           progress=show_progress(args), log=log)
             except Diverged as exc:
                 log(f"{method} seed {seed}: {exc}")
                 summary = json.loads((Path(cfg.out_dir) / "summary.json").read_text())
