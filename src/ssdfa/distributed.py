@@ -22,6 +22,7 @@ import json
 import os
 import signal
 import tempfile
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -148,7 +149,9 @@ def _torchrun(args: list[str], env: dict[str, str]) -> int:
     saved_handlers = {sig: signal.getsignal(sig) for sig in handled}
     os.environ.update(env)
     try:
-        torchrun_main(args)
+        with warnings.catch_warnings():  # its fault handler needs a real stderr (not pytest's)
+            warnings.filterwarnings("ignore", message="Unable to enable fault handler")
+            torchrun_main(args)
         return 0
     except ChildFailedError as exc:
         codes = [f.exitcode for f in exc.failures.values()]

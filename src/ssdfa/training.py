@@ -460,8 +460,12 @@ def _run_locked(cfg: TrainConfig, out: Path, data: Dataset, device, resume: bool
     history: list[dict] = []
 
     if resume:
-        history = _restore(cfg, out / CHECKPOINT, device, net, opt, sched, order)
+        history, saved_world = _restore(cfg, out / CHECKPOINT, device, net, opt, sched, order)
         log(f"resuming {out} after epoch {len(history)} of {cfg.epochs}")
+        if saved_world != world:
+            log(f"note: the checkpoint was trained in {saved_world} process(es), this run has "
+                f"{world}: the global batch changes from {cfg.batch_size * saved_world} to "
+                f"{cfg.batch_size * world}, so the run will not end as an uninterrupted one")
     elif writer:
         _clear_previous_run(out)
     if writer:
@@ -569,8 +573,9 @@ def _run_locked(cfg: TrainConfig, out: Path, data: Dataset, device, resume: bool
     return summary
 
 
-def _restore(cfg: TrainConfig, path: Path, device, net, opt, sched, order) -> list[dict]:
-    """Load every state from the checkpoint at ``path`` after checking it belongs to ``cfg``."""
+def _restore(cfg: TrainConfig, path: Path, device, net, opt, sched, order) -> tuple[list[dict], int]:
+    """Load every state from the checkpoint at ``path`` after checking it belongs to ``cfg``;
+    return its history and the number of processes that trained it."""
     ckpt = load_checkpoint(path, map_location=device, required=REQUIRED_KEYS)
     check_checkpoint_config(ckpt["config"], cfg, path)
     history = ckpt["history"]
@@ -594,7 +599,7 @@ def _restore(cfg: TrainConfig, path: Path, device, net, opt, sched, order) -> li
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
         raise CheckpointError(f"{path}: its random-number states are damaged "
                               f"({first_line(exc)})") from exc
-    return list(history)
+    return list(history), ckpt.get("world_size", 1)  # saved by data-parallel runs only
 
 
 def _clear_previous_run(out: Path) -> None:
