@@ -19,7 +19,7 @@ import torch
 from ssdfa import cli
 
 # 320 = 10 global batches of 32: every shard holds 16 examples, the last batch too
-COMMON = ["--dataset", "digits", "--limit-train", "320", "--threads", "1", "--quiet", "--seed", "3"]
+COMMON = ["--dataset", "digits", "--device", "cpu", "--limit-train", "320", "--threads", "1", "--quiet", "--seed", "3"]
 TOLERANCE = 1e-6
 
 

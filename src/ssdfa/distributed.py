@@ -76,6 +76,10 @@ def session(device_name: str | None = None):
         return
     backend = _backend(device_name)
     if backend == "nccl":
+        if local_rank() >= torch.cuda.device_count():
+            raise RuntimeError(f"local rank {local_rank()} has no GPU of its own (this machine "
+                               f"has {torch.cuda.device_count()}); start fewer processes per "
+                               "node, or train on the CPU with --device cpu (gloo)")
         torch.cuda.set_device(local_rank())
     dist.init_process_group(backend)
     try:

@@ -184,6 +184,14 @@ def _train_parallel(cfg: TrainConfig, nproc: int, *, resume: bool = False, progr
         resolve(replace(cfg))  # refused here, before any worker starts
     except ConfigError as exc:
         raise UserError(str(exc)) from exc
+    import torch
+
+    from ..distributed import _backend
+
+    if _backend(cfg.device) == "nccl" and nproc > torch.cuda.device_count():
+        raise UserError(f"--nproc {nproc} on CUDA needs {nproc} GPUs (one per process); this "
+                        f"machine has {torch.cuda.device_count()}; use --device cpu for gloo "
+                        "processes on the CPU")
     if cfg.out_dir is None:
         cfg = replace(cfg, out_dir=default_out_dir(cfg))
     quiet = getattr(log, "quiet", False)
