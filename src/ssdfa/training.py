@@ -444,6 +444,9 @@ def _run_locked(cfg: TrainConfig, out: Path, data: Dataset, device, resume: bool
                 model: nn.Module | None, progress: bool, log) -> dict:
     world, rank = distributed.world_size(), distributed.rank()
     writer = rank == 0  # rank 0 alone writes the run directory
+    if len(data.train) < world:  # before anything is written: every rank stops here alike
+        raise ConfigError(f"{len(data.train)} training example(s) cannot be shared by {world} "
+                          "processes; train on more examples or in fewer processes")
     if writer:
         rundir.remove_stale_temp_files(out)  # left by a writer killed mid-write; we hold the lock
     loss_fn = make_loss(cfg, data)
