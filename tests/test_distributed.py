@@ -91,3 +91,21 @@ def test_every_rank_stops_alike_when_the_loss_diverges(tmp_path, capsys):
     assert "training diverged" in capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["world_size"] == 2
+
+
+@pytest.mark.slow  # one more launch of two workers (~8 s)
+def test_torchrun_starts_ssdfa_train_itself(tmp_path):
+    """``torchrun -m ssdfa train``: the workers find WORLD_SIZE/RANK/LOCAL_RANK and join."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           "-m", "ssdfa", "train", "--method", "dfa", *COMMON, "--epochs", "1", "--batch-size",
+           "16", "--out-dir", str(tmp_path / "ddp"), "--json"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["world_size"] == 2  # rank 0 prints
+    _train(tmp_path / "one", "dfa", batch=32, epochs=1)
+    _assert_same_weights(tmp_path / "ddp", tmp_path / "one")
