@@ -10,6 +10,7 @@ A NaN or infinite loss stops the run with :class:`Diverged`; the last good check
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -30,7 +31,7 @@ from torch import nn
 
 import ssdfa
 
-from . import rundir
+from . import distributed, rundir
 from .checkpoint import (CHECKPOINT, REQUIRED_KEYS, CheckpointError, capture_rng, first_line,
                          load_checkpoint, restore_rng, save_checkpoint)
 from .convert import check_feedback_scale
@@ -377,7 +378,7 @@ def _summary(cfg, history, status, seconds) -> dict:
         "best_epoch": (1 + accs.index(max(accs))) if accs else None,
         "final_test_loss": last.get("test_loss"), "train_loss": last.get("train_loss"),
         "train_acc": last.get("train_acc"), "seconds": round(seconds, 3),
-        "out_dir": cfg.out_dir,
+        "out_dir": cfg.out_dir, "world_size": distributed.world_size(),
     }
 
 
@@ -409,23 +410,45 @@ def run(config: TrainConfig, *, resume: bool = False, model: nn.Module | None = 
     if model is not None and cfg.model is None:
         cfg.model = f"custom:{type(model).__name__}"
     resolve(cfg, custom_model=model is not None)
-    device = pick_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    with distributed.session(cfg.device):  # joins the process group under torchrun
+        device = pick_device(cfg.device)
+        if distributed.world_size() > 1 and device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", distributed.local_rank())  # one GPU per local rank
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
 
-    data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download,
-                        image_size=cfg.image_size, limit_train=cfg.limit_train)
-    cfg.dataset = data.name
-    resolve(cfg, data, custom_model=model is not None)
-    if cfg.out_dir is None:
-        cfg.out_dir = default_out_dir(cfg)
-    with rundir.locked(cfg.out_dir) as out:  # one writer per run directory
-        return _run_locked(cfg, out, data, device, resume, model, progress, log)
+        data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download,
+                            image_size=cfg.image_size, limit_train=cfg.limit_train)
+        cfg.dataset = data.name
+        resolve(cfg, data, custom_model=model is not None)
+        if distributed.world_size() > 1:
+            if distributed.rank() != 0:
+                log, progress = (lambda msg: None), False
+            cfg.out_dir = distributed.broadcast_str(cfg.out_dir or default_out_dir(cfg))
+            # rank 0 alone writes the directory; a launcher (--nproc) holds the lock for it
+            own_lock = distributed.rank() == 0 and not distributed.lock_held_by_launcher(cfg.out_dir)
+            with rundir.locked(cfg.out_dir) if own_lock else _no_lock(cfg.out_dir) as out:
+                return _run_locked(cfg, out, data, device, resume, model, progress, log)
+        if cfg.out_dir is None:
+            cfg.out_dir = default_out_dir(cfg)
+        with rundir.locked(cfg.out_dir) as out:  # one writer per run directory
+            return _run_locked(cfg, out, data, device, resume, model, progress, log)
+
+
+@contextlib.contextmanager
+def _no_lock(path):
+    yield Path(path)
 
 
 def _run_locked(cfg: TrainConfig, out: Path, data: Dataset, device, resume: bool,
                 model: nn.Module | None, progress: bool, log) -> dict:
-    rundir.remove_stale_temp_files(out)  # left by a writer killed mid-write; we hold the lock
+    world, rank = distributed.world_size(), distributed.rank()
+    writer = rank == 0  # rank 0 alone writes the run directory
+    if len(data.train) < world:  # before anything is written: every rank stops here alike
+        raise ConfigError(f"{len(data.train)} training example(s) cannot be shared by {world} "
+                          "processes; train on more examples or in fewer processes")
+    if writer:
+        rundir.remove_stale_temp_files(out)  # left by a writer killed mid-write; we hold the lock
     loss_fn = make_loss(cfg, data)
     classification = data.task == "classification"
 
@@ -440,16 +463,30 @@ def _run_locked(cfg: TrainConfig, out: Path, data: Dataset, device, resume: bool
     history: list[dict] = []
 
     if resume:
-        history = _restore(cfg, out / CHECKPOINT, device, net, opt, sched, order)
+        history, saved_world = _restore(cfg, out / CHECKPOINT, device, net, opt, sched, order)
         log(f"resuming {out} after epoch {len(history)} of {cfg.epochs}")
-    else:
+        if saved_world != world:
+            log(f"note: the checkpoint was trained in {saved_world} process(es), this run has "
+                f"{world}: the global batch changes from {cfg.batch_size * saved_world} to "
+                f"{cfg.batch_size * world}, so the run will not end as an uninterrupted one")
+    elif writer:
         _clear_previous_run(out)
-    _write_text_atomic(out / "config.json", json.dumps(asdict(cfg), indent=1))
-    if resume:  # the metrics files match the checkpoint again, whatever a kill left
+    if writer:
+        _write_text_atomic(out / "config.json", json.dumps(asdict(cfg), indent=1))
+    if resume and writer:  # the metrics files match the checkpoint again, whatever a kill left
         _write_metrics(out, history)
+    model_ = net
+    if world > 1:
+        # every rank has read the checkpoint before rank 0 writes it again
+        distributed.barrier()
+        # default arguments: B is drawn from the seed (identical on every rank), learned B are
+        # parameters DDP averages like weights
+        model_ = nn.parallel.DistributedDataParallel(net)
+        log(f"data parallel: {world} processes, {cfg.batch_size} examples each, global batch "
+            f"{cfg.batch_size * world}")
     log(f"{cfg.method} on {data.describe()}; model {cfg.model}; run directory {out}")
 
-    tb = _tensorboard(out)
+    tb = _tensorboard(out) if writer else None
     n = len(data.train)
     align_batch = None
     if cfg.alignment:
@@ -461,16 +498,23 @@ def _run_locked(cfg: TrainConfig, out: Path, data: Dataset, device, resume: bool
         net.train()
         perm = torch.randperm(n, generator=order)
         loss_sum, correct, seen = 0.0, 0, 0
-        steps = range(0, n, cfg.batch_size)
+        step = cfg.batch_size * world  # the global batch
+        # a last global batch smaller than the world would leave a rank without examples
+        steps = range(0, n if world == 1 else n - n % step if n % step < world else n, step)
         bar = _bar(steps, epoch, cfg.epochs, progress)
         for i in bar:
-            x, y = data.train.batch(perm[i:i + cfg.batch_size])
+            # rank r takes every world-th example of the global batch (DistributedSampler's shard)
+            x, y = data.train.batch(perm[i:i + step] if world == 1 else perm[i:i + step][rank::world])
             x, y = x.to(device), y.to(device)  # x: (B, *input_shape)
             # zero first: update-unlocked rules (drtp unlocked) write gradients during forward
             opt.zero_grad(set_to_none=True)
-            out_ = net(x, target=y)  # (B, classes); the target reaches rules that use it (drtp)
+            out_ = model_(x, target=y)  # (B, classes); the target reaches rules that use it (drtp)
             loss = loss_fn(out_, y)
-            if not torch.isfinite(loss):
+            if world > 1:  # every rank stops alike: a NaN on any rank makes the sum NaN
+                total = distributed.all_sum([loss.item()], device)[0]
+                if not math.isfinite(total):
+                    _diverged(cfg, out, history, epoch, i // step, total, write=writer)
+            elif not torch.isfinite(loss):
                 _diverged(cfg, out, history, epoch, i // cfg.batch_size, loss.item())
             loss.backward()
             opt.step()
@@ -483,26 +527,35 @@ def _run_locked(cfg: TrainConfig, out: Path, data: Dataset, device, resume: bool
                                 acc=f"{correct / seen:.3f}" if classification else "-")
         if sched is not None:
             sched.step()
+        if world > 1:  # the train metrics of the global batch
+            loss_sum, correct, seen = distributed.all_sum([loss_sum, correct, seen], device)
+            correct, seen = int(correct), int(seen)
+        # every rank evaluates the same weights on the same test set: they decide alike
         test_loss, test_acc = evaluate(net, data.test, loss_fn, max(cfg.batch_size, 256), device,
                                        classification)
         if not math.isfinite(test_loss):  # the last step's update broke the weights
-            _diverged(cfg, out, history, epoch, None, test_loss, what="test loss")
+            _diverged(cfg, out, history, epoch, None, test_loss, what="test loss", write=writer)
         row = {"epoch": epoch, "train_loss": loss_sum / seen,
                "train_acc": correct / seen if classification else None,
                "test_loss": test_loss, "test_acc": test_acc,
                "lr": opt.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 4)}
-        if align_batch is not None and epoch % cfg.alignment == 0:
+        if align_batch is not None and epoch % cfg.alignment == 0 and writer:
             xa, ya = align_batch
             angles = alignment_angles(net, xa.to(device), ya.to(device), loss_fn=loss_fn)
             row.update({f"angle/{k}": v for k, v in angles.items()})
         history.append(row)
+        if not writer:
+            continue
         # the checkpoint first: the metrics files never describe an epoch it does not hold
-        save_checkpoint(out / CHECKPOINT, {
+        state = {
             "epoch": epoch, "model": net.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict() if sched is not None else None,
             "data_order": order.get_state(), "rng": capture_rng(), "history": history,
             "config": asdict(cfg), "ssdfa_version": ssdfa.__version__,
-        })
+        }
+        if world > 1:  # the unwrapped module's weights: they load in one process too
+            state["world_size"] = world
+        save_checkpoint(out / CHECKPOINT, state)
         _write_metrics(out, history)
         if tb is not None:
             for k, v in row.items():
@@ -515,12 +568,17 @@ def _run_locked(cfg: TrainConfig, out: Path, data: Dataset, device, resume: bool
     if tb is not None:
         tb.close()
     summary = _summary(cfg, history, "finished", sum(r["seconds"] for r in history))
-    _write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
+    if world > 1:
+        summary["global_batch_size"] = cfg.batch_size * world
+    if writer:
+        _write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
+    distributed.barrier()  # summary.json is written before any rank returns
     return summary
 
 
-def _restore(cfg: TrainConfig, path: Path, device, net, opt, sched, order) -> list[dict]:
-    """Load every state from the checkpoint at ``path`` after checking it belongs to ``cfg``."""
+def _restore(cfg: TrainConfig, path: Path, device, net, opt, sched, order) -> tuple[list[dict], int]:
+    """Load every state from the checkpoint at ``path`` after checking it belongs to ``cfg``;
+    return its history and the number of processes that trained it."""
     ckpt = load_checkpoint(path, map_location=device, required=REQUIRED_KEYS)
     check_checkpoint_config(ckpt["config"], cfg, path)
     history = ckpt["history"]
@@ -544,7 +602,7 @@ def _restore(cfg: TrainConfig, path: Path, device, net, opt, sched, order) -> li
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
         raise CheckpointError(f"{path}: its random-number states are damaged "
                               f"({first_line(exc)})") from exc
-    return list(history)
+    return list(history), ckpt.get("world_size", 1)  # saved by data-parallel runs only
 
 
 def _clear_previous_run(out: Path) -> None:
@@ -564,10 +622,12 @@ def _bar(steps, epoch, epochs, progress):
     return tqdm(steps, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False, file=sys.stderr)
 
 
-def _diverged(cfg, out, history, epoch, step, value, what="loss"):
+def _diverged(cfg, out, history, epoch, step, value, what="loss", write=True):
     summary = _summary(cfg, history, "diverged", sum(r["seconds"] for r in history))
     summary["diverged_at"] = {"epoch": epoch, "step": step, "loss": str(value), "which": what}
-    _write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
+    if write:
+        _write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
+    distributed.barrier()  # summary.json is written before any rank stops
     kept = (f"the checkpoint of epoch {len(history)} is kept in {out / CHECKPOINT}" if history
             else "no checkpoint had been written yet")
     raise Diverged(

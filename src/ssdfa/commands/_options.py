@@ -33,7 +33,9 @@ def add_training_options(p: argparse.ArgumentParser, *, method: bool = True) -> 
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=S, help="default 10")
-    g.add_argument("--batch-size", type=int, default=S, help="default 64")
+    g.add_argument("--batch-size", type=int, default=S,
+                   help="default 64; with --nproc N (or torchrun) the batch of each process: "
+                        "the global batch is N times larger")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default=S, help="default sgd")
     g.add_argument("--lr", type=float, default=S, help="learning rate, default 0.01")
     g.add_argument("--momentum", type=float, default=S, help="sgd/nesterov momentum, default 0.9")
@@ -63,6 +65,10 @@ def add_training_options(p: argparse.ArgumentParser, *, method: bool = True) -> 
     g.add_argument("--device", default=S, help="auto (default), cpu, cuda, cuda:1, ...")
     g.add_argument("--threads", type=int, default=S,
                    help="CPU threads for torch (1 is fastest for small models on a busy machine)")
+    g.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="data parallel: train in N local processes through torch.distributed.run "
+                        "(gloo on CPU, NCCL on GPUs: one GPU each), each on --batch-size examples "
+                        "of a global batch of N·batch-size; default 1")
     g.add_argument("--out-dir", default=S, help="run directory (default runs/<time>-...)")
     g.add_argument("--config", default=None, metavar="FILE",
                    help="TOML file of options (keys as the flags, with _ or -); flags override it")
@@ -122,7 +128,11 @@ def config_from_args(args: argparse.Namespace, extra_keys: tuple[str, ...] = ())
 
 def logger(args):
     if getattr(args, "quiet", False):
-        return lambda msg: None
+        def quiet(msg):
+            return None
+
+        quiet.quiet = True  # the workers of --nproc are told to be quiet too
+        return quiet
     return lambda msg: print(msg, file=sys.stderr, flush=True)
 
 
@@ -130,16 +140,64 @@ def show_progress(args) -> bool:
     return not getattr(args, "quiet", False) and sys.stderr.isatty()
 
 
-def train_or_explain(cfg: TrainConfig, **kwargs) -> dict:
-    """``training.run`` with the user's mistakes turned into one-line errors (exit status 2)."""
+def check_nproc(args) -> int:
+    """``--nproc``: a positive number, and not inside a torchrun worker (that is one already)."""
+    from .. import distributed
+
+    nproc = getattr(args, "nproc", 1)
+    if not isinstance(nproc, int) or nproc < 1:
+        raise UserError(f"--nproc must be >= 1, got {nproc}")
+    if nproc > 1 and distributed.in_worker():
+        raise UserError("--nproc asks for workers, but this process is one already (torchrun set "
+                        "WORLD_SIZE); use either torchrun or --nproc")
+    return nproc
+
+
+def train_or_explain(cfg: TrainConfig, nproc: int = 1, **kwargs) -> dict:
+    """``training.run`` with the user's mistakes turned into one-line errors (exit status 2);
+    with ``nproc`` > 1 in that many local processes through ``torch.distributed.run``."""
     from ..data import DatasetError
     from ..feedback import FeedbackConfigError
     from ..rules import RuleOptionError
     from ..training import run
 
+    if nproc > 1:
+        return _train_parallel(cfg, nproc, **kwargs)
     try:
         return run(cfg, **kwargs)
     except (ConfigError, DatasetError, RuleOptionError, FeedbackConfigError) as exc:
         raise UserError(str(exc)) from exc
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from exc
+
+
+def _train_parallel(cfg: TrainConfig, nproc: int, *, resume: bool = False, progress: bool = False,
+                    log=None) -> dict:
+    import json
+    from dataclasses import replace
+
+    from ..distributed import launch
+    from ..rundir import locked
+    from ..training import default_out_dir, resolve
+
+    try:
+        resolve(replace(cfg))  # refused here, before any worker starts
+    except ConfigError as exc:
+        raise UserError(str(exc)) from exc
+    import torch
+
+    from ..distributed import _backend
+
+    if _backend(cfg.device) == "nccl" and nproc > torch.cuda.device_count():
+        raise UserError(f"--nproc {nproc} on CUDA needs {nproc} GPUs (one per process); this "
+                        f"machine has {torch.cuda.device_count()}; use --device cpu for gloo "
+                        "processes on the CPU")
+    if cfg.out_dir is None:
+        cfg = replace(cfg, out_dir=default_out_dir(cfg))
+    quiet = getattr(log, "quiet", False)
+    with locked(cfg.out_dir) as out:  # held here for the workers; rank 0 writes
+        rc = launch(cfg, nproc, resume=resume, quiet=quiet)
+        if rc != 0:
+            raise UserError(f"the {nproc} workers of torch.distributed.run failed (exit status "
+                            f"{rc}); their messages are above")
+        return json.loads((out / "summary.json").read_text(encoding="utf-8"))

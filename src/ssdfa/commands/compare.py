@@ -24,7 +24,8 @@ from ..rules import make_rule
 from ..rundir import locked, write_text_atomic
 from ..training import (RESUME_MAY_CHANGE, ConfigError, Diverged, pick_device, read_run_config,
                         resolve, rule_options)
-from ._options import add_training_options, config_from_args, logger, show_progress, train_or_explain
+from ._options import (add_training_options, check_nproc, config_from_args, logger, show_progress,
+                       train_or_explain)
 
 
 def register(sub):
@@ -53,6 +54,7 @@ def _methods(value) -> list[str]:
 
 
 def run(args) -> int:
+    nproc = check_nproc(args)
     base, extras = config_from_args(args, extra_keys=("methods", "seeds"))
     methods = _methods(extras["methods"] if extras.get("methods") is not None else "bp,dfa,ssdfa")
     seeds = extras["seeds"] if extras.get("seeds") is not None else 3
@@ -73,7 +75,7 @@ def run(args) -> int:
         base.out_dir = str(Path("runs") / f"{stamp}-compare-{base.dataset}-{model}")
     log = logger(args)
     with locked(base.out_dir) as out:  # one compare per directory
-        return _compare(args, base, methods, seeds, first, out, log)
+        return _compare(args, base, methods, seeds, first, out, log, nproc)
 
 
 def check_methods(base, methods: list[str]) -> None:
@@ -89,7 +91,7 @@ def check_methods(base, methods: list[str]) -> None:
 
 
 def train_all(base, methods: list[str], seeds: int, first: int, out: Path, log,
-              progress: bool = False) -> tuple[dict[str, list[dict]], float]:
+              progress: bool = False, nproc: int = 1) -> tuple[dict[str, list[dict]], float]:
     """Train (or continue, or reuse) every method and seed under ``out/<method>/seed<k>``.
 
     Returns each method's run summaries and the seconds taken.  A run already finished in its
@@ -105,7 +107,8 @@ def train_all(base, methods: list[str], seeds: int, first: int, out: Path, log,
             resume = _earlier_run(cfg)
             log(f"== {method}, seed {seed}{' (continuing the run already there)' if resume else ''} ==")
             try:
-                summary = train_or_explain(cfg, resume=resume, progress=progress, log=log)
+                summary = train_or_explain(cfg, nproc=nproc, resume=resume, progress=progress,
+                                           log=log)
             except Diverged as exc:
                 log(f"{method} seed {seed}: {exc}")
                 summary = json.loads((Path(cfg.out_dir) / "summary.json").read_text())
@@ -117,8 +120,8 @@ def train_all(base, methods: list[str], seeds: int, first: int, out: Path, log,
     return results, time.perf_counter() - t0
 
 
-def _compare(args, base, methods, seeds, first, out: Path, log) -> int:
-    results, seconds = train_all(base, methods, seeds, first, out, log, show_progress(args))
+def _compare(args, base, methods, seeds, first, out: Path, log, nproc: int = 1) -> int:
+    results, seconds = train_all(base, methods, seeds, first, out, log, show_progress(args), nproc)
     first_run = next(iter(results.values()))[0]
     title = (f"{first_run['dataset']}, {first_run['model']}, {base.epochs} epochs, "
              f"{seeds} seed(s) from {first}")

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import sys
 from dataclasses import replace
 from pathlib import Path
 
+from .. import distributed
 from ..checkpoint import CHECKPOINT
 from ..cli import UserError
 from ..rundir import locked
 from ..training import (RESUME_MAY_CHANGE, ConfigError, Diverged, TrainConfig, default_out_dir,
                         pick_device, read_run_config, resolve)
-from ._options import add_training_options, config_from_args, logger, show_progress, train_or_explain
+from ._options import (add_training_options, check_nproc, config_from_args, logger, show_progress,
+                       train_or_explain)
 
 
 def register(sub):
@@ -30,23 +34,36 @@ def register(sub):
 
 
 def run(args) -> int:
+    nproc = check_nproc(args)
+    if distributed.in_worker():  # started by torchrun: join the group for the whole command
+        with distributed.session(getattr(args, "device", None)):
+            return _run(args, nproc)
+    return _run(args, nproc)
+
+
+def _run(args, nproc: int) -> int:
     log = logger(args)
+    me = distributed.rank()
+    if me != 0:  # under torchrun rank 0 alone talks
+        log = logger(argparse.Namespace(quiet=True))
     if args.resume:
         cfg = _resume_config(args)
     else:
         cfg, _ = config_from_args(args)
-        if cfg.out_dir is None:
-            cfg.out_dir = default_out_dir(cfg)
+        if cfg.out_dir is None:  # named after the time: rank 0's name for every rank
+            cfg.out_dir = distributed.broadcast_str(default_out_dir(cfg))
     resolve(replace(cfg))  # bad options are refused before the directory is touched
     pick_device(cfg.device)
     out = Path(cfg.out_dir)
-    with locked(out):  # checked and written by this process alone until it exits
+    # checked and written by this process (under torchrun: rank 0) alone until it exits
+    with locked(out) if me == 0 else contextlib.nullcontext():
         if not args.resume and (out / CHECKPOINT).exists() and not args.overwrite:
             raise UserError(f"{out} already holds a run; continue it with --resume "
                             f"{out}, pick another --out-dir, or pass --overwrite")
+        distributed.barrier()  # every rank has looked before rank 0 clears the directory
         try:
-            summary = train_or_explain(cfg, resume=bool(args.resume), progress=show_progress(args),
-                                       log=log)
+            summary = train_or_explain(cfg, nproc=nproc, resume=bool(args.resume),
+                                       progress=show_progress(args) and me == 0, log=log)
         except KeyboardInterrupt:
             if (out / CHECKPOINT).exists():
                 print(f"ssdfa train: interrupted; the last finished epoch is saved — continue "
@@ -56,12 +73,16 @@ def run(args) -> int:
                       "saved to resume — run the same command again", file=sys.stderr)
             return 130
         except Diverged as exc:
+            if me != 0:
+                return 3
             print(f"ssdfa train: {exc}", file=sys.stderr)
             if args.json:
                 summary_file = out / "summary.json"
                 if summary_file.exists():
                     print(json.dumps(json.loads(summary_file.read_text())))
             return 3
+    if me != 0:
+        return 0
     if args.json:
         print(json.dumps(summary))
     else:
