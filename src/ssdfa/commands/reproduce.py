@@ -88,7 +88,7 @@ def _dataset(exp: Experiment, data_dir) -> tuple[str, str | None]:
 
 
 def _train(exp: Experiment, args) -> int:
-    from ..rundir import locked, write_text_atomic
+    from ..rundir import locked
     from ..training import TrainConfig, pick_device
     from ._options import logger, show_progress
     from .compare import check_methods, train_all
@@ -121,12 +121,8 @@ def _train(exp: Experiment, args) -> int:
                                                 "quick": bool(args.quick)},
                    "seconds": round(seconds, 2), "notes": exp.notes, "rows": rows}
         text = markdown(exp, rows, dataset, note, budget_text)
-        write_text_atomic(out / "results.md", text + "\n")
-        write_text_atomic(out / "results.json", json.dumps(payload, indent=1) + "\n")
-    if args.json:
-        print(json.dumps(payload | {"out_dir": str(out)}))
-    else:
-        print(f"\n{text}\n{seconds:.0f} s; written to {out / 'results.md'}")
+        _publish(out, text, payload)
+    _report(args, out, text, payload, seconds)
     diverged = any(r["status"] != "finished" for rs in results.values() for r in rs)
     return 3 if diverged else 0
 
@@ -188,9 +184,10 @@ def markdown(exp: Experiment, rows: list[dict], dataset: str, note: str | None, 
 # -- cost experiments -------------------------------------------------------------------------
 def _cost(exp: Experiment, args) -> int:
     from ..cost import DATASET_SHAPES, count_costs, layer_shapes
-    from ..rundir import locked, write_text_atomic
+    from ..rundir import locked
     from .cost import _build
 
+    t0 = time.perf_counter()
     measured: dict[str, dict] = {}
     for label, model, dataset in exp.cost_setups:
         shape, classes = DATASET_SHAPES[dataset]
@@ -217,12 +214,22 @@ def _cost(exp: Experiment, args) -> int:
     out_dir = args.out_dir or str(Path("runs") / "reproduce" / exp.name)
     payload = {"experiment": exp.name, "title": exp.title, "citation": exp.citation,
                "source": exp.source, "rows": rows, "totals": measured}
-    t0 = time.perf_counter()
     with locked(out_dir) as out:
-        write_text_atomic(out / "results.md", text + "\n")
-        write_text_atomic(out / "results.json", json.dumps(payload, indent=1) + "\n")
+        _publish(out, text, payload)
+    _report(args, out, text, payload, time.perf_counter() - t0)
+    return 0
+
+
+def _publish(out: Path, text: str, payload: dict) -> None:
+    """results.md and results.json in the out dir (atomic writes; the caller holds its lock)."""
+    from ..rundir import write_text_atomic
+
+    write_text_atomic(out / "results.md", text + "\n")
+    write_text_atomic(out / "results.json", json.dumps(payload, indent=1) + "\n")
+
+
+def _report(args, out: Path, text: str, payload: dict, seconds: float) -> None:
     if args.json:
         print(json.dumps(payload | {"out_dir": str(out)}))
     else:
-        print(f"\n{text}\n\n{time.perf_counter() - t0:.0f} s; written to {out / 'results.md'}")
-    return 0
+        print(f"\n{text}\n\n{seconds:.0f} s; written to {out / 'results.md'}")
