@@ -37,12 +37,11 @@ def test_byte_formula():
 
 def test_two_stages_match_one_process_and_bytes(capsys):
     torch.manual_seed(0)
-    r = _reports(capsys, ["pipeline", "--stages", "2", "--methods", "bp,dfa,drtp", "--dataset",
+    r = _reports(capsys, ["pipeline", "--stages", "2", "--methods", "bp,drtp", "--dataset",
                           "digits", "--steps", "3", "--batch-size", "32", "--micro-batches", "2",
                           "--json"])
-    assert set(r) == {"bp", "dfa", "drtp"}
+    assert set(r) == {"bp", "drtp"}
     assert r["bp"]["bytes_per_step"] == 2 * 32 * 400 * 4
-    assert r["dfa"]["bytes_per_step"] == 32 * 400 * 4 + 32 * 10 * 4
     assert r["drtp"]["bytes_per_step"] == 32 * 400 * 4 + 32 * 8
     for m, rep in r.items():
         assert rep["bytes_per_step"] == rep["expected_bytes_per_step"], m
@@ -52,20 +51,22 @@ def test_two_stages_match_one_process_and_bytes(capsys):
         assert 0 <= rep["test_accuracy"] <= 1
 
 
-def test_three_stages_two_hidden_blocks_dfa(capsys):
-    # each hidden stage gets its own B_l: the one ssdfa.convert(net, "dfa", seed) draws there
-    r = _reports(capsys, ["pipeline", "--stages", "3", "--methods", "dfa", "--dataset",
+def test_three_stages_two_hidden_blocks_dfa_ssdfa(capsys):
+    # each hidden stage gets its own B_l: the one ssdfa.convert(net, method, seed) draws there
+    r = _reports(capsys, ["pipeline", "--stages", "3", "--methods", "dfa,ssdfa", "--dataset",
                           "digits", "--model", "drtp-fc2-500", "--steps", "2",
                           "--batch-size", "16", "--micro-batches", "4", "--seed", "3", "--json"])
-    assert r["dfa"]["bytes_per_step"] == 2 * 16 * 500 * 4 + 2 * 16 * 10 * 4
-    assert r["dfa"]["matches_single_process"] is True
-    assert r["dfa"]["max_weight_difference"] < 1e-5
+    for m in ("dfa", "ssdfa"):
+        assert r[m]["bytes_per_step"] == 2 * 16 * 500 * 4 + 2 * 16 * 10 * 4
+        assert r[m]["bytes_per_step"] == r[m]["expected_bytes_per_step"]
+        assert r[m]["matches_single_process"] is True
+        assert r[m]["max_weight_difference"] < 1e-5
 
 
 @pytest.mark.parametrize("argv, words", [
     (["--stages", "3"], "more than the model's 2 weight layers"),
     (["--stages", "0"], "--stages must be at least 1"),
-    (["--methods", "bp,kp"], "choose from bp, dfa, drtp"),
+    (["--methods", "bp,kp"], "choose from bp, dfa, sdfa, ssdfa, drtp"),
     (["--micro-batches", "64"], "--micro-batches must be 1..--batch-size"),
 ])
 def test_bad_arguments_one_line_exit_2(capsys, argv, words):

@@ -10,12 +10,13 @@ The :class:`Stage` knows its layers and what it sends and receives; the schedule
 
 * ``bp``: the last stage computes the loss, the gradient w.r.t. each stage's input travels back
   stage by stage (send/recv), each stage runs its own backward;
-* ``dfa``: the last stage computes e = dL/dlogits per micro-batch and broadcasts it to every
+* ``dfa`` (``sdfa``, ``ssdfa``): the last stage computes e = dL/dlogits per micro-batch and broadcasts it to every
   stage; each stage puts e·B_l on each of its block outputs (B_l drawn exactly as
   ``ssdfa.convert(net, "dfa", seed=s)`` draws it) and runs its backward at once; nothing
   travels back stage to stage;
 * ``drtp`` (unlocked): the last stage broadcasts the labels once per step; each stage puts
-  y*·B_l / batch on its block outputs and updates as soon as its own forward has run.
+  y*·B_l / batch on its block outputs and runs its backward as soon as its own forward of a
+  micro-batch has run (SGD steps once per step, after the last micro-batch).
 
 Stage 0 reads the inputs and the last stage reads the labels of each batch (both walk the same
 seeded order).  The loss of a micro-batch is its summed cross entropy over the *whole* batch
@@ -40,7 +41,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-PIPELINE_METHODS = ("bp", "dfa", "drtp")
+PIPELINE_METHODS = ("bp", "dfa", "sdfa", "ssdfa", "drtp")
+BROADCAST_E = ("dfa", "sdfa", "ssdfa")  # the last stage broadcasts e; each stage e·B_l
 WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)
 
 
@@ -109,7 +111,7 @@ def expected_bytes(method: str, widths: list[int], batch: int, classes: int) -> 
     k1 = len(widths)
     if method == "bp":
         return 2 * act
-    if method == "dfa":
+    if method in BROADCAST_E:
         return act + k1 * batch * classes * 4
     if method == "drtp":
         return act + k1 * batch * 8
@@ -239,7 +241,7 @@ def _step(stage: Stage, comm: Comm, method: str, x, y, batch: int, micro: int, c
                 outs[-1].backward(g)
             if not stage.first:
                 comm.send(h.grad, r - 1)
-    elif method == "dfa":
+    elif method in BROADCAST_E:
         for m, n in enumerate(sizes):
             h, outs = kept[m]
             e = None
