@@ -69,7 +69,7 @@ def run(args) -> int:
         print(f"{reports[0]['model']} on {reports[0]['dataset']}, {args.stages} stages, "
               f"batch {args.batch_size} in {args.micro_batches} micro-batches, {args.steps} steps")
         print("| method | bytes/step | formula | s/step | recv wait per stage (s) | test acc "
-              "| max |Δw| vs 1 process |")
+              "| max abs Δw vs 1 process |")
         print("|---|---:|---:|---:|---|---:|---:|")
         for r in reports:
             waits = ", ".join(f"{w:.3f}" for w in r["recv_wait_seconds"])
