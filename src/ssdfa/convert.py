@@ -14,7 +14,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .feedback import FeedbackConfigError
+from .feedback import FeedbackConfigError, child_generator, seeded_generator
 from .frozen import frozen_module, split_leaves
 from .layers import is_pass_through, is_weight_layer
 from .layerwise import LAYERS, LayerwiseModel, is_wrappable
@@ -58,12 +58,8 @@ def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None 
     if points is not None and not rule.direct:
         raise ValueError(f"points= places direct feedback; method {rule.name!r} has none")
 
-    def base_generator():  # drawn only where B is: `bp` leaves the global RNG untouched
-        return torch.Generator().manual_seed(
-            int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
-
-    if rule.layerwise:
-        net, layer_names = _layerwise_net(model, rule, train_only, base_generator())
+    if rule.layerwise:  # drawn only where B is: `bp` leaves the global RNG untouched
+        net, layer_names = _layerwise_net(model, rule, train_only, seeded_generator(seed))
         wrapped = LayerwiseModel(net, rule, layer_names, num_classes=num_classes)
     elif not rule.direct:  # bp: any module that runs; chain points (identities) name its taps
         placed = place_points(model, rule.name, train_only)
@@ -110,8 +106,7 @@ def _refuse_wrapped(model: nn.Module):
 
 
 def _check_width(wrapped, x):
-    with torch.no_grad():
-        y = _probe(wrapped.net, [], *_batch_variant(((x,), {}), 2))["y"]
+    y = _probe(wrapped.net, [], *_batch_variant(((x,), {}), 2))["y"]
     width = int(y[0].numel())
     if wrapped.num_classes is not None and wrapped.num_classes != width:
         raise ValueError(
@@ -161,7 +156,7 @@ def _layerwise_net(model: nn.Module, rule, train_only, base: torch.Generator):
     chain).  The user's modules are shared, never modified.
     """
     def gen():
-        return torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=base)))
+        return child_generator(base)
 
     names = []
     if isinstance(model, nn.Sequential) or train_only is not None:

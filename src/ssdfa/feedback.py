@@ -28,11 +28,24 @@ __all__ = [
     "resolve_connections",
     "default_std",
     "feedback_std",
+    "seeded_generator",
+    "child_generator",
 ]
 
 
 class FeedbackConfigError(ValueError):
     """An impossible or malformed feedback request (sparsity, connections, rank)."""
+
+
+def seeded_generator(seed: int | None) -> torch.Generator:
+    """The generator every B_l of one conversion descends from (``seed=None``: a random one)."""
+    return torch.Generator().manual_seed(
+        int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+
+
+def child_generator(base: torch.Generator) -> torch.Generator:
+    """An independent generator per point or layer, drawn from ``base`` in order."""
+    return torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=base)))
 
 
 def default_std(neurons: int) -> float:

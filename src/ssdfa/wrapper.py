@@ -30,7 +30,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .feedback import default_std, feedback_std, make_feedback
+from .feedback import child_generator, default_std, feedback_std, make_feedback, seeded_generator
 from .layers import is_weight_layer
 from .points import ACTIVE, FeedbackPoint
 from .rules import Rule
@@ -171,6 +171,8 @@ class FeedbackModel(nn.Module):
         if self.rule.needs_target and target is not None:
             _check_labels(target, self.num_classes)
         self._tape, self._target, self._local, self._early = [], target, local, {}
+        if local:  # every point's early gradients are taken with respect to these
+            self._trainable = [p for p in self.net.parameters() if p.requires_grad]
         ACTIVE.append(self)
         try:
             y = self.net(*args, **kwargs)
@@ -207,7 +209,7 @@ class FeedbackModel(nn.Module):
             if h.requires_grad:
                 signal = self.rule.local_signal(self.feedback[i], self._target, h)
                 signal = self.scaled(signal) if self.rule.scale_free else signal
-                params = [p for p in self.net.parameters() if p.requires_grad]
+                params = self._trainable
                 for p, g in zip(params, torch.autograd.grad(h, params, signal, allow_unused=True)):
                     if g is not None:
                         self._early[p] = g if p not in self._early else self._early[p] + g
@@ -306,7 +308,6 @@ class FeedbackModel(nn.Module):
         self._shapes = [tuple(s[2:]) if t else tuple(s[1:]) for s, t in zip(shapes, self.token)]
         width = int(y.shape[-1]) if any(self.token) else int(y[0].numel())
         if any(self.token) and not all(self.token):
-            width = int(y.shape[-1])
             flat = [n for n, t in zip(self.point_names, self.token) if not t]
             raise UnsupportedModelError([Problem(n, "point", "has no sequence dimension while the "
                                                  "output is (batch, seq, classes)",
@@ -319,13 +320,12 @@ class FeedbackModel(nn.Module):
                 f"{tuple(y.shape)}); the feedback matrices need the true output width")
         self.num_classes = width
         if self.rule.inject or self.rule.local:  # shallow feeds nothing back: no B_l
-            base = torch.Generator().manual_seed(
-                int(self._seed) if self._seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+            base = seeded_generator(self._seed)
             device = self._device
             for i, p in enumerate(self._points):
                 producer = large["fired"][id(p)][2]
                 neurons = math.prod(self._shapes[i])
-                gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=base)))
+                gen = child_generator(base)
                 spec = self.rule.feedback_spec(width)
                 std = default_std(neurons) if producer is None else feedback_std(producer, neurons)
                 self.feedback.append(make_feedback(width, neurons, spec, generator=gen,
