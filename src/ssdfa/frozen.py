@@ -64,3 +64,85 @@ def frozen_module(frozen_leaves) -> FrozenFeatures | None:
     if not frozen_leaves:
         return None
     return FrozenFeatures(OrderedDict((p.replace(".", "_"), m) for p, m in frozen_leaves))
+
+
+class PretrainedError(ValueError):
+    """``init_from`` names no usable run, or weights that do not fit the model."""
+
+
+def _source_state(source) -> tuple[dict, dict, str]:
+    """(model state, saved config, where) of the run directory or checkpoint file ``source``."""
+    from pathlib import Path
+
+    from .checkpoint import CHECKPOINT, CheckpointError, load_checkpoint
+
+    path = Path(source)
+    ckpt_path = path / CHECKPOINT if path.is_dir() else path
+    try:
+        ckpt = load_checkpoint(ckpt_path, required=("model",))
+    except FileNotFoundError:
+        raise PretrainedError(f"init_from: no checkpoint at {ckpt_path}; give the run directory "
+                              "of a finished `ssdfa train` run (it holds checkpoint.pt)") from None
+    except CheckpointError as exc:
+        raise PretrainedError(f"init_from: {exc}") from None
+    state = ckpt["model"]
+    if not isinstance(state, dict):
+        raise PretrainedError(f"init_from: {ckpt_path} holds no model weights")
+    return state, ckpt.get("config") or {}, str(ckpt_path)
+
+
+def load_pretrained(net: nn.Module, source, train_only: str | None = None,
+                    model_name: str | None = None) -> list[str]:
+    """Copy a finished run's weights into the plain (unconverted) ``net``; return the keys set.
+
+    Transfer learning as in the SSDFA paper's Table V: with ``train_only="fc"`` only the layers
+    that will be frozen (those before the first Linear) are taken from ``source``, and the
+    trained layers keep their fresh initialisation; without it every weight is taken
+    (fine-tuning).  The source may have been trained by any rule, with or without train_only.
+    """
+    state, config, where = _source_state(source)
+    src_model = config.get("model") if isinstance(config, dict) else None
+    if model_name and src_model and src_model != model_name:
+        raise PretrainedError(f"init_from: {where} was trained with model {src_model!r}, this run "
+                              f"builds {model_name!r}; use a run of the same model")
+    own = net.state_dict()
+    if train_only is not None:
+        from .validate import flatten_sequential
+
+        if not isinstance(net, nn.Sequential):
+            raise PretrainedError("init_from with train_only needs the model as an nn.Sequential")
+        frozen, _ = split_leaves(flatten_sequential(net), train_only, net, "init_from")
+        prefixes = tuple(p + "." for p, _ in frozen)
+        wanted = [k for k in own if k.startswith(prefixes)]
+    else:
+        wanted = list(own)
+    # the converted model's keys: "net." before the plain path; frozen layers under
+    # "net.frozen.<path with _>"; feedback matrices under "feedback." (not weights: skipped)
+    mangled = {}
+    if train_only is not None or any(k.startswith("net.frozen.") for k in state):
+        from .validate import flatten_sequential
+
+        for p, _ in flatten_sequential(net) if isinstance(net, nn.Sequential) else []:
+            mangled[p] = "frozen." + p.replace(".", "_")
+    loaded, missing, misfit = {}, [], []
+    for key in wanted:
+        path, _, leaf = key.rpartition(".")
+        candidates = ["net." + key, key]
+        if path in mangled:
+            candidates.insert(1, f"net.{mangled[path]}.{leaf}")
+        found = next((c for c in candidates if c in state), None)
+        if found is None:
+            missing.append(key)
+        elif tuple(state[found].shape) != tuple(own[key].shape):
+            misfit.append(f"{key} {tuple(state[found].shape)} vs {tuple(own[key].shape)}")
+        else:
+            loaded[key] = state[found]
+    if missing or misfit:
+        what = (f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}"
+                if missing else f"shapes differ: {'; '.join(misfit[:3])}")
+        raise PretrainedError(f"init_from: {where} does not fit this model ({what}); use a run "
+                              "of the same model on inputs of the same shape")
+    with torch.no_grad():
+        for key, value in loaded.items():
+            own[key].copy_(value)
+    return list(loaded)

@@ -37,7 +37,7 @@ from .checkpoint import (CHECKPOINT, REQUIRED_KEYS, CheckpointError, capture_rng
 from .convert import check_feedback_scale
 from .data import Dataset, load_dataset
 from .feedback import FeedbackConfigError
-from .frozen import TRAIN_ONLY
+from .frozen import TRAIN_ONLY, PretrainedError, load_pretrained
 from .models import create_model, default_model, list_models
 
 __all__ = ["TrainConfig", "run", "Diverged", "ConfigError", "build_model", "evaluate",
@@ -91,6 +91,7 @@ class TrainConfig:
     out_dir: str | None = None  # None: runs/<time>-<dataset>-<model>-<method>-s<seed>
     alignment: int = 0  # log alignment angles every k epochs; 0 = off
     train_only: str | None = None  # e.g. "fc": train only the fully connected layers
+    init_from: str | None = None  # run directory whose weights start this run (transfer)
     limit_train: int | None = None  # keep the first n training examples (quick runs)
 
     @classmethod
@@ -186,6 +187,9 @@ def resolve(cfg: TrainConfig, dataset: Dataset | None = None, custom_model: bool
     if cfg.train_only is not None and cfg.train_only not in TRAIN_ONLY:
         problems.append(f"train_only {cfg.train_only!r} unknown; choose one of: "
                         f"{', '.join(TRAIN_ONLY)} (or leave it out to train every layer)")
+    if cfg.init_from is not None and not Path(cfg.init_from).exists():
+        problems.append(f"init_from {cfg.init_from!r} does not exist; give the run directory of a "
+                        "finished `ssdfa train` run (it holds checkpoint.pt)")
     if cfg.out_dir is not None and not str(cfg.out_dir).strip():
         problems.append("out_dir is empty; give a folder name (or leave it out for runs/<time>-...)")
     if cfg.model is None and dataset is not None:
@@ -241,6 +245,11 @@ def build_model(cfg: TrainConfig, data: Dataset, net: nn.Module | None = None):
             net = create_model(cfg.model, data.input_shape, data.num_classes)
         except ValueError as exc:  # a model that cannot read this dataset's inputs
             raise ConfigError(f"model {cfg.model} on dataset {data.name}: {exc}") from exc
+    if cfg.init_from is not None:  # before convert: the frozen part is built from these weights
+        try:
+            load_pretrained(net, cfg.init_from, cfg.train_only, cfg.model)
+        except PretrainedError as exc:
+            raise ConfigError(str(exc)) from None
     return ssdfa.convert(net, cfg.method, num_classes=data.num_classes,
                          input_shape=data.input_shape, seed=cfg.seed, **rule_options(cfg))
 

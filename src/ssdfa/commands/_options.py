@@ -58,6 +58,9 @@ def add_training_options(p: argparse.ArgumentParser, *, method: bool = True) -> 
                    help="drtp: update each block during the forward pass (memory flat in depth)")
     g.add_argument("--train-only", default=S, metavar="LAYERS",
                    help="e.g. fc: train only the fully connected layers")
+    g.add_argument("--init-from", default=S, metavar="RUN_DIR",
+                   help="start from a finished run's weights; with --train-only fc only the "
+                        "frozen layers are taken (transfer learning, SSDFA Table V)")
     g.add_argument("--alignment", type=int, default=S, metavar="K",
                    help="log alignment angles with BP every K epochs (0 = off)")
 
