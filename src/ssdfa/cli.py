@@ -39,11 +39,12 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from .feedback import FeedbackConfigError
     from .rules import RuleOptionError
     from .rundir import RunDirError
+    from .sweep import SweepError
     from .training import ConfigError
     from .validate import UnsupportedModelError
 
     return (UserError, ConfigError, DatasetError, RuleOptionError, FeedbackConfigError,
-            UnsupportedModelError, CheckpointError, RunDirError)
+            UnsupportedModelError, CheckpointError, RunDirError, SweepError)
 
 
 def _diverged() -> type[BaseException]:

@@ -21,7 +21,7 @@ from typing import Callable
 
 from .rundir import locked, write_text_atomic
 
-__all__ = ["cell_problem", "run_sweep", "aggregate", "final_angles", "cell_dir"]
+__all__ = ["SweepError", "cell_problem", "run_sweep", "aggregate", "final_angles", "cell_dir"]
 
 CSV_FIELDS = ("rank", "sparsity", "connections", "seed", "test_acc", "best_test_acc",
               "angle_eq14", "angle_delta", "run_dir")
@@ -75,6 +75,32 @@ def _train_with_api(fields: dict) -> dict:
     return run(TrainConfig(**fields))
 
 
+class SweepError(ValueError):
+    """A sweep directory holds cells of another setup."""
+
+
+# settings that may differ between the run that made a cell and the sweep reading it
+_MAY_DIFFER = ("out_dir", "device", "threads", "data_dir", "download")
+
+
+def _check_same_settings(cell: Path, fields: dict) -> None:
+    """A finished cell is reused only if it was trained with these settings: a sweep never
+    mixes runs of different setups under one table."""
+    saved = _read_json(cell / "config.json", None)
+    if not isinstance(saved, dict):
+        return  # made by a custom trainer without config.json: nothing to compare
+    import dataclasses
+
+    from .training import TrainConfig
+
+    want = dataclasses.asdict(TrainConfig(**fields))
+    differ = [f"{k}: {saved.get(k)!r} there, {v!r} now" for k, v in want.items()
+              if k not in _MAY_DIFFER and v is not None and k in saved and saved[k] != v]
+    if differ:
+        raise SweepError(f"{cell} was trained with other settings ({'; '.join(differ[:3])}); "
+                         "give the sweep another directory, or delete that cell to retrain it")
+
+
 def _read_json(path: Path, default):
     try:
         return json.loads(path.read_text())
@@ -108,12 +134,13 @@ def _sweep(out: Path, base, ranks, sparsities, seeds, num_classes, train, log) -
             for seed in seeds:
                 d = cell_dir(out, int(r), float(s), int(seed))
                 summary_path = d / "summary.json"
+                fields = dict(base, rank=int(r), seed=int(seed), out_dir=str(d),
+                              sparsity=float(s))
                 if summary_path.exists():
+                    _check_same_settings(d, fields)
                     log(f"done already: rank={r} sparsity={s:g} seed={seed}")
                 else:
                     log(f"running rank={r} sparsity={s:g} seed={seed} -> {d}")
-                    fields = dict(base, rank=int(r), seed=int(seed), out_dir=str(d),
-                                  sparsity=float(s))
                     summary = train(fields)
                     d.mkdir(parents=True, exist_ok=True)
                     if not summary_path.exists():  # the API writes it; make sure it is there

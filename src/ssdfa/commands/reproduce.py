@@ -10,8 +10,10 @@ vs ours**; it is printed and written to ``results.md`` and ``results.json``.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ..cli import UserError
@@ -59,7 +61,7 @@ def run(args) -> int:
     if args.list:
         for n in names():
             exp = get(n)
-            print(f"{n:22} {exp.title} [{exp.source}]")
+            print(f"{n:24} {exp.title} [{exp.source}]")
         return 0
     exp = _experiment(args.name)
     if args.seeds < 1:
@@ -91,7 +93,7 @@ def _train(exp: Experiment, args) -> int:
     from ..rundir import locked
     from ..training import TrainConfig, pick_device
     from ._options import logger, show_progress
-    from .compare import check_methods, train_all
+    from .compare import check_methods
 
     budget = exp.quick if args.quick else exp.full
     epochs = args.epochs if args.epochs is not None else budget.epochs
@@ -101,36 +103,161 @@ def _train(exp: Experiment, args) -> int:
     base = TrainConfig(**(exp.train_options() | {"dataset": dataset}), epochs=epochs,
                        limit_train=limit, seed=args.seed, device=args.device,
                        threads=args.threads, data_dir=args.data_dir)
-    methods = list(exp.methods)
-    check_methods(base, methods)
+    for _, method, extra in exp.rows():
+        check_methods(replace(base, **extra), [method])
     pick_device(base.device)
     log = logger(args)
     if note:
         log(f"note: {note}")
+    budget_text = (f"{epochs} epoch(s) (paper: {exp.full.epochs}), {args.seeds} seed(s) from "
+                   f"{args.seed}, training set {'first ' + str(limit) if limit else 'full'}"
+                   f"{', quick budget' if args.quick else ''}")
+    payload = {"experiment": exp.name, "title": exp.title, "citation": exp.citation,
+               "source": exp.source, "metric": exp.metric, "dataset": dataset,
+               "stand_in": note, "budget": {"epochs": epochs, "seeds": args.seeds,
+                                            "first_seed": args.seed, "limit_train": limit,
+                                            "quick": bool(args.quick)},
+               "notes": exp.notes, "claims": exp.claims}
     with locked(out_dir) as out:
-        results, seconds = train_all(base, methods, args.seeds, args.seed, out, log,
-                                     show_progress(args))
-        budget_text = (f"{epochs} epoch(s) (paper: {exp.full.epochs}), {args.seeds} seed(s) from "
-                       f"{args.seed}, training set {'first ' + str(limit) if limit else 'full'}"
-                       f"{', quick budget' if args.quick else ''}")
-        rows = rows_for(exp, results)
-        payload = {"experiment": exp.name, "title": exp.title, "citation": exp.citation,
-                   "source": exp.source, "metric": exp.metric, "dataset": dataset,
-                   "stand_in": note, "budget": {"epochs": epochs, "seeds": args.seeds,
-                                                "first_seed": args.seed, "limit_train": limit,
-                                                "quick": bool(args.quick)},
-                   "seconds": round(seconds, 2), "notes": exp.notes, "rows": rows}
-        text = markdown(exp, rows, dataset, note, budget_text)
+        if exp.kind == "sweep":
+            payload, text, seconds, failed = _sweep(exp, base, args, out, log, payload, budget_text)
+        else:
+            results, seconds = _train_rows(exp, base, args, out, log, show_progress(args))
+            rows = rows_for(exp, results)
+            payload |= {"seconds": round(seconds, 2), "rows": rows}
+            text = markdown(exp, rows, dataset, note, budget_text)
+            failed = any(r["status"] != "finished" for rs in results.values() for r in rs)
         _publish(out, text, payload)
     _report(args, out, text, payload, seconds)
-    diverged = any(r["status"] != "finished" for rs in results.values() for r in rs)
-    return 3 if diverged else 0
+    return 3 if failed else 0
+
+
+def _train_rows(exp: Experiment, base, args, out: Path, log, progress: bool):
+    """Every row's runs: ``out/<method>/seed<k>`` for a plain row, ``out/<label>/...`` for a
+    variant; kind="transfer" first trains ``out/pretrain/<pretrain>/seed<k>`` and starts each
+    row from its seed's pretrained conv layers, frozen."""
+    from .compare import train_all
+
+    results: dict[str, list[dict]] = {}
+    t0 = time.perf_counter()
+    seeds = range(args.seed, args.seed + args.seeds)
+    pre = {}
+    if exp.kind == "transfer":
+        log(f"== pretraining every layer with {exp.pretrain} ==")
+        got, _ = train_all(base, [exp.pretrain], args.seeds, args.seed, out / "pretrain", log,
+                           progress)
+        results[PRETRAIN_ROW] = got[exp.pretrain]
+        pre = {s: str(out / "pretrain" / exp.pretrain / f"seed{s}") for s in seeds}
+    for label, method, extra in exp.rows():
+        where = out if label == method else out / label
+        row_base = replace(base, **extra)
+        if exp.kind == "transfer":
+            results[label] = []
+            for s in seeds:
+                cfg = replace(row_base, train_only="fc", init_from=pre[s])
+                results[label] += train_all(cfg, [method], 1, s, where, log, progress)[0][method]
+        else:
+            results[label] = train_all(row_base, [method], args.seeds, args.seed, where, log,
+                                       progress)[0][method]
+    return results, time.perf_counter() - t0
+
+
+PRETRAIN_ROW = "pretrain (bp, all layers)"
+
+
+def _sweep(exp: Experiment, base, args, out: Path, log, payload: dict, budget_text: str):
+    """kind="sweep": the rank × sparsity grid (``ssdfa sweep``), cells under ``out/cells``."""
+    from dataclasses import asdict
+
+    from ..sweep import run_sweep
+
+    t0 = time.perf_counter()
+    fields = {k: v for k, v in asdict(base).items()
+              if k in ("dataset", "model", "epochs", "batch_size", "optimizer", "lr", "momentum",
+                       "weight_decay", "schedule", "loss", "limit_train", "device", "threads",
+                       "data_dir") and v is not None}
+    fields |= {"method": exp.methods[0], "alignment": base.epochs}  # angle after the last epoch
+    from ..cost import DATASET_SHAPES
+
+    classes = DATASET_SHAPES[base.dataset.replace("-", "").replace("_", "")][1]
+    res = run_sweep(out, fields, exp.ranks, exp.sparsities, range(args.seed, args.seed + args.seeds),
+                    classes, log=log)
+    seconds = time.perf_counter() - t0
+    cells = res["cells"]
+    failed = any(not math.isfinite(c["test_acc_mean"]) for c in cells)
+    payload = payload | {"seconds": round(seconds, 2), "cells": cells, "skipped": res["skipped"],
+                         "trend": sweep_trend(cells)}
+    return payload, sweep_markdown(exp, cells, res["skipped"], payload["trend"],
+                                   base.dataset, payload["stand_in"], budget_text, classes), \
+        seconds, failed
+
+
+def sweep_trend(cells: list[dict]) -> dict:
+    """What Figs. 5-6 claim, measured: accuracy against rank (dense B) and against sparsity
+    (full rank), and the correlation of accuracy with angle over all cells."""
+    def acc(c):
+        return 100.0 * c["test_acc_mean"]
+
+    dense = sorted((c for c in cells if c["sparsity"] == 0), key=lambda c: c["rank"])
+    full = max((c["rank"] for c in cells), default=None)
+    at_full = sorted((c for c in cells if c["rank"] == full), key=lambda c: c["sparsity"])
+    pairs = [(acc(c), c["angle_eq14_mean"]) for c in cells
+             if math.isfinite(c["test_acc_mean"]) and math.isfinite(c["angle_eq14_mean"])]
+    return {
+        "accuracy_by_rank_dense": {c["rank"]: acc(c) for c in dense},
+        "rank_gain_dense": (acc(dense[-1]) - acc(dense[0])) if len(dense) > 1 else None,
+        "accuracy_by_sparsity_full_rank": {c["sparsity"]: acc(c) for c in at_full},
+        "sparsity_spread_full_rank": (max(map(acc, at_full)) - min(map(acc, at_full))
+                                      if at_full else None),
+        "corr_accuracy_angle": _pearson(pairs),
+    }
+
+
+def _pearson(pairs):
+    if len(pairs) < 3:
+        return None
+    xs, ys = zip(*pairs)
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sx = math.sqrt(sum((x - mx) ** 2 for x in xs))
+    sy = math.sqrt(sum((y - my) ** 2 for y in ys))
+    if sx == 0 or sy == 0:
+        return None
+    return sum((x - mx) * (y - my) for x, y in pairs) / (sx * sy)
+
+
+def sweep_markdown(exp: Experiment, cells, skipped, trend, dataset, note, budget,
+                   classes: int = 10) -> str:
+    lines = [f"# ssdfa reproduce {exp.name}: {exp.title}", "",
+             f"Paper: {exp.citation}, {exp.source}.", f"Paper reports: {exp.claims}",
+             f"Ran: {dataset}; {budget}."]
+    if note:
+        lines.append(f"Note: {note}.")
+    lines += ["", "| rank | sparsity | connections | runs | test accuracy (%), mean ± std | "
+                  "angle Eq. 14 (deg), mean ± std |", "|---|---|---|---|---|---|"]
+    for c in cells:
+        lines.append(f"| {c['rank']} | {c['sparsity']:g} | {round((1 - c['sparsity']) * classes)} | {c['n']} | "
+                     f"{_num(_pct(c['test_acc_mean']))} ± {_num(_pct(c['test_acc_std']))} | "
+                     f"{_num(c['angle_eq14_mean'], 1)} ± {_num(c['angle_eq14_std'], 1)} |")
+    if skipped:
+        lines += ["", "Not run (as in the paper): " + "; ".join(
+            f"rank {s['rank']} sparsity {s['sparsity']:g}" for s in skipped) + "."]
+    gain, spread, corr = (trend["rank_gain_dense"], trend["sparsity_spread_full_rank"],
+                          trend["corr_accuracy_angle"])
+    lines += ["", f"Measured: accuracy gain from the lowest to the highest rank (dense B) "
+                  f"{_num(gain, sign=True)} points; spread over sparsity at full rank "
+                  f"{_num(spread)} points; correlation of accuracy with angle over cells "
+                  f"{_num(corr)}.", "", f"Setup: {exp.notes}"]
+    return "\n".join(lines)
+
+
+def _pct(v):
+    return None if v is None or not math.isfinite(v) else 100.0 * v
 
 
 def _ours(runs: list[dict], metric: str) -> tuple[float | None, float | None, int]:
-    """Mean and sample std over finished runs of test accuracy or error, in %."""
-    vals = [100.0 * r["final_test_acc"] for r in runs
-            if r.get("status") == "finished" and r.get("final_test_acc") is not None]
+    """Mean and sample std over finished runs of test accuracy or error (in %), or test loss."""
+    key, scale = ("final_test_loss", 1.0) if metric == "loss" else ("final_test_acc", 100.0)
+    vals = [scale * r[key] for r in runs if r.get("status") == "finished" and r.get(key) is not None]
     if metric == "error":
         vals = [100.0 - v for v in vals]
     if not vals:
@@ -139,12 +266,13 @@ def _ours(runs: list[dict], metric: str) -> tuple[float | None, float | None, in
 
 
 def rows_for(exp: Experiment, results: dict[str, list[dict]]) -> list[dict]:
-    """One row per method: paper, ours (mean, std, n), gap to BP (method - BP) of each."""
+    """One row per label: paper, ours (mean, std, n), gap to BP (label - BP) of each."""
     paper = exp.paper()
     ours = {m: _ours(rs, exp.metric) for m, rs in results.items()}
     bp_paper, bp_ours = paper.get("bp"), ours.get("bp", (None,))[0]
     rows = []
-    for m in exp.methods:
+    labels = ([PRETRAIN_ROW] if PRETRAIN_ROW in results else []) + exp.labels()
+    for m in labels:
         mean, std, n = ours.get(m, (None, None, 0))
         p = paper.get(m)
         rows.append({
@@ -163,20 +291,25 @@ def _num(v, digits=2, sign=False) -> str:
 
 
 def markdown(exp: Experiment, rows: list[dict], dataset: str, note: str | None, budget: str) -> str:
-    what = "test accuracy" if exp.metric == "accuracy" else "test error"
+    what, unit = {"accuracy": ("test accuracy", " (%)"), "error": ("test error", " (%)"),
+                  "loss": ("test loss", "")}[exp.metric]
     lines = [f"# ssdfa reproduce {exp.name}: {exp.title}", "",
-             f"Paper: {exp.citation}, {exp.source}. Metric: {what} (%); gap = method − BP.",
+             f"Paper: {exp.citation}, {exp.source}. Metric: {what}{unit}; gap = method − BP.",
              f"Ran: {dataset}; {budget}."]
+    if exp.claims:
+        lines.append(f"Paper reports: {exp.claims}")
     if note:
         lines.append(f"Note: {note}.")
-    lines += ["", f"| method | paper {what} (%) | ours {what} (%), mean ± std | "
+    digits = 4 if exp.metric == "loss" else 2
+    lines += ["", f"| method | paper {what}{unit} | ours {what}{unit}, mean ± std | "
                   "gap to BP: paper | gap to BP: ours |", "|---|---|---|---|---|"]
     for r in rows:
-        ours = "—" if r["ours_mean"] is None else f"{r['ours_mean']:.2f} ± {r['ours_std']:.2f}"
+        ours = ("—" if r["ours_mean"] is None
+                else f"{r['ours_mean']:.{digits}f} ± {r['ours_std']:.{digits}f}")
         if r["ours_runs"] < r["runs"]:
             ours += f" ({r['runs'] - r['ours_runs']}/{r['runs']} diverged)"
         lines.append(f"| {r['method']} | {_num(r['paper'])} | {ours} | "
-                     f"{_num(r['gap_paper'], sign=True)} | {_num(r['gap_ours'], sign=True)} |")
+                     f"{_num(r['gap_paper'], sign=True)} | {_num(r['gap_ours'], digits, sign=True)} |")
     lines += ["", f"Setup: {exp.notes}"]
     return "\n".join(lines)
 
