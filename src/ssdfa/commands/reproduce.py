@@ -169,6 +169,7 @@ def _sweep(exp: Experiment, base, args, out: Path, log, payload: dict, budget_te
     """kind="sweep": the rank × sparsity grid (``ssdfa sweep``), cells under ``out/cells``."""
     from dataclasses import asdict
 
+    from ..cost import DATASET_SHAPES
     from ..sweep import run_sweep
 
     t0 = time.perf_counter()
@@ -177,8 +178,6 @@ def _sweep(exp: Experiment, base, args, out: Path, log, payload: dict, budget_te
                        "weight_decay", "schedule", "loss", "limit_train", "device", "threads",
                        "data_dir") and v is not None}
     fields |= {"method": exp.methods[0], "alignment": base.epochs}  # angle after the last epoch
-    from ..cost import DATASET_SHAPES
-
     classes = DATASET_SHAPES[base.dataset.replace("-", "").replace("_", "")][1]
     res = run_sweep(out, fields, exp.ranks, exp.sparsities, range(args.seed, args.seed + args.seeds),
                     classes, log=log)
