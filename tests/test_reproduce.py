@@ -94,6 +94,15 @@ def test_every_experiment_row_is_a_valid_training_setup(name):
     assert len(set(exp.labels())) == len(exp.labels())
 
 
+def payload_acc(payload, method) -> float:
+    """The test accuracy of ``method``'s one run, read from its own summary.json."""
+    out = payload["out_dir"]
+    from pathlib import Path
+
+    folder = Path(out) / method if (Path(out) / method / "seed0").is_dir() else Path(out) / method / method
+    return json.loads((folder / "seed0" / "summary.json").read_text())["final_test_acc"]
+
+
 def _check_table(exp_name: str, payload: dict, out_dir) -> None:
     exp = E.get(exp_name)
     rows = _table((out_dir / "results.md").read_text())
@@ -101,21 +110,24 @@ def _check_table(exp_name: str, payload: dict, out_dir) -> None:
     assert list(rows) == pretrain + exp.labels()
     for method, cells in rows.items():
         paper, ours = cells[0], cells[1]
-        if method in pretrain:
+        if method in pretrain or method not in exp.paper():
             assert paper == "—"
         else:
             assert float(paper) == pytest.approx(exp.paper()[method])
         mean, std = (float(v) for v in ours.split(" ± "))
         assert 0 <= mean <= 100 and std == 0.0  # one seed
+        if exp.metric == "error":
+            assert mean == pytest.approx(
+                100 - 100 * payload_acc(payload, method), abs=0.006)
     saved = json.loads((out_dir / "results.json").read_text())
     assert saved["rows"] == payload["rows"]
-    assert {r["method"]: r["paper"] for r in saved["rows"] if r["method"] not in pretrain} == \
-        exp.paper()
+    assert {r["method"]: r["paper"] for r in saved["rows"]
+            if r["method"] not in pretrain and r["paper"] is not None} == exp.paper()
     bp = next(r for r in saved["rows"] if r["method"] == "bp")
     for r in saved["rows"]:
         if r["method"] != "bp":
             assert r["gap_ours"] == pytest.approx(r["ours_mean"] - bp["ours_mean"])
-        if r["method"] not in pretrain + ["bp"]:
+        if r["method"] not in pretrain + ["bp"] and r["paper"] is not None:
             assert r["gap_paper"] == pytest.approx(r["paper"] - bp["paper"])
 
 
@@ -264,3 +276,18 @@ def test_cifar_rows_need_their_data(tmp_path, capsys):
                  "--out-dir", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "dataset 'cifar10' not found" in err
+
+
+_COVERED = {"drtp-classification", "ssdfa-fc", "dkp-table1", "ssdfa-transfer", "ssdfa-rank",
+            "drtp-regression"}  # run above with extra checks
+
+
+@pytest.mark.parametrize("name", [n for n in E.names() if E.get(n).kind in ("train", "transfer")
+                                  and n not in _COVERED and "cifar" not in n])
+def test_every_runnable_experiment_quick(name, tmp_path, capsys, fake_fashion):
+    """Generated from the registry: every experiment whose data can be present here runs its
+    quick budget end to end and tabulates each of its rows."""
+    out = tmp_path / name
+    code, payload = _reproduce(capsys, [name, "--out-dir", str(out), "--data-dir", str(fake_fashion)])
+    assert code == 0
+    _check_table(name, payload, out)
