@@ -10,8 +10,12 @@ import pytest
 import torch
 
 from ssdfa.cli import main
+from ssdfa.data import load_dataset
 from ssdfa.models import create_model
-from ssdfa.pipeline import (PipelineError, boundary_widths, expected_bytes, stage_blocks)
+from ssdfa.pipeline import (PipelineConfig, PipelineError, _feedback_grads, _forward_blocks,
+                            boundary_widths, build_net, build_stage, expected_bytes,
+                            make_optimizer, max_feedback_difference, max_weight_difference,
+                            model_feedback, run_pipeline, single_process, stage_blocks)
 
 
 def _reports(capsys, argv):
@@ -66,10 +70,51 @@ def test_three_stages_two_hidden_blocks_dfa_ssdfa(capsys):
 @pytest.mark.parametrize("argv, words", [
     (["--stages", "3"], "more than the model's 2 weight layers"),
     (["--stages", "0"], "--stages must be at least 1"),
-    (["--methods", "bp,kp"], "choose from bp, dfa, sdfa, ssdfa, drtp"),
+    (["--methods", "bp,kp"], "choose from bp, dfa, sdfa, ssdfa, dkp, drtp"),
+    (["--feedback-lr", "-1"], "--feedback-lr must be a finite number >= 0"),
     (["--micro-batches", "64"], "--micro-batches must be 1..--batch-size"),
 ])
 def test_bad_arguments_one_line_exit_2(capsys, argv, words):
     assert main(["pipeline", "--dataset", "digits", "--steps", "1", *argv]) == 2
     err = capsys.readouterr().err
     assert words in err and len(err.strip().splitlines()) == 1
+
+
+def test_dkp_three_stages_match_one_process_weights_and_feedback():
+    # dkp learns B_l on each stage from the broadcast e and its own h_l: after K-stage training
+    # both W and every B_l equal one-process dkp (ssdfa.convert(net, "dkp")), and the B_l moved
+    cfg = PipelineConfig(dataset="digits", model="drtp-fc2-500", stages=3, method="dkp",
+                         steps=3, batch_size=16, micro_batches=4, seed=3, feedback_lr=0.5,
+                         feedback_weight_decay=0.1)
+    report, net, feedback = run_pipeline(cfg)
+    one_net, one_feedback = single_process(cfg)
+    start = model_feedback(build_net(cfg, load_dataset("digits"))[1], (1, 8, 8), 10, "dkp", 3)
+    assert [b.shape for b in feedback] == [(10, 500), (10, 500)]
+    assert min(float((b - b0.detach()).abs().max()) for b, b0 in zip(feedback, start)) > 1e-3
+    assert max_weight_difference(net, one_net) < 1e-5
+    assert max_feedback_difference(feedback, one_feedback) < 1e-5
+    # same bytes as dfa: learning B sends nothing more
+    assert report["bytes_per_step"] == report["expected_bytes_per_step"] == \
+        expected_bytes("dfa", [500, 500], 16, 10) == 2 * 16 * 500 * 4 + 2 * 16 * 10 * 4
+
+
+def test_dkp_stage_feedback_update_is_the_formula():
+    # one stage's B step, by hand: ΔB = -η_B·(eᵀh + wd·B), h = tanh(x W1ᵀ + b1), summed over
+    # micro-batches (e of each micro-batch is its share of the full-batch mean-loss gradient)
+    torch.manual_seed(0)
+    net = create_model("drtp-fc2-500", (1, 8, 8), 10)
+    fb = [torch.randn(10, 500).requires_grad_(True), torch.randn(10, 500).requires_grad_(True)]
+    stage = build_stage(net, 0, 3, fb)
+    b0, b1 = fb[0].detach().clone(), fb[1].detach().clone()
+    x, e = torch.randn(6, 1, 8, 8), torch.randn(6, 10)
+    cfg = PipelineConfig(lr=0.1, feedback_lr=0.3, feedback_weight_decay=0.05)
+    opt = make_optimizer(cfg, stage.parameters(), stage.learned_feedback())
+    for xm, em in zip(x.chunk(2), e.chunk(2)):
+        _feedback_grads(stage, _forward_blocks(stage, xm, cut=True), em)
+    opt.step()
+    w, bias = net[1].weight.detach(), net[1].bias.detach()  # no backward ran: W has no grad
+    h = torch.tanh(x.reshape(6, 64) @ w.t() + bias)
+    want = b0 - 0.3 * (e.t() @ h + 0.05 * b0)
+    assert torch.allclose(fb[0].detach(), want, atol=1e-6)
+    assert stage.learned_feedback() == [fb[0]]  # stage 0 owns B_1 only
+    assert torch.equal(fb[1].detach(), b1)
