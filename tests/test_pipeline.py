@@ -5,9 +5,12 @@ boundary of 400 features; drtp-fc2-500 on digits: 64-500-500-10, boundaries of 5
 """
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 from ssdfa.cli import main
 from ssdfa.data import load_dataset
@@ -15,7 +18,8 @@ from ssdfa.models import create_model
 from ssdfa.pipeline import (PipelineConfig, PipelineError, _feedback_grads, _forward_blocks,
                             boundary_widths, build_net, build_stage, expected_bytes,
                             make_optimizer, max_feedback_difference, max_weight_difference,
-                            model_feedback, run_pipeline, single_process, stage_blocks)
+                            model_feedback, run_pipeline, single_process, stage_blocks,
+                            worker_failure)
 
 
 def _reports(capsys, argv):
@@ -118,3 +122,37 @@ def test_dkp_stage_feedback_update_is_the_formula():
     assert torch.allclose(fb[0].detach(), want, atol=1e-6)
     assert stage.learned_feedback() == [fb[0]]  # stage 0 owns B_1 only
     assert torch.equal(fb[1].detach(), b1)
+
+
+def test_worker_failure_is_one_line_with_the_stage_and_its_error():
+    # a natural input that only fails inside a worker: dkp-cnn's FC BatchNorm1d sits on stage 1,
+    # and --micro-batches 4 of a batch of 4 hands it one example (the parent's probe is in eval).
+    # A real process, so that stderr is all the user sees (logging included, which pytest hides)
+    argv = ["pipeline", "--stages", "2", "--methods", "dfa", "--dataset", "digits", "--model",
+            "dkp-cnn", "--steps", "1", "--batch-size", "4", "--micro-batches", "4", "--json"]
+    done = subprocess.run([sys.executable, "-m", "ssdfa", *argv], capture_output=True, text=True,
+                          timeout=300)
+    out, err = done.stdout, done.stderr
+    assert done.returncode == 2, err
+    assert out == "" and len(err.strip().splitlines()) == 1, err
+    assert "pipeline stage 1 of 2 (dfa, model dkp-cnn) failed: ValueError: Expected more than " \
+           "1 value per channel when training" in err
+    assert "Fix the input it names" in err and "Traceback" not in err
+
+
+def test_worker_failure_names_the_first_stage_to_fail(tmp_path):
+    # a stage that fails makes its neighbours fail after it (closed connection): the earliest
+    # recorded error is the cause, whatever order spawn noticed the exits in
+    cfg = PipelineConfig(stages=3, method="bp", model="drtp-fc2-500")
+    for rank, t, msg in [(0, 2.0, "Connection closed by peer"), (2, 1.0, "shape mismatch\nat x"),
+                         (1, 3.0, "Connection closed by peer")]:
+        (tmp_path / f"rank{rank}.error.json").write_text(json.dumps(
+            {"rank": rank, "time": t, "type": "RuntimeError", "message": msg}))
+    exc = worker_failure(cfg, str(tmp_path), mp.ProcessRaisedException("x", 0, 1))
+    assert str(exc).startswith("pipeline stage 2 of 3 (bp, model drtp-fc2-500) failed: "
+                               "RuntimeError: shape mismatch; at x; ")
+    empty = tmp_path / "none"
+    empty.mkdir()  # killed by a signal: no error recorded, spawn's own words
+    exc = worker_failure(cfg, str(empty), mp.ProcessExitedException(
+        "process 1 terminated with signal SIGKILL", 1, 1, -9, "SIGKILL"))
+    assert "stage 1 of 3" in str(exc) and "terminated with signal SIGKILL" in str(exc)

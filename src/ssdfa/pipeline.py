@@ -31,6 +31,8 @@ once per receiving stage); :func:`expected_bytes` is the formula the counts are 
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 import socket
@@ -350,41 +352,84 @@ def build_net(cfg: PipelineConfig, data):
     return name, net
 
 
-def _worker(rank: int, cfg: PipelineConfig, port: int, outdir: str):
-    from .data import load_dataset
+def _record_failure(outdir: str, rank: int, exc: BaseException):
+    """Leave the stage's own error for :func:`run_pipeline` (the first one written is the cause)."""
+    with open(os.path.join(outdir, f"rank{rank}.error.json"), "w") as f:
+        json.dump({"rank": rank, "time": time.time(), "type": type(exc).__name__,
+                   "message": str(exc)}, f)
 
-    torch.set_num_threads(cfg.threads)
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=cfg.stages)
+
+def _worker(rank: int, cfg: PipelineConfig, port: int, outdir: str):
     try:
-        data = load_dataset(cfg.dataset)
-        _, net = build_net(cfg, data)
-        fb = model_feedback(net, data.input_shape, data.num_classes, cfg.method, cfg.seed)
-        stage = build_stage(net, rank, cfg.stages, fb)
-        shapes = boundary_shapes(net, data.input_shape, cfg.stages)
-        in_shape = tuple(data.input_shape) if rank == 0 else shapes[rank - 1]
-        opt = make_optimizer(cfg, stage.parameters(), stage.learned_feedback())
-        comm = Comm(cfg.stages)
-        batches = _batches(len(data.train), cfg.batch_size, cfg.steps, cfg.seed)
-        dist.barrier()
-        t0 = time.perf_counter()
-        for idx in batches:
-            x, y = data.train.batch(idx)
-            _step(stage, comm, cfg.method, x if stage.first else None,
-                  y if stage.last else None, len(idx), cfg.micro_batches, data.num_classes,
-                  in_shape, opt)
-        dist.barrier()
-        seconds = time.perf_counter() - t0
-        first_block = sum(len(g) for g in stage_blocks(net, cfg.stages)[:rank])
-        torch.save({"rank": rank, "sent": comm.sent, "wait": comm.wait, "seconds": seconds,
-                    "state": {i: net[i].state_dict()
-                              for b in stage_blocks(net, cfg.stages)[rank] for i in b},
-                    "feedback": {first_block + j: b.detach().clone()
-                                 for j, b in enumerate(stage.feedback) if b is not None}},
-                   os.path.join(outdir, f"rank{rank}.pt"))
+        torch.set_num_threads(cfg.threads)
+        os.environ["MASTER_ADDR"] = "127.0.0.1"
+        os.environ["MASTER_PORT"] = str(port)
+        dist.init_process_group("gloo", rank=rank, world_size=cfg.stages)
+    except Exception as exc:
+        _record_failure(outdir, rank, exc)
+        raise
+    try:
+        _train_stage(rank, cfg, outdir)
+    except Exception as exc:
+        _record_failure(outdir, rank, exc)
+        raise
     finally:
         dist.destroy_process_group()
+
+
+def _train_stage(rank: int, cfg: PipelineConfig, outdir: str):
+    """Stage ``rank``'s whole training; its counts, time and trained weights go to ``outdir``."""
+    from .data import load_dataset
+
+    data = load_dataset(cfg.dataset)
+    _, net = build_net(cfg, data)
+    fb = model_feedback(net, data.input_shape, data.num_classes, cfg.method, cfg.seed)
+    stage = build_stage(net, rank, cfg.stages, fb)
+    shapes = boundary_shapes(net, data.input_shape, cfg.stages)
+    in_shape = tuple(data.input_shape) if rank == 0 else shapes[rank - 1]
+    opt = make_optimizer(cfg, stage.parameters(), stage.learned_feedback())
+    comm = Comm(cfg.stages)
+    batches = _batches(len(data.train), cfg.batch_size, cfg.steps, cfg.seed)
+    dist.barrier()
+    t0 = time.perf_counter()
+    for idx in batches:
+        x, y = data.train.batch(idx)
+        _step(stage, comm, cfg.method, x if stage.first else None,
+              y if stage.last else None, len(idx), cfg.micro_batches, data.num_classes,
+              in_shape, opt)
+    dist.barrier()
+    seconds = time.perf_counter() - t0
+    first_block = sum(len(g) for g in stage_blocks(net, cfg.stages)[:rank])
+    torch.save({"rank": rank, "sent": comm.sent, "wait": comm.wait, "seconds": seconds,
+                "state": {i: net[i].state_dict()
+                          for b in stage_blocks(net, cfg.stages)[rank] for i in b},
+                "feedback": {first_block + j: b.detach().clone()
+                             for j, b in enumerate(stage.feedback) if b is not None}},
+               os.path.join(outdir, f"rank{rank}.pt"))
+
+
+def worker_failure(cfg: PipelineConfig, outdir: str, exc) -> PipelineError:
+    """One line for a failed run: the stage whose error came first, its own message, what to do.
+
+    When one stage fails the others may fail after it (a closed connection in recv); the
+    error each stage recorded carries a time, and the earliest is the cause.
+    """
+    found = []
+    for r in range(cfg.stages):
+        path = os.path.join(outdir, f"rank{r}.error.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                found.append(json.load(f))
+    if found:
+        first = min(found, key=lambda d: d["time"])
+        rank, what = first["rank"], f"{first['type']}: {first['message']}"
+    else:  # killed or exited without a Python exception (a signal, out of memory)
+        rank, what = exc.error_index, str(exc).strip()
+    what = "; ".join(ln.strip() for ln in what.splitlines() if ln.strip())
+    return PipelineError(
+        f"pipeline stage {rank} of {cfg.stages} ({cfg.method}, model {cfg.model or 'default'}) "
+        f"failed: {what}; the other stages were stopped and nothing was kept. Fix the input "
+        f"it names (--model, --stages, --batch-size, --micro-batches) and run again")
 
 
 def free_port() -> int:
@@ -414,7 +459,17 @@ def run_pipeline(cfg: PipelineConfig):
     name, net = build_net(cfg, data)
     widths = boundary_widths(net, data.input_shape, cfg.stages)  # checks --stages
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_worker, args=(cfg, free_port(), tmp), nprocs=cfg.stages, join=True)
+        # when a stage fails, spawn stops the others and logs a warning per stage it stops;
+        # the one-line error below says so, so that warning is held back
+        spawn_log = logging.getLogger("torch.multiprocessing.spawn")
+        level = spawn_log.level
+        spawn_log.setLevel(logging.ERROR)
+        try:
+            mp.spawn(_worker, args=(cfg, free_port(), tmp), nprocs=cfg.stages, join=True)
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
+            raise worker_failure(cfg, tmp, exc) from exc
+        finally:
+            spawn_log.setLevel(level)
         ranks = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(cfg.stages)]
     # assemble the trained net
     for r in ranks:
