@@ -156,3 +156,35 @@ def test_worker_failure_names_the_first_stage_to_fail(tmp_path):
     exc = worker_failure(cfg, str(empty), mp.ProcessExitedException(
         "process 1 terminated with signal SIGKILL", 1, 1, -9, "SIGKILL"))
     assert "stage 1 of 3" in str(exc) and "terminated with signal SIGKILL" in str(exc)
+
+
+def test_json_is_one_object_per_method_with_the_documented_keys():
+    # the CLI as users run it: every stdout line is one method's JSON object, nothing else
+    argv = ["pipeline", "--stages", "2", "--methods", "bp,dfa,dkp,drtp", "--dataset", "digits",
+            "--steps", "1", "--batch-size", "8", "--micro-batches", "2", "--json"]
+    done = subprocess.run([sys.executable, "-m", "ssdfa", *argv], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    reports = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["method"] for r in reports] == ["bp", "dfa", "dkp", "drtp"]
+    keys = {"method", "model", "dataset", "stages", "micro_batches", "batch_size", "steps",
+            "bytes_per_step", "expected_bytes_per_step", "seconds_per_step", "recv_wait_seconds",
+            "test_accuracy", "max_weight_difference", "max_feedback_difference", "tolerance",
+            "matches_single_process"}
+    for r in reports:
+        m = r["method"]
+        assert set(r) == keys, (m, set(r) ^ keys)
+        assert (r["model"], r["dataset"], r["stages"], r["steps"]) == ("digits-fc", "digits", 2, 1)
+        assert type(r["bytes_per_step"]) is int and r["bytes_per_step"] > 0
+        assert r["bytes_per_step"] == r["expected_bytes_per_step"], m
+        assert type(r["seconds_per_step"]) is float and r["seconds_per_step"] > 0
+        waits = r["recv_wait_seconds"]  # one wait per stage, in rank order
+        assert len(waits) == 2 and all(type(w) is float and w >= 0 for w in waits), m
+        assert 0 <= r["test_accuracy"] <= 1
+        assert r["matches_single_process"] is True, m
+        assert 0 <= r["max_weight_difference"] <= r["tolerance"] == 1e-5, m
+        # the B_l are compared wherever there are any; bp has none
+        assert (r["max_feedback_difference"] is None) == (m == "bp"), m
+    by = {r["method"]: r for r in reports}
+    assert by["dkp"]["bytes_per_step"] == by["dfa"]["bytes_per_step"] == 8 * 400 * 4 + 8 * 10 * 4
+    assert by["bp"]["bytes_per_step"] == 2 * 8 * 400 * 4

@@ -71,8 +71,8 @@ def run(args) -> int:
             raise UserError(str(exc).strip("'\"")) from exc
         one_net, one_feedback = single_process(cfg)
         # the match covers the weights and the B_l (dkp learns them; the others must agree too)
-        fb_diff = max_feedback_difference(feedback, one_feedback)
-        diff = max(max_weight_difference(net, one_net), fb_diff)
+        fb_diff = max_feedback_difference(feedback, one_feedback) if feedback else None  # bp: none
+        diff = max(max_weight_difference(net, one_net), fb_diff or 0.0)
         report.update(max_weight_difference=diff, max_feedback_difference=fb_diff,
                       tolerance=args.tolerance, matches_single_process=diff <= args.tolerance)
         reports.append(report)
