@@ -5,13 +5,21 @@ boundary of 400 features; drtp-fc2-500 on digits: 64-500-500-10, boundaries of 5
 """
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 from ssdfa.cli import main
+from ssdfa.data import load_dataset
 from ssdfa.models import create_model
-from ssdfa.pipeline import (PipelineError, boundary_widths, expected_bytes, stage_blocks)
+from ssdfa.pipeline import (PipelineConfig, PipelineError, _feedback_grads, _forward_blocks,
+                            boundary_widths, build_net, build_stage, expected_bytes,
+                            make_optimizer, max_feedback_difference, max_weight_difference,
+                            model_feedback, run_pipeline, single_process, stage_blocks,
+                            worker_failure)
 
 
 def _reports(capsys, argv):
@@ -66,10 +74,117 @@ def test_three_stages_two_hidden_blocks_dfa_ssdfa(capsys):
 @pytest.mark.parametrize("argv, words", [
     (["--stages", "3"], "more than the model's 2 weight layers"),
     (["--stages", "0"], "--stages must be at least 1"),
-    (["--methods", "bp,kp"], "choose from bp, dfa, sdfa, ssdfa, drtp"),
+    (["--methods", "bp,kp"], "choose from bp, dfa, sdfa, ssdfa, dkp, drtp"),
+    (["--feedback-lr", "-1"], "--feedback-lr must be a finite number >= 0"),
     (["--micro-batches", "64"], "--micro-batches must be 1..--batch-size"),
 ])
 def test_bad_arguments_one_line_exit_2(capsys, argv, words):
     assert main(["pipeline", "--dataset", "digits", "--steps", "1", *argv]) == 2
     err = capsys.readouterr().err
     assert words in err and len(err.strip().splitlines()) == 1
+
+
+def test_dkp_three_stages_match_one_process_weights_and_feedback():
+    # dkp learns B_l on each stage from the broadcast e and its own h_l: after K-stage training
+    # both W and every B_l equal one-process dkp (ssdfa.convert(net, "dkp")), and the B_l moved
+    cfg = PipelineConfig(dataset="digits", model="drtp-fc2-500", stages=3, method="dkp",
+                         steps=3, batch_size=16, micro_batches=4, seed=3, feedback_lr=0.5,
+                         feedback_weight_decay=0.1)
+    report, net, feedback = run_pipeline(cfg)
+    one_net, one_feedback = single_process(cfg)
+    start = model_feedback(build_net(cfg, load_dataset("digits"))[1], (1, 8, 8), 10, "dkp", 3)
+    assert [b.shape for b in feedback] == [(10, 500), (10, 500)]
+    assert min(float((b - b0.detach()).abs().max()) for b, b0 in zip(feedback, start)) > 1e-3
+    assert max_weight_difference(net, one_net) < 1e-5
+    assert max_feedback_difference(feedback, one_feedback) < 1e-5
+    # same bytes as dfa: learning B sends nothing more
+    assert report["bytes_per_step"] == report["expected_bytes_per_step"] == \
+        expected_bytes("dfa", [500, 500], 16, 10) == 2 * 16 * 500 * 4 + 2 * 16 * 10 * 4
+
+
+def test_dkp_stage_feedback_update_is_the_formula():
+    # one stage's B step, by hand: ΔB = -η_B·(eᵀh + wd·B), h = tanh(x W1ᵀ + b1), summed over
+    # micro-batches (e of each micro-batch is its share of the full-batch mean-loss gradient)
+    torch.manual_seed(0)
+    net = create_model("drtp-fc2-500", (1, 8, 8), 10)
+    fb = [torch.randn(10, 500).requires_grad_(True), torch.randn(10, 500).requires_grad_(True)]
+    stage = build_stage(net, 0, 3, fb)
+    b0, b1 = fb[0].detach().clone(), fb[1].detach().clone()
+    x, e = torch.randn(6, 1, 8, 8), torch.randn(6, 10)
+    cfg = PipelineConfig(lr=0.1, feedback_lr=0.3, feedback_weight_decay=0.05)
+    opt = make_optimizer(cfg, stage.parameters(), stage.learned_feedback())
+    for xm, em in zip(x.chunk(2), e.chunk(2)):
+        _feedback_grads(stage, _forward_blocks(stage, xm, cut=True), em)
+    opt.step()
+    w, bias = net[1].weight.detach(), net[1].bias.detach()  # no backward ran: W has no grad
+    h = torch.tanh(x.reshape(6, 64) @ w.t() + bias)
+    want = b0 - 0.3 * (e.t() @ h + 0.05 * b0)
+    assert torch.allclose(fb[0].detach(), want, atol=1e-6)
+    assert stage.learned_feedback() == [fb[0]]  # stage 0 owns B_1 only
+    assert torch.equal(fb[1].detach(), b1)
+
+
+def test_worker_failure_is_one_line_with_the_stage_and_its_error():
+    # a natural input that only fails inside a worker: dkp-cnn's FC BatchNorm1d sits on stage 1,
+    # and --micro-batches 4 of a batch of 4 hands it one example (the parent's probe is in eval).
+    # A real process, so that stderr is all the user sees (logging included, which pytest hides)
+    argv = ["pipeline", "--stages", "2", "--methods", "dfa", "--dataset", "digits", "--model",
+            "dkp-cnn", "--steps", "1", "--batch-size", "4", "--micro-batches", "4", "--json"]
+    done = subprocess.run([sys.executable, "-m", "ssdfa", *argv], capture_output=True, text=True,
+                          timeout=300)
+    out, err = done.stdout, done.stderr
+    assert done.returncode == 2, err
+    assert out == "" and len(err.strip().splitlines()) == 1, err
+    assert "pipeline stage 1 of 2 (dfa, model dkp-cnn) failed: ValueError: Expected more than " \
+           "1 value per channel when training" in err
+    assert "Fix the input it names" in err and "Traceback" not in err
+
+
+def test_worker_failure_names_the_first_stage_to_fail(tmp_path):
+    # a stage that fails makes its neighbours fail after it (closed connection): the earliest
+    # recorded error is the cause, whatever order spawn noticed the exits in
+    cfg = PipelineConfig(stages=3, method="bp", model="drtp-fc2-500")
+    for rank, t, msg in [(0, 2.0, "Connection closed by peer"), (2, 1.0, "shape mismatch\nat x"),
+                         (1, 3.0, "Connection closed by peer")]:
+        (tmp_path / f"rank{rank}.error.json").write_text(json.dumps(
+            {"rank": rank, "time": t, "type": "RuntimeError", "message": msg}))
+    exc = worker_failure(cfg, str(tmp_path), mp.ProcessRaisedException("x", 0, 1))
+    assert str(exc).startswith("pipeline stage 2 of 3 (bp, model drtp-fc2-500) failed: "
+                               "RuntimeError: shape mismatch; at x; ")
+    empty = tmp_path / "none"
+    empty.mkdir()  # killed by a signal: no error recorded, spawn's own words
+    exc = worker_failure(cfg, str(empty), mp.ProcessExitedException(
+        "process 1 terminated with signal SIGKILL", 1, 1, -9, "SIGKILL"))
+    assert "stage 1 of 3" in str(exc) and "terminated with signal SIGKILL" in str(exc)
+
+
+def test_json_is_one_object_per_method_with_the_documented_keys():
+    # the CLI as users run it: every stdout line is one method's JSON object, nothing else
+    argv = ["pipeline", "--stages", "2", "--methods", "bp,dfa,dkp,drtp", "--dataset", "digits",
+            "--steps", "1", "--batch-size", "8", "--micro-batches", "2", "--json"]
+    done = subprocess.run([sys.executable, "-m", "ssdfa", *argv], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    reports = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["method"] for r in reports] == ["bp", "dfa", "dkp", "drtp"]
+    keys = {"method", "model", "dataset", "stages", "micro_batches", "batch_size", "steps",
+            "bytes_per_step", "expected_bytes_per_step", "seconds_per_step", "recv_wait_seconds",
+            "test_accuracy", "max_weight_difference", "max_feedback_difference", "tolerance",
+            "matches_single_process"}
+    for r in reports:
+        m = r["method"]
+        assert set(r) == keys, (m, set(r) ^ keys)
+        assert (r["model"], r["dataset"], r["stages"], r["steps"]) == ("digits-fc", "digits", 2, 1)
+        assert type(r["bytes_per_step"]) is int and r["bytes_per_step"] > 0
+        assert r["bytes_per_step"] == r["expected_bytes_per_step"], m
+        assert type(r["seconds_per_step"]) is float and r["seconds_per_step"] > 0
+        waits = r["recv_wait_seconds"]  # one wait per stage, in rank order
+        assert len(waits) == 2 and all(type(w) is float and w >= 0 for w in waits), m
+        assert 0 <= r["test_accuracy"] <= 1
+        assert r["matches_single_process"] is True, m
+        assert 0 <= r["max_weight_difference"] <= r["tolerance"] == 1e-5, m
+        # the B_l are compared wherever there are any; bp has none
+        assert (r["max_feedback_difference"] is None) == (m == "bp"), m
+    by = {r["method"]: r for r in reports}
+    assert by["dkp"]["bytes_per_step"] == by["dfa"]["bytes_per_step"] == 8 * 400 * 4 + 8 * 10 * 4
+    assert by["bp"]["bytes_per_step"] == 2 * 8 * 400 * 4

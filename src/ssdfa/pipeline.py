@@ -10,10 +10,12 @@ The :class:`Stage` knows its layers and what it sends and receives; the schedule
 
 * ``bp``: the last stage computes the loss, the gradient w.r.t. each stage's input travels back
   stage by stage (send/recv), each stage runs its own backward;
-* ``dfa`` (``sdfa``, ``ssdfa``): the last stage computes e = dL/dlogits per micro-batch and broadcasts it to every
-  stage; each stage puts e·B_l on each of its block outputs (B_l drawn exactly as
-  ``ssdfa.convert(net, "dfa", seed=s)`` draws it) and runs its backward at once; nothing
-  travels back stage to stage;
+* ``dfa`` (``sdfa``, ``ssdfa``, ``dkp``): the last stage computes e = dL/dlogits per micro-batch and
+  broadcasts it to every stage; each stage puts e·B_l on each of its block outputs (B_l drawn
+  exactly as ``ssdfa.convert(net, "dfa", seed=s)`` draws it) and runs its backward at once;
+  nothing travels back stage to stage.  ``dkp`` learns its B_l: each stage also accumulates
+  ∂B_l = eᵀh_l (h_l its own block output, the library's ``rules/dkp.py``) from the same e, so
+  learning B costs no message;
 * ``drtp`` (unlocked): the last stage broadcasts the labels once per step; each stage puts
   y*·B_l / batch on its block outputs and runs its backward as soon as its own forward of a
   micro-batch has run (SGD steps once per step, after the last micro-batch).
@@ -29,6 +31,8 @@ once per receiving stage); :func:`expected_bytes` is the formula the counts are 
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 import socket
@@ -41,8 +45,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-PIPELINE_METHODS = ("bp", "dfa", "sdfa", "ssdfa", "drtp")
-BROADCAST_E = ("dfa", "sdfa", "ssdfa")  # the last stage broadcasts e; each stage e·B_l
+PIPELINE_METHODS = ("bp", "dfa", "sdfa", "ssdfa", "dkp", "drtp")
+BROADCAST_E = ("dfa", "sdfa", "ssdfa", "dkp")  # the last stage broadcasts e; each stage e·B_l
+LEARNED_FEEDBACK = ("dkp",)  # B_l learn from e and the stage's own h_l (no extra message)
 WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)
 
 
@@ -104,8 +109,9 @@ def expected_bytes(method: str, widths: list[int], batch: int, classes: int) -> 
     """Bytes sent per step by ``method`` with stage-boundary ``widths`` (float32, int64 labels).
 
     Forward activations: sum over boundaries of batch × width × 4.  bp sends the same back;
-    dfa broadcasts e to the K-1 other stages: (K-1) × batch × classes × 4; drtp broadcasts the
-    labels to the K-1 other stages: (K-1) × batch × 8.
+    dfa broadcasts e to the K-1 other stages: (K-1) × batch × classes × 4 (dkp the same: its B_l
+    learn from that e and the stage's own activations); drtp broadcasts the labels to the K-1
+    other stages: (K-1) × batch × 8.
     """
     act = sum(batch * w * 4 for w in widths)
     k1 = len(widths)
@@ -138,6 +144,10 @@ class Stage:
     def parameters(self):
         return [p for b in self.blocks for p in b.parameters()]
 
+    def learned_feedback(self) -> list[torch.Tensor]:
+        """The B_l this stage learns (dkp): leaves whose ``.grad`` :func:`_feedback_grads` fills."""
+        return [b for b in self.feedback if b is not None and b.requires_grad]
+
 
 def build_stage(net: nn.Sequential, rank: int, stages: int, feedback: list[torch.Tensor]) -> Stage:
     """Stage ``rank`` of ``net``; ``feedback[j]`` is the B at the output of global block j."""
@@ -159,7 +169,8 @@ def model_feedback(net: nn.Sequential, input_shape, classes: int, method: str, s
 
     wrapped = convert(copy.deepcopy(net), method, num_classes=classes, seed=seed,
                       input_shape=tuple(input_shape))
-    return [b.detach().clone() for b in feedback_matrices(wrapped).values()]
+    return [b.detach().clone().requires_grad_(method in LEARNED_FEEDBACK)
+            for b in feedback_matrices(wrapped).values()]
 
 
 # -- communication, counted ----------------------------------------------------------------
@@ -251,6 +262,8 @@ def _step(stage: Stage, comm: Comm, method: str, x, y, batch: int, micro: int, c
                 (e,) = torch.autograd.grad(loss, logits)
             e = comm.broadcast(e, (n, classes), torch.float32, k - 1)
             _direct_backward(stage, outs, e, batch, classes, target=False)
+            if method in LEARNED_FEEDBACK:
+                _feedback_grads(stage, outs, e)
     opt.step()
 
 
@@ -270,10 +283,24 @@ def _direct_backward(stage: Stage, outs, signal, batch: int, classes: int, targe
         if target:
             s = b[signal] / batch
         else:
-            s = signal @ b
+            s = signal @ b.detach()
         tensors.append(out)
         grads.append(s.view_as(out))
     torch.autograd.backward(tensors, grads)
+
+
+def _feedback_grads(stage: Stage, outs, e):
+    """dkp: ∂B_l += eᵀh_l for each learned B_l of the stage (h_l: its block output, flattened).
+
+    The same gradient ``rules/dkp.py`` gives B_l in one process (``fb.grad_from(e, h)``); the
+    optimizer's step then makes ΔB_l = -η_B·(eᵀh_l + wd·B_l).  e is the micro-batch's share of
+    the full-batch mean-loss gradient, so the micro-batches add up to one process's eᵀh_l.
+    """
+    for out, b in zip(outs, stage.feedback):
+        if b is None or not b.requires_grad:
+            continue
+        g = e.t() @ out.detach().reshape(out.shape[0], -1)
+        b.grad = g if b.grad is None else b.grad + g
 
 
 # -- processes -----------------------------------------------------------------------------
@@ -289,6 +316,18 @@ class PipelineConfig:
     lr: float = 0.05
     seed: int = 0
     threads: int = 1
+    feedback_lr: float | None = None  # dkp: η_B; None: lr (the library's default)
+    feedback_weight_decay: float = 0.0  # dkp: SGD weight decay of B_l (the library's default 0)
+
+
+def make_optimizer(cfg: PipelineConfig, params, feedback) -> torch.optim.SGD:
+    """SGD on the weights at ``lr``; learned B_l (dkp) in their own group, as ``ssdfa train`` does."""
+    groups = [{"params": list(params)}]
+    if feedback:
+        groups.append({"params": list(feedback),
+                       "lr": cfg.feedback_lr if cfg.feedback_lr is not None else cfg.lr,
+                       "weight_decay": cfg.feedback_weight_decay})
+    return torch.optim.SGD(groups, lr=cfg.lr)
 
 
 def _batches(n_train: int, batch: int, steps: int, seed: int):
@@ -313,38 +352,84 @@ def build_net(cfg: PipelineConfig, data):
     return name, net
 
 
-def _worker(rank: int, cfg: PipelineConfig, port: int, outdir: str):
-    from .data import load_dataset
+def _record_failure(outdir: str, rank: int, exc: BaseException):
+    """Leave the stage's own error for :func:`run_pipeline` (the first one written is the cause)."""
+    with open(os.path.join(outdir, f"rank{rank}.error.json"), "w") as f:
+        json.dump({"rank": rank, "time": time.time(), "type": type(exc).__name__,
+                   "message": str(exc)}, f)
 
-    torch.set_num_threads(cfg.threads)
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=cfg.stages)
+
+def _worker(rank: int, cfg: PipelineConfig, port: int, outdir: str):
     try:
-        data = load_dataset(cfg.dataset)
-        _, net = build_net(cfg, data)
-        fb = model_feedback(net, data.input_shape, data.num_classes, cfg.method, cfg.seed)
-        stage = build_stage(net, rank, cfg.stages, fb)
-        shapes = boundary_shapes(net, data.input_shape, cfg.stages)
-        in_shape = tuple(data.input_shape) if rank == 0 else shapes[rank - 1]
-        opt = torch.optim.SGD(stage.parameters(), lr=cfg.lr)
-        comm = Comm(cfg.stages)
-        batches = _batches(len(data.train), cfg.batch_size, cfg.steps, cfg.seed)
-        dist.barrier()
-        t0 = time.perf_counter()
-        for idx in batches:
-            x, y = data.train.batch(idx)
-            _step(stage, comm, cfg.method, x if stage.first else None,
-                  y if stage.last else None, len(idx), cfg.micro_batches, data.num_classes,
-                  in_shape, opt)
-        dist.barrier()
-        seconds = time.perf_counter() - t0
-        torch.save({"rank": rank, "sent": comm.sent, "wait": comm.wait, "seconds": seconds,
-                    "state": {i: net[i].state_dict()
-                              for b in stage_blocks(net, cfg.stages)[rank] for i in b}},
-                   os.path.join(outdir, f"rank{rank}.pt"))
+        torch.set_num_threads(cfg.threads)
+        os.environ["MASTER_ADDR"] = "127.0.0.1"
+        os.environ["MASTER_PORT"] = str(port)
+        dist.init_process_group("gloo", rank=rank, world_size=cfg.stages)
+    except Exception as exc:
+        _record_failure(outdir, rank, exc)
+        raise
+    try:
+        _train_stage(rank, cfg, outdir)
+    except Exception as exc:
+        _record_failure(outdir, rank, exc)
+        raise
     finally:
         dist.destroy_process_group()
+
+
+def _train_stage(rank: int, cfg: PipelineConfig, outdir: str):
+    """Stage ``rank``'s whole training; its counts, time and trained weights go to ``outdir``."""
+    from .data import load_dataset
+
+    data = load_dataset(cfg.dataset)
+    _, net = build_net(cfg, data)
+    fb = model_feedback(net, data.input_shape, data.num_classes, cfg.method, cfg.seed)
+    stage = build_stage(net, rank, cfg.stages, fb)
+    shapes = boundary_shapes(net, data.input_shape, cfg.stages)
+    in_shape = tuple(data.input_shape) if rank == 0 else shapes[rank - 1]
+    opt = make_optimizer(cfg, stage.parameters(), stage.learned_feedback())
+    comm = Comm(cfg.stages)
+    batches = _batches(len(data.train), cfg.batch_size, cfg.steps, cfg.seed)
+    dist.barrier()
+    t0 = time.perf_counter()
+    for idx in batches:
+        x, y = data.train.batch(idx)
+        _step(stage, comm, cfg.method, x if stage.first else None,
+              y if stage.last else None, len(idx), cfg.micro_batches, data.num_classes,
+              in_shape, opt)
+    dist.barrier()
+    seconds = time.perf_counter() - t0
+    first_block = sum(len(g) for g in stage_blocks(net, cfg.stages)[:rank])
+    torch.save({"rank": rank, "sent": comm.sent, "wait": comm.wait, "seconds": seconds,
+                "state": {i: net[i].state_dict()
+                          for b in stage_blocks(net, cfg.stages)[rank] for i in b},
+                "feedback": {first_block + j: b.detach().clone()
+                             for j, b in enumerate(stage.feedback) if b is not None}},
+               os.path.join(outdir, f"rank{rank}.pt"))
+
+
+def worker_failure(cfg: PipelineConfig, outdir: str, exc) -> PipelineError:
+    """One line for a failed run: the stage whose error came first, its own message, what to do.
+
+    When one stage fails the others may fail after it (a closed connection in recv); the
+    error each stage recorded carries a time, and the earliest is the cause.
+    """
+    found = []
+    for r in range(cfg.stages):
+        path = os.path.join(outdir, f"rank{r}.error.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                found.append(json.load(f))
+    if found:
+        first = min(found, key=lambda d: d["time"])
+        rank, what = first["rank"], f"{first['type']}: {first['message']}"
+    else:  # killed or exited without a Python exception (a signal, out of memory)
+        rank, what = exc.error_index, str(exc).strip()
+    what = "; ".join(ln.strip() for ln in what.splitlines() if ln.strip())
+    return PipelineError(
+        f"pipeline stage {rank} of {cfg.stages} ({cfg.method}, model {cfg.model or 'default'}) "
+        f"failed: {what}; the other stages were stopped and nothing was kept. Fix the input "
+        f"it names (--model, --stages, --batch-size, --micro-batches) and run again")
 
 
 def free_port() -> int:
@@ -353,8 +438,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_pipeline(cfg: PipelineConfig) -> dict:
-    """Train ``cfg.method`` over ``cfg.stages`` processes; the report (and the trained net)."""
+def run_pipeline(cfg: PipelineConfig):
+    """Train ``cfg.method`` over ``cfg.stages`` processes: (report, trained net, trained B_l).
+
+    The B_l are one per block output but the last, in order (``[]`` for bp): drawn once and
+    kept for dfa/sdfa/ssdfa/drtp, learned by dkp.
+    """
     from .data import load_dataset
 
     if cfg.method not in PIPELINE_METHODS:
@@ -370,12 +459,23 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     name, net = build_net(cfg, data)
     widths = boundary_widths(net, data.input_shape, cfg.stages)  # checks --stages
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_worker, args=(cfg, free_port(), tmp), nprocs=cfg.stages, join=True)
+        # when a stage fails, spawn stops the others and logs a warning per stage it stops;
+        # the one-line error below says so, so that warning is held back
+        spawn_log = logging.getLogger("torch.multiprocessing.spawn")
+        level = spawn_log.level
+        spawn_log.setLevel(logging.ERROR)
+        try:
+            mp.spawn(_worker, args=(cfg, free_port(), tmp), nprocs=cfg.stages, join=True)
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
+            raise worker_failure(cfg, tmp, exc) from exc
+        finally:
+            spawn_log.setLevel(level)
         ranks = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(cfg.stages)]
     # assemble the trained net
     for r in ranks:
         for i, state in r["state"].items():
             net[i].load_state_dict(state)
+    feedback = dict(sorted((j, b) for r in ranks for j, b in r["feedback"].items()))
     sent = sum(r["sent"] for r in ranks)
     return {
         "method": cfg.method, "model": name, "dataset": data.name, "stages": cfg.stages,
@@ -386,7 +486,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         "seconds_per_step": max(r["seconds"] for r in ranks) / cfg.steps,
         "recv_wait_seconds": [r["wait"] for r in ranks],
         "test_accuracy": evaluate(net, data),
-    }, net
+    }, net, list(feedback.values())
 
 
 def evaluate(net, data) -> float:
@@ -398,16 +498,22 @@ def evaluate(net, data) -> float:
     return acc
 
 
-def single_process(cfg: PipelineConfig) -> nn.Module:
-    """The same training in one process: ``ssdfa.convert(net, method, seed)`` (bp: the net), SGD."""
-    from . import convert
+def single_process(cfg: PipelineConfig):
+    """The same training in one process: ``ssdfa.convert(net, method, seed)`` (bp: the net), SGD.
+
+    Returns (trained net, its B_l as dense matrices, in order; ``[]`` for bp).  dkp's B_l are
+    in their own SGD group (``feedback_lr``, ``feedback_weight_decay``), as in the pipeline.
+    """
+    from . import convert, feedback_matrices, feedback_parameters
     from .data import load_dataset
 
     data = load_dataset(cfg.dataset)
     _, net = build_net(cfg, data)
     model = net if cfg.method == "bp" else convert(net, cfg.method, num_classes=data.num_classes,
                                                    seed=cfg.seed, input_shape=data.input_shape)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    fb = list(feedback_parameters(model)) if cfg.method in LEARNED_FEEDBACK else []
+    fb_ids = {id(p) for p in fb}
+    opt = make_optimizer(cfg, [p for p in model.parameters() if id(p) not in fb_ids], fb)
     for idx in _batches(len(data.train), cfg.batch_size, cfg.steps, cfg.seed):
         x, y = data.train.batch(idx)
         opt.zero_grad(set_to_none=True)
@@ -417,9 +523,20 @@ def single_process(cfg: PipelineConfig) -> nn.Module:
             loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
-    return net
+    if cfg.method == "bp":
+        return net, []
+    return net, [b.detach().clone() for b in feedback_matrices(model).values()]
 
 
 def max_weight_difference(a: nn.Module, b: nn.Module) -> float:
+    """Largest absolute difference between two nets' weights (and buffers)."""
     sa, sb = a.state_dict(), b.state_dict()
     return max(float((sa[k] - sb[k]).abs().max()) for k in sa)
+
+
+def max_feedback_difference(fa: list[torch.Tensor], fb: list[torch.Tensor]) -> float:
+    """Largest absolute difference between two lists of B_l (0.0 when both are empty)."""
+    if len(fa) != len(fb):
+        raise ValueError(f"{len(fa)} feedback matrices against {len(fb)}")
+    return max((float((a.detach() - b.detach()).abs().max()) for a, b in zip(fa, fb)),
+               default=0.0)

@@ -2,7 +2,7 @@
 
 Each method trains for ``--steps`` steps over ``--stages`` processes (gloo on 127.0.0.1) with
 GPipe micro-batches (see :mod:`ssdfa.pipeline`), then the same training runs in one process
-(``ssdfa.convert(net, method, seed)``, SGD, the same batches) and the weights are compared.
+(``ssdfa.convert(net, method, seed)``, SGD, the same batches) and the weights and B_l compared.
 """
 
 from __future__ import annotations
@@ -10,21 +10,22 @@ from __future__ import annotations
 import json
 
 from ..cli import UserError
-from ..pipeline import (PIPELINE_METHODS, PipelineConfig, PipelineError, max_weight_difference,
-                        run_pipeline, single_process)
+from ..pipeline import (PIPELINE_METHODS, PipelineConfig, PipelineError, max_feedback_difference,
+                        max_weight_difference, run_pipeline, single_process)
 
 
 def register(sub):
     p = sub.add_parser(
-        "pipeline", help="model parallel: K stages, one process each; bp against dfa and drtp",
+        "pipeline", help="model parallel: K stages, one process each; bp against dfa, dkp, drtp",
         description="Split the model into K stages at its weight layers, one process each, and "
                     "train each method; report bytes sent per step (checked against the "
                     "formula), seconds per step, each stage's wait in recv, test accuracy and "
-                    "whether the weights match one-process training. Example: ssdfa pipeline "
+                    "whether the weights (and the B_l, which dkp learns) match one-process "
+                    "training. Example: ssdfa pipeline "
                     "--stages 2 --methods bp,dfa,drtp --dataset digits --steps 20")
     p.add_argument("--stages", type=int, default=2, help="number of stages/processes (default 2)")
     p.add_argument("--methods", default="bp,dfa,drtp",
-                   help=f"comma-separated, from {','.join(PIPELINE_METHODS)} (default all)")
+                   help=f"comma-separated, from {','.join(PIPELINE_METHODS)} (default bp,dfa,drtp)")
     p.add_argument("--dataset", default="digits")
     p.add_argument("--model", default=None, help="an FC or CNN nn.Sequential (ssdfa info)")
     p.add_argument("--steps", type=int, default=20)
@@ -33,6 +34,10 @@ def register(sub):
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
+    p.add_argument("--feedback-lr", type=float, default=None,
+                   help="dkp: learning rate of the learned B_l (default: --lr, as ssdfa train)")
+    p.add_argument("--feedback-weight-decay", type=float, default=0.0,
+                   help="dkp: SGD weight decay of the learned B_l (default 0, as ssdfa train)")
     p.add_argument("--tolerance", type=float, default=1e-5,
                    help="largest weight difference from one-process training that still matches")
     p.add_argument("--json", action="store_true", help="print one JSON object per method")
@@ -49,19 +54,27 @@ def run(args) -> int:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if not args.tolerance >= 0:
         raise UserError(f"--tolerance must be >= 0, got {args.tolerance}")
+    for name in ("feedback_lr", "feedback_weight_decay"):
+        value = getattr(args, name)
+        if value is not None and not 0 <= value < float("inf"):
+            raise UserError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
     reports = []
     for method in methods:
         cfg = PipelineConfig(dataset=args.dataset, model=args.model, stages=args.stages,
                              method=method, steps=args.steps, micro_batches=args.micro_batches,
                              batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                             threads=args.threads)
+                             threads=args.threads, feedback_lr=args.feedback_lr,
+                             feedback_weight_decay=args.feedback_weight_decay)
         try:
-            report, net = run_pipeline(cfg)
+            report, net, feedback = run_pipeline(cfg)
         except (PipelineError, KeyError) as exc:
             raise UserError(str(exc).strip("'\"")) from exc
-        diff = max_weight_difference(net, single_process(cfg))
-        report.update(max_weight_difference=diff, tolerance=args.tolerance,
-                      matches_single_process=diff <= args.tolerance)
+        one_net, one_feedback = single_process(cfg)
+        # the match covers the weights and the B_l (dkp learns them; the others must agree too)
+        fb_diff = max_feedback_difference(feedback, one_feedback) if feedback else None  # bp: none
+        diff = max(max_weight_difference(net, one_net), fb_diff or 0.0)
+        report.update(max_weight_difference=diff, max_feedback_difference=fb_diff,
+                      tolerance=args.tolerance, matches_single_process=diff <= args.tolerance)
         reports.append(report)
         if args.json:
             print(json.dumps(report), flush=True)
@@ -69,7 +82,7 @@ def run(args) -> int:
         print(f"{reports[0]['model']} on {reports[0]['dataset']}, {args.stages} stages, "
               f"batch {args.batch_size} in {args.micro_batches} micro-batches, {args.steps} steps")
         print("| method | bytes/step | formula | s/step | recv wait per stage (s) | test acc "
-              "| max abs Δw vs 1 process |")
+              "| max abs Δ(W, B) vs 1 process |")
         print("|---|---:|---:|---:|---|---:|---:|")
         for r in reports:
             waits = ", ".join(f"{w:.3f}" for w in r["recv_wait_seconds"])
