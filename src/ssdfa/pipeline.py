@@ -253,14 +253,18 @@ def _step(stage: Stage, comm: Comm, method: str, x, y, batch: int, micro: int, c
             if not stage.first:
                 comm.send(h.grad, r - 1)
     elif method in BROADCAST_E:
-        for m, n in enumerate(sizes):
-            h, outs = kept[m]
-            e = None
-            if stage.last:
+        # every forward has finished before the first e exists, so the last stage sends the m
+        # micro-batches' e as one message: one latency-bound broadcast per step, not m
+        e = None
+        if stage.last:
+            es = []
+            for (_, outs), target in zip(kept, ys):
                 logits = outs[-1].detach().requires_grad_(True)
-                loss = nn.functional.cross_entropy(logits, ys[m], reduction="sum") / batch
-                (e,) = torch.autograd.grad(loss, logits)
-            e = comm.broadcast(e, (n, classes), torch.float32, k - 1)
+                loss = nn.functional.cross_entropy(logits, target, reduction="sum") / batch
+                es.append(torch.autograd.grad(loss, logits)[0])
+            e = torch.cat(es)
+        e_all = comm.broadcast(e, (batch, classes), torch.float32, k - 1)
+        for (_, outs), e in zip(kept, e_all.split(sizes)):
             _direct_backward(stage, outs, e, batch, classes, target=False)
             if method in LEARNED_FEEDBACK:
                 _feedback_grads(stage, outs, e)
