@@ -193,16 +193,6 @@ _add(Experiment(
     full=Budget(10), quick=Budget(1, 200), stand_ins=(("mnist", "fashion-mnist"),),
     notes=_SSDFA_SETUP + " Fashion-MNIST stands in where MNIST is absent: compare the gaps to BP."))
 
-for _data, _numbers in (("cifar10", (79.6, 72.3, 73.1)), ("cifar100", (51.0, 43.7, 41.8))):
-    _add(Experiment(
-        name=f"ssdfa-cnn-{_data}",
-        title=f"SSDFA Table IV, {_data.upper()} CNN (conv5x5 96/128/256 + pools, FC 2048x2)",
-        citation=_SSDFA, source=f"Table IV ({_data.upper()} row); net from Table II",
-        dataset=_data, model="cifar-cnn", methods=("bp", "dfa", "ssdfa"),
-        paper_numbers=tuple(zip(("bp", "dfa", "ssdfa"), _numbers)),
-        full=Budget(20), quick=Budget(1, 100),
-        notes=_SSDFA_SETUP + " Runs only where the CIFAR data is present (no stand-in)."))
-
 _add(Experiment(
     name="ssdfa-transfer",
     title="SSDFA Table V, MNIST CNN: conv layers trained by BP, then frozen; FC layers by each rule",
@@ -215,15 +205,24 @@ _add(Experiment(
           "those conv layers, frozen (`--init-from RUN --train-only fc`). Fashion-MNIST stands in "
           "where MNIST is absent."))
 
-for _data, _numbers in (("cifar10", (77.1, 77.8, 78.0)), ("cifar100", (48.2, 49.0, 48.2))):
+def _cifar_cnn_row(table: str, kind: str, data: str, numbers: tuple[float, float, float]):
+    """A CIFAR row of SSDFA Table IV (every layer trained) or V (FC layers on BP's frozen convs)."""
+    what = "every layer trained" if kind == "train" else "conv layers by BP then frozen, FC by each rule"
     _add(Experiment(
-        name=f"ssdfa-transfer-{_data}",
-        title=f"SSDFA Table V, {_data.upper()} CNN: conv layers by BP then frozen, FC by each rule",
-        citation=_SSDFA, source=f"Table V ({_data.upper()} row); net from Table II",
-        dataset=_data, model="cifar-cnn", methods=("bp", "dfa", "ssdfa"), kind="transfer",
-        paper_numbers=tuple(zip(("bp", "dfa", "ssdfa"), _numbers)),
+        name=f"ssdfa-{'cnn' if kind == 'train' else 'transfer'}-{data}",
+        title=f"SSDFA Table {table}, {data.upper()} CNN (conv5x5 96/128/256 + pools, FC 2048x2): {what}",
+        citation=_SSDFA, source=f"Table {table} ({data.upper()} row); net from Table II",
+        dataset=data, model="cifar-cnn", methods=("bp", "dfa", "ssdfa"), kind=kind,
+        paper_numbers=tuple(zip(("bp", "dfa", "ssdfa"), numbers)),
         full=Budget(20), quick=Budget(1, 100),
         notes=_SSDFA_SETUP + " Runs only where the CIFAR data is present (no stand-in)."))
+
+
+for _table, _kind, _data, _numbers in (("IV", "train", "cifar10", (79.6, 72.3, 73.1)),
+                                       ("IV", "train", "cifar100", (51.0, 43.7, 41.8)),
+                                       ("V", "transfer", "cifar10", (77.1, 77.8, 78.0)),
+                                       ("V", "transfer", "cifar100", (48.2, 49.0, 48.2))):
+    _cifar_cnn_row(_table, _kind, _data, _numbers)
 
 _add(Experiment(
     name="ssdfa-rank",
