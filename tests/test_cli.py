@@ -303,9 +303,9 @@ def test_regression_task_reports_loss_not_accuracy(tmp_path, capsys):
 
 
 # -- README --------------------------------------------------------------------------------
-def readme_commands() -> list[str]:
-    """Every `ssdfa ...` command in README's shell blocks, without what precedes it."""
-    text = README.read_text()
+def readme_commands(path: Path = README) -> list[str]:
+    """Every `ssdfa ...` command in README's (or ``path``'s) shell blocks, without what precedes it."""
+    text = path.read_text()
     blocks = re.findall(r"```(?:bash|sh|console)\n(.*?)```", text, re.S)
     cmds = []
     for block in blocks:
@@ -327,10 +327,18 @@ def test_readme_documents_every_command():
     assert {"train", "compare", "evaluate", "info"} <= used
 
 
-@pytest.mark.parametrize("cmd", readme_commands())
+DOCS_WITH_COMMANDS = [README, README.parent / "RESULTS.md", README.parent / "docs" / "pipeline.md"]
+
+
+@pytest.mark.parametrize("cmd", [c for doc in DOCS_WITH_COMMANDS for c in readme_commands(doc)])
 def test_readme_command_parses(cmd):
+    """README's, RESULTS.md's and the docs' commands parse and name only what exists."""
     args = build_parser().parse_args(shlex.split(cmd))
     assert args.func is not None
+    if args.command == "reproduce" and args.name:
+        from ssdfa.experiments import names
+
+        assert args.name in names(), f"unknown experiment {args.name!r}"
     from ssdfa.cost import DATASET_SHAPES
     datasets = D.list_datasets()
     if args.command == "cost":  # the cost model takes shape presets, imagenet among them
