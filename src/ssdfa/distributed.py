@@ -18,6 +18,7 @@ summary.json.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -29,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-__all__ = ["world_size", "rank", "local_rank", "in_worker", "session", "broadcast_str",
+__all__ = ["world_size", "rank", "local_rank", "in_worker", "session", "leave", "broadcast_str",
            "barrier", "launch"]
 
 
@@ -82,10 +83,26 @@ def session(device_name: str | None = None):
                                "node, or train on the CPU with --device cpu (gloo)")
         torch.cuda.set_device(local_rank())
     dist.init_process_group(backend)
+    ok = False
     try:
         yield
+        ok = True
     finally:
-        dist.destroy_process_group()
+        leave(ok)
+
+
+def leave(ok: bool = True) -> None:
+    """Destroy the default process group.  After a normal end the ranks first meet at a barrier
+    and drop unreachable objects, so no collective is still finishing in gloo's worker threads
+    when the group's destructor joins them while holding the GIL (a known PyTorch deadlock,
+    pytorch/pytorch#75097, met once in this project's test suite).  After an error there is no
+    barrier: the other ranks may never reach it."""
+    if not dist.is_initialized():
+        return
+    if ok:
+        dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def broadcast_str(value: str | None) -> str | None:

@@ -45,6 +45,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from .distributed import leave
+
 PIPELINE_METHODS = ("bp", "dfa", "sdfa", "ssdfa", "dkp", "drtp")
 BROADCAST_E = ("dfa", "sdfa", "ssdfa", "dkp")  # the last stage broadcasts e; each stage e·B_l
 LEARNED_FEEDBACK = ("dkp",)  # B_l learn from e and the stage's own h_l (no extra message)
@@ -372,13 +374,15 @@ def _worker(rank: int, cfg: PipelineConfig, port: int, outdir: str):
     except Exception as exc:
         _record_failure(outdir, rank, exc)
         raise
+    ok = False
     try:
         _train_stage(rank, cfg, outdir)
+        ok = True
     except Exception as exc:
         _record_failure(outdir, rank, exc)
         raise
     finally:
-        dist.destroy_process_group()
+        leave(ok)
 
 
 def _train_stage(rank: int, cfg: PipelineConfig, outdir: str):
