@@ -79,25 +79,19 @@ class SweepError(ValueError):
     """A sweep directory holds cells of another setup."""
 
 
-# settings that may differ between the run that made a cell and the sweep reading it
-_MAY_DIFFER = ("out_dir", "device", "threads", "data_dir", "download")
-
-
 def _check_same_settings(cell: Path, fields: dict) -> None:
-    """A finished cell is reused only if it was trained with these settings: a sweep never
-    mixes runs of different setups under one table."""
+    """A finished cell is reused only if it was trained with these settings (epochs included:
+    a cell is not continued): a sweep never mixes runs of different setups under one table."""
     saved = _read_json(cell / "config.json", None)
     if not isinstance(saved, dict):
         return  # made by a custom trainer without config.json: nothing to compare
-    import dataclasses
+    from .training import RESUME_MAY_CHANGE, TrainConfig, settings_differ
 
-    from .training import TrainConfig
-
-    want = dataclasses.asdict(TrainConfig(**fields))
-    differ = [f"{k}: {saved.get(k)!r} there, {v!r} now" for k, v in want.items()
-              if k not in _MAY_DIFFER and v is not None and k in saved and saved[k] != v]
+    cfg = TrainConfig(**fields)
+    differ = settings_differ(saved, cfg, tuple(k for k in RESUME_MAY_CHANGE if k != "epochs"))
     if differ:
-        raise SweepError(f"{cell} was trained with other settings ({'; '.join(differ[:3])}); "
+        both = "; ".join(f"{k}: {saved.get(k)!r} there, {getattr(cfg, k)!r} now" for k in differ[:3])
+        raise SweepError(f"{cell} was trained with other settings ({both}); "
                          "give the sweep another directory, or delete that cell to retrain it")
 
 

@@ -20,7 +20,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -35,7 +35,7 @@ from . import distributed, rundir
 from .checkpoint import (CHECKPOINT, REQUIRED_KEYS, CheckpointError, capture_rng, first_line,
                          load_checkpoint, restore_rng, save_checkpoint)
 from .convert import check_feedback_scale
-from .data import Dataset, load_dataset
+from .data import Dataset, DatasetError, canonical_name, load_dataset
 from .feedback import FeedbackConfigError
 from .frozen import TRAIN_ONLY, PretrainedError, load_pretrained
 from .models import create_model, default_model, list_models
@@ -324,6 +324,19 @@ _write_text_atomic = rundir.write_text_atomic
 # settings that may differ between a checkpoint and the run continuing it: they change where
 # and how fast it runs, not what it computes (epochs: only the stopping point)
 RESUME_MAY_CHANGE = ("epochs", "device", "data_dir", "threads", "download", "out_dir")
+
+
+def settings_differ(saved: dict, cfg: TrainConfig, may_change=RESUME_MAY_CHANGE) -> list[str]:
+    """The settings in which a run's saved config differs from ``cfg`` (sorted), comparing
+    ``cfg`` resolved (defaults filled, names canonical); its unset fields and ``may_change``
+    are left out.  A finished run is reused only when this is empty: runs are never mixed."""
+    wanted = asdict(resolve(replace(cfg)))
+    try:
+        wanted["dataset"] = canonical_name(cfg.dataset)
+    except DatasetError:
+        pass  # reported by the run itself
+    return sorted(k for k, v in wanted.items()
+                  if v is not None and k not in may_change and saved.get(k) != v)
 
 
 def read_run_config(run_dir: str | os.PathLike) -> TrainConfig:

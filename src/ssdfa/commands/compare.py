@@ -22,8 +22,8 @@ from ..data import canonical_name as canonical_dataset
 from ..models import default_model
 from ..rules import make_rule
 from ..rundir import locked, write_text_atomic
-from ..training import (RESUME_MAY_CHANGE, ConfigError, Diverged, pick_device, read_run_config,
-                        resolve, rule_options)
+from ..training import (ConfigError, Diverged, pick_device, read_run_config, resolve, rule_options,
+                        settings_differ)
 from ._options import (add_training_options, check_nproc, config_from_args, logger, show_progress,
                        train_or_explain)
 
@@ -155,13 +155,7 @@ def _earlier_run(cfg) -> bool:
                         "to train it again") from None
     except ConfigError as exc:
         raise UserError(str(exc)) from exc
-    wanted = asdict(resolve(replace(cfg)))
-    try:
-        wanted["dataset"] = canonical_dataset(cfg.dataset)
-    except DatasetError:
-        pass  # reported by the run itself
-    differ = sorted(k for k, v in wanted.items()
-                    if v is not None and k not in RESUME_MAY_CHANGE and saved.get(k) != v)
+    differ = settings_differ(saved, cfg)
     if differ:
         raise UserError(f"{run_dir} holds a run with other settings ({', '.join(differ)}); "
                         "give a new --out-dir")
