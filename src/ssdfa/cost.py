@@ -332,6 +332,11 @@ DATASET_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
 """Input shape (without batch) and classes per dataset name, lower case without - or _."""
 
 
+def dataset_shape(name: str) -> tuple[tuple[int, ...], int] | None:
+    """(input shape, classes) of ``name`` written any way (``fashion-mnist``, ``CIFAR_10``), or None."""
+    return DATASET_SHAPES.get(name.strip().lower().replace("-", "").replace("_", ""))
+
+
 def reference_architecture(name: str, input_shape, num_classes: int) -> nn.Module:
     """The SSDFA paper's Table II networks as nn.Sequential (built by the cost model only).
 

@@ -40,15 +40,15 @@ def register(subparsers):
 
 def _resolve(args):
     from ..cli import UserError
-    from ..cost import DATASET_SHAPES
+    from ..cost import DATASET_SHAPES, dataset_shape
 
     shape, classes = None, None
     if args.dataset is not None:
-        key = args.dataset.strip().lower().replace("-", "").replace("_", "")
-        if key not in DATASET_SHAPES:
+        known = dataset_shape(args.dataset)
+        if known is None:
             raise UserError(f"unknown dataset {args.dataset!r} for the cost model; choose one of "
                             f"{', '.join(DATASET_SHAPES)} or give --input-shape and --num-classes")
-        shape, classes = DATASET_SHAPES[key]
+        shape, classes = known
     if args.input_shape is not None:
         try:
             shape = tuple(int(s) for s in args.input_shape.split(","))

@@ -169,7 +169,7 @@ def _sweep(exp: Experiment, base, args, out: Path, log, payload: dict, budget_te
     """kind="sweep": the rank × sparsity grid (``ssdfa sweep``), cells under ``out/cells``."""
     from dataclasses import asdict
 
-    from ..cost import DATASET_SHAPES
+    from ..cost import dataset_shape
     from ..sweep import run_sweep
 
     t0 = time.perf_counter()
@@ -178,7 +178,7 @@ def _sweep(exp: Experiment, base, args, out: Path, log, payload: dict, budget_te
                        "weight_decay", "schedule", "loss", "limit_train", "device", "threads",
                        "data_dir") and v is not None}
     fields |= {"method": exp.methods[0], "alignment": base.epochs}  # angle after the last epoch
-    classes = DATASET_SHAPES[base.dataset.replace("-", "").replace("_", "")][1]
+    classes = dataset_shape(base.dataset)[1]
     res = run_sweep(out, fields, exp.ranks, exp.sparsities, range(args.seed, args.seed + args.seeds),
                     classes, log=log)
     seconds = time.perf_counter() - t0
@@ -213,15 +213,13 @@ def sweep_trend(cells: list[dict]) -> dict:
 
 
 def _pearson(pairs):
+    """Pearson's r of (x, y) pairs; None for fewer than 3 pairs or a constant coordinate."""
     if len(pairs) < 3:
         return None
-    xs, ys = zip(*pairs)
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    sx = math.sqrt(sum((x - mx) ** 2 for x in xs))
-    sy = math.sqrt(sum((y - my) ** 2 for y in ys))
-    if sx == 0 or sy == 0:
+    try:
+        return statistics.correlation(*zip(*pairs))
+    except statistics.StatisticsError:
         return None
-    return sum((x - mx) * (y - my) for x, y in pairs) / (sx * sy)
 
 
 def sweep_markdown(exp: Experiment, cells, skipped, trend, dataset, note, budget,

@@ -48,13 +48,13 @@ def register(subparsers):
 
 def _num_classes(args):
     from ..cli import UserError
-    from ..cost import DATASET_SHAPES
+    from ..cost import dataset_shape
 
     if args.num_classes is not None:
         return args.num_classes
-    key = args.dataset.strip().lower().replace("-", "").replace("_", "")
-    if key in DATASET_SHAPES:
-        return DATASET_SHAPES[key][1]
+    known = dataset_shape(args.dataset)
+    if known is not None:
+        return known[1]
     raise UserError(f"the sweep does not know how many classes {args.dataset!r} has; "
                     f"give --num-classes")
 
