@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .layers import is_weight_layer
-from .validate import Problem, UnsupportedModelError
+from .validate import Problem, UnsupportedModelError, flatten_sequential
 
 TRAIN_ONLY = ("fc",)
 
@@ -60,10 +60,15 @@ def split_leaves(leaves, train_only, model, method):
     return leaves[:first_fc], leaves[first_fc:]
 
 
+def frozen_name(path: str) -> str:
+    """The name a frozen layer at ``path`` of the plain model has inside :class:`FrozenFeatures`."""
+    return path.replace(".", "_")
+
+
 def frozen_module(frozen_leaves) -> FrozenFeatures | None:
     if not frozen_leaves:
         return None
-    return FrozenFeatures(OrderedDict((p.replace(".", "_"), m) for p, m in frozen_leaves))
+    return FrozenFeatures(OrderedDict((frozen_name(p), m) for p, m in frozen_leaves))
 
 
 class PretrainedError(ValueError):
@@ -106,30 +111,24 @@ def load_pretrained(net: nn.Module, source, train_only: str | None = None,
         raise PretrainedError(f"init_from: {where} was trained with model {src_model!r}, this run "
                               f"builds {model_name!r}; use a run of the same model")
     own = net.state_dict()
+    leaves = flatten_sequential(net) if isinstance(net, nn.Sequential) else []
     if train_only is not None:
-        from .validate import flatten_sequential
-
         if not isinstance(net, nn.Sequential):
             raise PretrainedError("init_from with train_only needs the model as an nn.Sequential")
-        frozen, _ = split_leaves(flatten_sequential(net), train_only, net, "init_from")
+        frozen, _ = split_leaves(leaves, train_only, net, "init_from")
         prefixes = tuple(p + "." for p, _ in frozen)
         wanted = [k for k in own if k.startswith(prefixes)]
     else:
         wanted = list(own)
     # the converted model's keys: "net." before the plain path; frozen layers under
-    # "net.frozen.<path with _>"; feedback matrices under "feedback." (not weights: skipped)
-    mangled = {}
-    if train_only is not None or any(k.startswith("net.frozen.") for k in state):
-        from .validate import flatten_sequential
-
-        for p, _ in flatten_sequential(net) if isinstance(net, nn.Sequential) else []:
-            mangled[p] = "frozen." + p.replace(".", "_")
+    # "net.frozen.<frozen_name(path)>"; feedback matrices under "feedback." (not weights: skipped)
+    in_frozen = {p: f"net.frozen.{frozen_name(p)}" for p, _ in leaves}
     loaded, missing, misfit = {}, [], []
     for key in wanted:
         path, _, leaf = key.rpartition(".")
         candidates = ["net." + key, key]
-        if path in mangled:
-            candidates.insert(1, f"net.{mangled[path]}.{leaf}")
+        if path in in_frozen:
+            candidates.insert(1, f"{in_frozen[path]}.{leaf}")
         found = next((c for c in candidates if c in state), None)
         if found is None:
             missing.append(key)
