@@ -104,10 +104,13 @@ def get(name: str) -> Experiment:
         raise KeyError(f"unknown experiment {name!r}; choose one of: {', '.join(names())}") from None
 
 
+_SSDFA = "SSDFA (Crafton et al., 2019, 'Direct Feedback Alignment with Sparse Connections')"
+_DRTP = "DRTP (Frenkel et al., 2021, 'Learning without feedback')"
+
 _add(Experiment(
     name="ssdfa-fc",
     title="SSDFA Table III, MNIST FC net 784-400-10 (tanh)",
-    citation="SSDFA (Crafton et al., 2019, 'Direct Feedback Alignment with Sparse Connections')",
+    citation=_SSDFA,
     source="Table III (MNIST row); net from Table II",
     dataset="mnist", model="mnist-fc", methods=("bp", "dfa", "ssdfa"),
     paper_numbers=(("bp", 98.2), ("dfa", 97.8), ("ssdfa", 97.5)),
@@ -122,7 +125,7 @@ for _data, _numbers in (("cifar10", (59.9, 58.9, 58.6)), ("cifar100", (33.1, 29.
     _add(Experiment(
         name=f"ssdfa-fc-{_data}",
         title=f"SSDFA Table III, {_data.upper()} FC net 3x1000 (tanh)",
-        citation="SSDFA (Crafton et al., 2019, 'Direct Feedback Alignment with Sparse Connections')",
+        citation=_SSDFA,
         source=f"Table III ({_data.upper()} row); net from Table II",
         dataset=_data, model="cifar-fc", methods=("bp", "dfa", "ssdfa"),
         paper_numbers=tuple(zip(("bp", "dfa", "ssdfa"), _numbers)),
@@ -153,7 +156,7 @@ _add(Experiment(
 _add(Experiment(
     name="drtp-classification",
     title="DRTP Fig. 3, synthetic classification, 256-500-500-10 tanh, sigmoid outputs + BCE",
-    citation="DRTP (Frenkel et al., 2021, 'Learning without feedback')",
+    citation=_DRTP,
     source="Fig. 3B and Sec. 4.2 (test error after 500 epochs)",
     dataset="synthetic-classification", model="drtp-fc2-500",
     methods=("bp", "fa", "dfa", "sign_dfa", "shallow"),
@@ -168,7 +171,7 @@ _add(Experiment(
 _add(Experiment(
     name="ssdfa-cost",
     title="SSDFA Fig. 8, MACs and data movement of one training example (FC layers train)",
-    citation="SSDFA (Crafton et al., 2019)",
+    citation=_SSDFA,
     source="Fig. 8 and Sec. IV-D (ImageNet: 6400x less movement BP/SSDFA, MACs nearly 2x)",
     dataset="imagenet", model="alexnet", methods=("bp", "dfa", "ssdfa"),
     paper_numbers=(("movement bp/ssdfa, imagenet alexnet", 6400.0),
@@ -179,7 +182,6 @@ _add(Experiment(
     notes="Counted by ssdfa.cost (Table I conventions, Fig. 8 scope: only FC layers train). The "
           "paper gives numbers in the text for ImageNet only; CIFAR-100 bars are not read off."))
 
-_SSDFA = "SSDFA (Crafton et al., 2019, 'Direct Feedback Alignment with Sparse Connections')"
 _SSDFA_SETUP = ("The paper swept lr and decay (appendix) and states neither; SGD lr 0.01, momentum "
                 "0.9, batch 64 are this project's defaults, with the default feedback (conv B_l std "
                 "1/sqrt(3·fan_in·N)).")
@@ -238,8 +240,6 @@ _add(Experiment(
           "Eq. 14, between B_l and the product of the weights after layer l, after the last "
           "epoch, averaged over layers. SGD lr 0.01, momentum 0.9, batch 64. Fashion-MNIST "
           "stands in where MNIST is absent (digits is too easy to show a trend)."))
-
-_DRTP = "DRTP (Frenkel et al., 2021, 'Learning without feedback')"
 
 _add(Experiment(
     name="drtp-regression",

@@ -10,8 +10,8 @@ The :class:`Stage` knows its layers and what it sends and receives; the schedule
 
 * ``bp``: the last stage computes the loss, the gradient w.r.t. each stage's input travels back
   stage by stage (send/recv), each stage runs its own backward;
-* ``dfa`` (``sdfa``, ``ssdfa``, ``dkp``): the last stage computes e = dL/dlogits per micro-batch and
-  broadcasts it to every stage; each stage puts e·B_l on each of its block outputs (B_l drawn
+* ``dfa`` (``sdfa``, ``ssdfa``, ``dkp``): once every forward of the step has run, the last stage
+  computes e = dL/dlogits of each micro-batch and broadcasts them to every stage as one message; each stage puts e·B_l on each of its block outputs (B_l drawn
   exactly as ``ssdfa.convert(net, "dfa", seed=s)`` draws it) and runs its backward at once;
   nothing travels back stage to stage.  ``dkp`` learns its B_l: each stage also accumulates
   ∂B_l = eᵀh_l (h_l its own block output, the library's ``rules/dkp.py``) from the same e, so
@@ -407,10 +407,10 @@ def _train_stage(rank: int, cfg: PipelineConfig, outdir: str):
               in_shape, opt)
     dist.barrier()
     seconds = time.perf_counter() - t0
-    first_block = sum(len(g) for g in stage_blocks(net, cfg.stages)[:rank])
+    groups = stage_blocks(net, cfg.stages)
+    first_block = sum(len(g) for g in groups[:rank])
     torch.save({"rank": rank, "sent": comm.sent, "wait": comm.wait, "seconds": seconds,
-                "state": {i: net[i].state_dict()
-                          for b in stage_blocks(net, cfg.stages)[rank] for i in b},
+                "state": {i: net[i].state_dict() for b in groups[rank] for i in b},
                 "feedback": {first_block + j: b.detach().clone()
                              for j, b in enumerate(stage.feedback) if b is not None}},
                os.path.join(outdir, f"rank{rank}.pt"))
