@@ -116,7 +116,10 @@ def reference_grads(model, x, y, loss_fn, method):
             sig = F.one_hot(y.reshape(-1), b.shape[0]).to(e.dtype) / rows.shape[0]
         else:
             sig = rows
-        grads = torch.autograd.grad(h, list(params.values()), (sig @ b).view_as(h),
+        # a (batch, classes) output and (batch, seq, d) points: every position gets e·B, B (M, d)
+        broadcast = h.dim() == 3 and out.dim() == 2 and b.shape[1] == h.shape[-1]
+        grad_h = (sig @ b)[:, None, :].expand_as(h) if broadcast else (sig @ b).view_as(h)
+        grads = torch.autograd.grad(h, list(params.values()), grad_h,
                                     allow_unused=True, retain_graph=True)
         for n, g in zip(params, grads):
             if g is not None:
@@ -498,8 +501,12 @@ def test_tuple_and_logits_outputs_keep_their_structure():
         model = ssdfa.convert(cls(), "dfa", seed=0, points=["net.1", "net.3"])  # as plain's
         got = library_grads(model, x, y, lambda o, t: F.cross_entropy(first(o), t))
         assert_same({k.removeprefix("net."): v for k, v in got.items()}, want)
-    with pytest.raises(ValueError, match="computed its loss itself.*outputs.logits"):
-        ssdfa.convert(WithLogits(), "dfa", seed=0, points=["net.1", "net.3"])(x, labels=y)
+    # the loss computed inside forward (labels=) now reaches the feedback: e is taken where the
+    # logits are produced (issue 17, item 1); it used to be refused
+    model = ssdfa.convert(WithLogits(), "dfa", seed=0, points=["net.1", "net.3"])
+    model(x, labels=y)["loss"].backward()
+    got = {n: p.grad for n, p in model.net.named_parameters() if p.grad is not None}
+    assert_same({k.removeprefix("net."): v for k, v in got.items()}, want)
 
 
 def test_torchvision_resnet18_where_torchvision_loads():

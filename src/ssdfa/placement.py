@@ -6,7 +6,9 @@ In order of preference:
    such module's output becomes a point (through a forward hook on it);
 3. an ``nn.Sequential`` (nested ones flattened) or a model ``torch.fx`` traces as one chain of
    supported layers: a point at the input of every weight layer but the first, i.e. at each
-   hidden block's output, after its non-linearity, pooling and flattening;
+   hidden block's output, after its non-linearity, pooling and flattening (for a traced model
+   through a pre-hook on that layer: the trace only finds the places, the model's own forward
+   runs, so its branches, flags and train/eval mode are followed);
 4. anything else (skip connections, attention): a point at the output of every residual block,
    found by one probe forward (:func:`residual_blocks`): a module whose output merges, by an
    addition, two paths from its own input.  If none is found, every problem of steps 3-4 is
@@ -25,7 +27,7 @@ from torch import nn
 
 from .frozen import frozen_module, split_leaves
 from .layers import is_pass_through, is_weight_layer, supported_names
-from .points import FeedbackPoint, PointHook
+from .points import FeedbackPoint, PointHook, PointPreHook
 from .validate import Problem, UnsupportedModelError, check_sequential, flatten_sequential
 
 _FX_FUNCTIONS = {
@@ -279,17 +281,29 @@ def _fx_with_points(model: nn.Module):
         problems.append(Problem("", type(model).__name__, "no Linear or Conv2d layer", HINT))
     if problems:
         raise UnsupportedModelError(problems, "")
-    points = []
-    for node in weight_nodes[1:]:
-        name = f"point{len(points)}"
+    targets = [str(node.target) for node in weight_nodes]
+    if len(set(targets)) != len(targets):
+        raise UnsupportedModelError([Problem(t, "module", "is called more than once (shared "
+                                             "weights)", HINT)
+                                     for t in sorted({t for t in targets if targets.count(t) > 1})], "")
+    # the trace only finds the places: the user's own forward runs (every branch, flag and mode),
+    # each point through a pre-hook at the input of a weight layer
+    return model, input_points(model, targets[1:])
+
+
+def input_points(model: nn.Module, names: list[str]) -> list[tuple[str, FeedbackPoint]]:
+    """Make the input of each named module a feedback point, through a forward pre-hook; the
+    marker is added to ``model`` as ``point<k>`` so hooks and ``points()`` can name it."""
+    out = []
+    for k, name in enumerate(names):
         point = FeedbackPoint()
-        gm.add_submodule(name, point)
-        with gm.graph.inserting_before(node):
-            new = gm.graph.call_module(name, args=(node.args[0],))
-        node.replace_input_with(node.args[0], new)
-        points.append((name, point))
-    gm.recompile()
-    return gm, points
+        model.get_submodule(name).register_forward_pre_hook(PointPreHook(point))
+        label = f"point{k}"
+        while hasattr(model, label):
+            label = "_" + label
+        model.add_module(label, point)  # no parameters: the model's state_dict is unchanged
+        out.append((label, point))
+    return out
 
 
 def _shape_only(node) -> bool:

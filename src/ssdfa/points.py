@@ -38,3 +38,15 @@ class PointHook:
         if isinstance(output, tuple) and output and hasattr(output[0], "shape"):
             return (self.point(output[0]), *output[1:])
         return self.point(output)
+
+
+class PointPreHook:
+    """Forward pre-hook making a module's (first) input a feedback point."""
+
+    def __init__(self, point: FeedbackPoint):
+        self.point = point
+
+    def __call__(self, module, args):
+        if args and hasattr(args[0], "shape"):
+            return (self.point(args[0]), *args[1:])
+        return None

@@ -31,7 +31,9 @@ import torch
 from torch import nn
 
 from .feedback import child_generator, default_std, feedback_std, make_feedback, seeded_generator
+from .heads import find_heads, hook_heads, replace, top_level
 from .layers import is_weight_layer
+from .loss_scale import watch
 from .points import ACTIVE, FeedbackPoint
 from .rules import Rule
 from .validate import Problem, UnsupportedModelError
@@ -40,12 +42,9 @@ class ProbeError(ValueError):
     """A probe forward with a made-up or given input failed."""
 
 
-_HEADS = {"LogSoftmaxBackward0": "log_softmax", "SoftmaxBackward0": "softmax"}
-
-
 class _Point(torch.autograd.Function):
-    """Taps h_l: returns a zero carrier shaped like the output; in backward, the carrier's
-    gradient is the output error e, and h_l gets the rule's signal (and B_l its gradient)."""
+    """Taps h_l: returns a zero carrier (batch[, seq], ΣM_h); in backward, the carrier's gradient
+    is the heads' errors side by side, and h_l gets Σ_h signal(e_h)·B_{l,h} (and B its gradient)."""
 
     @staticmethod
     def forward(ctx, h, owner, i, carrier_shape, target, *params):
@@ -57,68 +56,109 @@ class _Point(torch.autograd.Function):
     @staticmethod
     def backward(ctx, e):
         owner: FeedbackModel = ctx.owner
-        rule, fb, target = owner.rule, owner.feedback[ctx.i], ctx.target
-        token = owner.token[ctx.i]
-        e2 = e.reshape(-1, e.shape[-1]) if token else e.reshape(e.shape[0], -1)  # (rows, M)
-        if token and target is not None:
+        rule, i, target = owner.rule, ctx.i, ctx.target
+        layout = owner.layout[i]
+        e2 = e.reshape(-1, e.shape[-1]) if layout == "token" else e.reshape(e.shape[0], -1)
+        if layout == "token" and target is not None:
             target = target.reshape(e2.shape[0], *target.shape[2:])
+        rows = ctx.shape[0] if layout == "broadcast" else e2.shape[0]
+        fbs = owner.point_feedback(i)
+        slices = owner.error_slices(e2)
         grad_h = None
         if ctx.needs_input_grad[0]:
-            flat = torch.Size((e2.shape[0], fb.num_neurons))
-            grad_h = rule.point_signals(e2, [fb], [flat], target)[0].view(ctx.shape)
-            if rule.scale_free:  # sign(e), y*: carry GradScaler's loss scale (e has it)
+            flat = torch.Size((rows, fbs[0].num_neurons))
+            grad_h = sum(rule.point_signals(eh, [fb], [flat], target)[0]
+                         for eh, fb in zip(slices, fbs))
+            if rule.scale_free:  # sign(e), y*: carry the loss scale this backward applied
                 grad_h = owner.scaled(grad_h)
-        grads = [None] * len(owner.feedback[ctx.i]._parameters)
+            grad_h = grad_h.unsqueeze(1).expand(ctx.shape) if layout == "broadcast" \
+                else grad_h.view(ctx.shape)
+        grads = [None] * (len(ctx.needs_input_grad) - 5)
         if any(ctx.needs_input_grad[5:]):
             h = ctx.saved_tensors[0]
-            grads = rule.feedback_grads(e2, [h.reshape(e2.shape[0], -1)], [fb], target)
+            h2 = h.sum(1) if layout == "broadcast" else h.reshape(e2.shape[0], -1)
+            grads = [g for eh, fb in zip(slices, fbs)
+                     for g in rule.feedback_grads(eh, [h2.reshape(rows, -1)], [fb], target)]
         return (grad_h, None, None, None, None, *grads)
 
 
 class _Inject(torch.autograd.Function):
-    """Identity on y; on the way back, ∂L/∂y -> (y's true gradient, e at the logits per carrier)."""
+    """Identity on a head's output z; in backward, ∂L/∂z -> (z's true gradient, e_h for every
+    carrier at its head's columns).  A returned head behind a softmax takes e at its input."""
 
     @staticmethod
-    def forward(ctx, head, y, *carriers):
-        ctx.head, ctx.shapes = head, [c.shape for c in carriers]
-        if head != "none":
-            ctx.save_for_backward(y)
-        return y.clone()
+    def forward(ctx, softmax, span, z, *carriers):
+        ctx.softmax, ctx.span, ctx.shapes = softmax, span, [c.shape for c in carriers]
+        if softmax != "none":
+            ctx.save_for_backward(z)
+        return z.view_as(z)
 
     @staticmethod
-    def backward(ctx, grad_y):
-        e = grad_y
-        if ctx.head == "log_softmax":  # y = log p: ∂L/∂z = g - p·Σg
-            (y,) = ctx.saved_tensors
-            e = grad_y - y.exp() * grad_y.sum(-1, keepdim=True)
-        elif ctx.head == "softmax":  # y = p: ∂L/∂z = p·(g - Σ g·p)
+    def backward(ctx, grad_z):
+        e = grad_z
+        if ctx.softmax == "log_softmax":  # z = log p: ∂L/∂(logits) = g - p·Σg
+            (z,) = ctx.saved_tensors
+            e = grad_z - z.exp() * grad_z.sum(-1, keepdim=True)
+        elif ctx.softmax == "softmax":  # z = p: ∂L/∂(logits) = p·(g - Σ g·p)
             (p,) = ctx.saved_tensors
-            e = p * (grad_y - (grad_y * p).sum(-1, keepdim=True))
-        return (None, grad_y, *[e.reshape(s) for s in ctx.shapes])
+            e = p * (grad_z - (grad_z * p).sum(-1, keepdim=True))
+        start, stop, total = ctx.span
+        out = []
+        for shape in ctx.shapes:
+            eh = e.reshape(*shape[:-1], stop - start)
+            if (start, stop) != (0, total):  # several heads: this one's columns, zeros elsewhere
+                eh = torch.nn.functional.pad(eh, (start, total - stop))
+            out.append(eh)
+        return (None, None, grad_z, *out)
 
 
 class _Deliver(torch.autograd.Function):
-    """Identity on y; in backward, hands the gradients an update-unlocked rule computed during
-    the forward pass to their parameters.  They are computed and their graph freed at once; only
-    their accumulation waits for the backward pass, so DistributedDataParallel sees every
-    parameter receive its gradient in backward, as it expects, and averages them."""
+    """Identity on a head's output; in backward, hands the gradients an update-unlocked rule
+    computed during the forward pass to their parameters (once per step, whichever head a loss
+    uses), times the loss scale this backward applied.  They are computed and their graph freed
+    at once; only their accumulation waits for the backward pass, so DistributedDataParallel sees
+    every parameter receive its gradient in backward, as it expects, and averages them."""
 
     @staticmethod
-    def forward(ctx, grads, y, *params):
-        ctx.grads = grads
-        return y.clone()
+    def forward(ctx, box, owner, y, *params):
+        ctx.box, ctx.owner = box, owner
+        return y.view_as(y)
 
     @staticmethod
     def backward(ctx, grad_y):
-        grads, ctx.grads = ctx.grads, None
-        return (None, grad_y, *grads)
+        grads, ctx.box[0] = ctx.box[0], None
+        if grads is None:  # another head of this step delivered them
+            return (None, None, grad_y, *[None] * len(ctx.needs_input_grad[3:]))
+        if ctx.owner.rule.scale_free:
+            grads = [ctx.owner.scaled(g) for g in grads]
+        return (None, None, grad_y, *grads)
+
+
+class _Unreached(torch.autograd.Function):
+    """Identity on a returned tensor that no parameter's gradient can reach (it was computed from
+    a point's cut output): a loss on it fails in backward instead of being dropped."""
+
+    @staticmethod
+    def forward(ctx, name, t, anchor):
+        ctx.name = name
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError(
+            f"a loss uses the model's {ctx.name}, which was computed from a feedback point's output "
+            "after the graph was cut there, so its gradient would reach no parameter and be "
+            "dropped: return the point's (block's) output itself, whose gradient ssdfa adds to the "
+            "rule's signal, or compute the auxiliary term from the logits")
 
 
 class FeedbackModel(nn.Module):
     """A network trained with a credit-assignment rule; build it with :func:`ssdfa.convert`.
 
     Forward returns the network's output unchanged.  ``feedback`` holds one module per feedback
-    point (:mod:`ssdfa.feedback`), in the order the points fire; it is part of ``state_dict``.
+    point and output head (:mod:`ssdfa.feedback`; index h·P + l for head h, point l), in the order
+    the points fire; it is part of ``state_dict``.  ``heads`` lists where e is taken
+    (:mod:`ssdfa.heads`).
     """
 
     def __init__(self, net: nn.Module, rule: Rule, points: list[tuple[str, nn.Module]],
@@ -131,20 +171,39 @@ class FeedbackModel(nn.Module):
         self.point_names = [name for name, _ in points]
         self.num_classes = num_classes
         self.feedback = nn.ModuleList()
+        self.register_buffer("applied_scale", torch.ones(()), persistent=False)
         self.grad_scaler = grad_scaler
         # plain lists (not registered twice): deepcopy maps them onto the copied net's points
         self._points = [point for _, point in points]
-        self.token: list[bool] = []  # per point: one error per position (Launay et al.)
+        self.layout: list[str] = []  # per point: "flat", "token" (an error per position) or
+        # "broadcast" (a (batch, seq, d) point under a (batch, M) head: every position gets e·B)
         self._shapes: list[tuple] = []  # per point: its shape without the batch (and seq) dims
-        self.head = "none"  # "log_softmax"/"softmax": e is taken at their input z
+        self.heads: list = []  # ssdfa.heads.Head, in the order their errors are laid side by side
         self.built = not rule.direct
         self._seed, self._scale = seed, feedback_scale
         self._auto, self._problems = auto_points, list(problems or [])
         self._cut = True
         self._tape: list | None = None
         self._target = None
+        self._fired: list = []  # per head: carriers it received this forward (None: not fired)
         self._frozen: list = []  # shallow: hidden parameters marked requires_grad=False
         self._early: dict = {}  # parameter -> gradient computed in the forward pass (unlocked)
+        self._box: list | None = None  # unlocked: this step's early gradients, delivered once
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name == "grad_scaler" and value:
+            watch(value, self)
+
+    @property
+    def token(self) -> list[bool]:
+        """Per point: does it get an error per sequence position (token-level layout)?"""
+        return [lay != "flat" for lay in self.layout]
+
+    @property
+    def head(self) -> str:
+        """'log_softmax'/'softmax' when the single head is returned behind one, else 'none'."""
+        return self.heads[0].softmax if len(self.heads) == 1 else "none"
 
     # -- the forward pass ---------------------------------------------------------------------
     def forward(self, *args, target: torch.Tensor | None = None, **kwargs):
@@ -171,33 +230,103 @@ class FeedbackModel(nn.Module):
         if self.rule.needs_target and target is not None:
             _check_labels(target, self.num_classes)
         self._tape, self._target, self._local, self._early = [], target, local, {}
+        self._fired, self._box = [None] * len(self.heads), None
         if local:  # every point's early gradients are taken with respect to these
             self._trainable = [p for p in self.net.parameters() if p.requires_grad]
         ACTIVE.append(self)
         try:
             y = self.net(*args, **kwargs)
+            tape = self._tape
+            fired = [i for i, _, _ in tape]
+            if len(set(fired)) != len(fired):
+                raise RuntimeError(
+                    "a feedback point fired twice in one forward pass; each ssdfa.FeedbackPoint "
+                    "must be used once (create one marker per hidden block)")
+            return self._finish(y, tape)
         finally:
             ACTIVE.remove(self)
-            tape, self._tape, self._target = self._tape, None, None
-        y, put = _split_output(y)
-        fired = [i for i, _ in tape]
-        if len(set(fired)) != len(fired):
+            self._tape, self._target, self._early = None, None, {}
+            self._fired, self._box = [None] * len(self.heads), None  # hold no graph after forward
+
+    def _finish(self, y, tape):
+        """Inject at returned heads, pass side paths back to their points, check every point's
+        signal reached a head, and mark outputs no gradient can reach."""
+        for k, head in enumerate(self.heads):
+            if head.marker is not None:
+                continue
+            items = dict(top_level(y))
+            if head.key not in items:
+                raise ValueError(f"the model's {head.name} is missing from this call's output, "
+                                 "which it had when the model was converted")
+            y = replace(y, head.key, self._inject_head(k, items[head.key]))
+        carriers = [c for _, c, _ in tape if c is not None]
+        if carriers or self._early:
+            unfired = [h.name for h, f in zip(self.heads, self._fired) if f is None]
+            if len(unfired) == len(self.heads):
+                raise RuntimeError(
+                    f"no output head ({', '.join(unfired)}) ran in this forward pass, so no error "
+                    "can reach the feedback points; call the model as it was converted")
+            late = [self.point_names[i] for i, c, _ in tape if c is not None
+                    and any(f is not None and not any(c is x for x in f) for f in self._fired)]
+            if late:
+                raise RuntimeError(
+                    f"feedback point(s) {', '.join(late)} ran after the output head, so their "
+                    "signal would never arrive; points must come before the layer producing the "
+                    "logits")
+        outs = {id(det): h for _, _, (h, det) in tape}
+        for key, t in top_level(y):
+            if id(t) in outs:  # a point's own output returned: its gradient is added there
+                y = replace(y, key, outs[id(t)])
+            elif t.is_floating_point() and not t.requires_grad and t.dim() >= 1 and tape \
+                    and self._anchor is not None:
+                where = "output" if key is None else f"output[{key!r}]"
+                y = replace(y, key, _Unreached.apply(where, t, self._anchor))
+        return y
+
+    @property
+    def _anchor(self):
+        return next((p for p in self.net.parameters() if p.requires_grad), None)
+
+    def _inject_head(self, k: int, z: torch.Tensor) -> torch.Tensor:
+        """What head ``k``'s output becomes in this forward: the injection of every carrier."""
+        if self._tape is None or not isinstance(z, torch.Tensor):
+            return z
+        if self._fired[k] is not None:
             raise RuntimeError(
-                "a feedback point fired twice in one forward pass; each ssdfa.FeedbackPoint must "
-                "be used once (create one marker per hidden block)")
-        early, self._early = self._early, {}
-        if early:
-            return put(_Deliver.apply(list(early.values()), y, *early))
-        carriers = [c for _, c in tape if c is not None]
+                f"output head {self.heads[k].name!r} ran twice in one forward pass; ssdfa takes the "
+                "output error once per head (call the head module once, or convert a model that "
+                "returns each use separately)")
+        carriers = [c for _, c, _ in self._tape if c is not None]
+        self._fired[k] = carriers
+        if self._early:  # every head delivers; the first backward to arrive takes them
+            if self._box is None:
+                self._box = [list(self._early.values())]
+            return _Deliver.apply(self._box, self, z, *self._early)
         if not carriers:
-            return put(y)
-        for c in carriers:
-            lead = c.shape[:-1] if c.dim() == 3 and y.dim() == 3 else c.shape[:1]
-            if tuple(y.shape[:len(lead)]) != tuple(lead):
+            return z
+        head = self.heads[k]
+        for i, c in self._carrier_points(carriers):
+            lead = c.shape[:-1]
+            want = tuple(z.shape[:2]) if self.layout[i] == "token" else tuple(z.shape[:1])
+            if tuple(lead) != want or (self.layout[i] == "token") != (z.dim() == 3):
                 raise ValueError(
-                    f"the output has shape {tuple(y.shape)} but a feedback point saw a batch of "
-                    f"{tuple(lead)}; every point must hold the batch in its first dimension")
-        return put(_Inject.apply(self.head, y, *carriers))
+                    f"the output head {head.name!r} gave shape {tuple(z.shape)} but feedback point "
+                    f"{self.point_names[i]!r} saw a batch of {tuple(lead)}; every point must hold "
+                    "the batch (and, for token-level feedback, the sequence) in its first "
+                    "dimensions, as when the model was converted")
+        width = int(z.shape[-1]) if self.layout and self.layout[0] != "flat" else int(z[0].numel())
+        if width != head.width:
+            raise ValueError(
+                f"the output head {head.name!r} gave {width} values per "
+                f"{'position' if self.layout[0] != 'flat' else 'example'}, but its feedback "
+                f"matrices were drawn for {head.width}; convert again for this output size")
+        start = sum(h.width for h in self.heads[:k])
+        span = (start, start + head.width, sum(h.width for h in self.heads))
+        return _Inject.apply(head.softmax if head.marker is None else "none", span, z, *carriers)
+
+    def _carrier_points(self, carriers):
+        by_id = {id(c): i for i, c, _ in self._tape if c is not None}
+        return [(by_id[id(c)], c) for c in carriers]
 
     def _record(self, point: FeedbackPoint, h: torch.Tensor) -> torch.Tensor:
         """What a point hands the model during its forward pass; the next block gets h detached."""
@@ -205,22 +334,24 @@ class FeedbackModel(nn.Module):
         if i is None or self._tape is None:  # a marker of some other model
             return h
         self._check_shape(i, h)
+        det = h.detach()
         if self._local:  # this block's gradients are computed now and its graph freed at once
             if h.requires_grad:
                 signal = self.rule.local_signal(self.feedback[i], self._target, h)
-                signal = self.scaled(signal) if self.rule.scale_free else signal
                 params = self._trainable
                 for p, g in zip(params, torch.autograd.grad(h, params, signal, allow_unused=True)):
                     if g is not None:
                         self._early[p] = g if p not in self._early else self._early[p] + g
-            self._tape.append((i, None))
-            return h.detach()
+            self._tape.append((i, None, (h, det)))
+            return det
         carrier = None
         if self.rule.inject and h.requires_grad:
-            shape = (*h.shape[:2], self.num_classes) if self.token[i] else (h.shape[0], self.num_classes)
-            carrier = _Point.apply(h, self, i, shape, self._target, *self.feedback[i]._parameters.values())
-        self._tape.append((i, carrier))
-        return h.detach()  # cut: the next block never sends a gradient back here
+            total = sum(hd.width for hd in self.heads)
+            shape = (*h.shape[:2], total) if self.layout[i] == "token" else (h.shape[0], total)
+            params = [t for fb in self.point_feedback(i) for t in fb._parameters.values()]
+            carrier = _Point.apply(h, self, i, shape, self._target, *params)
+        self._tape.append((i, carrier, (h, det)))
+        return det  # cut: the next block never sends a gradient back here
 
     def point_index(self, point) -> int | None:
         for i, p in enumerate(self._points):
@@ -228,8 +359,25 @@ class FeedbackModel(nn.Module):
                 return i
         return None
 
+    def head_index(self, marker) -> int | None:
+        for k, head in enumerate(self.heads):
+            if head.marker is marker:
+                return k
+        return None
+
+    def point_feedback(self, i: int) -> list:
+        """Point i's feedback modules, one per head (B_{l,h})."""
+        n = len(self._points)
+        return [self.feedback[h * n + i] for h in range(len(self.heads))]
+
+    def error_slices(self, e2: torch.Tensor) -> list[torch.Tensor]:
+        """The (rows, ΣM) errors split per head."""
+        if len(self.heads) == 1:
+            return [e2]
+        return list(torch.split(e2, [h.width for h in self.heads], dim=1))
+
     def _check_shape(self, i, h):
-        skip = 2 if self.token[i] else 1
+        skip = 1 if self.layout[i] == "flat" else 2
         if tuple(h.shape[skip:]) != self._shapes[i]:
             want = ("(batch, seq, " if skip == 2 else "(batch, ") + ", ".join(map(str, self._shapes[i])) + ")"
             raise ValueError(
@@ -238,20 +386,17 @@ class FeedbackModel(nn.Module):
                 "feed inputs of the size it was converted with, or convert again for this size")
 
     def scaled(self, signal: torch.Tensor) -> torch.Tensor:
-        """``signal`` times GradScaler's current loss scale (none: unchanged), for signals that
-        ignore |e|; multiplied in fp32, as 2^16 itself overflows fp16."""
-        scaler = self.grad_scaler
-        if not scaler or not scaler.is_enabled():
+        """``signal`` times the loss scale this backward pass applied (1 unless the loss came
+        from the watched ``GradScaler``'s ``scale()``); in fp32, as 2^16 overflows fp16."""
+        if not self.grad_scaler:
             return signal
-        scale = scaler._get_scale_async()  # a tensor on the device: no sync
-        if scale is None:  # before the scaler's first scale()
-            return (signal.float() * float(scaler._init_scale)).to(signal.dtype)
-        return (signal.float() * scale.to(signal.device)).to(signal.dtype)
+        return (signal.float() * self.applied_scale.to(signal.device)).to(signal.dtype)
 
-    # -- building: shapes, head, feedback matrices --------------------------------------------
+    # -- building: shapes, heads, feedback matrices --------------------------------------------
     @torch.compiler.disable
     def _build(self, args, kwargs):
-        """Probe the network with two batch sizes; place residual points; draw each B_l."""
+        """Probe the network with two batch sizes; place residual points; find the heads; draw
+        each B_{l,h}."""
         from .placement import hook_points, residual_blocks
 
         if self.built:
@@ -271,10 +416,47 @@ class FeedbackModel(nn.Module):
             self._auto = False
         small = _probe(self.net, self._points, *_batch_variant((args, kwargs), 2))
         large = _probe(self.net, self._points, *_batch_variant((args, kwargs), 3))
-        y2, y3 = small["y"], large["y"]
-        if y2.shape[0] != 2 or y3.shape[0] != 3 or y2.shape[1:] != y3.shape[1:]:
+        self._check_batch_dims(small, large)
+        order = sorted(range(len(self._points)), key=lambda k: large["fired"][id(self._points[k])][0])
+        self._points = [self._points[k] for k in order]
+        self.point_names = [self.point_names[k] for k in order]
+        shapes = [large["fired"][id(p)][1] for p in self._points]
+        seq = self._sequence_points(shapes, large, args, kwargs)
+        last = max((large["fired"][id(p)][0] for p in self._points), default=-1)
+        heads = find_heads(self.net, large["out"], 3, large["outputs"], large["order"], last,
+                           {f[3] for f in large["fired"].values()}, any(seq))
+        self._check_heads(heads, large)
+        self.layout = ["flat" if not q else ("token" if heads[0].sequence else "broadcast")
+                       for q in seq]
+        if any(seq) and not all(seq):
+            flat = [n for n, q in zip(self.point_names, seq) if not q]
+            raise UnsupportedModelError([Problem(n, "point", "has no sequence dimension while the "
+                                                 "others are (batch, seq, d)",
+                                                 "Choose points of shape (batch, seq, d)")
+                                         for n in flat], self.rule.name)
+        self._shapes = [tuple(s[2:]) if q else tuple(s[1:]) for s, q in zip(shapes, seq)]
+        width = sum(h.width for h in heads)
+        if self.num_classes is not None and self.num_classes != width \
+                and not all(h.width == self.num_classes for h in heads):
             raise ValueError(
-                f"the model's output ({tuple(y3.shape)} for a batch of 3) does not hold the batch "
+                f"num_classes={self.num_classes} but the model outputs {width} values per "
+                f"{'position' if any(seq) else 'example'} ({', '.join(f'{h.name}: {h.width}' for h in heads)}); "
+                "the feedback matrices need the true output width")
+        self.heads, self.num_classes = heads, width
+        hook_heads(self.net, heads)
+        if self.rule.inject or self.rule.local:  # shallow feeds nothing back: no B_l
+            self._draw_feedback(large)
+        self.built = True
+        if not (self.rule.inject or self.rule.local):
+            self._freeze_hidden(_batch_variant((args, kwargs), 2))
+
+    def _check_batch_dims(self, small, large):
+        y2, y3 = _first_output(small["out"]), _first_output(large["out"])
+        if y2 is None or y3 is None or y2.dim() == 0 or y2.shape[0] != 2 or y3.shape[0] != 3 \
+                or y2.shape[1:] != y3.shape[1:]:
+            shape = None if y3 is None else tuple(y3.shape)
+            raise ValueError(
+                f"the model's output ({shape} for a batch of 3) does not hold the batch "
                 "in its first dimension; ssdfa needs batch-first inputs and outputs (e.g. "
                 "batch_first=True for nn.Transformer* layers)")
         missing = [n for n, p in zip(self.point_names, self._points) if id(p) not in large["fired"]]
@@ -294,45 +476,66 @@ class FeedbackModel(nn.Module):
                     "Make the block batch-first (e.g. batch_first=True), or choose other points="))
         if problems:
             raise UnsupportedModelError(problems, self.rule.name)
-        order = sorted(range(len(self._points)), key=lambda k: large["fired"][id(self._points[k])][0])
-        self._points = [self._points[k] for k in order]
-        self.point_names = [self.point_names[k] for k in order]
-        y = y3
-        fn = y.grad_fn
-        dim = int(getattr(fn, "_saved_dim", 0))
-        dim = dim - 2**64 if dim >= 2**63 else dim  # -1 comes back as an unsigned int64
-        if type(fn).__name__ in _HEADS and dim in (-1, y.dim() - 1):
-            self.head = _HEADS[type(fn).__name__]
-        shapes = [large["fired"][id(p)][1] for p in self._points]
-        self.token = [y.dim() == 3 and len(s) == 3 and s[1] == y.shape[1] for s in shapes]
-        self._shapes = [tuple(s[2:]) if t else tuple(s[1:]) for s, t in zip(shapes, self.token)]
-        width = int(y.shape[-1]) if any(self.token) else int(y[0].numel())
-        if any(self.token) and not all(self.token):
-            flat = [n for n, t in zip(self.point_names, self.token) if not t]
-            raise UnsupportedModelError([Problem(n, "point", "has no sequence dimension while the "
-                                                 "output is (batch, seq, classes)",
-                                                 "Choose points of shape (batch, seq, d)")
-                                         for n in flat], self.rule.name)
-        if self.num_classes is not None and self.num_classes != width:
+
+    def _sequence_points(self, shapes, large, args, kwargs) -> list[bool]:
+        """Per point: is its dim 1 a sequence?  Yes when a (batch, seq, M) output has the same
+        length there, or when a probe one position shorter shortens it (any output: a (batch,
+        classes) head then gives every position the example's error, Launay et al. 2020)."""
+        ys = [t for _, t in top_level(large["out"]) if t.dim() == 3]
+        seq = [len(s) == 3 and any(s[1] == y.shape[1] for y in ys) for s in shapes]
+        if all(seq) or not any(len(s) == 3 for s in shapes):
+            return seq
+        shorter = _seq_variant(_batch_variant((args, kwargs), 3))
+        if shorter is None:
+            return seq
+        try:
+            probe = _probe(self.net, self._points, *shorter)
+        except ProbeError:
+            return seq
+        for k, (s, p) in enumerate(zip(shapes, self._points)):
+            t = probe["fired"].get(id(p), (None, None))[1]
+            if t is not None and len(s) == 3 and len(t) == 3 and t[1] == s[1] - 1 and t[2] == s[2]:
+                seq[k] = True
+        return seq
+
+    def _check_heads(self, heads, large):
+        if not heads:
             raise ValueError(
-                f"num_classes={self.num_classes} but the model outputs {width} values per "
-                f"{'position' if any(self.token) else 'example'} (output shape "
-                f"{tuple(y.shape)}); the feedback matrices need the true output width")
-        self.num_classes = width
-        if self.rule.inject or self.rule.local:  # shallow feeds nothing back: no B_l
-            base = seeded_generator(self._seed)
-            device = self._device
+                "found no output to take the error at: the model must return its prediction (a "
+                "tensor with the batch in dim 0, e.g. the logits, alone, in a tuple, or as "
+                "`.logits`), produced after the last feedback point")
+        scalar_loss = any(t.dim() == 0 and t.requires_grad for _, t in top_level(large["out"]))
+        returned = [h.name for h in heads if h.marker is None]
+        if scalar_loss and returned:
+            raise ValueError(
+                f"the model returns a loss computed inside forward, but its {', '.join(returned)} "
+                "was produced by no module ssdfa could find (a function such as x @ W.T), so that "
+                "loss would never reach the feedback: produce the logits with a module (e.g. "
+                "nn.Linear, weights may be tied) or compute the loss outside forward")
+        if len(heads) > 1 and self.rule.needs_target:
+            raise ValueError(
+                f"method {self.rule.name!r} feeds one target back, but the model has several "
+                f"output heads ({', '.join(h.name for h in heads)}); use one head, or a rule that "
+                "feeds each head's error back (dfa, sdfa, ssdfa, dkp, sign_dfa)")
+        if any(h.sequence for h in heads) and not all(h.sequence for h in heads):
+            raise ValueError(
+                "some output heads are (batch, seq, classes) and others (batch, classes): "
+                f"{', '.join(h.name for h in heads)}; ssdfa feeds back one layout per model")
+
+    def _draw_feedback(self, large):
+        """B_{l,h} for every head h and point l, each from its own generator, head-major (head 0's
+        draws are those of a one-head model)."""
+        base = seeded_generator(self._seed)
+        device = self._device
+        for head in self.heads:
             for i, p in enumerate(self._points):
                 producer = large["fired"][id(p)][2]
                 neurons = math.prod(self._shapes[i])
                 gen = child_generator(base)
-                spec = self.rule.feedback_spec(width)
+                spec = self.rule.feedback_spec(head.width)
                 std = default_std(neurons) if producer is None else feedback_std(producer, neurons)
-                self.feedback.append(make_feedback(width, neurons, spec, generator=gen,
+                self.feedback.append(make_feedback(head.width, neurons, spec, generator=gen,
                                                    std=std * self._scale).to(device))
-        self.built = True
-        if not (self.rule.inject or self.rule.local):
-            self._freeze_hidden(_batch_variant((args, kwargs), 2))
 
     def _freeze_hidden(self, inputs):
         """Shallow learning: hidden parameters get no gradient, so mark them frozen
@@ -418,21 +621,51 @@ def _batch_variant(inputs, n: int):
     return cut(tuple(args)), {k: cut(v) for k, v in kwargs.items()}
 
 
+def _seq_variant(inputs):
+    """(args, kwargs) one sequence position shorter: every tensor of 2+ dims whose dim 1 has the
+    first input's length is cut there (token ids, masks, (batch, seq, d) inputs); None if none."""
+    args, kwargs = inputs
+    first = next((t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)), None)
+    if first is None or first.dim() < 2 or first.shape[1] < 2:
+        return None
+    n = first.shape[1]
+
+    def cut(t):
+        if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[1] == n:
+            return t[:, :n - 1]
+        return t
+    return tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()}
+
+
 def _probe(net, points, args, kwargs):
-    """One grad-enabled eval forward: for each point (by id) its firing rank, its output shape
-    and the weight layer that fired last before it (it sets the feedback scale)."""
+    """One grad-enabled eval forward: for each point (by id) its firing rank, its output shape,
+    the weight layer that fired last before it (it sets the feedback scale) and its output's
+    grad_fn; for each module output's grad_fn the innermost module that produced it; each
+    module's last firing rank; and the output."""
     fired: dict[int, tuple] = {}
+    outputs: dict = {}
+    order: dict[str, int] = {}
+    clock = [0]
     last_weight: list[nn.Module | None] = [None]
     handles = []
     for point in points:
         def hook(mod, inp, out):
             if id(mod) not in fired:
-                fired[id(mod)] = (len(fired), tuple(out.shape), last_weight[0])
+                fired[id(mod)] = (clock[0], tuple(out.shape), last_weight[0], out.grad_fn)
+                clock[0] += 1
         handles.append(point.register_forward_hook(hook))
-    for mod in net.modules():
+    for name, mod in net.named_modules():
         if is_weight_layer(mod):
             handles.append(mod.register_forward_hook(
                 lambda m, i, o: last_weight.__setitem__(0, m)))
+        if name and not isinstance(mod, FeedbackPoint):
+            def seen(m, i, o, name=name):
+                t = o[0] if isinstance(o, tuple) and o else o
+                if isinstance(t, torch.Tensor) and t.grad_fn is not None:
+                    outputs.setdefault(t.grad_fn, name)
+                order[name] = clock[0]
+                clock[0] += 1
+            handles.append(mod.register_forward_hook(seen))
     was_training = net.training
     net.eval()
     try:
@@ -448,26 +681,18 @@ def _probe(net, points, args, kwargs):
         net.train(was_training)
         for h in handles:
             h.remove()
-    return {"fired": fired, "y": _split_output(y)[0]}
+    return {"fired": fired, "out": y, "outputs": outputs, "order": order,
+            "y": _first_output(y)}
 
 
-def _split_output(y):
-    """(the output tensor the error is taken at, a function putting a new one in its place): a
-    tensor, a tuple starting with one, or a Hugging Face-style output holding ``logits``."""
+def _first_output(y):
+    """The first tensor of an output: a tensor, a tuple's first, or ``.logits``."""
     if isinstance(y, torch.Tensor):
-        return y, lambda t: t
+        return y
     if isinstance(y, dict) and isinstance(y.get("logits"), torch.Tensor):
-        if y.get("loss") is not None:
-            raise ValueError(
-                "the model computed its loss itself (it returned `loss`, e.g. labels= was passed), "
-                "from logits the feedback never sees; call it without labels and compute the "
-                "loss from outputs.logits")
-
-        def put(t):
-            y["logits"] = t
-            return y
-        return y["logits"], put
-    if isinstance(y, tuple) and y and isinstance(y[0], torch.Tensor):
-        return y[0], lambda t: (t, *y[1:])
-    raise TypeError(f"the model must return its output tensor (batch, classes), a tuple starting "
-                    f"with it, or an object with .logits; got {type(y).__name__}")
+        return y["logits"]
+    if isinstance(y, (tuple, list)) and y and isinstance(y[0], torch.Tensor):
+        return y[0]
+    if isinstance(y, dict):
+        return next((v for v in y.values() if isinstance(v, torch.Tensor) and v.dim() > 0), None)
+    return None
