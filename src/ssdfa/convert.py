@@ -58,6 +58,7 @@ def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None 
     if points is not None and not rule.direct:
         raise ValueError(f"points= places direct feedback; method {rule.name!r} has none")
 
+    _materialise_lazy(model, rule, input_shape, example_input)
     if rule.layerwise:  # drawn only where B is: `bp` leaves the global RNG untouched
         net, layer_names = _layerwise_net(model, rule, train_only, seeded_generator(seed))
         wrapped = LayerwiseModel(net, rule, layer_names, num_classes=num_classes)
@@ -126,9 +127,40 @@ def _given_example(net, input_shape, example_input):
     return None
 
 
+def _is_lazy(model: nn.Module) -> bool:
+    return any(nn.parameter.is_lazy(p) for p in model.parameters()) or \
+        any(nn.parameter.is_lazy(b) for b in model.buffers())
+
+
+def _materialise_lazy(model, rule, input_shape, example_input):
+    """Lazy modules (nn.LazyLinear, ...) get their shapes from one forward on the given input;
+    without one, the rules that size B from the weights refuse, the others size at first call."""
+    if not _is_lazy(model):
+        return
+    given = _given_example(model, input_shape, example_input)
+    if given is None:
+        if rule.layerwise or rule.learned_feedback:
+            raise ValueError(
+                f"the model has lazy modules ({', '.join(sorted({type(m).__name__ for m in model.modules() if _is_lazy(m) and not any(True for _ in m.children())}))}) "
+                f"whose weights have no shape yet, and method {rule.name!r} draws its feedback "
+                "matrices from them: call the model once on a batch before converting, or pass "
+                "example_input=a batch (or input_shape=...) to ssdfa.convert")
+        return
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(given)
+    finally:
+        model.train(was)
+
+
 def _guessed_example(wrapped):
-    """A zero batch for a model whose first layer, in definition order, is a Linear."""
+    """A zero batch for a model whose first layer, in definition order, is a Linear (not a
+    lazy one: its input width is unknown)."""
     net = wrapped.net
+    if _is_lazy(net):
+        return None
     first = next((m for m in net.modules() if is_weight_layer(m) or isinstance(m, nn.Embedding)), None)
     if isinstance(first, nn.Linear):
         device = first.weight.device

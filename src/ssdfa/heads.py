@@ -105,11 +105,14 @@ def replace(out, key, value):
     return type(out)(items) if not hasattr(out, "_fields") else type(out)(*items)
 
 
-def producer(t: torch.Tensor, outputs: dict, order: dict):
+def producer(t: torch.Tensor, outputs: dict, order: dict, point_outputs=frozenset()):
     """(module name, softmax crossed) of the module whose output ``t`` is, walking back through
-    transparent nodes; (None, softmax kind) when no module produced it."""
+    transparent nodes; (None, softmax kind) when no module produced it; ("", ...) when it is a
+    feedback point's output, rescaled or reshaped."""
     fn, crossed = t.grad_fn, "none"
     while fn is not None:
+        if fn in point_outputs:
+            return "", crossed
         name = outputs.get(fn)
         if name is not None and SOFTMAX.get(type(fn).__name__) is None:
             return name, crossed
@@ -137,9 +140,9 @@ def find_heads(net: nn.Module, out, batch: int, outputs: dict, order: dict, last
     for key, t in top_level(out):
         if not (t.is_floating_point() and t.dim() >= 1 and t.shape[0] == batch and t.requires_grad):
             continue
-        if t.grad_fn in point_outputs:  # a point's own output: a side path, not a head
+        name, crossed = producer(t, outputs, order, point_outputs)
+        if name == "":  # a point's own output (or a rescaling of it): not a head
             continue
-        name, crossed = producer(t, outputs, order)
         if name is not None and order.get(name, -1) < last_point:
             continue  # produced before a point fired: an inner output, trained through its block
         if name is not None and name in seen:

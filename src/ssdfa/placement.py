@@ -269,7 +269,7 @@ def _fx_with_points(model: nn.Module):
                                         "not a layer ssdfa can train through",
                                         f"Supported: {supported_names()}. {HINT}"))
         elif node.op == "call_function" and node.target not in _FX_FUNCTIONS \
-                and node.target is not operator.getitem:
+                and node.target is not operator.getitem and not _constant_scaling(node):
             problems.append(Problem(getattr(node.target, "__name__", str(node.target)), "function",
                                     "not an operation ssdfa knows to be element-wise or a reshape",
                                     HINT))
@@ -304,6 +304,15 @@ def input_points(model: nn.Module, names: list[str]) -> list[tuple[str, Feedback
         model.add_module(label, point)  # no parameters: the model's state_dict is unchanged
         out.append((label, point))
     return out
+
+
+def _constant_scaling(node) -> bool:
+    """``h * c`` or ``h / c`` with a constant c (a temperature, a logit scale): element-wise."""
+    import torch.fx as fx
+
+    return node.target in (operator.mul, operator.truediv) and len(node.args) == 2 and \
+        sum(isinstance(a, fx.Node) for a in node.args) == 1 and \
+        (node.target is operator.mul or isinstance(node.args[0], fx.Node))
 
 
 def _shape_only(node) -> bool:

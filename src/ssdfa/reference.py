@@ -1,13 +1,23 @@
-"""A slow, public reference: recompute a direct rule's gradients block by block from the paper.
+"""A slow, public reference: recompute a rule's gradients from the paper, with plain autograd.
 
-``check_gradients(model, x, y)`` runs one backward through the converted model, then recomputes
-every parameter gradient with an explicit computation that uses nothing of the fast path (no
-injection Function, no carrier): the output error e at the logits, the signal e·B_l from the
-dense matrices of ``feedback_matrices`` (SSDFA paper, Eq. 8-9), and each block's own
-vector-Jacobian product.  An nn.Sequential is walked block by block; any other model (residual,
-transformer, traced) is run once with plain forward hooks that detach each point's output.  Run
-it on your own models to make sure ssdfa trains them as the paper says (in eval mode, or without
-dropout: it runs the model twice).
+``check_gradients(model, x, y, loss_fn)`` runs one backward through the converted model, then
+recomputes every parameter gradient with a computation that uses nothing of the fast path (no
+injection Function, no carrier, no layer wrapper's backward):
+
+- direct rules: the network runs with plain forward hooks that detach each point's output for
+  the next block and keep every output head's z attached; the loss is ``loss_fn(output, y)`` on
+  whatever the model returns (a loss computed inside ``forward`` included).  e_h = ∂L/∂z_h at
+  every head (through a returned softmax by its formula), the signal of each head's e_h through
+  its rows of the dense ``feedback_matrices`` (δ_l = Σ_h signal(e_h)·B_{l,h}, SSDFA paper Eq. 8-9),
+  plus the true gradient of any loss term on a point's own returned output, and each block's own
+  vector-Jacobian product;
+- layer-wise rules (FA, KP): each weight layer is recomputed as ``f(x; W)`` for its parameters
+  plus ``f(x; B) − f(x; B).detach()`` for its input, so ∂x uses B_l in place of W_l (DKP Eq. 5).
+
+Run it on your own models to make sure ssdfa trains them as the paper says (in eval mode, or
+without dropout: it runs the model twice).  ``x`` may be a tuple of positional inputs and
+``kwargs`` holds keyword inputs (``check_gradients(gpt, (idx, targets), targets, lambda o, y:
+o[1])`` for a model that returns its own loss).
 """
 
 from __future__ import annotations
@@ -18,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .points import FeedbackPoint
+from .heads import replace, top_level
 from .wrapper import FeedbackModel
 
-# What each direct rule feeds back through B_l, straight from its paper (e: output error).
-SIGNALS: dict[str, Callable] = {
+# What each direct rule feeds back through B_l, straight from its paper (e: output error rows).
+SIGNALS: dict[str, Callable | None] = {
     "dfa": lambda e, target: e,  # SSDFA paper Eq. 8-9
     "sdfa": lambda e, target: e,  # same, B sparse (Sec. III)
     "ssdfa": lambda e, target: e,  # Eq. 11: one error per neuron
@@ -39,151 +49,156 @@ def _one_hot(target, e):
     return target.to(e.dtype)
 
 
-def _layerwise_gradients(model, x, y, loss_fn):
-    """FA/KP by hand: walk the Sequential backwards; a weight layer's ∂x uses B_l (DKP Eq. 5)."""
+def _default_loss(out, y):
+    if isinstance(out, torch.Tensor):
+        return F.cross_entropy(out, y)
+    first = out["logits"] if isinstance(out, dict) else out[0]
+    return F.cross_entropy(first, y)
+
+
+def _call(model_net, x, kwargs):
+    args = x if isinstance(x, tuple) else (x,)
+    return model_net(*args, **(kwargs or {}))
+
+
+def _layerwise_gradients(model, x, y, loss_fn, kwargs):
+    """FA/KP by hand: each wrapped layer's output recomputed so that ∂x goes through B_l."""
     from .layerwise import LayerFeedback
 
-    if not isinstance(model.net, nn.Sequential):
-        raise NotImplementedError("the layer-wise reference walks nn.Sequential models")
-    mods = list(model.net)
-    ins, outs = [], []
-    a = x
-    for mod in mods:  # forward, each module on a detached input, weight layers run plainly
-        a = a.detach().requires_grad_(a.is_floating_point())
-        ins.append(a)
-        a = mod.layer(a) if isinstance(mod, LayerFeedback) else mod(a)
-        outs.append(a)
-    g = torch.autograd.grad(loss_fn(outs[-1], y), outs[-1])[0]
-    name_of = {id(p): n for n, p in model.net.named_parameters()}
-    expected: dict[str, torch.Tensor] = {}
-    for mod, a, h in zip(reversed(mods), reversed(ins), reversed(outs)):
-        if not h.requires_grad:
-            break
-        params = [p for p in (mod.layer if isinstance(mod, LayerFeedback) else mod).parameters()]
-        grads = torch.autograd.grad(h, params, g, retain_graph=True, allow_unused=True) \
-            if params else []
-        for p, gp in zip(params, grads):
-            if gp is not None:
-                expected[name_of[id(p)]] = gp
+    handles = []
+    for mod in model.net.modules():
         if isinstance(mod, LayerFeedback):
-            if isinstance(mod.feedback, nn.Parameter):  # KP: B gets W's gradient
-                expected[name_of[id(mod.feedback)]] = expected[name_of[id(mod.layer.weight)]]
-            h = torch.func.functional_call(mod.layer, {"weight": mod.feedback.detach()}, (a,))
-        if not a.requires_grad:
-            break
-        g = torch.autograd.grad(h, a, g)[0]
-    return expected
-
-
-def _blocks(net: nn.Module) -> list[list[nn.Module]]:
-    blocks: list[list[nn.Module]] = [[]]
-    for mod in net:
-        if isinstance(mod, FeedbackPoint):
-            blocks.append([])
-        else:
-            blocks[-1].append(mod)
-    return blocks
-
-
-def reference_gradients(model: FeedbackModel, x: torch.Tensor, y: torch.Tensor,
-                        loss_fn: Callable = F.cross_entropy) -> dict[str, torch.Tensor]:
-    """{parameter name in model.net: expected gradient} under the model's rule."""
-    rule = model.rule.name
-    params = dict(model.net.named_parameters())
-    if model.rule.layerwise:
-        return _layerwise_gradients(model, x, y, loss_fn)
-    if not model.rule.direct:
-        out = model.net(x)
-        grads = torch.autograd.grad(loss_fn(out, y), list(params.values()), allow_unused=True)
-        return {n: g for n, g in zip(params, grads) if g is not None}
-    if rule not in SIGNALS:
-        raise NotImplementedError(f"no reference signal for method {rule!r}; known: {sorted(SIGNALS)}")
-    if not isinstance(model.net, nn.Sequential):
-        return _hooked_gradients(model, x, y, loss_fn)
-    matrices = list(model.feedback_matrices().values())
-    # forward, block by block, each block on a detached input
-    acts, outs = [x], []
-    for block in _blocks(model.net):
-        a = acts[-1].detach()
-        for mod in block:
-            a = mod(a)
-        outs.append(a)
-        acts.append(a)
-    out = outs[-1]
-    e = torch.autograd.grad(loss_fn(out, y), out, retain_graph=True)[0].reshape(out.shape[0], -1)
-    signal = None if SIGNALS[rule] is None else SIGNALS[rule](e, y)
-    name_of = {id(p): n for n, p in params.items()}
-    expected: dict[str, torch.Tensor] = {}
-    for layer, h in enumerate(outs):
-        if layer < len(outs) - 1 and SIGNALS[rule] is None:
-            continue
-        grad_h = e.view_as(h) if layer == len(outs) - 1 else (signal @ matrices[layer]).view_as(h)
-        block_params = [p for mod in _blocks(model.net)[layer] for p in mod.parameters()]
-        if not block_params:
-            continue
-        grads = torch.autograd.grad(h, block_params, grad_outputs=grad_h, retain_graph=True,
-                                    allow_unused=True)
-        for p, g in zip(block_params, grads):
-            if g is not None:
-                expected[name_of[id(p)]] = g
-    return expected
-
-
-def _hooked_gradients(model, x, y, loss_fn):
-    """Any model: plain forward hooks detach each point's h_l for the next block; e is taken at
-    the logits (through a log_softmax/softmax head by its formula), per position for a
-    (batch, seq, classes) output and (batch, seq, d) points; each h_l gets signal·B_l."""
-    outs, handles = [], []
-    for point in model.points().values():
-        def cut(mod, inp, out):
-            outs.append(out)
-            return out.detach()
-        handles.append(point.register_forward_hook(cut))
+            def swap(m, inputs, out):
+                a = inputs[0]
+                plain = m.layer(a.detach()) if a.requires_grad else m.layer(a)
+                if not a.requires_grad:
+                    return plain
+                swapped = {"weight": m.feedback.detach()}
+                if getattr(m.layer, "bias", None) is not None:
+                    swapped["bias"] = m.layer.bias.detach()
+                through_b = torch.func.functional_call(m.layer, swapped, (a,))
+                return plain + through_b - through_b.detach()
+            handles.append(mod.register_forward_hook(swap))
     try:
-        out = model.net(x)
+        out = _call(model.net, x, kwargs)
     finally:
         for h in handles:
             h.remove()
-    logits = out if isinstance(out, torch.Tensor) else (out[0] if isinstance(out, tuple)
-                                                        else out["logits"])
+    params = {n: p for n, p in model.net.named_parameters() if p.requires_grad}
+    grads = torch.autograd.grad(loss_fn(out, y), list(params.values()), allow_unused=True)
+    expected = {n: g for n, g in zip(params, grads) if g is not None}
+    for name, mod in model.net.named_modules():
+        if isinstance(mod, LayerFeedback) and isinstance(mod.feedback, nn.Parameter):
+            w = next(n for n, p in model.net.named_parameters() if p is mod.layer.weight)
+            if w in expected:  # KP: B gets W's gradient
+                expected[f"{name}.feedback"] = expected[w]
+    return expected
+
+
+def reference_gradients(model: FeedbackModel, x, y: torch.Tensor, loss_fn: Callable = _default_loss,
+                        kwargs: dict | None = None) -> dict[str, torch.Tensor]:
+    """{parameter name in model.net: expected gradient} under the model's rule."""
+    rule = model.rule.name
+    if model.rule.layerwise:
+        return _layerwise_gradients(model, x, y, loss_fn, kwargs)
+    params = {n: p for n, p in model.net.named_parameters() if p.requires_grad}
+    if not model.rule.direct:
+        grads = torch.autograd.grad(loss_fn(_call(model.net, x, kwargs), y), list(params.values()),
+                                    allow_unused=True)
+        return {n: g for n, g in zip(params, grads) if g is not None}
+    if rule not in SIGNALS:
+        raise NotImplementedError(f"no reference signal for method {rule!r}; known: {sorted(SIGNALS)}")
+    outs, cut, zs, handles = [], {}, {}, []
+    for point in model.points().values():
+        def detach(mod, inp, out):
+            outs.append(out)
+            cut[id(out)] = out.detach()
+            return cut[id(out)]
+        handles.append(point.register_forward_hook(detach))
+    for head in model.heads:
+        if head.marker is not None:
+            def keep(mod, inp, out, name=head.name):
+                zs[name] = out[0] if isinstance(out, tuple) else out
+            handles.append(model.net.get_submodule(head.name).register_forward_hook(keep))
+    try:
+        out = _call(model.net, x, kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    for head in model.heads:
+        if head.marker is None:
+            zs[head.name] = dict(top_level(out))[head.key]
+    # a point's own output returned: a fresh leaf, so a loss term on it gives its true gradient
+    side = {}
+    dets = {id(d): k for k, d in enumerate(cut.values())}
+    for key, t in top_level(out):
+        if id(t) in dets:
+            leaf = t.clone().requires_grad_()
+            side[dets[id(t)]] = leaf
+            out = replace(out, key, leaf)
     loss = loss_fn(out, y)
-    params = dict(model.net.named_parameters())
-    live = {n: p for n, p in params.items() if p.requires_grad}
-    total = dict(zip(live, torch.autograd.grad(loss, list(live.values()), allow_unused=True,
-                                               retain_graph=True)))
-    g = torch.autograd.grad(loss, logits, retain_graph=True)[0]
-    if model.head == "log_softmax":  # ∂L/∂z of z -> log softmax(z)
-        g = g - logits.exp() * g.sum(-1, keepdim=True)
-    elif model.head == "softmax":
-        g = logits * (g - (g * logits).sum(-1, keepdim=True))
-    if SIGNALS[model.rule.name] is not None:
-        for h, b in zip(outs, model.feedback_matrices().values()):
-            token = h.dim() == 3 and logits.dim() == 3
-            e = g.reshape(-1, g.shape[-1]) if token else g.reshape(h.shape[0], -1)
-            target = y.reshape(-1) if token and y.dim() == 2 else y
-            grad_h = (SIGNALS[model.rule.name](e, target) @ b).view_as(h)
-            for n, gp in zip(live, torch.autograd.grad(h, list(live.values()), grad_h,
-                                                       allow_unused=True, retain_graph=True)):
-                if gp is not None:
-                    total[n] = gp if total[n] is None else total[n] + gp
+    total = dict(zip(params, torch.autograd.grad(loss, list(params.values()), allow_unused=True,
+                                                 retain_graph=True)))
+    errors = []
+    for head in model.heads:
+        z = zs[head.name]
+        g = torch.autograd.grad(loss, z, retain_graph=True, allow_unused=True)[0]
+        g = torch.zeros_like(z) if g is None else g
+        if head.marker is None and head.softmax == "log_softmax":  # ∂L/∂z of z -> log softmax(z)
+            g = g - z.exp() * g.sum(-1, keepdim=True)
+        elif head.marker is None and head.softmax == "softmax":
+            g = z * (g - (g * z).sum(-1, keepdim=True))
+        errors.append(g)
+    side_grads = dict(zip(side, torch.autograd.grad(loss, list(side.values()), retain_graph=True,
+                                                    allow_unused=True))) if side else {}
+    signal = SIGNALS[rule]
+    for k, (h, b) in enumerate(zip(outs, model.feedback_matrices().values())):
+        grad_h = torch.zeros_like(h) if signal is None else _point_signal(h, errors, b, y, signal,
+                                                                       [hd.width for hd in model.heads])
+        if side_grads.get(k) is not None:
+            grad_h = grad_h + side_grads[k]
+        for n, gp in zip(params, torch.autograd.grad(h, list(params.values()), grad_h,
+                                                     allow_unused=True, retain_graph=True)):
+            if gp is not None:
+                total[n] = gp if total[n] is None else total[n] + gp
     return {n: gp for n, gp in total.items() if gp is not None}
 
 
-def check_gradients(model: FeedbackModel, x: torch.Tensor, y: torch.Tensor,
-                    loss_fn: Callable = F.cross_entropy, *, rtol: float = 1e-5,
-                    atol: float = 1e-6) -> None:
+def _point_signal(h, errors, b, y, signal, widths):
+    """Σ_h signal(e_h)·B_{l,h} shaped like h: per position for a (batch, seq, classes) head,
+    every position the example's for a (batch, classes) head over a (batch, seq, d) point."""
+    rows = torch.split(b, widths, dim=0)
+    total = 0
+    for e, bh in zip(errors, rows):
+        if h.dim() == 3 and e.dim() == 3 and h.shape[1] == e.shape[1]:  # token level
+            target = y.reshape(-1) if y is not None and y.dim() == 2 else y
+            total = total + (signal(e.reshape(-1, e.shape[-1]), target) @ bh).view_as(h)
+        elif h.dim() == 3 and bh.shape[1] == h.shape[-1]:  # one error per example, every position
+            s = signal(e.reshape(e.shape[0], -1), y) @ bh
+            total = total + s[:, None, :].expand_as(h)
+        else:
+            total = total + (signal(e.reshape(e.shape[0], -1), y) @ bh).view_as(h)
+    return total
+
+
+def check_gradients(model: FeedbackModel, x, y: torch.Tensor, loss_fn: Callable = _default_loss, *,
+                    kwargs: dict | None = None, rtol: float = 1e-5, atol: float = 1e-6) -> None:
     """Raise AssertionError naming every parameter whose gradient differs from the reference.
 
-    The model's existing ``.grad`` values are left as they were.
+    ``loss_fn(output, y)`` receives what the model returns.  The model's existing ``.grad``
+    values are left as they were.
     """
     params = dict(model.net.named_parameters())
     saved = {n: (None if p.grad is None else p.grad.clone()) for n, p in params.items()}
+    args = x if isinstance(x, tuple) else (x,)
     try:
         for p in params.values():
             p.grad = None
-        loss_fn(model(x, target=y), y).backward()
+        out = model(*args, target=y, **(kwargs or {})) if model.rule.direct \
+            else model(*args, **(kwargs or {}))
+        loss_fn(out, y).backward()
         got = {n: p.grad for n, p in params.items()}
-        expected = reference_gradients(model, x, y, loss_fn)
+        expected = reference_gradients(model, x, y, loss_fn, kwargs)
     finally:
         for n, p in params.items():
             p.grad = saved[n]

@@ -561,9 +561,13 @@ class FeedbackModel(nn.Module):
     # -- inspection and control ---------------------------------------------------------------
     def feedback_matrices(self) -> "OrderedDict[str, torch.Tensor]":
         """{point name: dense B_l of shape (classes, neurons at the point)}, in firing order;
-        (classes, d) for a token-level point."""
+        (classes, d) for a token-level point.  With several output heads, B_l stacks each head's
+        B_{l,h} (rows in the order of ``heads``), so δ_l = [e_1, ..., e_H]·B_l = Σ_h e_h·B_{l,h}."""
+        if not self.feedback:
+            return OrderedDict()
         return OrderedDict(
-            (name, fb.dense()) for name, fb in zip(self.point_names, self.feedback))
+            (name, torch.cat([fb.dense() for fb in self.point_feedback(i)], 0))
+            for i, name in enumerate(self.point_names))
 
     def points(self) -> "OrderedDict[str, FeedbackPoint]":
         """{point name: its marker}, in firing order (a hooked block's output passes its marker)."""
