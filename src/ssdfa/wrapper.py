@@ -308,7 +308,7 @@ class FeedbackModel(nn.Module):
         for i, c in self._carrier_points(carriers):
             lead = c.shape[:-1]
             want = tuple(z.shape[:2]) if self.layout[i] == "token" else tuple(z.shape[:1])
-            if tuple(lead) != want or (self.layout[i] == "token") != (z.dim() == 3):
+            if tuple(lead) != want or (self.layout[i] == "token" and z.dim() != 3):
                 raise ValueError(
                     f"the output head {head.name!r} gave shape {tuple(z.shape)} but feedback point "
                     f"{self.point_names[i]!r} saw a batch of {tuple(lead)}; every point must hold "
