@@ -365,3 +365,33 @@ def test_check_gradients_covers_layerwise_rules_on_any_model(method):
     model = ssdfa.convert(ExamplesNet(), method, seed=0).eval()
     x, y = torch.randn(3, 1, 28, 28), torch.randint(0, 10, (3,))
     check_gradients(model, x, y, F.nll_loss)
+
+
+# -- Hugging Face models given labels= (the `integrations` extra installs transformers) ---------
+def test_hugging_face_labels_path_trains_through_the_feedback():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=64, num_labels=3,
+                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    net = transformers.BertForSequenceClassification(cfg)
+    model = ssdfa.convert(net, "dfa", seed=0)
+    y = torch.randint(0, 3, (4,))
+    for length in (9, 5):  # dynamic padding: another length and a mask
+        x, mask = torch.randint(0, 50, (4, length)), torch.ones(4, length, dtype=torch.long)
+        mask[0, 3:] = 0
+        model.zero_grad()
+        model(input_ids=x, attention_mask=mask, labels=y).loss.backward()
+        assert all(p.grad is not None for p in net.parameters())
+        want = formula_grads(model, lambda n: n(input_ids=x, attention_mask=mask, labels=y),
+                             lambda out: out.loss, ["classifier"], "dfa", y)
+        assert_same(grads_of(model), want)
+    assert model.layout == ["broadcast", "broadcast"]
+    gpt = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=30, n_embd=32, n_layer=2, n_head=4, n_positions=16, resid_pdrop=0.0,
+        embd_pdrop=0.0, attn_pdrop=0.0))
+    model = ssdfa.convert(gpt, "dfa", seed=0)
+    x = torch.randint(0, 30, (2, 8))
+    model(input_ids=x, labels=x).loss.backward()
+    assert [h.name for h in model.heads] == ["lm_head"] and model.layout == ["token", "token"]
+    check_gradients(model, (), x, lambda o, y: o.loss, kwargs={"input_ids": x, "labels": x})
