@@ -30,7 +30,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .feedback import child_generator, default_std, feedback_std, make_feedback, seeded_generator
+from .feedback import (DenseFeedback, SparseFeedback, child_generator, default_std, feedback_std,
+                       make_feedback, seeded_generator)
 from .layers import is_weight_layer
 from .points import ACTIVE, FeedbackPoint
 from .rules import Rule
@@ -250,6 +251,7 @@ class FeedbackModel(nn.Module):
 
     # -- building: shapes, head, feedback matrices --------------------------------------------
     @torch.compiler.disable
+    @torch.inference_mode(False)  # a first call under inference_mode (an evaluation) builds too
     def _build(self, args, kwargs):
         """Probe the network with two batch sizes; place residual points; draw each B_l."""
         from .placement import hook_points, residual_blocks
@@ -319,6 +321,7 @@ class FeedbackModel(nn.Module):
                 f"{'position' if any(self.token) else 'example'} (output shape "
                 f"{tuple(y.shape)}); the feedback matrices need the true output width")
         self.num_classes = width
+        loaded, self.feedback = self.feedback, nn.ModuleList()  # B_l a state_dict brought, if any
         if self.rule.inject or self.rule.local:  # shallow feeds nothing back: no B_l
             base = seeded_generator(self._seed)
             device = self._device
@@ -330,26 +333,60 @@ class FeedbackModel(nn.Module):
                 std = default_std(neurons) if producer is None else feedback_std(producer, neurons)
                 self.feedback.append(make_feedback(width, neurons, spec, generator=gen,
                                                    std=std * self._scale).to(device))
+        if len(loaded):
+            self._adopt_loaded(loaded)
         self.built = True
         if not (self.rule.inject or self.rule.local):
             self._freeze_hidden(_batch_variant((args, kwargs), 2))
 
     def _freeze_hidden(self, inputs):
         """Shallow learning: hidden parameters get no gradient, so mark them frozen
-        (``requires_grad=False``); DistributedDataParallel then expects none for them."""
+        (``requires_grad=False``); DistributedDataParallel then expects none for them.
+
+        Found with one grad-enabled eval pass whatever mode the first call ran in (``no_grad``,
+        ``inference_mode``: an evaluation before training, Lightning's sanity check): a parameter
+        is frozen when no tensor of the output (a tuple, dict or ``ModelOutput`` too) depends on
+        it past the cut points, so freezing never removes a gradient training would give."""
         params = [p for p in self.net.parameters() if p.requires_grad]
         was = self.net.training
         self.net.eval()
         try:
-            with torch.enable_grad():
-                y = self(*inputs[0], **inputs[1])
-            grads = torch.autograd.grad(y.float().sum(), params, allow_unused=True) \
-                if y.requires_grad else [None] * len(params)
+            with torch.inference_mode(False), torch.enable_grad():
+                outs = [t for t in _tensors(self(*inputs[0], **inputs[1]))
+                        if t.requires_grad and (t.is_floating_point() or t.is_complex())]
+                grads = torch.autograd.grad(sum(t.float().sum() for t in outs), params,
+                                            allow_unused=True) if outs else [None] * len(params)
         finally:
             self.net.train(was)
         self._frozen = [p for p, g in zip(params, grads) if g is None]
         for p in self._frozen:
             p.requires_grad_(False)
+
+    # -- loading a state_dict before the first call ------------------------------------------
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Before the first call (shapes unknown, no B_l yet: a lazily sized model resumed, or
+        Lightning's ``load_from_checkpoint``), make each feedback module from the shapes of the
+        loaded tensors, so they load; the first forward pass checks them against the network."""
+        if not self.built and not len(self.feedback) and (self.rule.inject or self.rule.local):
+            self.feedback.extend(_feedback_from_state(state_dict, prefix + "feedback.",
+                                                      self.num_classes, self._device,
+                                                      self.rule.learned_feedback))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _adopt_loaded(self, loaded: nn.ModuleList):
+        """Keep the B_l loaded before the first call in place of the ones just drawn, once each
+        is known to fit its point (kind, errors, neurons, connections)."""
+        def form(fb):
+            return (type(fb).__name__, fb.num_errors, fb.num_neurons, getattr(fb, "connections", None))
+        drawn = [form(fb) for fb in self.feedback]
+        got = [form(fb) for fb in loaded]
+        if drawn != got:
+            raise ValueError(
+                f"the feedback matrices loaded before the first call do not fit this model and "
+                f"method: its points {self.point_names} need (kind, errors, neurons, connections) "
+                f"{drawn}, the state_dict holds {got}; load a checkpoint of the same model, "
+                "method and options")
+        self.feedback = loaded
 
     @property
     def _device(self) -> str:
@@ -359,6 +396,12 @@ class FeedbackModel(nn.Module):
     def feedback_matrices(self) -> "OrderedDict[str, torch.Tensor]":
         """{point name: dense B_l of shape (classes, neurons at the point)}, in firing order;
         (classes, d) for a token-level point."""
+        if not self.built and (self.rule.inject or self.rule.local):
+            raise RuntimeError(
+                f"method {self.rule.name!r} draws its feedback matrices at the model's first "
+                "forward pass, when the shapes at its points are known, and this model has not run "
+                "yet: call it once on a batch, or pass example_input=a batch (or input_shape=) to "
+                "ssdfa.convert")
         return OrderedDict(
             (name, fb.dense()) for name, fb in zip(self.point_names, self.feedback))
 
@@ -449,6 +492,45 @@ def _probe(net, points, args, kwargs):
         for h in handles:
             h.remove()
     return {"fired": fired, "y": _split_output(y)[0]}
+
+
+def _feedback_from_state(state, prefix, num_errors, device, learnable) -> list[nn.Module]:
+    """Empty feedback modules shaped as the ones saved under ``prefix`` (``feedback.<i>.``):
+    ``matrix`` (M, N) is dense; ``index`` and ``value`` (N, S) are sparse, with M the model's
+    class count, or else 1 + the largest index (every error reaches some neuron, as
+    :func:`ssdfa.feedback.make_feedback` draws them); the loaded values are then copied in."""
+    parts: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        if key.startswith(prefix):
+            index, _, name = key[len(prefix):].partition(".")
+            if index.isdigit():
+                parts.setdefault(int(index), {})[name] = value
+    if sorted(parts) != list(range(len(parts))):
+        return []  # not a list of feedback modules: let load_state_dict name the keys
+    made = []
+    for i in range(len(parts)):
+        t = parts[i]
+        if set(t) == {"matrix"}:
+            fb = DenseFeedback(torch.empty(t["matrix"].shape, dtype=t["matrix"].dtype), learnable)
+        elif set(t) == {"index", "value"}:
+            m = num_errors if num_errors is not None else int(t["index"].max()) + 1
+            fb = SparseFeedback(torch.empty(t["index"].shape, dtype=torch.long),
+                                torch.empty(t["value"].shape, dtype=t["value"].dtype), m, learnable)
+        else:
+            return []
+        made.append(fb.to(device))
+    return made
+
+
+def _tensors(y) -> list[torch.Tensor]:
+    """Every tensor in a model output: a tensor, or tuples, lists and dicts (``ModelOutput``)."""
+    if isinstance(y, torch.Tensor):
+        return [y]
+    if isinstance(y, (tuple, list)):
+        return [t for v in y for t in _tensors(v)]
+    if isinstance(y, dict):
+        return [t for v in y.values() for t in _tensors(v)]
+    return []
 
 
 def _split_output(y):
