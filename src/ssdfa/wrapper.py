@@ -24,6 +24,7 @@ convert time when an input can be made, else at the first forward pass.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from collections import OrderedDict
 
@@ -146,6 +147,21 @@ class FeedbackModel(nn.Module):
         self._target = None
         self._frozen: list = []  # shallow: hidden parameters marked requires_grad=False
         self._early: dict = {}  # parameter -> gradient computed in the forward pass (unlocked)
+        self.__class__ = _signed_class(type(self), net)  # forward shows the net's arguments
+        for name in _SHOWN:  # what Hugging Face's Trainer reads off the model it trains
+            if hasattr(net, name) and not isinstance(getattr(net, name), nn.Module):
+                setattr(self, name, getattr(net, name))
+
+    # -- the signature tools read: the net's arguments plus ``target`` -----------------------
+    def __reduce_ex__(self, protocol):
+        """Pickled and deep-copied as the importable class; ``__setstate__`` signs it again."""
+        fn, args, *rest = super().__reduce_ex__(protocol)
+        base = getattr(type(self), "_signed_base", None)
+        return (fn, args, *rest) if base is None else (_new_unsigned, (base,), *rest)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__class__ = _signed_class(type(self), self.net)
 
     # -- the forward pass ---------------------------------------------------------------------
     def forward(self, *args, target: torch.Tensor | None = None, **kwargs):
@@ -492,6 +508,51 @@ def _probe(net, points, args, kwargs):
         for h in handles:
             h.remove()
     return {"fired": fired, "y": _split_output(y)[0]}
+
+
+# Hugging Face Trainer reads these off the model: its config (use_cache, the output keys to ignore
+# in evaluation), the loss kind (a causal-LM loss counts its tokens over labels[..., 1:]: without
+# it the loss, and every gradient, would come out (T-1)/T of the plain model's), whether forward
+# takes loss kwargs, and the main input's name
+_SHOWN = ("config", "loss_type", "accepts_loss_kwargs", "main_input_name")
+
+
+def _new_unsigned(cls):
+    return cls.__new__(cls)
+
+
+_SIGNED: dict = {}  # (class, signature text) -> its signed subclass
+
+
+def _signed_class(cls, net):
+    """A subclass of ``cls`` (same name) whose ``forward`` signature is ``net.forward``'s plus
+    the keyword ``target``, so that tools that pick inputs by the signature (Hugging Face
+    ``Trainer`` keeps the dataset columns it names, finds ``labels`` in it and passes loss
+    kwargs when it has ``**kwargs``) see the wrapped model's arguments, not ``*args, **kwargs``.
+    The subclass only delegates ``forward``; ``cls`` itself when the net has no signature."""
+    cls = getattr(cls, "_signed_base", cls)
+    try:
+        sig = inspect.signature(net.forward)
+        params = list(sig.parameters.values())
+        if "target" not in sig.parameters:
+            at = next((i for i, q in enumerate(params) if q.kind is q.VAR_KEYWORD), len(params))
+            params.insert(at, inspect.Parameter("target", inspect.Parameter.KEYWORD_ONLY, default=None))
+        sig = sig.replace(parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY),
+                                      *params])
+    except (TypeError, ValueError):  # a builtin or C forward: keep (*args, target, **kwargs)
+        return cls
+    key = (cls, str(sig))
+    if key not in _SIGNED:
+        def forward(self, *args, **kwargs):
+            return super(signed, self).forward(*args, **kwargs)
+
+        forward.__signature__ = sig
+        forward.__doc__ = cls.forward.__doc__
+        signed = type(cls.__name__, (cls,), {"forward": forward, "_signed_base": cls,
+                                              "__module__": cls.__module__,
+                                              "__qualname__": cls.__qualname__})
+        _SIGNED[key] = signed
+    return _SIGNED[key]
 
 
 def _feedback_from_state(state, prefix, num_errors, device, learnable) -> list[nn.Module]:
