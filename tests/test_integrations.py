@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import ssdfa
+from test_first_call import assert_same, image_data, rule_gradients, tiny_cnn
 
 transformers = pytest.importorskip("transformers")  # the integrations extra; CI installs it
 lightning = pytest.importorskip("lightning")
@@ -92,19 +93,6 @@ def dfa_gradients(net, matrices, ids, error):
             if g is not None:
                 total[n] = g if total[n] is None else total[n] + g
     return {n: g for n, g in total.items() if g is not None}
-
-
-def assert_same(got, want):
-    bad = []
-    for n in sorted(set(got) | set(want)):
-        if n not in got or n not in want:
-            bad.append(f"{n}: only in {'library' if n in got else 'reference'}")
-            continue
-        try:
-            torch.testing.assert_close(got[n], want[n], rtol=1e-4, atol=1e-6)
-        except AssertionError:
-            bad.append(f"{n}: max |diff| {(got[n] - want[n]).abs().max():.3g}")
-    assert not bad, "\n".join(bad)
 
 
 # -- Hugging Face Trainer ----------------------------------------------------------------------
@@ -195,3 +183,66 @@ def test_trainer_defaults_train_dfa_with_the_models_own_loss(tmp_path):
     with torch.no_grad():
         want = model.net(input_ids=ids, labels=ids).loss.item()
     assert trainer.evaluate()["eval_loss"] == pytest.approx(want, rel=1e-5)
+
+
+# -- Lightning: fit, checkpoint, reload, test, for every rule ------------------------------------
+class LitClassifier(lightning.LightningModule):
+    """A LightningModule as users write one, with the model converted in __init__."""
+
+    def __init__(self, method: str):
+        super().__init__()
+        self.save_hyperparameters()
+        shape = {"example_input": torch.zeros(2, 1, 6, 6)} if method == "dkp" else {}  # B_l learned
+        self.model = ssdfa.convert(tiny_cnn(), method, seed=0, **shape)
+        self.first = None  # (gradients, B_l) at the first optimizer step
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self.model(x, target=y), y)
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("test_loss", F.cross_entropy(self.model(x), y))
+
+    def on_before_optimizer_step(self, optimizer):
+        if self.first is None:
+            self.first = ({n.replace(".layer.", "."): p.grad.clone()
+                           for n, p in self.model.net.named_parameters()
+                           if p.grad is not None and not n.endswith("feedback")},
+                          self.model.feedback_matrices())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _lightning_trainer(root):
+    return lightning.Trainer(default_root_dir=str(root), max_epochs=1, accelerator="cpu", devices=1,
+                             logger=False, enable_progress_bar=False, enable_model_summary=False)
+
+
+@pytest.mark.parametrize("method", sorted(ssdfa.rules.RULES))
+def test_lightning_fit_checkpoint_reload_test(method, tmp_path):
+    x, y = image_data()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
+    lit = LitClassifier(method)
+    trainer = _lightning_trainer(tmp_path)
+    trainer.fit(lit, loader)  # the sanity check has no val loader; the first call trains
+    grads, matrices = lit.first
+    assert_same(grads, rule_gradients(method, tiny_cnn(), matrices, x[:4], y[:4]))
+
+    path = trainer.checkpoint_callback.best_model_path
+    reloaded = LitClassifier.load_from_checkpoint(path)  # a fresh, unsized model loads it
+    want = lit.model.state_dict()
+    assert reloaded.model.state_dict().keys() == want.keys()
+    for k, v in reloaded.model.state_dict().items():
+        assert torch.equal(v, want[k]), k
+    (result,) = _lightning_trainer(tmp_path).test(reloaded, loader, verbose=False)  # inference_mode
+    with torch.no_grad():
+        plain = lit.model.unwrap().eval()
+        expected = (F.cross_entropy(plain(x[:4]), y[:4]) + F.cross_entropy(plain(x[4:]), y[4:])) / 2
+    assert result["test_loss"] == pytest.approx(expected.item(), rel=1e-5)
+    for k, v in reloaded.model.state_dict().items():  # the first call kept the loaded B_l
+        assert torch.equal(v, want[k]), k
+    reloaded.train()  # and it trains on from there: no inference tensors were left behind
+    F.cross_entropy(reloaded.model(x, target=y), y).backward()
+    assert reloaded.model.unwrap()[-1].weight.grad is not None

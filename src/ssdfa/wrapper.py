@@ -218,26 +218,43 @@ class FeedbackModel(nn.Module):
 
     def _record(self, point: FeedbackPoint, h: torch.Tensor) -> torch.Tensor:
         """What a point hands the model during its forward pass; the next block gets h detached."""
+        if self._local:  # this block's gradients are computed now and its graph freed at once
+            return self._local_step(point, h)
         i = self.point_index(point)
         if i is None or self._tape is None:  # a marker of some other model
             return h
         self._check_shape(i, h)
-        if self._local:  # this block's gradients are computed now and its graph freed at once
-            if h.requires_grad:
-                signal = self.rule.local_signal(self.feedback[i], self._target, h)
-                signal = self.scaled(signal) if self.rule.scale_free else signal
-                params = self._trainable
-                for p, g in zip(params, torch.autograd.grad(h, params, signal, allow_unused=True)):
-                    if g is not None:
-                        self._early[p] = g if p not in self._early else self._early[p] + g
-            self._tape.append((i, None))
-            return h.detach()
         carrier = None
         if self.rule.inject and h.requires_grad:
             shape = (*h.shape[:2], self.num_classes) if self.token[i] else (h.shape[0], self.num_classes)
             carrier = _Point.apply(h, self, i, shape, self._target, *self.feedback[i]._parameters.values())
         self._tape.append((i, carrier))
         return h.detach()  # cut: the next block never sends a gradient back here
+
+    @torch.compiler.disable  # autograd.grad in a forward pass: run eagerly, once, when compiled
+    def _local_step(self, point, h):
+        """Update-unlocked rules: the block before ``point`` gets its gradients now (its graph
+        freed at once); they are handed to the parameters in backward (:class:`_Deliver`).
+        Under ``torch.compile`` all of it runs outside the graph, one graph break per point:
+        dynamo cannot trace ``torch.autograd.grad``, and a compiled frame that compared the
+        point's identity before that break was reused for the next point with the first one's
+        index (it "fired twice"), so :class:`FeedbackPoint` calls this before any comparison.
+        None when ``point`` is not this model's."""
+        i = self.point_index(point)
+        if i is None:  # a marker of some other model: FeedbackPoint asks the next owner
+            return None
+        if self._tape is None:
+            return h
+        self._check_shape(i, h)
+        if h.requires_grad:
+            signal = self.rule.local_signal(self.feedback[i], self._target, h)
+            signal = self.scaled(signal) if self.rule.scale_free else signal
+            params = self._trainable
+            for p, g in zip(params, torch.autograd.grad(h, params, signal, allow_unused=True)):
+                if g is not None:
+                    self._early[p] = g if p not in self._early else self._early[p] + g
+        self._tape.append((i, None))
+        return h.detach()
 
     def point_index(self, point) -> int | None:
         for i, p in enumerate(self._points):
@@ -447,12 +464,17 @@ class FeedbackModel(nn.Module):
         return f"rule={self.rule!r}, points={self.point_names}"
 
 
-@torch.compiler.disable
 def _check_labels(target, num_classes):
-    """Labels in range, read eagerly: the backward pass that uses them cannot read values."""
+    """Labels in range, checked in the forward pass: the backward pass that uses them cannot
+    read values.  Eagerly the message names the range found; under ``torch.compile`` an
+    asynchronous assert inside the graph (reading the values would break the graph in two)."""
     from .rules.drtp import check_labels
 
-    check_labels(target, num_classes)
+    if not torch.compiler.is_compiling():
+        check_labels(target, num_classes)
+    elif isinstance(target, torch.Tensor) and target.dim() >= 1 and not target.is_floating_point():
+        torch._assert_async(((target >= 0) & (target < num_classes)).all(),
+                            f"target labels must lie in [0, {num_classes}): a label is out of range")
 
 
 def _fp16_autocast(kind: str) -> bool:
