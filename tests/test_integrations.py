@@ -16,7 +16,6 @@ import inspect
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import ssdfa
 from test_first_call import assert_same, image_data, rule_gradients, tiny_cnn
