@@ -23,7 +23,11 @@ class FeedbackPoint(nn.Module):
 
     def forward(self, x):
         for owner in reversed(ACTIVE):  # the innermost converted model that owns this point
-            if owner.point_index(self) is not None:
+            if getattr(owner, "_local", False):  # update-unlocked: decided outside any graph
+                out = owner._local_step(self, x)
+                if out is not None:
+                    return out
+            elif owner.point_index(self) is not None:
                 return owner._record(self, x)
         return x
 

@@ -24,13 +24,15 @@ convert time when an input can be made, else at the first forward pass.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from collections import OrderedDict
 
 import torch
 from torch import nn
 
-from .feedback import child_generator, default_std, feedback_std, make_feedback, seeded_generator
+from .feedback import (DenseFeedback, SparseFeedback, child_generator, default_std, feedback_std,
+                       make_feedback, seeded_generator)
 from .heads import find_heads, hook_heads, replace, top_level
 from .layers import is_weight_layer
 from .loss_scale import watch
@@ -189,6 +191,11 @@ class FeedbackModel(nn.Module):
         self._frozen: list = []  # shallow: hidden parameters marked requires_grad=False
         self._early: dict = {}  # parameter -> gradient computed in the forward pass (unlocked)
         self._box: list | None = None  # unlocked: this step's early gradients, delivered once
+        self.__class__ = _signed_class(type(self), net)  # forward shows the net's arguments
+        for name in _SHOWN:  # what Hugging Face's Trainer reads off the model it trains
+            if hasattr(net, name) and not isinstance(getattr(net, name), nn.Module):
+                setattr(self, name, getattr(net, name))
+
 
     def __setattr__(self, name, value):
         super().__setattr__(name, value)
@@ -204,6 +211,17 @@ class FeedbackModel(nn.Module):
     def head(self) -> str:
         """'log_softmax'/'softmax' when the single head is returned behind one, else 'none'."""
         return self.heads[0].softmax if len(self.heads) == 1 else "none"
+
+    # -- the signature tools read: the net's arguments plus ``target`` -----------------------
+    def __reduce_ex__(self, protocol):
+        """Pickled and deep-copied as the importable class; ``__setstate__`` signs it again."""
+        fn, args, *rest = super().__reduce_ex__(protocol)
+        base = getattr(type(self), "_signed_base", None)
+        return (fn, args, *rest) if base is None else (_new_unsigned, (base,), *rest)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__class__ = _signed_class(type(self), self.net)
 
     # -- the forward pass ---------------------------------------------------------------------
     def forward(self, *args, target: torch.Tensor | None = None, **kwargs):
@@ -330,20 +348,13 @@ class FeedbackModel(nn.Module):
 
     def _record(self, point: FeedbackPoint, h: torch.Tensor) -> torch.Tensor:
         """What a point hands the model during its forward pass; the next block gets h detached."""
+        if self._local:  # this block's gradients are computed now and its graph freed at once
+            return self._local_step(point, h)
         i = self.point_index(point)
         if i is None or self._tape is None:  # a marker of some other model
             return h
         self._check_shape(i, h)
         det = h.detach()
-        if self._local:  # this block's gradients are computed now and its graph freed at once
-            if h.requires_grad:
-                signal = self.rule.local_signal(self.feedback[i], self._target, h)
-                params = self._trainable
-                for p, g in zip(params, torch.autograd.grad(h, params, signal, allow_unused=True)):
-                    if g is not None:
-                        self._early[p] = g if p not in self._early else self._early[p] + g
-            self._tape.append((i, None, (h, det)))
-            return det
         carrier = None
         if self.rule.inject and h.requires_grad:
             total = sum(hd.width for hd in self.heads)
@@ -352,6 +363,31 @@ class FeedbackModel(nn.Module):
             carrier = _Point.apply(h, self, i, shape, self._target, *params)
         self._tape.append((i, carrier, (h, det)))
         return det  # cut: the next block never sends a gradient back here
+
+    @torch.compiler.disable  # autograd.grad in a forward pass: run eagerly, once, when compiled
+    def _local_step(self, point, h):
+        """Update-unlocked rules: the block before ``point`` gets its gradients now (its graph
+        freed at once); they are handed to the parameters in backward (:class:`_Deliver`).
+        Under ``torch.compile`` all of it runs outside the graph, one graph break per point:
+        dynamo cannot trace ``torch.autograd.grad``, and a compiled frame that compared the
+        point's identity before that break was reused for the next point with the first one's
+        index (it "fired twice"), so :class:`FeedbackPoint` calls this before any comparison.
+        None when ``point`` is not this model's."""
+        i = self.point_index(point)
+        if i is None:  # a marker of some other model: FeedbackPoint asks the next owner
+            return None
+        if self._tape is None:
+            return h
+        self._check_shape(i, h)
+        if h.requires_grad:
+            signal = self.rule.local_signal(self.feedback[i], self._target, h)
+            params = self._trainable
+            for p, g in zip(params, torch.autograd.grad(h, params, signal, allow_unused=True)):
+                if g is not None:
+                    self._early[p] = g if p not in self._early else self._early[p] + g
+        det = h.detach()
+        self._tape.append((i, None, (h, det)))
+        return det
 
     def point_index(self, point) -> int | None:
         for i, p in enumerate(self._points):
@@ -394,6 +430,7 @@ class FeedbackModel(nn.Module):
 
     # -- building: shapes, heads, feedback matrices --------------------------------------------
     @torch.compiler.disable
+    @torch.inference_mode(False)  # a first call under inference_mode (an evaluation) builds too
     def _build(self, args, kwargs):
         """Probe the network with two batch sizes; place residual points; find the heads; draw
         each B_{l,h}."""
@@ -444,8 +481,11 @@ class FeedbackModel(nn.Module):
                 "the feedback matrices need the true output width")
         self.heads, self.num_classes = heads, width
         hook_heads(self.net, heads)
+        loaded, self.feedback = self.feedback, nn.ModuleList()  # B_l a state_dict brought, if any
         if self.rule.inject or self.rule.local:  # shallow feeds nothing back: no B_l
             self._draw_feedback(large)
+        if len(loaded):
+            self._adopt_loaded(loaded)
         self.built = True
         if not (self.rule.inject or self.rule.local):
             self._freeze_hidden(_batch_variant((args, kwargs), 2))
@@ -539,20 +579,52 @@ class FeedbackModel(nn.Module):
 
     def _freeze_hidden(self, inputs):
         """Shallow learning: hidden parameters get no gradient, so mark them frozen
-        (``requires_grad=False``); DistributedDataParallel then expects none for them."""
+        (``requires_grad=False``); DistributedDataParallel then expects none for them.
+
+        Found with one grad-enabled eval pass whatever mode the first call ran in (``no_grad``,
+        ``inference_mode``: an evaluation before training, Lightning's sanity check): a parameter
+        is frozen when no tensor of the output (a tuple, dict or ``ModelOutput`` too) depends on
+        it past the cut points, so freezing never removes a gradient training would give."""
         params = [p for p in self.net.parameters() if p.requires_grad]
         was = self.net.training
         self.net.eval()
         try:
-            with torch.enable_grad():
-                y = self(*inputs[0], **inputs[1])
-            grads = torch.autograd.grad(y.float().sum(), params, allow_unused=True) \
-                if y.requires_grad else [None] * len(params)
+            with torch.inference_mode(False), torch.enable_grad():
+                outs = [t for t in _tensors(self(*inputs[0], **inputs[1]))
+                        if t.requires_grad and (t.is_floating_point() or t.is_complex())]
+                grads = torch.autograd.grad(sum(t.float().sum() for t in outs), params,
+                                            allow_unused=True) if outs else [None] * len(params)
         finally:
             self.net.train(was)
         self._frozen = [p for p, g in zip(params, grads) if g is None]
         for p in self._frozen:
             p.requires_grad_(False)
+
+    # -- loading a state_dict before the first call ------------------------------------------
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Before the first call (shapes unknown, no B_l yet: a lazily sized model resumed, or
+        Lightning's ``load_from_checkpoint``), make each feedback module from the shapes of the
+        loaded tensors, so they load; the first forward pass checks them against the network."""
+        if not self.built and not len(self.feedback) and (self.rule.inject or self.rule.local):
+            self.feedback.extend(_feedback_from_state(state_dict, prefix + "feedback.",
+                                                      self.num_classes, self._device,
+                                                      self.rule.learned_feedback))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _adopt_loaded(self, loaded: nn.ModuleList):
+        """Keep the B_l loaded before the first call in place of the ones just drawn, once each
+        is known to fit its point (kind, errors, neurons, connections)."""
+        def form(fb):
+            return (type(fb).__name__, fb.num_errors, fb.num_neurons, getattr(fb, "connections", None))
+        drawn = [form(fb) for fb in self.feedback]
+        got = [form(fb) for fb in loaded]
+        if drawn != got:
+            raise ValueError(
+                f"the feedback matrices loaded before the first call do not fit this model and "
+                f"method: its points {self.point_names} need (kind, errors, neurons, connections) "
+                f"{drawn}, the state_dict holds {got}; load a checkpoint of the same model, "
+                "method and options")
+        self.feedback = loaded
 
     @property
     def _device(self) -> str:
@@ -563,6 +635,12 @@ class FeedbackModel(nn.Module):
         """{point name: dense B_l of shape (classes, neurons at the point)}, in firing order;
         (classes, d) for a token-level point.  With several output heads, B_l stacks each head's
         B_{l,h} (rows in the order of ``heads``), so δ_l = [e_1, ..., e_H]·B_l = Σ_h e_h·B_{l,h}."""
+        if not self.built and (self.rule.inject or self.rule.local):
+            raise RuntimeError(
+                f"method {self.rule.name!r} draws its feedback matrices at the model's first "
+                "forward pass, when the shapes at its points are known, and this model has not run "
+                "yet: call it once on a batch, or pass example_input=a batch (or input_shape=) to "
+                "ssdfa.convert")
         if not self.feedback:
             return OrderedDict()
         return OrderedDict(
@@ -595,12 +673,17 @@ class FeedbackModel(nn.Module):
         return f"rule={self.rule!r}, points={self.point_names}"
 
 
-@torch.compiler.disable
 def _check_labels(target, num_classes):
-    """Labels in range, read eagerly: the backward pass that uses them cannot read values."""
+    """Labels in range, checked in the forward pass: the backward pass that uses them cannot
+    read values.  Eagerly the message names the range found; under ``torch.compile`` an
+    asynchronous assert inside the graph (reading the values would break the graph in two)."""
     from .rules.drtp import check_labels
 
-    check_labels(target, num_classes)
+    if not torch.compiler.is_compiling():
+        check_labels(target, num_classes)
+    elif isinstance(target, torch.Tensor) and target.dim() >= 1 and not target.is_floating_point():
+        torch._assert_async(((target >= 0) & (target < num_classes)).all(),
+                            f"target labels must lie in [0, {num_classes}): a label is out of range")
 
 
 def _fp16_autocast(kind: str) -> bool:
@@ -687,6 +770,90 @@ def _probe(net, points, args, kwargs):
             h.remove()
     return {"fired": fired, "out": y, "outputs": outputs, "order": order,
             "y": _first_output(y)}
+
+
+# Hugging Face Trainer reads these off the model: its config (use_cache, the output keys to ignore
+# in evaluation), the loss kind (a causal-LM loss counts its tokens over labels[..., 1:]: without
+# it the loss, and every gradient, would come out (T-1)/T of the plain model's), whether forward
+# takes loss kwargs, and the main input's name
+_SHOWN = ("config", "loss_type", "accepts_loss_kwargs", "main_input_name")
+
+
+def _new_unsigned(cls):
+    return cls.__new__(cls)
+
+
+_SIGNED: dict = {}  # (class, signature text) -> its signed subclass
+
+
+def _signed_class(cls, net):
+    """A subclass of ``cls`` (same name) whose ``forward`` signature is ``net.forward``'s plus
+    the keyword ``target``, so that tools that pick inputs by the signature (Hugging Face
+    ``Trainer`` keeps the dataset columns it names, finds ``labels`` in it and passes loss
+    kwargs when it has ``**kwargs``) see the wrapped model's arguments, not ``*args, **kwargs``.
+    The subclass only delegates ``forward``; ``cls`` itself when the net has no signature."""
+    cls = getattr(cls, "_signed_base", cls)
+    try:
+        sig = inspect.signature(net.forward)
+        params = list(sig.parameters.values())
+        if "target" not in sig.parameters:
+            at = next((i for i, q in enumerate(params) if q.kind is q.VAR_KEYWORD), len(params))
+            params.insert(at, inspect.Parameter("target", inspect.Parameter.KEYWORD_ONLY, default=None))
+        sig = sig.replace(parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY),
+                                      *params])
+    except (TypeError, ValueError):  # a builtin or C forward: keep (*args, target, **kwargs)
+        return cls
+    key = (cls, str(sig))
+    if key not in _SIGNED:
+        def forward(self, *args, **kwargs):
+            return super(signed, self).forward(*args, **kwargs)
+
+        forward.__signature__ = sig
+        forward.__doc__ = cls.forward.__doc__
+        signed = type(cls.__name__, (cls,), {"forward": forward, "_signed_base": cls,
+                                              "__module__": cls.__module__,
+                                              "__qualname__": cls.__qualname__})
+        _SIGNED[key] = signed
+    return _SIGNED[key]
+
+
+def _feedback_from_state(state, prefix, num_errors, device, learnable) -> list[nn.Module]:
+    """Empty feedback modules shaped as the ones saved under ``prefix`` (``feedback.<i>.``):
+    ``matrix`` (M, N) is dense; ``index`` and ``value`` (N, S) are sparse, with M the model's
+    class count, or else 1 + the largest index (every error reaches some neuron, as
+    :func:`ssdfa.feedback.make_feedback` draws them); the loaded values are then copied in."""
+    parts: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        if key.startswith(prefix):
+            index, _, name = key[len(prefix):].partition(".")
+            if index.isdigit():
+                parts.setdefault(int(index), {})[name] = value
+    if sorted(parts) != list(range(len(parts))):
+        return []  # not a list of feedback modules: let load_state_dict name the keys
+    made = []
+    for i in range(len(parts)):
+        t = parts[i]
+        if set(t) == {"matrix"}:
+            fb = DenseFeedback(torch.empty(t["matrix"].shape, dtype=t["matrix"].dtype), learnable)
+        elif set(t) == {"index", "value"}:
+            m = num_errors if num_errors is not None else int(t["index"].max()) + 1
+            fb = SparseFeedback(torch.empty(t["index"].shape, dtype=torch.long),
+                                torch.empty(t["value"].shape, dtype=t["value"].dtype), m, learnable)
+        else:
+            return []
+        made.append(fb.to(device))
+    return made
+
+
+def _tensors(y) -> list[torch.Tensor]:
+    """Every tensor in a model output: a tensor, or tuples, lists and dicts (``ModelOutput``)."""
+    if isinstance(y, torch.Tensor):
+        return [y]
+    if isinstance(y, (tuple, list)):
+        return [t for v in y for t in _tensors(v)]
+    if isinstance(y, dict):
+        return [t for v in y.values() for t in _tensors(v)]
+    return []
 
 
 def _first_output(y):
