@@ -178,8 +178,6 @@ def test_trainer_defaults_train_a_direct_rule_with_compute_loss_func(method, tmp
     assert trainer.evaluate()["eval_loss"] == pytest.approx(want, rel=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="needs the labels= path (a loss computed inside forward, "
-                   "issue 17 item 1); remove this mark when it lands")
 def test_trainer_defaults_train_dfa_with_the_models_own_loss(tmp_path):
     """GPT-2 given labels= computes its shifted loss inside forward; e is still taken at the
     logits, so the hidden blocks get e_t·B_l with e of the shifted loss."""
@@ -189,9 +187,14 @@ def test_trainer_defaults_train_dfa_with_the_models_own_loss(tmp_path):
     trainer.train()
     _, ids = lm_data()
     matrices = list(model.feedback_matrices().values())
-    assert_same(grads.grads, dfa_gradients(reference, matrices, ids, shifted_error))
-    with torch.no_grad():
-        want = model.net(input_ids=ids, labels=ids).loss.item()
+    # the Trainer hands the model num_items_in_batch = the B·T labels it counts, so the shifted
+    # loss it trains on is sum / (B·T): (T-1)/T of the model's own mean (the plain GPT-2 under
+    # the same Trainer gets exactly that too); e follows the loss the Trainer really computed
+    T = ids.shape[1]
+    assert_same(grads.grads, dfa_gradients(reference, matrices, ids,
+                                           lambda z, i: shifted_error(z, i) * (T - 1) / T))
+    with torch.no_grad():  # evaluate() hands num_items_in_batch over as well
+        want = model.net(input_ids=ids, labels=ids).loss.item() * (T - 1) / T
     assert trainer.evaluate()["eval_loss"] == pytest.approx(want, rel=1e-5)
 
 

@@ -131,10 +131,11 @@ def producer(t: torch.Tensor, outputs: dict, order: dict, point_outputs=frozense
 
 
 def find_heads(net: nn.Module, out, batch: int, outputs: dict, order: dict, last_point: int,
-               point_outputs: set, seq_points: bool) -> list[Head]:
+               point_outputs: set, seq_points: bool, calls: dict | None = None) -> list[Head]:
     """The heads of ``net`` from one probe: ``outputs`` maps an output's grad_fn to the innermost
     module that produced it, ``order`` a module name to its last firing rank, ``last_point`` the
-    rank of the last point to fire, ``point_outputs`` the grad_fns of the points' outputs."""
+    rank of the last point to fire, ``point_outputs`` the grad_fns of the points' outputs,
+    ``calls`` how often each module ran."""
     heads: list[Head] = []
     seen = set()
     for key, t in top_level(out):
@@ -147,6 +148,8 @@ def find_heads(net: nn.Module, out, batch: int, outputs: dict, order: dict, last
             continue  # produced before a point fired: an inner output, trained through its block
         if name is not None and name in seen:
             continue
+        if name is not None and (calls or {}).get(name, 1) > 1:
+            name = None  # a module run twice cannot be hooked once: inject where it is returned
         sequence = t.dim() == 3 and seq_points
         width = int(t.shape[-1]) if seq_points else int(t[0].numel())
         if name is not None:

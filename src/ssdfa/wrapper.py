@@ -115,22 +115,21 @@ class _Inject(torch.autograd.Function):
 
 
 class _Deliver(torch.autograd.Function):
-    """Identity on a head's output; in backward, hands the gradients an update-unlocked rule
-    computed during the forward pass to their parameters (once per step, whichever head a loss
-    uses), times the loss scale this backward applied.  They are computed and their graph freed
-    at once; only their accumulation waits for the backward pass, so DistributedDataParallel sees
-    every parameter receive its gradient in backward, as it expects, and averages them."""
+    """Identity on the head's output; in backward, hands the gradients an update-unlocked rule
+    computed during the forward pass to their parameters, times the loss scale this backward
+    applied (one head only: the target rules refuse several).  They are computed and their graph
+    freed at once; only their accumulation waits for the backward pass, so
+    DistributedDataParallel sees every parameter receive its gradient in backward, as it expects,
+    and averages them."""
 
     @staticmethod
-    def forward(ctx, box, owner, y, *params):
-        ctx.box, ctx.owner = box, owner
+    def forward(ctx, grads, owner, y, *params):
+        ctx.grads, ctx.owner = grads, owner
         return y.view_as(y)
 
     @staticmethod
     def backward(ctx, grad_y):
-        grads, ctx.box[0] = ctx.box[0], None
-        if grads is None:  # another head of this step delivered them
-            return (None, None, grad_y, *[None] * len(ctx.needs_input_grad[3:]))
+        grads, ctx.grads = ctx.grads, None
         if ctx.owner.rule.scale_free:
             grads = [ctx.owner.scaled(g) for g in grads]
         return (None, None, grad_y, *grads)
@@ -190,7 +189,6 @@ class FeedbackModel(nn.Module):
         self._fired: list = []  # per head: carriers it received this forward (None: not fired)
         self._frozen: list = []  # shallow: hidden parameters marked requires_grad=False
         self._early: dict = {}  # parameter -> gradient computed in the forward pass (unlocked)
-        self._box: list | None = None  # unlocked: this step's early gradients, delivered once
         self.__class__ = _signed_class(type(self), net)  # forward shows the net's arguments
         for name in _SHOWN:  # what Hugging Face's Trainer reads off the model it trains
             if hasattr(net, name) and not isinstance(getattr(net, name), nn.Module):
@@ -248,7 +246,7 @@ class FeedbackModel(nn.Module):
         if self.rule.needs_target and target is not None:
             _check_labels(target, self.num_classes)
         self._tape, self._target, self._local, self._early = [], target, local, {}
-        self._fired, self._box = [None] * len(self.heads), None
+        self._fired = [None] * len(self.heads)
         if local:  # every point's early gradients are taken with respect to these
             self._trainable = [p for p in self.net.parameters() if p.requires_grad]
         ACTIVE.append(self)
@@ -264,7 +262,7 @@ class FeedbackModel(nn.Module):
         finally:
             ACTIVE.remove(self)
             self._tape, self._target, self._early = None, None, {}
-            self._fired, self._box = [None] * len(self.heads), None  # hold no graph after forward
+            self._fired = [None] * len(self.heads)  # hold no graph after forward
 
     def _finish(self, y, tape):
         """Inject at returned heads, pass side paths back to their points, check every point's
@@ -316,10 +314,8 @@ class FeedbackModel(nn.Module):
                 "returns each use separately)")
         carriers = [c for _, c, _ in self._tape if c is not None]
         self._fired[k] = carriers
-        if self._early:  # every head delivers; the first backward to arrive takes them
-            if self._box is None:
-                self._box = [list(self._early.values())]
-            return _Deliver.apply(self._box, self, z, *self._early)
+        if self._early:  # update-unlocked: the gradients of every block, delivered in backward
+            return _Deliver.apply(list(self._early.values()), self, z, *self._early)
         if not carriers:
             return z
         head = self.heads[k]
@@ -460,10 +456,13 @@ class FeedbackModel(nn.Module):
         shapes = [large["fired"][id(p)][1] for p in self._points]
         seq = self._sequence_points(shapes, large, args, kwargs)
         last = max((large["fired"][id(p)][0] for p in self._points), default=-1)
-        heads = find_heads(self.net, large["out"], 3, large["outputs"], large["order"], last,
-                           {f[3] for f in large["fired"].values()}, any(seq))
-        self._check_heads(heads, large)
-        self.layout = ["flat" if not q else ("token" if heads[0].sequence else "broadcast")
+        if self.rule.inject or self.rule.local:
+            heads = find_heads(self.net, large["out"], 3, large["outputs"], large["order"], last,
+                               {f[3] for f in large["fired"].values()}, any(seq), large["calls"])
+            self._check_heads(heads, large)
+        else:  # shallow feeds nothing back: no error to take
+            heads = []
+        self.layout = ["flat" if not q else ("token" if not heads or heads[0].sequence else "broadcast")
                        for q in seq]
         if any(seq) and not all(seq):
             flat = [n for n, q in zip(self.point_names, seq) if not q]
@@ -732,6 +731,7 @@ def _probe(net, points, args, kwargs):
     fired: dict[int, tuple] = {}
     outputs: dict = {}
     order: dict[str, int] = {}
+    calls: dict[str, int] = {}
     clock = [0]
     last_weight: list[nn.Module | None] = [None]
     handles = []
@@ -751,6 +751,7 @@ def _probe(net, points, args, kwargs):
                 if isinstance(t, torch.Tensor) and t.grad_fn is not None:
                     outputs.setdefault(t.grad_fn, name)
                 order[name] = clock[0]
+                calls[name] = calls.get(name, 0) + 1
                 clock[0] += 1
             handles.append(mod.register_forward_hook(seen))
     was_training = net.training
@@ -768,7 +769,7 @@ def _probe(net, points, args, kwargs):
         net.train(was_training)
         for h in handles:
             h.remove()
-    return {"fired": fired, "out": y, "outputs": outputs, "order": order,
+    return {"fired": fired, "out": y, "outputs": outputs, "order": order, "calls": calls,
             "y": _first_output(y)}
 
 
