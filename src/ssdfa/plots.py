@@ -41,7 +41,7 @@ __all__ = [
     "DPI", "FIGSIZE", "FORMATS", "RULE_COLORS", "rule_color", "load_run", "is_sweep",
     "plot_training_curves", "plot_angles", "plot_sweep", "plot_cost_bars", "plot_filters",
     "first_conv_weight", "paper_costs", "plot_runs", "build_figures", "save_figure", "angle_keys",
-    "figure_bytes",
+    "figure_bytes", "nothing_to_draw",
 ]
 
 DPI = 100
@@ -631,13 +631,26 @@ def build_figures(sources: list[Source], *, costs: bool = False,
         yield name("cost_fig8"), figure_cost_bars(paper_costs())
 
 
+def nothing_to_draw(sources: list[Source]) -> str | None:
+    """Why the sources give no figure at all (every run without an epoch, no sweep cell), or None."""
+    if any(g.runs for src in sources for g in src.groups):
+        return None
+    if any(src.kind == "sweep" and (src.sweep or {}).get("cells") for src in sources):
+        return None
+    if any(src.kind == "reproduce" and (src.results or {}).get("rows") for src in sources):
+        return None
+    why = [f"{r['dir']}: {w}" for src in sources for g in src.groups for r, w in g.left_out]
+    why += [f"{src.path}: the sweep has no finished cell" for src in sources if src.kind == "sweep"]
+    return "nothing to draw (" + "; ".join(why[:3]) + (", ..." if len(why) > 3 else "") + ")"
+
+
 def plot_runs(paths, out_dir, *, costs: bool = True, log=print, fmt: str = "png") -> list[Path]:
     """Write every figure the given directories call for into ``out_dir``; return the paths.
 
     Every input is read and validated before the first file is written.
     """
     _check_format(fmt)
-    sources = rundata.read_inputs(paths)
+    sources = paths if all(isinstance(p, Source) for p in paths) else rundata.read_inputs(paths)
     out = Path(out_dir)
     return [save_figure(fig, out / f"{stem}.{fmt}", fmt)
             for stem, fig in build_figures(sources, costs=costs, log=log)]

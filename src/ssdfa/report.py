@@ -298,7 +298,8 @@ def _cost(page: Page, fig_names: dict) -> None:
 def build_page(paths, *, costs: bool = True, log=None, command: str | None = None) -> Page:
     """Read and validate every input, draw its figures and lay out the page (nothing written)."""
     log = log or (lambda m: None)
-    sources = rundata.read_inputs(paths)
+    sources = paths if all(isinstance(p, Source) for p in paths) else rundata.read_inputs(paths)
+    paths = [str(s.path) if s.path else s.name for s in sources] if sources is paths else paths
     page = Page()
     for stem, fig in plots.build_figures(sources, costs=costs, log=log):
         page.figures[stem] = fig

@@ -97,6 +97,22 @@ def disk_full(command: str, exc: OSError) -> int:
     return 1
 
 
+def read_checked(paths, costs: bool = False):
+    """Every input read and validated, and something to draw, or a UserError in one line."""
+    from ..cli import UserError
+    from ..plots import nothing_to_draw
+    from ..rundata import RunFileError, read_inputs
+
+    try:
+        sources = read_inputs(paths)
+    except (RunFileError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from None
+    why = None if costs else nothing_to_draw(sources)
+    if why:
+        raise UserError(why + "; train first, or wait for the first epoch")
+    return sources
+
+
 def run(args) -> int:
     from ..cli import UserError
     from ..plots import plot_runs
@@ -107,18 +123,16 @@ def run(args) -> int:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder; pick a folder for the figures")
     check_writable_here(out, args.runs, "--out folder")
+    sources = read_checked(args.runs, args.cost)
     try:
-        files = plot_runs(args.runs, out, costs=args.cost, fmt=args.format,
+        files = plot_runs(sources, out, costs=args.cost, fmt=args.format,
                           log=lambda m: print(f"note: {m}", file=sys.stderr))
-    except (RunFileError, FileNotFoundError) as exc:
+    except (RunFileError, FileNotFoundError) as exc:  # a checkpoint, read as the figures are drawn
         raise UserError(str(exc)) from None
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             return disk_full("plot", exc)
         raise
-    if not files:
-        raise UserError("nothing to draw: no run has logged an epoch yet, and no sweep has a "
-                        "finished cell")
     for f in files:
         print(f)
     return 0

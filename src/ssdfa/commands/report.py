@@ -70,7 +70,7 @@ def run(args) -> int:
     from ..cli import UserError
     from ..report import write_report
     from ..rundata import RunFileError
-    from .plot import check_dirs, disk_full
+    from .plot import check_dirs, disk_full, read_checked
 
     check_dirs(args.runs)
     if args.html and args.format == "pdf":
@@ -82,8 +82,9 @@ def run(args) -> int:
                         *(["--html"] if args.html else []),
                         *(["--format", args.format] if args.format != "png" else []),
                         *(["--cost"] if args.cost else []), "--out", shlex.quote(str(out))])
+    sources = read_checked(args.runs, args.cost)
     try:
-        path = write_report(args.runs, out, html_page=args.html, fmt=args.format, costs=args.cost,
+        path = write_report(sources, out, html_page=args.html, fmt=args.format, costs=args.cost,
                             log=lambda m: print(f"note: {m}", file=sys.stderr), command=command)
     except (RunFileError, FileNotFoundError) as exc:
         raise UserError(str(exc)) from None
