@@ -16,7 +16,6 @@ import shutil
 import subprocess
 
 import matplotlib.image
-import numpy as np
 import pytest
 
 from figdirs import fake_reproduction
@@ -87,7 +86,7 @@ def test_page_holds_tables_settings_commands_and_versions(page, inputs):
     assert "dfa-mlp" in text and "gap to BP: paper" in text  # the reproduction's table
     assert re.search(r"dfa\s+2\s+\d+\.\d\d ± \d+\.\d\d", text)  # compare row: seeds, mean ± std
     assert "Settings" in text and "limit_train = 200" in text
-    assert f"ssdfa compare --methods bp,dfa --seeds 2" in text and f"--out-dir {inputs[0]}" in text
+    assert "ssdfa compare --methods bp,dfa --seeds 2" in text and f"--out-dir {inputs[0]}" in text
     assert "ssdfa reproduce dfa-mlp --seeds 3 --epochs 2" in text
     assert "ssdfa sweep --method sdfa --dataset digits --rank 1,2,10 --sparsity 0,0.5 --seeds 2" in text
     assert "ssdfa report" in text and "--html" in text

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import plots, rundata
-from .rundata import Group, Source
+from .rundata import Source
 
 __all__ = ["write_report", "build_page", "render_markdown", "render_html", "MARKER_MD",
            "MARKER_HTML"]
