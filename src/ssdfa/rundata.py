@@ -26,6 +26,7 @@ import io
 import json
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -239,9 +240,15 @@ def first_conv_weight(run_dir):
     if not path.exists():
         return None
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable pickle is the same error to the user
-        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        text = str(exc).strip()
+        if "Weights only load failed" in text:
+            first = "it holds objects other than tensors and plain containers"
+        else:
+            first = text.splitlines()[0][:100] if text else type(exc).__name__
         raise RunFileError(f"{path} is not a readable checkpoint ({first}); restore it from a "
                            "copy, or delete the run and train it again") from None
 
