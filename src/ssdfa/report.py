@@ -1,16 +1,51 @@
-"""One markdown page from run and sweep directories: tables, and the figures of :mod:`ssdfa.plots`."""
+"""One page from run, compare, reproduce and sweep directories: markdown, or self-contained HTML.
+
+The page is built once as a list of blocks (headings, paragraphs, tables, figures, commands) and
+rendered either as markdown with its figures in ``<name>_figures/`` beside it, or as one HTML
+file that embeds every figure as a ``data:`` URI and needs nothing else (no network, no script):
+it opens offline and can be mailed as it is.  For each input it holds the results table, the
+figures of :mod:`ssdfa.plots`, the settings each row ran with, and the commands that rebuild the
+directory and the page; at the end, the machine and library versions that made the page.
+"""
 
 from __future__ import annotations
 
+import base64
 import datetime
-import json
+import html
 import math
 import os
+import platform
+import shlex
+import statistics
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import plots
+from . import plots, rundata
+from .rundata import Source
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "build_page", "render_markdown", "render_html", "MARKER_MD",
+           "MARKER_HTML"]
+
+MARKER_MD = "# ssdfa report"  # first line of every markdown report: marks a file as ours
+MARKER_HTML = '<meta name="generator" content="ssdfa report">'
+
+
+@dataclass
+class Page:
+    blocks: list[tuple] = field(default_factory=list)  # ("h1"|"h2"|"h3"|"p"|"table"|"fig"|"code", ...)
+    figures: dict[str, object] = field(default_factory=dict)  # name -> matplotlib figure
+
+    def add(self, *block):
+        self.blocks.append(block)
+
+
+# -- numbers -------------------------------------------------------------------------------------
+def _fmt(v, spec=".1f"):
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return format(float(v), spec)
 
 
 def _fmt_acc(v):
@@ -20,125 +55,441 @@ def _fmt_acc(v):
     return f"{100 * v:.2f}" if v <= 1 else f"{v:.2f}"
 
 
-def _fmt(v, spec=".1f"):
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+def _mean_std(vals, scale=1.0, digits=2) -> str:
+    vals = [scale * float(v) for v in vals if v is not None and math.isfinite(v)]
+    if not vals:
         return "–"
-    return format(float(v), spec)
+    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return f"{statistics.fmean(vals):.{digits}f} ± {sd:.{digits}f}"
 
 
-def _img(md_dir: Path, png: Path, alt: str) -> str:
-    return f"![{alt}]({Path(os.path.relpath(png, md_dir)).as_posix()})"
+def _last(run: dict, key: str):
+    s = run["summary"]
+    skey = {"test_acc": "final_test_acc", "test_loss": "final_test_loss"}.get(key, key)
+    if s.get(skey) is not None:
+        return s[skey]
+    rows = [r for r in run["metrics"] if r.get(key) is not None]
+    return rows[-1][key] if rows else None
 
 
-def _runs_section(runs, md_dir, figs) -> list[str]:
-    lines = ["## Runs", "",
-             "| run | method | dataset | model | epochs | final test acc (%) | best test acc (%) "
-             "| final train loss | seconds |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in runs:
-        c, s = r["config"], r["summary"]
-        last = r["metrics"][-1] if r["metrics"] else {}
-        lines.append(
-            f"| {r['dir'].name} | {r['label']} | {c.get('dataset', '–')} | {c.get('model', '–')} "
-            f"| {s.get('epochs', len(r['metrics']))} "
-            f"| {_fmt_acc(s.get('final_test_acc', last.get('test_acc')))} "
-            f"| {_fmt_acc(s.get('best_test_acc'))} "
-            f"| {_fmt(s.get('train_loss', last.get('train_loss')), '.4f')} "
-            f"| {_fmt(s.get('seconds'), '.1f')} |")
-    lines += ["", _img(md_dir, figs["training_curves.png"], "training curves"), ""]
-    return lines
+def _acc_scale(runs) -> float:
+    vals = [_last(r, "test_acc") for r in runs]
+    vals = [v for v in vals if v is not None]
+    return 100.0 if vals and max(vals) <= 1 else 1.0
 
 
-def _angles_section(runs, md_dir, figs) -> list[str]:
-    keyed = [(r, plots.angle_keys(r["metrics"])) for r in runs]
-    keyed = [(r, ks) for r, ks in keyed if ks]
+# -- sections ------------------------------------------------------------------------------------
+def _loose_runs(page: Page, src: Source, fig_names: dict) -> None:
+    rows = []
+    for g in src.groups:
+        for r in g.runs + [r for r, _ in g.left_out]:
+            c, s = r["config"], r["summary"]
+            last = r["metrics"][-1] if r["metrics"] else {}
+            rows.append([r["dir"].name, g.label, c.get("dataset", "–"), c.get("model", "–"),
+                         str(s.get("epochs", len(r["metrics"]))),
+                         _fmt_acc(s.get("final_test_acc", last.get("test_acc"))),
+                         _fmt_acc(s.get("best_test_acc")),
+                         _fmt(s.get("train_loss", last.get("train_loss")), ".4f"),
+                         _fmt(s.get("seconds"), ".1f")])
+    page.add("h2", "Runs")
+    page.add("table", ["run", "method", "dataset", "model", "epochs", "final test acc (%)",
+                       "best test acc (%)", "final train loss", "seconds"], rows)
+
+
+def _groups_table(page: Page, src: Source) -> None:
+    rows = []
+    for g in src.groups:
+        scale = _acc_scale(g.runs)
+        left = ", ".join(f"{r['dir'].name}: {why}" for r, why in g.left_out) or "–"
+        rows.append([g.label, str(g.seeds),
+                     _mean_std([_last(r, "test_acc") for r in g.runs], scale),
+                     _mean_std([r["summary"].get("best_test_acc") for r in g.runs], scale),
+                     _mean_std([_last(r, "train_loss") for r in g.runs], digits=4),
+                     _mean_std([r["summary"].get("seconds") for r in g.runs], digits=1), left])
+    page.add("p", "Mean ± sample standard deviation over the seeds of each row; diverged runs are "
+                  "left out of every number and figure and listed.")
+    page.add("table", ["row", "seeds", "final test acc (%)", "best test acc (%)",
+                       "final train loss", "seconds / run", "left out"], rows)
+
+
+def _reproduction_table(page: Page, res: dict) -> None:
+    rows = res["rows"]
+    if "quantity" in rows[0]:
+        page.add("table", ["quantity", "paper", "ours"],
+                 [[r.get("quantity", r.get("method")), _fmt(r.get("paper")), _fmt(r.get("ours"))]
+                  for r in rows])
+        return
+    digits = 4 if res.get("metric") == "loss" else 2
+    what, unit = plots._metric_words(res.get("metric", "accuracy"))
+    out = []
+    for r in rows:
+        ours = "–" if r.get("ours_mean") is None else \
+            f"{r['ours_mean']:.{digits}f} ± {(r.get('ours_std') or 0.0):.{digits}f}"
+        n, runs = r.get("ours_runs"), r.get("runs")
+        if n is not None and runs is not None and n < runs:
+            ours += f" ({runs - n}/{runs} diverged)"
+        out.append([r["method"], _fmt(r.get("paper"), ".2f"), ours,
+                    "–" if r.get("gap_paper") is None else f"{r['gap_paper']:+.2f}",
+                    "–" if r.get("gap_ours") is None else f"{r['gap_ours']:+.{digits}f}"])
+    page.add("table", ["row", f"paper: {unit}", f"ours: {unit}, mean ± std", "gap to BP: paper",
+                       "gap to BP: ours"], out)
+
+
+def _angles(page: Page, src: Source, fig_names: dict, pre: str) -> None:
+    keyed = [(g, [k for r in g.runs for k in plots.angle_keys(r["metrics"])]) for g in src.groups]
+    keyed = [(g, list(dict.fromkeys(ks))) for g, ks in keyed if ks]
     if not keyed:
-        return []
-    lines = ["## Alignment with backprop", "",
-             "Angles in degrees at the last epoch (0° = the BP direction, 90° = orthogonal). "
-             "`dz/` is the signal at each hidden layer's pre-activation (the DRTP paper's δz, "
-             "Figs. 2-3), `delta/` the signal arriving at each feedback point and `dW/` each "
-             "weight's update, all against exact BP on the same batch and weights; "
-             "`eq14/` is ∠(B_l, W_n⋯W_{l+1}) (SSDFA paper, Eq. 14); `dkp/` is ∠(h_l·B_lᵀ, output "
-             "pre-activation) (DKP paper, Fig. 2).", ""]
-    for r, ks in keyed:
-        last = r["metrics"][-1]
+        return
+    page.add("h3", "Alignment with backprop")
+    page.add("p", "Angles in degrees at the last epoch (0° = the BP direction, 90° = orthogonal), "
+                  "mean ± std over seeds. `dz/` is the signal at each hidden layer's "
+                  "pre-activation (the DRTP paper's δz, Figs. 2-3), `delta/` the signal arriving "
+                  "at each feedback point and `dW/` each weight's update, all against exact BP "
+                  "on the same batch and weights; `eq14/` is ∠(B_l, W_n⋯W_{l+1}) (SSDFA paper, "
+                  "Eq. 14); `dkp/` is ∠(h_l·B_lᵀ, output pre-activation) (DKP paper, Fig. 2).")
+    for g, ks in keyed:
         ks = [k for k in ks if not k.endswith(".bias")]
-        lines += [f"**{r['label']}** ({r['dir'].name})", "", "| angle | degrees |", "|---|---|"]
-        lines += [f"| {k[len('angle/'):]} | {_fmt(last.get(k))} |" for k in ks]
-        png = figs.get(f"angles_{r['dir'].name}.png")
-        lines += ["", _img(md_dir, png, f"angles {r['label']}") if png else "", ""]
-    return lines
+        page.add("p", f"**{g.label}** ({', '.join(r['dir'].name for r in g.runs)})")
+        page.add("table", ["angle", "degrees"],
+                 [[k[len("angle/"):], _mean_std([(r["metrics"][-1] if r["metrics"] else {}).get(k)
+                                                  for r in g.runs], digits=1)] for k in ks])
+        if f"{pre}angles_{g.tag}" in fig_names:
+            page.add("fig", f"{pre}angles_{g.tag}", f"angles {g.label}")
 
 
-def _sweep_section(d: Path, sw: dict, md_dir, figs) -> list[str]:
-    base = sw.get("base", {})
-    lines = [f"## Sweep: {base.get('method', '')} on {base.get('dataset', '')} ({d.name})", "",
-             f"{len(sw.get('seeds', []))} seeds per cell; mean ± std.", "",
-             "| rank | sparsity | runs | test acc (%) | angle Eq. 14 (°) | angle δ vs BP (°) |",
-             "|---|---|---|---|---|---|"]
+_HIDDEN = ("out_dir", "seed", "init_from", "threads", "device", "data_dir", "download")
+
+
+def _settings(page: Page, src: Source) -> None:
+    """The settings each row ran with: those that differ between rows in a table, the rest once."""
+    per_row = {}
+    for g in src.groups:
+        cfgs = [r["config"] for r in g.runs + [r for r, _ in g.left_out] if r["config"]]
+        if not cfgs:
+            continue
+        same = {k: v for k, v in cfgs[0].items()
+                if all(c.get(k) == v for c in cfgs) and k not in _HIDDEN}
+        seeds = sorted({c.get("seed") for c in cfgs if isinstance(c.get("seed"), int)})
+        same["seeds"] = ", ".join(map(str, seeds)) if seeds else "–"
+        per_row[g.label] = same
+    if not per_row:
+        return
+    keys = list(dict.fromkeys(k for s in per_row.values() for k in s))
+    differ = [k for k in keys if len({repr(s.get(k)) for s in per_row.values()}) > 1]
+    common = [k for k in keys if k not in differ and next(iter(per_row.values())).get(k) is not None]
+    page.add("h3", "Settings")
+    if differ:
+        page.add("table", ["row", *differ],
+                 [[label, *[_show(s.get(k)) for k in differ]] for label, s in per_row.items()])
+    first = next(iter(per_row.values()))
+    page.add("p", "Every row: " + "; ".join(f"{k} = {_show(first[k])}" for k in common) + ".")
+
+
+def _show(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def _flags(cfg: dict, skip=()) -> list[str]:
+    """Command-line flags for the settings of ``cfg`` that differ from TrainConfig's defaults."""
+    from .training import TrainConfig
+
+    defaults = TrainConfig().__dict__
+    out = []
+    for k, v in cfg.items():
+        if k in skip or k not in defaults or v is None or v == defaults[k]:
+            continue
+        flag = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            out += [flag] if v else []
+        else:
+            out += [flag, _show(v)]
+    return out
+
+
+def _q(args) -> str:
+    return " ".join(shlex.quote(str(a)) for a in args)
+
+
+def rebuild_commands(src: Source) -> list[str]:
+    """Commands that write this input again (each finished run is read back, not retrained)."""
+    res = src.results or {}
+    if res.get("experiment"):
+        b = res.get("budget") or {}
+        cmd = ["ssdfa", "reproduce", res["experiment"]]
+        if b.get("quick"):
+            cmd.append("--quick")
+        for flag, key in (("--seeds", "seeds"), ("--seed", "first_seed"), ("--epochs", "epochs"),
+                          ("--limit-train", "limit_train")):
+            if b.get(key) is not None:
+                cmd += [flag, b[key]]
+        return [_q(cmd + ["--out-dir", src.path])]
+    if src.kind == "sweep":
+        sw = src.sweep
+        base = dict(sw.get("base") or {})
+        cmd = ["ssdfa", "sweep", "--method", base.pop("method", "sdfa"),
+               "--dataset", base.pop("dataset", "mnist"),
+               "--rank", ",".join(str(r) for r in sw.get("ranks", [])),
+               "--sparsity", ",".join(f"{s:g}" for s in sw.get("sparsities", [])),
+               "--seeds", len(sw.get("seeds", []))]
+        for k, v in base.items():
+            if v is not None and k in ("model", "epochs", "batch_size", "lr", "optimizer",
+                                       "alignment", "limit_train", "device", "data_dir"):
+                cmd += ["--" + k.replace("_", "-"), _show(v)]
+        return [_q(cmd + ["--out", src.path])]
+    if src.kind == "compare":
+        cfg = dict(res.get("config") or next((r["config"] for g in src.groups for r in g.runs), {}))
+        methods = list(res.get("methods") or {}) or [g.method for g in src.groups]
+        seeds = max((g.seeds + len(g.left_out) for g in src.groups), default=1)
+        cmd = ["ssdfa", "compare", "--methods", ",".join(methods), "--seeds", seeds]
+        if cfg.get("seed"):
+            cmd += ["--seed", cfg["seed"]]
+        cmd += _flags(cfg, skip=("method", "seed", "out_dir"))
+        return [_q(cmd + ["--out-dir", src.path])]
+    out = []
+    for g in src.groups:
+        for r in g.runs + [r for r, _ in g.left_out]:
+            cmd = ["ssdfa", "train", "--method", r["config"].get("method", "ssdfa")]
+            cmd += _flags(r["config"], skip=("method", "out_dir"))
+            out.append(_q(cmd + ["--out-dir", r["dir"]]))
+    return out
+
+
+def _machine() -> list[list[str]]:
+    import matplotlib
+    import numpy
+    import torch
+
+    from . import __version__
+
+    return [["ssdfa", __version__], ["python", sys.version.split()[0]], ["torch", torch.__version__],
+            ["numpy", numpy.__version__], ["matplotlib", matplotlib.__version__],
+            ["platform", platform.platform()], ["machine", platform.machine() or "–"],
+            ["CPU cores", str(os.cpu_count())],
+            ["CUDA", torch.version.cuda or "none (CPU build)"]]
+
+
+def _cost(page: Page, fig_names: dict) -> None:
+    costs = plots.paper_costs()
+    page.add("h2", "Hardware cost (SSDFA paper, Table I and Fig. 8)")
+    page.add("p", "One training example's backward pass; only the FC layers train (the paper's "
+                  "Fig. 8 scope); words of 32 bits. Conventions and differences from the paper: "
+                  "`docs/cost-model.md`; any model: `ssdfa cost --model NAME --dataset NAME`.")
+    rows = []
+    for title, res in costs.items():
+        for m, v in res.items():
+            t = v["totals"]
+            rows.append([title, m, f"{t['macs'] / 1e6:.2f}", f"{t['reads'] / 1e6:.2f}",
+                         f"{t['writes'] / 1e6:.2f}", f"{t['movement']:,}", f"{t['feedback']:,}"])
+    page.add("table", ["network", "method", "MACs (M)", "reads (M words)", "writes (M words)",
+                       "movement (words)", "feedback (words)"], rows)
+    for title, res in costs.items():
+        t = {m: v["totals"] for m, v in res.items()}
+        page.add("p", f"- {title}: movement BP/SSDFA {t['bp']['movement'] / t['ssdfa']['movement']:,.0f}×, "
+                      f"DFA/SSDFA {t['dfa']['movement'] / t['ssdfa']['movement']:,.0f}×; "
+                      f"MACs BP/SSDFA {t['bp']['macs'] / t['ssdfa']['macs']:.2f}×")
+    if "cost_fig8" in fig_names:
+        page.add("fig", "cost_fig8", "cost bars (Fig. 8)")
+
+
+def build_page(paths, *, costs: bool = True, log=None, command: str | None = None) -> Page:
+    """Read and validate every input, draw its figures and lay out the page (nothing written)."""
+    log = log or (lambda m: None)
+    sources = paths if all(isinstance(p, Source) for p in paths) else rundata.read_inputs(paths)
+    paths = [str(s.path) if s.path else s.name for s in sources] if sources is paths else paths
+    page = Page()
+    for stem, fig in plots.build_figures(sources, costs=costs, log=log):
+        page.figures[stem] = fig
+    figs = page.figures
+    several = len(sources) > 1
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    page.add("h1", "ssdfa report")
+    page.add("p", f"Generated {when} from: " + ", ".join(f"`{p}`" for p in paths))
+    for src in sources:
+        pre = f"{src.tag}_" if several else ""
+        res = src.results or {}
+        if src.kind == "runs":
+            _loose_runs(page, src, figs)
+            if f"{pre}training_curves" in figs:
+                page.add("fig", f"{pre}training_curves", "training curves")
+            _angles(page, src, figs, pre)
+        elif src.kind == "sweep":
+            _sweep(page, src, figs)
+        else:
+            title = res.get("title") or ("compare" if src.kind == "compare" else src.kind)
+            page.add("h2", f"{'Reproduction' if src.kind == 'reproduce' else 'Comparison'}: "
+                           f"{title} (`{src.path}`)")
+            if src.kind == "reproduce":
+                if res.get("citation"):
+                    page.add("p", f"Paper: {res['citation']}, {res.get('source', '')}.")
+                if res.get("stand_in"):
+                    page.add("p", f"Note: {res['stand_in']}.")
+                if res.get("rows"):
+                    _reproduction_table(page, res)
+                if f"reproduction_{src.tag}" in figs:
+                    page.add("fig", f"reproduction_{src.tag}", "paper vs ours")
+            if src.groups:
+                _groups_table(page, src)
+            if f"{pre}training_curves" in figs:
+                page.add("fig", f"{pre}training_curves", "training curves, mean ± std over seeds")
+            _angles(page, src, figs, pre)
+            if res.get("notes"):
+                page.add("p", f"Setup: {res['notes']}")
+        if f"{pre}first_conv_filters" in figs:
+            page.add("h3", "First convolutional layer (SSDFA paper, Fig. 7)")
+            page.add("fig", f"{pre}first_conv_filters", "first-layer filters")
+        if src.kind != "sweep":
+            _settings(page, src)
+        page.add("h3", "Commands that rebuild it")
+        page.add("code", rebuild_commands(src))
+    if "cost_fig8" in figs:
+        _cost(page, figs)
+    page.add("h2", "How this page was made")
+    if command:
+        page.add("code", [command])
+    page.add("table", ["", "version"], _machine())
+    return page
+
+
+def _sweep(page: Page, src: Source, figs: dict) -> None:
+    sw = src.sweep
+    base = sw.get("base") or {}
+    page.add("h2", f"Sweep: {base.get('method', '')} on {base.get('dataset', '')} (`{src.path}`)")
+    page.add("p", f"{len(sw.get('seeds', []))} seeds per cell; mean ± std.")
+    rows = []
     for c in sw.get("cells", []):
         acc_m, acc_s = c.get("test_acc_mean"), c.get("test_acc_std")
         scale = 100 if acc_m is not None and acc_m <= 1 else 1
         acc = "–" if acc_m is None else f"{scale * acc_m:.2f} ± {scale * (acc_s or 0):.2f}"
-        lines.append(f"| {c['rank']} | {c['sparsity']:g} | {c['n']} | {acc} "
-                     f"| {_fmt(c.get('angle_eq14_mean'))} ± {_fmt(c.get('angle_eq14_std'))} "
-                     f"| {_fmt(c.get('angle_delta_mean'))} ± {_fmt(c.get('angle_delta_std'))} |")
+        rows.append([str(c["rank"]), f"{c['sparsity']:g}", str(c["n"]), acc,
+                     f"{_fmt(c.get('angle_eq14_mean'))} ± {_fmt(c.get('angle_eq14_std'))}",
+                     f"{_fmt(c.get('angle_delta_mean'))} ± {_fmt(c.get('angle_delta_std'))}"])
+    page.add("table", ["rank", "sparsity", "runs", "test acc (%)", "angle Eq. 14 (°)",
+                       "angle δ vs BP (°)"], rows)
     for s in sw.get("skipped", []):
-        lines.append(f"\nSkipped rank {s['rank']}, sparsity {s['sparsity']:g}: {s['reason']}.")
-    png = figs.get(f"sweep_{d.name}.png")
-    if png:
-        lines += ["", _img(md_dir, png, "sweep"), ""]
-    return lines + [""]
+        page.add("p", f"Skipped rank {s['rank']}, sparsity {s['sparsity']:g}: {s.get('reason', '')}.")
+    if f"sweep_{src.tag}" in figs:
+        page.add("fig", f"sweep_{src.tag}", "sweep")
+    base_settings = "; ".join(f"{k} = {_show(v)}" for k, v in base.items() if v is not None)
+    page.add("h3", "Settings")
+    page.add("p", f"Every cell: {base_settings}.")
 
 
-def _cost_section(md_dir, figs) -> list[str]:
-    costs = plots.paper_costs()
-    lines = ["## Hardware cost (SSDFA paper, Table I and Fig. 8)", "",
-             "One training example's backward pass; only the FC layers train (the paper's Fig. 8 "
-             "scope); words of 32 bits. Conventions and differences from the paper: "
-             "`docs/cost-model.md`; any model: `ssdfa cost --model NAME --dataset NAME`.", "",
-             "| network | method | MACs (M) | reads (M words) | writes (M words) "
-             "| movement (words) | feedback (words) |",
-             "|---|---|---|---|---|---|---|"]
-    for title, res in costs.items():
-        for m, v in res.items():
-            t = v["totals"]
-            lines.append(f"| {title} | {m} | {t['macs'] / 1e6:.2f} | {t['reads'] / 1e6:.2f} "
-                         f"| {t['writes'] / 1e6:.2f} | {t['movement']:,} | {t['feedback']:,} |")
-    lines.append("")
-    for title, res in costs.items():
-        t = {m: v["totals"] for m, v in res.items()}
-        lines.append(f"- {title}: movement BP/SSDFA {t['bp']['movement'] / t['ssdfa']['movement']:,.0f}×, "
-                     f"DFA/SSDFA {t['dfa']['movement'] / t['ssdfa']['movement']:,.0f}×; "
-                     f"MACs BP/SSDFA {t['bp']['macs'] / t['ssdfa']['macs']:.2f}×")
-    png = figs.get("cost_fig8.png")
-    lines += ["", _img(md_dir, png, "cost bars") if png else "", ""]
-    return lines
+# -- rendering -----------------------------------------------------------------------------------
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def write_report(paths, out_md, *, figures_dir=None) -> Path:
-    """Write ``out_md`` (figures into ``figures_dir``, default ``<out_md stem>_figures/``)."""
-    out_md = Path(out_md)
-    md_dir = out_md.parent
-    md_dir.mkdir(parents=True, exist_ok=True)
-    fig_dir = Path(figures_dir) if figures_dir else md_dir / f"{out_md.stem}_figures"
-    written = plots.plot_runs(paths, fig_dir)
-    figs = {p.name: p for p in written}
-    runs = [plots.load_run(p) for p in paths if not plots.is_sweep(p)]
-    sweeps = [(Path(p), json.loads((Path(p) / "sweep.json").read_text()))
-              for p in paths if plots.is_sweep(p)]
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = ["# ssdfa report", "", f"Generated {when} from: "
-             + ", ".join(f"`{p}`" for p in paths), ""]
-    if runs:
-        lines += _runs_section(runs, md_dir, figs)
-        lines += _angles_section(runs, md_dir, figs)
-        if "first_conv_filters.png" in figs:
-            lines += ["## First convolutional layer (SSDFA paper, Fig. 7)", "",
-                      _img(md_dir, figs["first_conv_filters.png"], "first-layer filters"), ""]
-    for d, sw in sweeps:
-        lines += _sweep_section(d, sw, md_dir, figs)
-    lines += _cost_section(md_dir, figs)
-    out_md.write_text("\n".join(lines) + "\n")
-    return out_md
+def render_markdown(page: Page, fig_files: dict[str, Path], md_dir: Path) -> str:
+    lines: list[str] = []
+    for b in page.blocks:
+        kind = b[0]
+        if kind in ("h1", "h2", "h3"):
+            lines += [f"{'#' * int(kind[1])} {b[1]}", ""]
+        elif kind == "p":
+            lines += [b[1], ""]
+        elif kind == "table":
+            head, rows = b[1], b[2]
+            lines.append("| " + " | ".join(map(_md_cell, head)) + " |")
+            lines.append("|" + "---|" * len(head))
+            lines += ["| " + " | ".join(map(_md_cell, r)) + " |" for r in rows]
+            lines.append("")
+        elif kind == "fig":
+            rel = Path(os.path.relpath(fig_files[b[1]], md_dir)).as_posix()
+            alt = b[2].replace("(", "").replace(")", "").replace("[", "").replace("]", "")
+            lines += [f"![{alt}]({rel})", ""]
+        elif kind == "code":
+            lines += ["```bash", *b[1], "```", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;max-width:1180px;
+margin:2em auto;padding:0 1em;color:#1a1a1a;line-height:1.45}
+h1{border-bottom:2px solid #ddd;padding-bottom:.2em}h2{margin-top:2em;border-bottom:1px solid #eee}
+table{border-collapse:collapse;margin:.8em 0;font-size:.92em}
+th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left}th{background:#f3f3f3}
+tr:nth-child(even) td{background:#fafafa}
+figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{color:#555;font-size:.9em}
+pre{background:#f6f6f6;padding:.7em;overflow-x:auto;font-size:.88em}code{font-size:.92em}
+"""
+
+
+def _inline(text: str) -> str:
+    """Markdown's `code` and **bold** in a paragraph, the rest escaped."""
+    out, parts = [], str(text).split("`")
+    for i, part in enumerate(parts):
+        if i % 2:
+            out.append(f"<code>{html.escape(part)}</code>")
+        else:
+            bits = html.escape(part).split("**")
+            out.append("".join(f"<strong>{s}</strong>" if j % 2 else s for j, s in enumerate(bits)))
+    return "".join(out)
+
+
+def render_html(page: Page, fig_data: dict[str, tuple[str, bytes]]) -> str:
+    """One self-contained page: every figure a ``data:`` URI (``fig_data``: name -> (mime, bytes))."""
+    body = []
+    title = "ssdfa report"
+    for b in page.blocks:
+        kind = b[0]
+        if kind in ("h1", "h2", "h3"):
+            body.append(f"<{kind}>{_inline(b[1])}</{kind}>")
+        elif kind == "p":
+            body.append(f"<p>{_inline(b[1])}</p>")
+        elif kind == "table":
+            head = "".join(f"<th>{_inline(h)}</th>" for h in b[1])
+            rows = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>"
+                           for r in b[2])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif kind == "fig":
+            mime, data = fig_data[b[1]]
+            uri = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+            body.append(f'<figure id="{html.escape(b[1])}"><img src="{uri}" alt="{html.escape(b[2])}">'
+                        f"<figcaption>{html.escape(b[2])} ({html.escape(b[1])})</figcaption></figure>")
+        elif kind == "code":
+            body.append("<pre><code>" + html.escape("\n".join(b[1])) + "</code></pre>")
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"{MARKER_HTML}\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+            f"<title>{title}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+            + "\n".join(body) + "\n</body>\n</html>\n")
+
+
+_MIME = {"png": "image/png", "svg": "image/svg+xml"}
+
+
+def write_report(paths, out, *, figures_dir=None, html_page: bool = False, fmt: str = "png",
+                 costs: bool = True, log=None, command: str | None = None) -> Path:
+    """Write the report to ``out``: markdown with figures in ``figures_dir`` (default
+    ``<out stem>_figures/``), or with ``html_page`` one self-contained HTML file.
+
+    Every input is read and checked and every figure drawn before the first file is written;
+    files are replaced atomically, so a failure leaves the previous report whole.
+    """
+    from .rundir import open_atomic, write_text_atomic
+
+    plots._check_format(fmt)
+    if html_page and fmt not in _MIME:
+        raise ValueError(f"an HTML page shows png or svg figures, not {fmt}")
+    page = build_page(paths, costs=costs, log=log, command=command)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if html_page:
+        data = {name: (_MIME[fmt], plots.figure_bytes(fig, fmt)) for name, fig in page.figures.items()}
+        write_text_atomic(out, render_html(page, data))
+        return out
+    fig_dir = Path(figures_dir) if figures_dir else out.parent / f"{out.stem}_figures"
+    blobs = {name: plots.figure_bytes(fig, fmt) for name, fig in page.figures.items()}
+    files = {}
+    if blobs:
+        fig_dir.mkdir(parents=True, exist_ok=True)
+    for name, data in blobs.items():
+        files[name] = fig_dir / f"{name}.{fmt}"
+        with open_atomic(files[name], "wb") as f:
+            f.write(data)
+    write_text_atomic(out, render_markdown(page, files, out.parent))
+    return out
