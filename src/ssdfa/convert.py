@@ -171,7 +171,7 @@ def _layerwise_net(model: nn.Module, rule, train_only, base: torch.Generator):
             if isinstance(mod, FeedbackPoint):
                 continue
             if is_wrappable(mod):
-                mod = wrap_layer(mod, gen(), rule.learnable)
+                mod = wrap_layer(mod, gen(), rule.learnable, getattr(rule, "sign", None))
                 names.append(name)
             layers[name] = mod
         return nn.Sequential(layers), names
@@ -189,7 +189,8 @@ def _layerwise_net(model: nn.Module, rule, train_only, base: torch.Generator):
         raise UnsupportedModelError(problems, rule.name)
     for name in targets:
         parent, _, leaf = name.rpartition(".")
-        setattr(net.get_submodule(parent), leaf, wrap_layer(net.get_submodule(name), gen(), rule.learnable))
+        setattr(net.get_submodule(parent), leaf, wrap_layer(net.get_submodule(name), gen(), rule.learnable,
+                                                              getattr(rule, "sign", None)))
         names.append(name)
     return net, names
 

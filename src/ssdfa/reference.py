@@ -68,7 +68,7 @@ def _layerwise_gradients(model, x, y, loss_fn):
         if isinstance(mod, LayerFeedback):
             if isinstance(mod.feedback, nn.Parameter):  # KP: B gets W's gradient
                 expected[name_of[id(mod.feedback)]] = expected[name_of[id(mod.layer.weight)]]
-            h = torch.func.functional_call(mod.layer, {"weight": mod.feedback.detach()}, (a,))
+            h = torch.func.functional_call(mod.layer, {"weight": mod.backward_weight().detach()}, (a,))
         if not a.requires_grad:
             break
         g = torch.autograd.grad(h, a, g)[0]
