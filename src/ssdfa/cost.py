@@ -217,6 +217,35 @@ def _kp(layer, ctx, is_first, is_last):
     return _layerwise(layer, ctx, is_first, is_last, learn_b=True)
 
 
+def _sign_layerwise(layer, ctx, is_first, is_last, stored: bool, redrawn: bool):
+    """Sign-symmetric feedback: δ goes down the chain as in FA, through B = c·sign(W) (uSF) or
+    |R|⊙sign(W) (frSF, brSF).  sign(W) comes from W, which is read anyway: uSF stores no
+    feedback at all (its products are ±c additions, still one operation per connection); frSF
+    and brSF store |R| (one word per weight); brSF writes a fresh |R| every example's batch,
+    counted here per example as one write per weight (an upper bound: one draw serves a batch).
+    """
+    err = _chain_error(layer, ctx, is_first)
+    fb = 0 if (err == 0 or not stored) else layer.weights
+    return _base(layer, macs_error=err, reads=layer.params + fb,
+                 writes=layer.params + (fb if redrawn else 0),
+                 movement=err + (layer.outputs if is_last else 0), feedback=fb)
+
+
+@cost_rule("usf")
+def _usf(layer, ctx, is_first, is_last):
+    return _sign_layerwise(layer, ctx, is_first, is_last, stored=False, redrawn=False)
+
+
+@cost_rule("frsf")
+def _frsf(layer, ctx, is_first, is_last):
+    return _sign_layerwise(layer, ctx, is_first, is_last, stored=True, redrawn=False)
+
+
+@cost_rule("brsf")
+def _brsf(layer, ctx, is_first, is_last):
+    return _sign_layerwise(layer, ctx, is_first, is_last, stored=True, redrawn=True)
+
+
 @cost_rule("shallow")
 def _shallow(layer, ctx, is_first, is_last):
     """Only the output layer learns; hidden layers cost nothing in the backward pass."""
