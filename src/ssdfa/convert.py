@@ -58,7 +58,15 @@ def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None 
     if points is not None and not rule.direct:
         raise ValueError(f"points= places direct feedback; method {rule.name!r} has none")
 
-    if rule.layerwise:  # drawn only where B is: `bp` leaves the global RNG untouched
+    forward_mode = getattr(rule, "forward_mode", None)  # forward_grad, fdfa: ssdfa.forward_mode
+    if forward_mode == "weights":  # forward_grad: no points, one forward-mode pass per step
+        from .forward_mode import ForwardGradientModel
+
+        if train_only is not None:
+            raise ValueError("forward_grad perturbs every parameter that requires grad: freeze "
+                             "layers with requires_grad_(False) instead of train_only")
+        wrapped = ForwardGradientModel(model, rule, num_classes, seed=seed)
+    elif rule.layerwise:  # drawn only where B is: `bp` leaves the global RNG untouched
         net, layer_names = _layerwise_net(model, rule, train_only, seeded_generator(seed))
         wrapped = LayerwiseModel(net, rule, layer_names, num_classes=num_classes)
     elif not rule.direct:  # bp: any module that runs; chain points (identities) name its taps
@@ -67,7 +75,11 @@ def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None 
                                 [] if placed.auto else placed.points, num_classes)
     else:
         placed = place_points(model, rule.name, train_only, points)
-        wrapped = FeedbackModel(placed.net, rule, placed.points, num_classes, seed=seed,
+        if forward_mode == "activities":  # fdfa: DFA whose B_l follow forward-mode estimates
+            from .forward_mode import FDFAModel as model_class
+        else:
+            model_class = FeedbackModel
+        wrapped = model_class(placed.net, rule, placed.points, num_classes, seed=seed,
                                 feedback_scale=feedback_scale, auto_points=placed.auto,
                                 problems=placed.problems, grad_scaler=grad_scaler)
     given = _given_example(wrapped.net, input_shape, example_input)

@@ -30,6 +30,7 @@ SIGNALS: dict[str, Callable] = {
     "sign_dfa": lambda e, target: e.sign() / e.shape[0],  # DRTP paper Sec. 2.1 (sDFA), /batch
     "drtp": lambda e, target: _one_hot(target, e) / e.shape[0],  # DRTP paper Algorithm 1, /batch
     "shallow": None,  # DRTP paper Sec. 2.1: hidden blocks get nothing
+    "fdfa": lambda e, target: e,  # Bacho & Chu 2024: DFA's e·B_l, B_l as updated by this forward
 }
 
 
@@ -92,6 +93,10 @@ def reference_gradients(model: FeedbackModel, x: torch.Tensor, y: torch.Tensor,
     params = dict(model.net.named_parameters())
     if model.rule.layerwise:
         return _layerwise_gradients(model, x, y, loss_fn)
+    if getattr(model.rule, "forward_mode", None) == "weights":  # forward_grad: (∇L·v)·v
+        from .forward_mode import forward_gradient_reference
+
+        return forward_gradient_reference(model, x, y, loss_fn)
     if not model.rule.direct:
         out = model.net(x)
         grads = torch.autograd.grad(loss_fn(out, y), list(params.values()), allow_unused=True)
