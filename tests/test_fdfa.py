@@ -96,3 +96,52 @@ def test_fdfa_refuses_a_softmax_head_and_bad_momentum():
         model(torch.randn(2, 4))
     with pytest.raises(ValueError, match="momentum must be"):
         ssdfa.convert(linear_net(), "fdfa", momentum=1.0)
+
+
+def _ddp_worker(rank, port, out):
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    torch.manual_seed(rank)  # each rank draws its own perturbations
+    model = ssdfa.convert(linear_net(), "fdfa", momentum=0.5, seed=0)
+    ddp = nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(rank)
+    for _ in range(3):
+        x, y = torch.randn(8, 6, generator=g), torch.randint(0, 3, (8,), generator=g)
+        opt.zero_grad()
+        F.cross_entropy(ddp(x, target=y), y).backward()
+        opt.step()
+    torch.save({"params": [p.detach().clone() for p in model.parameters()],
+                "feedback": [b.clone() for b in model.feedback_matrices().values()]}, f"{out}.{rank}")
+    dist.barrier()
+    os._exit(0)
+
+
+def test_ddp_replicas_keep_the_same_feedback_and_weights(tmp_path):
+    """The B_l estimates are averaged over the ranks, so every replica holds the same B_l (and,
+    through DDP's averaged gradients, the same weights), though each drew its own u."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    from ssdfa.pipeline import free_port
+
+    out = str(tmp_path / "ddp")
+    ctx = mp.spawn(_ddp_worker, args=(free_port(), out), nprocs=2, join=False)
+    deadline = time.monotonic() + 120
+    while not ctx.join(timeout=2):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the two DDP workers did not finish within 120 s")
+    a, b = (torch.load(f"{out}.{r}") for r in range(2))
+    for key in ("params", "feedback"):
+        for s, t in zip(a[key], b[key]):
+            assert torch.equal(s, t), key
+    start = list(ssdfa.convert(linear_net(), "fdfa", seed=0).feedback_matrices().values())
+    assert not torch.equal(a["feedback"][0], start[0])  # and they did learn
