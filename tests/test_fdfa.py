@@ -106,8 +106,8 @@ def _ddp_worker(rank, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     torch.set_num_threads(1)
-    torch.manual_seed(rank)  # each rank draws its own perturbations
     model = ssdfa.convert(linear_net(), "fdfa", momentum=0.5, seed=0)
+    torch.manual_seed(rank)  # each rank draws its own perturbations
     ddp = nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
     g = torch.Generator().manual_seed(rank)
