@@ -50,9 +50,11 @@ def test_error(model, data, batch=1000):
     return 100.0 * wrong / len(data.test)
 
 
-def train(method, data, epochs, lr, seed, limit):
+def train(method, data, epochs, lr, seed, limit, feedback_scale=1.0):
     torch.manual_seed(seed)
-    model = ssdfa.convert(lenet(), method, seed=seed, input_shape=(1, 32, 32))
+    direct = method in ("dfa", "sdfa", "ssdfa", "dkp", "sign_dfa", "drtp", "fdfa")
+    model = ssdfa.convert(lenet(), method, seed=seed, input_shape=(1, 32, 32),
+                          **({"feedback_scale": feedback_scale} if direct else {}))
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-3)
     n = min(len(data.train), limit or len(data.train))
     g = torch.Generator().manual_seed(seed)
@@ -78,13 +80,15 @@ def main():
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit-train", type=int, default=None)
+    ap.add_argument("--feedback-scale", type=float, default=1.0, help="direct rules only")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "biotorch_fmnist.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
     data = load_dataset("fashion-mnist")
     rows = []
     for m in args.methods.split(","):
-        rows.append(train(m, data, args.epochs, args.lr, args.seed, args.limit_train))
+        rows.append(train(m, data, args.epochs, args.lr, args.seed, args.limit_train,
+                          args.feedback_scale))
         Path(args.out).write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=1))
     print("| method | BioTorch top-1 error (%) | ours, best of the epochs (%) |")
     print("|---|---|---|")
