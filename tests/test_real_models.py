@@ -416,7 +416,9 @@ def test_compiled_training_matches_eager(method, backend, device):
 
 
 # -- DistributedDataParallel -------------------------------------------------------------------
-DDP_RULES = [(m, {}) for m in sorted(ssdfa.METHODS)] + [("drtp", {"unlocked": True})]
+# fdfa draws its perturbations per example on each rank, so it cannot equal one process on the
+# global batch exactly; tests/test_fdfa.py checks that its replicas stay identical under DDP
+DDP_RULES = [(m, {}) for m in sorted(ssdfa.METHODS) if m != "fdfa"] + [("drtp", {"unlocked": True})]
 
 
 def _ddp_worker(rank, port, out):

@@ -59,7 +59,15 @@ def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None 
         raise ValueError(f"points= places direct feedback; method {rule.name!r} has none")
 
     _materialise_lazy(model, rule, input_shape, example_input)
-    if rule.layerwise:  # drawn only where B is: `bp` leaves the global RNG untouched
+    forward_mode = getattr(rule, "forward_mode", None)  # forward_grad, fdfa: ssdfa.forward_mode
+    if forward_mode == "weights":  # forward_grad: no points, one forward-mode pass per step
+        from .forward_mode import ForwardGradientModel
+
+        if train_only is not None:
+            raise ValueError("forward_grad perturbs every parameter that requires grad: freeze "
+                             "layers with requires_grad_(False) instead of train_only")
+        wrapped = ForwardGradientModel(model, rule, num_classes, seed=seed)
+    elif rule.layerwise:  # drawn only where B is: `bp` leaves the global RNG untouched
         net, layer_names = _layerwise_net(model, rule, train_only, seeded_generator(seed))
         wrapped = LayerwiseModel(net, rule, layer_names, num_classes=num_classes)
     elif not rule.direct:  # bp: any module that runs; chain points (identities) name its taps
@@ -68,7 +76,11 @@ def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None 
                                 [] if placed.auto else placed.points, num_classes)
     else:
         placed = place_points(model, rule.name, train_only, points)
-        wrapped = FeedbackModel(placed.net, rule, placed.points, num_classes, seed=seed,
+        if forward_mode == "activities":  # fdfa: DFA whose B_l follow forward-mode estimates
+            from .forward_mode import FDFAModel as model_class
+        else:
+            model_class = FeedbackModel
+        wrapped = model_class(placed.net, rule, placed.points, num_classes, seed=seed,
                                 feedback_scale=feedback_scale, auto_points=placed.auto,
                                 problems=placed.problems, grad_scaler=grad_scaler)
     given = _given_example(wrapped.net, input_shape, example_input)
@@ -203,7 +215,7 @@ def _layerwise_net(model: nn.Module, rule, train_only, base: torch.Generator):
             if isinstance(mod, FeedbackPoint):
                 continue
             if is_wrappable(mod):
-                mod = wrap_layer(mod, gen(), rule.learnable)
+                mod = wrap_layer(mod, gen(), rule.learnable, getattr(rule, "sign", None))
                 names.append(name)
             layers[name] = mod
         return nn.Sequential(layers), names
@@ -221,7 +233,8 @@ def _layerwise_net(model: nn.Module, rule, train_only, base: torch.Generator):
         raise UnsupportedModelError(problems, rule.name)
     for name in targets:
         parent, _, leaf = name.rpartition(".")
-        setattr(net.get_submodule(parent), leaf, wrap_layer(net.get_submodule(name), gen(), rule.learnable))
+        setattr(net.get_submodule(parent), leaf, wrap_layer(net.get_submodule(name), gen(), rule.learnable,
+                                                              getattr(rule, "sign", None)))
         names.append(name)
     return net, names
 

@@ -28,7 +28,9 @@ Per weight layer l (Linear or Conv2d) that trains, with M classes (errors):
 Movement is the paper's definition (Sec. II): what a neuron must send or receive for an update.
 For BP on a von Neumann machine that is everything moved to and from main memory
 (|W| + |A| + |E|); for the direct rules it is only the error each neuron receives.
-Extensions the paper leaves out (see docs/cost-model.md): FA, KP, DKP, DRTP and shallow,
+Extensions the paper leaves out (see docs/cost-model.md): FA, KP, DKP, DRTP and shallow, the
+sign-symmetric rules (usf, frsf, brsf), and the forward-mode rules (forward_grad, fdfa: their
+forward-mode pass is counted, although the forward pass itself is not),
 feedback storage, and bytes at a chosen precision.  Forward-pass costs are the same for every
 rule and are not counted.
 """
@@ -215,6 +217,68 @@ def _fa(layer, ctx, is_first, is_last):
 def _kp(layer, ctx, is_first, is_last):
     """Kolen-Pollack: FA whose B takes W's update (ΔB = ΔWᵀ, no extra MACs), written back."""
     return _layerwise(layer, ctx, is_first, is_last, learn_b=True)
+
+
+def _sign_layerwise(layer, ctx, is_first, is_last, stored: bool, redrawn: bool):
+    """Sign-symmetric feedback: δ goes down the chain as in FA, through B = c·sign(W) (uSF) or
+    |R|⊙sign(W) (frSF, brSF).  sign(W) comes from W, which is read anyway: uSF stores no
+    feedback at all (its products are ±c additions, still one operation per connection); frSF
+    and brSF store |R| (one word per weight); brSF writes a fresh |R| every example's batch,
+    counted here per example as one write per weight (an upper bound: one draw serves a batch).
+    """
+    err = _chain_error(layer, ctx, is_first)
+    fb = 0 if (err == 0 or not stored) else layer.weights
+    return _base(layer, macs_error=err, reads=layer.params + fb,
+                 writes=layer.params + (fb if redrawn else 0),
+                 movement=err + (layer.outputs if is_last else 0), feedback=fb)
+
+
+@cost_rule("usf")
+def _usf(layer, ctx, is_first, is_last):
+    return _sign_layerwise(layer, ctx, is_first, is_last, stored=False, redrawn=False)
+
+
+@cost_rule("frsf")
+def _frsf(layer, ctx, is_first, is_last):
+    return _sign_layerwise(layer, ctx, is_first, is_last, stored=True, redrawn=False)
+
+
+@cost_rule("brsf")
+def _brsf(layer, ctx, is_first, is_last):
+    return _sign_layerwise(layer, ctx, is_first, is_last, stored=True, redrawn=True)
+
+
+def _tangent_macs(layer, is_first):
+    """MACs of pushing a tangent through the layer in forward mode: W·ẋ, one per forward MAC
+    (none for the first layer, whose input carries no tangent)."""
+    return 0 if is_first else layer.forward_macs
+
+
+@cost_rule("forward_grad")
+def _forward_grad(layer, ctx, is_first, is_last):
+    """Forward gradient (Baydin et al. 2022): the forward-mode pass computes ẏ = Ẇ·x + W·ẋ
+    (two MACs per forward MAC; one for the first layer, ẋ = 0), then g = (∇L·v)·v costs one
+    multiply per parameter.  v is read (or regenerated) beside W; each neuron passes one
+    tangent forward and every parameter receives the one scalar ∇L·v.  No feedback stored."""
+    macs = layer.forward_macs + _tangent_macs(layer, is_first)
+    c = LayerCost(layer.name, layer.kind, True, macs_update=layer.params, macs_error=macs,
+                  reads=2 * layer.params, writes=layer.params, movement=layer.outputs + 1)
+    c.macs = c.macs_update + c.macs_error
+    return c
+
+
+@cost_rule("fdfa")
+def _fdfa(layer, ctx, is_first, is_last):
+    """Forward DFA (Bacho & Chu 2024): DFA's costs, plus the forward-mode pass (W·ẋ through the
+    layer, after the first), plus, at each hidden point, the estimate t·uᵀ (M·N MACs), B's
+    momentum step written back, and the output tangent t (M words) sent to each neuron."""
+    c = _direct(layer, ctx, is_last, ctx.num_classes, learn_b=True)
+    t = _tangent_macs(layer, is_first)
+    c.macs_error += t
+    c.macs += t
+    if not is_last:
+        c.movement += ctx.num_classes * layer.neurons
+    return c
 
 
 @cost_rule("shallow")

@@ -11,6 +11,7 @@ per-example angles), so an example's weight in the angle is its share of the sig
 - :func:`feedback_weight_angles` — the SSDFA paper's Eq. 14, ∠(B_l, W_n·…·W_{l+1}) for FC nets.
 - :func:`output_prediction_angles` — the DKP paper's Fig. 2, ∠(h_l·B_lᵀ, output pre-activation).
 - :func:`fa_weight_angles` — FA/KP's ∠(B, W) for feedback matrices shaped like their weights.
+- :func:`norm_ratios` — BioTorch's ‖B‖/‖W‖ beside each of the last two (not an angle).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "output_prediction_angles",
     "fa_weight_angles",
     "static_angles",
+    "norm_ratios",
 ]
 
 
@@ -221,17 +223,12 @@ def _feedback_dense(model) -> "OrderedDict[str, torch.Tensor]":
         return OrderedDict()
 
 
-def feedback_weight_angles(model) -> dict[str, float]:
-    """SSDFA paper Eq. 14: ∠(vec B_l, vec(W_n·…·W_{l+1})) per feedback point of an FC network.
-
-    B_l is (classes, neurons at point l) and the product of the Linear weights after the point
-    has the same shape.  Points followed by a Conv2d are skipped (the product is not a matrix
-    product there).  Keys ``eq14/<point>``.
-    """
+def _eq14_pairs(model) -> "OrderedDict[str, tuple[torch.Tensor, torch.Tensor]]":
+    """{point: (B_l, W_n·…·W_{l+1})} for each point of an FC chain (see feedback_weight_angles)."""
     dense = _feedback_dense(model)
     seq = _sequence(model.net)
     names = [n for n, _ in seq]
-    out = {}
+    out = OrderedDict()
     for point, b in dense.items():
         if point not in names:
             continue
@@ -243,8 +240,18 @@ def feedback_weight_angles(model) -> dict[str, float]:
             prod = m.weight.detach() @ prod  # W_{k}·…·W_{l+1}: (out_k, neurons)
         if prod.shape != b.shape:
             continue
-        out[f"eq14/{point}"] = angle(b.to(prod), prod)
+        out[point] = (b.to(prod), prod)
     return out
+
+
+def feedback_weight_angles(model) -> dict[str, float]:
+    """SSDFA paper Eq. 14: ∠(vec B_l, vec(W_n·…·W_{l+1})) per feedback point of an FC network.
+
+    B_l is (classes, neurons at point l) and the product of the Linear weights after the point
+    has the same shape.  Points followed by a Conv2d are skipped (the product is not a matrix
+    product there).  Keys ``eq14/<point>``.
+    """
+    return {f"eq14/{point}": angle(b, prod) for point, (b, prod) in _eq14_pairs(model).items()}
 
 
 def output_prediction_angles(model, acts: dict, output: torch.Tensor) -> dict[str, float]:
@@ -267,22 +274,18 @@ def output_prediction_angles(model, acts: dict, output: torch.Tensor) -> dict[st
     return out
 
 
-def fa_weight_angles(model) -> dict[str, float]:
-    """FA/KP: ∠(B, W) (or ∠(Bᵀ, W)) for each weight that has a feedback tensor of its shape.
-
-    Looks first for a tensor other than weight/bias stored on the weight's own module or on a
-    wrapper holding the layer as ``.layer`` (how a layer-wise FA layer keeps B), then, only for
-    rules that are not direct (a direct B_l can have a weight's shape by coincidence), for
-    ``model.feedback`` matrices whose dense form has the weight's shape or its transpose, matched
-    in order among weights of that shape.  Keys ``fa/<weight name>``; 0° means B = W (exact BP).
-    """
-    out = {}
+def _fa_pairs(model) -> "OrderedDict[str, tuple[torch.Tensor, torch.Tensor]]":
+    """{weight name: (B, W)} for each weight with a feedback tensor of its shape (fa_weight_angles)."""
+    out = OrderedDict()
     wname = {id(p): n for n, p in model.net.named_parameters()}
     unmatched = []
     for _, m in _weight_modules(model.net).items():
         layer = m if is_weight_layer(m) else m.layer
         w = layer.weight.detach()
         name = wname.get(id(layer.weight), "weight")
+        if hasattr(m, "backward_weight"):  # a layer-wise wrapper: the B its backward uses
+            out[name] = (m.backward_weight().detach(), w)
+            continue
         own = []
         for holder in dict.fromkeys([m, layer]):  # wrapper first, then the layer itself
             own += [t for tn, t in list(holder.named_buffers(recurse=False))
@@ -292,7 +295,7 @@ def fa_weight_angles(model) -> dict[str, float]:
             b = own[0].detach()
             if b.shape != w.shape and b.dim() == 2 and b.t().shape == w.shape:
                 b = b.t()
-            out[f"fa/{name}"] = angle(b, w)
+            out[name] = (b, w)
         else:
             unmatched.append((name, w))
     rule = getattr(model, "rule", None)
@@ -301,9 +304,47 @@ def fa_weight_angles(model) -> dict[str, float]:
         for name, w in unmatched:
             for i, b in enumerate(pool):
                 if b.shape == w.shape or (b.dim() == 2 and b.t().shape == w.shape):
-                    out[f"fa/{name}"] = angle(b if b.shape == w.shape else b.t(), w)
+                    out[name] = (b if b.shape == w.shape else b.t(), w)
                     pool.pop(i)
                     break
+    return out
+
+
+def fa_weight_angles(model) -> dict[str, float]:
+    """FA/KP and the sign rules: ∠(B, W) (or ∠(Bᵀ, W)) for each weight with a feedback tensor
+    of its shape.
+
+    A layer-wise wrapper's ``backward_weight()`` (the B its backward uses: for the sign rules
+    c·sign(W) or |R|⊙sign(W) of the last step) comes first; otherwise a tensor other than
+    weight/bias stored on the weight's own module or on a wrapper holding the layer as
+    ``.layer``, then, only for rules that are not direct (a direct B_l can have a weight's shape
+    by coincidence), ``model.feedback`` matrices whose dense form has the weight's shape or its
+    transpose, matched in order among weights of that shape.  Keys ``fa/<weight name>``; 0°
+    means B = W (exact BP).
+    """
+    return {f"fa/{name}": angle(b, w) for name, (b, w) in _fa_pairs(model).items()}
+
+
+def _norm(t: torch.Tensor) -> float:
+    return float(t.detach().double().norm())
+
+
+def norm_ratios(model) -> dict[str, float]:
+    """‖B‖/‖W‖ (Frobenius) beside each static angle, as BioTorch reports it (Sanfiz & Akrout
+    2021): ``fa/<weight>`` for layer-wise rules (B against the weight it replaces), ``eq14/<point>``
+    for direct ones (B_l against W_n·…·W_{l+1}, the matrix Eq. 14 compares it with).  The same
+    keys as :func:`static_angles`, so ``norm/fa/2.weight`` sits beside ``angle/fa/2.weight``;
+    NaN where W is all zeros.
+    """
+    rule = getattr(model, "rule", None)
+    if rule is not None and rule.direct:
+        pairs = {f"eq14/{k}": v for k, v in _eq14_pairs(model).items()}
+    else:
+        pairs = {f"fa/{k}": v for k, v in _fa_pairs(model).items()}
+    out = {}
+    for key, (b, w) in pairs.items():
+        nw = _norm(w)
+        out[key] = _norm(b) / nw if nw > 0 else math.nan
     return out
 
 

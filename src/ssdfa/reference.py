@@ -40,6 +40,7 @@ SIGNALS: dict[str, Callable | None] = {
     "sign_dfa": lambda e, target: e.sign() / e.shape[0],  # DRTP paper Sec. 2.1 (sDFA), /batch
     "drtp": lambda e, target: _one_hot(target, e) / e.shape[0],  # DRTP paper Algorithm 1, /batch
     "shallow": None,  # DRTP paper Sec. 2.1: hidden blocks get nothing
+    "fdfa": lambda e, target: e,  # Bacho & Chu 2024: DFA's e·B_l, B_l as updated by this forward
 }
 
 
@@ -73,7 +74,7 @@ def _layerwise_gradients(model, x, y, loss_fn, kwargs):
                 plain = m.layer(a.detach()) if a.requires_grad else m.layer(a)
                 if not a.requires_grad:
                     return plain
-                swapped = {"weight": m.feedback.detach()}
+                swapped = {"weight": m.backward_weight().detach()}
                 if getattr(m.layer, "bias", None) is not None:
                     swapped["bias"] = m.layer.bias.detach()
                 through_b = torch.func.functional_call(m.layer, swapped, (a,))
@@ -101,6 +102,10 @@ def reference_gradients(model: FeedbackModel, x, y: torch.Tensor, loss_fn: Calla
     rule = model.rule.name
     if model.rule.layerwise:
         return _layerwise_gradients(model, x, y, loss_fn, kwargs)
+    if getattr(model.rule, "forward_mode", None) == "weights":  # forward_grad: (∇L·v)·v
+        from .forward_mode import forward_gradient_reference
+
+        return forward_gradient_reference(model, x, y, loss_fn)
     params = {n: p for n, p in model.net.named_parameters() if p.requires_grad}
     if not model.rule.direct:
         grads = torch.autograd.grad(loss_fn(_call(model.net, x, kwargs), y), list(params.values()),

@@ -512,7 +512,7 @@ def _run_locked(cfg: TrainConfig, out: Path, data: Dataset, device, resume: bool
     n = len(data.train)
     align_batch = None
     if cfg.alignment:
-        from .metrics import alignment_angles  # owned by the analysis module
+        from .metrics import alignment_angles, norm_ratios  # owned by the analysis module
         align_batch = data.train.batch(torch.arange(min(n, cfg.batch_size)))
 
     for epoch in range(len(history) + 1, cfg.epochs + 1):
@@ -565,6 +565,7 @@ def _run_locked(cfg: TrainConfig, out: Path, data: Dataset, device, resume: bool
             xa, ya = align_batch
             angles = alignment_angles(net, xa.to(device), ya.to(device), loss_fn=loss_fn)
             row.update({f"angle/{k}": v for k, v in angles.items()})
+            row.update({f"norm/{k}": v for k, v in norm_ratios(net).items()})  # ‖B‖/‖W‖
         history.append(row)
         if not writer:
             continue

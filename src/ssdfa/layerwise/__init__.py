@@ -44,9 +44,11 @@ class LayerFeedback(nn.Module):
     Subclasses implement ``forward`` with an autograd Function.
     """
 
-    def __init__(self, layer: nn.Module, feedback: torch.Tensor, learnable: bool = False):
+    sign: str | None = None  # set by the sign-symmetric wrappers (``sign.py``)
+
+    def __init__(self, layer: nn.Module, feedback: torch.Tensor | None, learnable: bool = False):
         super().__init__()
-        if feedback.shape != layer.weight.shape:
+        if feedback is not None and feedback.shape != layer.weight.shape:
             raise ValueError(f"feedback shape {tuple(feedback.shape)} differs from the weight's "
                              f"{tuple(layer.weight.shape)}")
         self.layer = layer
@@ -55,6 +57,11 @@ class LayerFeedback(nn.Module):
             self.feedback = nn.Parameter(feedback)
         else:
             self.register_buffer("feedback", feedback)
+
+    def backward_weight(self) -> torch.Tensor:
+        """The matrix this layer's backward uses in W's place: B itself for FA and KP (a
+        parameter for KP, so it receives its gradient); sign rules build it from W (``sign.py``)."""
+        return self.feedback
 
     def extra_repr(self):
         kind = "learned" if isinstance(self.feedback, nn.Parameter) else "fixed"
@@ -81,11 +88,19 @@ def _registered(layer: nn.Module):
     return None
 
 
-def wrap(layer: nn.Module, generator: torch.Generator, learnable: bool) -> nn.Module:
-    """The registered wrapper for ``layer`` with a freshly drawn B, or ``layer`` if unregistered."""
+def wrap(layer: nn.Module, generator: torch.Generator, learnable: bool,
+         sign: str | None = None) -> nn.Module:
+    """The registered wrapper for ``layer`` with a freshly drawn B, or ``layer`` if unregistered.
+
+    ``sign`` ("usf", "frsf", "brsf"): B is built from sign(W) at every step (``sign.py``).
+    """
     cls = _registered(layer)
     if cls is None:
         return layer
+    if sign is not None:
+        from .sign import sign_wrap
+
+        return sign_wrap(cls, layer, generator, sign)
     return cls(layer, draw_feedback(layer.weight.detach(), generator), learnable=learnable)
 
 
@@ -105,8 +120,9 @@ class LayerwiseModel(FeedbackModel):
                  else self.net.get_submodule(n)) for n in self.layer_names]
 
     def feedback_matrices(self):
-        """{layer name: B_l with the weight's shape}, used in place of W_l in the backward pass."""
-        return OrderedDict((n, m.feedback.detach().clone()) for n, m in self._layers())
+        """{layer name: B_l with the weight's shape}, used in place of W_l in the backward pass
+        (for the sign rules, the one the last training forward built)."""
+        return OrderedDict((n, m.backward_weight().detach().clone()) for n, m in self._layers())
 
     @contextlib.contextmanager
     def backprop(self):
@@ -135,7 +151,7 @@ class LayerwiseModel(FeedbackModel):
             (k, m.layer if isinstance(m, LayerFeedback) else m) for k, m in self.net.named_children()))
 
     def feedback_parameters(self) -> list[nn.Parameter]:
-        return [m.feedback for _, m in self._layers() if isinstance(m.feedback, nn.Parameter)]
+        return [m.feedback for _, m in self._layers() if isinstance(getattr(m, "feedback", None), nn.Parameter)]
 
     def extra_repr(self):
         return f"rule={self.rule!r}, layers={self.layer_names}"

@@ -72,5 +72,5 @@ class Conv2dFeedback(LayerFeedback):
         if conv.padding_mode != "zeros":  # same as nn.Conv2d: pad first, then convolve unpadded
             x = F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
             padding = (0, 0)
-        return _Conv2dFeedbackFn.apply(x, conv.weight, conv.bias, self.feedback, tuple(conv.stride),
+        return _Conv2dFeedbackFn.apply(x, conv.weight, conv.bias, self.backward_weight(), tuple(conv.stride),
                                        padding, tuple(conv.dilation), conv.groups)

@@ -44,4 +44,4 @@ class LinearFeedback(LayerFeedback):
     def forward(self, x):
         if self.exact:
             return self.layer(x)
-        return _LinearFeedbackFn.apply(x, self.layer.weight, self.layer.bias, self.feedback)
+        return _LinearFeedbackFn.apply(x, self.layer.weight, self.layer.bias, self.backward_weight())

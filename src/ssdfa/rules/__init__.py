@@ -1,6 +1,6 @@
 """Learning rules by name. Each file holds one rule (or one family); importing registers it."""
 
-from . import bp, dfa, dkp, drtp, layerwise, shallow, sign_dfa  # noqa: F401  (registration)
+from . import bp, dfa, dkp, drtp, fdfa, forward_grad, layerwise, shallow, sign_dfa, sign_symmetric  # noqa: F401  (registration)
 from .base import RULES, Rule, RuleOptionError, make_rule, register_rule
 
 __all__ = ["RULES", "Rule", "RuleOptionError", "make_rule", "register_rule"]

@@ -94,7 +94,8 @@ def make_rule(method, **opts) -> Rule:
         raise TypeError(f"method must be a name such as 'ssdfa', got {type(method).__name__}")
     key = method.strip().lower().replace("-", "_")
     if key not in RULES:
-        raise KeyError(f"unknown method {method!r}; choose one of: {', '.join(sorted(RULES))}")
+        # registration order: the families together (bp; dfa, sdfa, ssdfa; ...; usf, frsf, brsf)
+        raise KeyError(f"unknown method {method!r}; choose one of: {', '.join(RULES)}")
     opts = {k: v for k, v in opts.items() if v is not None}
     return RULES[key](**opts)
 

@@ -1,0 +1,16 @@
+"""Forward gradient (Baydin et al. 2022, "Gradients without backpropagation", Algorithm 1).
+
+One direction v ~ N(0, I) over all parameters per step, one forward-mode pass for ∂y/∂θ·v, and
+g = (∇L·v)·v for every parameter, the output layer included: unbiased (E[v vᵀ] = I) with a
+variance that grows with the parameter count, the baseline FDFA improves on.  The mechanics are
+in ``ssdfa.forward_mode.ForwardGradientModel``.
+"""
+
+from .base import Rule, register_rule
+
+
+@register_rule("forward_grad")
+class ForwardGradient(Rule):
+    summary = "forward gradient (Baydin et al. 2022): g = (∇L·v)v, v ~ N(0, I), one forward-mode pass"
+    direct = False
+    forward_mode = "weights"  # convert builds a ForwardGradientModel: no points, no B
