@@ -36,6 +36,7 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "the input cannot work": one line, exit status 2."""
     from .checkpoint import CheckpointError
     from .data import DatasetError
+    from .distributed import DistributedSetupError
     from .feedback import FeedbackConfigError
     from .rules import RuleOptionError
     from .rundir import RunDirError
@@ -44,7 +45,7 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from .validate import UnsupportedModelError
 
     return (UserError, ConfigError, DatasetError, RuleOptionError, FeedbackConfigError,
-            UnsupportedModelError, CheckpointError, RunDirError, SweepError)
+            UnsupportedModelError, CheckpointError, RunDirError, SweepError, DistributedSetupError)
 
 
 def _diverged() -> type[BaseException]:
