@@ -7,6 +7,7 @@ Every flag defaults to ``argparse.SUPPRESS`` so that only flags the user typed o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tomllib
 from pathlib import Path
@@ -219,9 +220,11 @@ def _train_parallel(cfg: TrainConfig, nproc: int, *, resume: bool = False, progr
     quiet = getattr(log, "quiet", False)
     if holds_lock(cfg.out_dir):  # rank 0 must be able to take it
         raise RuntimeError("_train_parallel called with the run directory's lock held")
-    # everything the workers would check, checked here under the lock before one starts: the
-    # options, the data (enough examples for nproc), the model, a checkpoint to resume
-    with locked(cfg.out_dir) as out:
+    # everything the workers would check, checked here before one starts: the options, the
+    # data (enough examples for nproc), the model, a checkpoint to resume (under the lock of a
+    # directory that exists; one that does not is not created for a refusal)
+    out = Path(cfg.out_dir)
+    with locked(out) if out.exists() else contextlib.nullcontext():
         try:
             preflight(cfg, resume=resume, world=nproc)
         except (ConfigError, DatasetError, RuleOptionError, FeedbackConfigError,

@@ -56,7 +56,7 @@ def _run(args, nproc: int) -> int:
     resolve(replace(cfg), check_init_from=not args.resume)  # refused before the directory is touched
     pick_device(cfg.device)
     out = Path(cfg.out_dir)
-    if nproc > 1:  # looked at under the lock, which rank 0 of the workers then takes
+    if nproc > 1 and out.exists():  # looked at under the lock, which rank 0 then takes
         with locked(out):
             _check_fresh(args, out)
     # checked and written by this process (under torchrun: rank 0) alone until it exits
