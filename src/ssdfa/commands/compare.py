@@ -21,7 +21,7 @@ from ..data import DatasetError
 from ..data import canonical_name as canonical_dataset
 from ..models import default_model
 from ..rules import make_rule
-from ..rundir import locked, write_text_atomic
+from ..rundir import locked, refuse_foreign, write_text_atomic
 from ..training import (ConfigError, Diverged, pick_device, read_run_config, resolve, rule_options,
                         settings_differ)
 from ._options import (add_training_options, check_nproc, config_from_args, logger, show_progress,
@@ -50,6 +50,13 @@ def _methods(value) -> list[str]:
     methods = [m.strip() for m in value if m.strip()]
     if not methods:
         raise UserError("--methods needs at least one method, e.g. bp,dfa,ssdfa")
+    seen: dict[str, str] = {}
+    for m in methods:  # BP and bp are one rule: trained twice it would be two rows of one
+        key = m.lower().replace("-", "_")
+        if key in seen:
+            raise UserError(f"--methods names one rule twice ({seen[key]} and {m}); give each "
+                            "method once")
+        seen[key] = m
     return methods
 
 
@@ -74,6 +81,7 @@ def run(args) -> int:
         model = base.model or default_model(base.dataset, ())
         base.out_dir = str(Path("runs") / f"{stamp}-compare-{base.dataset}-{model}")
     log = logger(args)
+    refuse_foreign(base.out_dir, ("table",), inside=False)  # not into a train run or a sweep
     with locked(base.out_dir) as out:  # one compare per directory
         return _compare(args, base, methods, seeds, first, out, log, nproc)
 

@@ -69,6 +69,10 @@ def run(args) -> int:
     for flag, value in (("--epochs", args.epochs), ("--limit-train", args.limit_train)):
         if value is not None and value < 1:
             raise UserError(f"{flag} must be >= 1, got {value}")
+    last = args.seed + args.seeds - 1  # every seed checked before the first run trains
+    if args.seed < 0 or last > 2**63 - 1:
+        raise UserError(f"seeds {args.seed}..{last} must lie in [0, 2**63 - 1]; give a smaller "
+                        "--seed or fewer --seeds")
     if exp.kind == "cost":
         return _cost(exp, args)
     return _train(exp, args)
@@ -118,6 +122,9 @@ def _train(exp: Experiment, args) -> int:
                                             "first_seed": args.seed, "limit_train": limit,
                                             "quick": bool(args.quick)},
                "notes": exp.notes, "claims": exp.claims}
+    from ..rundir import refuse_foreign
+
+    refuse_foreign(out_dir, ("table", "sweep"), inside=False)
     with locked(out_dir) as out:
         if exp.kind == "sweep":
             payload, text, seconds, failed = _sweep(exp, base, args, out, log, payload, budget_text)

@@ -84,6 +84,9 @@ def run(args) -> int:
             base[key] = val
     classes = _num_classes(args)
     check_cells(base, ranks, sparsities, range(args.seeds), classes)  # before --out is made
+    from ..rundir import refuse_foreign
+
+    refuse_foreign(args.out, ("sweep",), "--out", inside=False)
     try:
         res = run_sweep(args.out, base, ranks, sparsities, range(args.seeds), classes)
     except ImportError as exc:

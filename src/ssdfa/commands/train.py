@@ -13,7 +13,7 @@ from pathlib import Path
 from .. import distributed
 from ..checkpoint import CHECKPOINT
 from ..cli import UserError
-from ..rundir import locked
+from ..rundir import locked, refuse_foreign
 from ..training import (RESUME_MAY_CHANGE, ConfigError, Diverged, TrainConfig, default_out_dir,
                         pick_device, read_run_config, resolve)
 from ._options import (add_training_options, check_nproc, config_from_args, given_keys, logger,
@@ -56,6 +56,7 @@ def _run(args, nproc: int) -> int:
     resolve(replace(cfg), check_init_from=not args.resume)  # refused before the directory is touched
     pick_device(cfg.device)
     out = Path(cfg.out_dir)
+    refuse_foreign(out, ("train",), "--resume" if args.resume else "--out-dir", inside=False)
     if nproc > 1 and out.exists():  # looked at under the lock, which rank 0 then takes
         with locked(out):
             _check_fresh(args, out)
