@@ -81,8 +81,8 @@ def run(args) -> int:
         model = base.model or default_model(base.dataset, ())
         base.out_dir = str(Path("runs") / f"{stamp}-compare-{base.dataset}-{model}")
     log = logger(args)
-    refuse_foreign(base.out_dir, ("table",), inside=False)  # not into a train run or a sweep
     with locked(base.out_dir) as out:  # one compare per directory
+        refuse_foreign(out, ("table", "train"), inside=False)  # not into a sweep's directory
         return _compare(args, base, methods, seeds, first, out, log, nproc)
 
 

@@ -124,8 +124,8 @@ def _train(exp: Experiment, args) -> int:
                "notes": exp.notes, "claims": exp.claims}
     from ..rundir import refuse_foreign
 
-    refuse_foreign(out_dir, ("table", "sweep"), inside=False)
     with locked(out_dir) as out:
+        refuse_foreign(out, ("table", "sweep", "train"), inside=False)
         if exp.kind == "sweep":
             payload, text, seconds, failed = _sweep(exp, base, args, out, log, payload, budget_text)
         else:

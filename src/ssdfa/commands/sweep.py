@@ -86,7 +86,7 @@ def run(args) -> int:
     check_cells(base, ranks, sparsities, range(args.seeds), classes)  # before --out is made
     from ..rundir import refuse_foreign
 
-    refuse_foreign(args.out, ("sweep",), "--out", inside=False)
+    refuse_foreign(args.out, ("sweep", "train"), "--out", inside=False)  # not a compare's
     try:
         res = run_sweep(args.out, base, ranks, sparsities, range(args.seeds), classes)
     except ImportError as exc:

@@ -56,7 +56,6 @@ def _run(args, nproc: int) -> int:
     resolve(replace(cfg), check_init_from=not args.resume)  # refused before the directory is touched
     pick_device(cfg.device)
     out = Path(cfg.out_dir)
-    refuse_foreign(out, ("train",), "--resume" if args.resume else "--out-dir", inside=False)
     if nproc > 1 and out.exists():  # looked at under the lock, which rank 0 then takes
         with locked(out):
             _check_fresh(args, out)
@@ -95,6 +94,8 @@ def _run(args, nproc: int) -> int:
 
 
 def _check_fresh(args, out: Path) -> None:
+    """Called under the directory's lock: a busy directory is reported before anything else."""
+    refuse_foreign(out, ("train",), "--resume" if args.resume else "--out-dir", inside=False)
     if not args.resume and (out / CHECKPOINT).exists() and not args.overwrite:
         raise UserError(f"{out} already holds a run; continue it with --resume "
                         f"{out}, pick another --out-dir, or pass --overwrite")
