@@ -120,10 +120,9 @@ def check_cells(base: dict, ranks, sparsities, seeds, num_classes: int) -> None:
     from ..training import ConfigError, TrainConfig, pick_device, resolve
     from .compare import check_methods
 
-    seeds = list(seeds)
     try:
         cfg = TrainConfig(**base)
-        resolve(replace(cfg, seed=max(seeds)))  # epochs, lr, optimizer, batch size, seeds...
+        resolve(replace(cfg, seed=seeds[-1]))  # a range: its last seed is the largest  # epochs, lr, optimizer, batch size, seeds...
         pick_device(cfg.device)
     except (ConfigError, TypeError) as exc:
         raise UserError(str(exc)) from exc
