@@ -7,12 +7,13 @@ import json
 import sys
 from pathlib import Path
 
-from .distributed import rank, session
+from .distributed import die_with_parent, rank, session
 
 
 def main(argv: list[str]) -> int:
-    from .checkpoint import CheckpointError
-    from .training import ConfigError, Diverged, TrainConfig, run
+    die_with_parent()  # first: a kill -9 of the launcher leaves no rank writing on alone
+    from .cli import _input_errors
+    from .training import Diverged, TrainConfig, run
 
     cfg = TrainConfig.from_dict(json.loads(Path(argv[0]).read_text(encoding="utf-8")))
     quiet = "--quiet" in argv
@@ -29,7 +30,7 @@ def main(argv: list[str]) -> int:
             if me == 0:
                 (Path(argv[0]).parent / "diverged.txt").write_text(str(exc), encoding="utf-8")
             return 0  # not a crash: the launcher raises Diverged from diverged.txt
-        except (ConfigError, CheckpointError, FileNotFoundError) as exc:
+        except (*_input_errors(), FileNotFoundError) as exc:
             if me == 0:
                 print(f"ssdfa: {exc}", file=sys.stderr, flush=True)
             return 2

@@ -10,6 +10,8 @@ written to a uniquely named temporary file in the same folder and moved into pla
 from __future__ import annotations
 
 import errno
+import hashlib
+import math
 import os
 import pickle
 import random
@@ -21,7 +23,7 @@ import torch
 from .rundir import open_atomic
 
 __all__ = ["save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng", "CHECKPOINT",
-           "CheckpointError", "REQUIRED_KEYS"]
+           "CheckpointError", "REQUIRED_KEYS", "check_fields", "weights_digest"]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -134,7 +136,86 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", *, required=())
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}; it was not written by "
                               "`ssdfa train` — start the run again or restore the file")
+    check_fields(ckpt, path)
     return ckpt
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _bad(path, what: str) -> CheckpointError:
+    return CheckpointError(f"{path}: {what}; the checkpoint is damaged or not written by ssdfa "
+                           "— start the run again or restore the file")
+
+
+def check_fields(ckpt: dict, path) -> None:
+    """Every field a reader uses has the type and range ``training.run`` writes: a file read
+    back is validated before use, so a damaged one is refused in one line before anything is
+    written (never a TypeError in the middle of a resume that has rewritten config.json)."""
+    if "epoch" in ckpt:
+        e = ckpt["epoch"]
+        if isinstance(e, bool) or not isinstance(e, int) or e < 0:
+            raise _bad(path, f"epoch is {_show(e)}, not a whole number of epochs")
+    for key in ("model", "optimizer", "config"):
+        if key in ckpt and not isinstance(ckpt[key], dict):
+            raise _bad(path, f"its {key} is a {type(ckpt[key]).__name__}, not a table")
+    if isinstance(ckpt.get("model"), dict):
+        odd = [k for k, v in ckpt["model"].items() if not isinstance(v, torch.Tensor)]
+        if odd:
+            raise _bad(path, f"its model state holds {_show(odd[0])}, which is not a tensor")
+    if "scheduler" in ckpt and ckpt["scheduler"] is not None and not isinstance(ckpt["scheduler"], dict):
+        raise _bad(path, "its scheduler state is not a table")
+    if "history" in ckpt:
+        history = ckpt["history"]
+        if not isinstance(history, list):
+            raise _bad(path, f"its history is a {type(history).__name__}, not a list of epochs")
+        for i, row in enumerate(history):
+            _check_row(row, i + 1, path)
+        if "epoch" in ckpt and len(history) != ckpt["epoch"]:
+            raise _bad(path, f"its history holds {len(history)} epochs but it says epoch "
+                             f"{ckpt['epoch']}")
+    for key, low in (("world_size", 1), ("num_classes", 1)):
+        v = ckpt.get(key, low)
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise _bad(path, f"{key} is {_show(v)}")
+    if "init_from_digest" in ckpt and not isinstance(ckpt["init_from_digest"], str):
+        raise _bad(path, "init_from_digest is not a string")
+
+
+def _check_row(row, epoch: int, path) -> None:
+    if not isinstance(row, dict):
+        raise _bad(path, f"history row {epoch} is {_show(row)}, not a table of metrics")
+    if row.get("epoch") != epoch or isinstance(row.get("epoch"), bool):
+        raise _bad(path, f"history row {epoch} says epoch {_show(row.get('epoch'))}")
+    for key, value in row.items():
+        if not isinstance(key, str):
+            raise _bad(path, f"history row {epoch} has a key {_show(key)}")
+        if key in ("train_acc", "test_acc"):
+            if value is not None and not (_number(value) and 0 <= value <= 1):
+                raise _bad(path, f"history row {epoch}: {key} is {_show(value)}, not a fraction "
+                                 "in [0, 1]")
+        elif key in ("train_loss", "test_loss", "lr", "seconds"):
+            if not _number(value):
+                raise _bad(path, f"history row {epoch}: {key} is {_show(value)}, not a number")
+        elif value is not None and not (isinstance(value, (int, float))
+                                        and not isinstance(value, bool)):
+            raise _bad(path, f"history row {epoch}: {key} is {_show(value)}, not a number")
+
+
+def _show(v) -> str:
+    text = repr(v) if not isinstance(v, torch.Tensor) else f"a tensor {tuple(v.shape)}"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def weights_digest(state: dict) -> str:
+    """SHA-256 of a state dict's names, dtypes, shapes and values, in name order."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        h.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def first_line(exc: BaseException, limit: int = 200) -> str:

@@ -36,6 +36,7 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "the input cannot work": one line, exit status 2."""
     from .checkpoint import CheckpointError
     from .data import DatasetError
+    from .distributed import DistributedSetupError
     from .feedback import FeedbackConfigError
     from .rules import RuleOptionError
     from .rundir import RunDirError
@@ -44,13 +45,23 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from .validate import UnsupportedModelError
 
     return (UserError, ConfigError, DatasetError, RuleOptionError, FeedbackConfigError,
-            UnsupportedModelError, CheckpointError, RunDirError, SweepError)
+            UnsupportedModelError, CheckpointError, RunDirError, SweepError, DistributedSetupError)
 
 
 def _diverged() -> type[BaseException]:
     from .training import Diverged
 
     return Diverged
+
+
+def _again(args) -> str:
+    """How to carry on after a full disk, for the command that met it."""
+    if args.command == "train":
+        return (f"continue with `ssdfa train --resume {args.resume or getattr(args, 'out_dir', 'RUN_DIR')}`"
+                " (the last checkpoint is kept)")
+    if args.command in ("compare", "reproduce", "sweep"):
+        return "run the same command again (finished runs are kept and not retrained)"
+    return "run the same command again"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,9 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     except OSError as exc:  # the machine, not ssdfa: a full disk, a vanished file, permissions
         where = f" ({exc.filename})" if exc.filename else ""
-        what = ("the disk is full" + where + "; free some space, then run again (--resume "
-                "continues a run from its last checkpoint)") if exc.errno == errno.ENOSPC \
-            else f"{exc.strerror or one_line(exc)}{where}"
+        what = ("the disk is full" + where + "; free some space, then " + _again(args)) \
+            if exc.errno == errno.ENOSPC else f"{exc.strerror or one_line(exc)}{where}"
         print(f"ssdfa {args.command}: error: {what}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -170,6 +170,14 @@ def load_dataset(name: str, data_dir=None, *, download: bool = False, image_size
     canon = canonical_name(name)
     entry = _REGISTRY[canon]
     ds = entry.loader(data_dir=data_dir, download=download, image_size=image_size)
+    for which, split in (("train", ds.train), ("test", ds.test)):
+        if len(split) == 0:  # a model trained or tested on nothing reports a number that is none
+            raise DatasetCorrupt(f"dataset {canon} ({ds.source or 'as found'}): its {which} split "
+                                 "holds no example; restore its files")
+    if ds.task == "classification" and ds.num_classes < 2:
+        raise DatasetCorrupt(f"dataset {canon} ({ds.source or 'as found'}) has "
+                             f"{ds.num_classes} class; a classifier needs at least 2 (it would "
+                             "reach 100 % by answering the one class)")
     if limit_train is not None:
         if limit_train < 1:
             raise DatasetError(f"limit_train must be >= 1, got {limit_train}")
@@ -334,6 +342,9 @@ def read_idx(path: Path) -> np.ndarray:
     if len(raw) < head:
         raise DatasetCorrupt(f"{path}: truncated inside its header")
     dims = struct.unpack(f">{ndim}I", raw[4:head])
+    if 0 in dims[1:]:  # no examples (dims[0] == 0) is refused by load_dataset, by split
+        raise DatasetCorrupt(f"{path}: header says {'x'.join(map(str, dims))}: a zero image "
+                             "dimension; the file is corrupt — delete it and fetch it again")
     expected = math.prod(dims)  # Python ints: a header's product cannot overflow and wrap
     if len(raw) - head != expected:
         raise DatasetCorrupt(f"{path}: header says {'x'.join(map(str, dims))} = {expected} bytes "
@@ -461,7 +472,7 @@ def _cifar_arrays(path: Path, label_key: str, classes: int) -> tuple[np.ndarray,
     if "data" not in batch or label_key not in batch:
         raise DatasetCorrupt(f"{path}: missing 'data' or '{label_key}' (keys: {sorted(batch)})")
     data = np.asarray(batch["data"])
-    labels = np.asarray(batch[label_key], dtype=np.int64)
+    labels = _int_labels(batch[label_key], path, label_key)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise DatasetCorrupt(f"{path}: data is {data.dtype} {data.shape}, expected uint8 (N, 3072)")
     if len(labels) != len(data):
@@ -469,6 +480,29 @@ def _cifar_arrays(path: Path, label_key: str, classes: int) -> tuple[np.ndarray,
     if labels.size and (labels.min() < 0 or labels.max() >= classes):
         raise DatasetCorrupt(f"{path}: labels outside 0..{classes - 1}")
     return data.reshape(-1, 3, 32, 32), labels
+
+
+def _int_labels(raw, path: Path, key: str) -> np.ndarray:
+    """CIFAR labels as int64, refusing what is not a flat sequence of integers: strings, a
+    dict, floats (never truncated), bools, NaN, numbers past int64, nested or 2-D lists."""
+    def bad(what):
+        return DatasetCorrupt(f"{path}: '{key}' {what}; expected a list of integer class "
+                              "labels — the file is corrupt, delete it and fetch it again")
+
+    if isinstance(raw, np.ndarray):
+        if raw.ndim != 1:
+            raise bad(f"is a {raw.ndim}-D array {raw.shape}")
+        if raw.dtype.kind not in "iu":
+            raise bad(f"holds {raw.dtype} values")
+        return raw.astype(np.int64)
+    if not isinstance(raw, (list, tuple)):
+        raise bad(f"is a {type(raw).__name__}")
+    for v in raw:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            raise bad(f"holds {type(v).__name__} {str(v)[:20]!r}")
+        if not -2**63 <= int(v) < 2**63:
+            raise bad(f"holds {int(v)}, past int64")
+    return np.array([int(v) for v in raw], dtype=np.int64)
 
 
 def _load_cifar(name: str, data_dir, download) -> Dataset:
@@ -551,6 +585,7 @@ def _download(name: str) -> Path:
 
 
 # -- image folders (Tiny ImageNet, ImageNet) -------------------------------------------------
+_MAX_PIXELS = 64 * 2**20  # 64 megapixels: beyond any ImageNet photo; PIL's own bomb limit is 89M
 _IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp"}
 _IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 _IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -578,7 +613,7 @@ class ImageFolderSplit(Split):
                 left, top = (w - self.size) // 2, (h - self.size) // 2
                 im = im.crop((left, top, left + self.size, top + self.size))
                 arr = np.asarray(im, dtype=np.uint8).copy()
-        except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for a broken file
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise DatasetCorrupt(f"{path}: cannot be read as an image ({exc}); remove or "
                                  "replace it, then continue with --resume") from exc
         return torch.from_numpy(arr).permute(2, 0, 1)  # (3, H, W)
@@ -601,7 +636,10 @@ def _check_images(paths: list[Path]) -> None:
         try:
             with Image.open(path) as im:
                 im.verify()
-        except (OSError, SyntaxError, ValueError) as exc:
+                if im.width * im.height > _MAX_PIXELS:
+                    raise ValueError(f"it claims {im.width}x{im.height} pixels, more than "
+                                     f"{_MAX_PIXELS} (a decompression bomb?)")
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             bad.append((path, exc))
     if bad:
         path, exc = bad[0]
@@ -643,7 +681,12 @@ def _load_imagefolder(data_dir=None, download=False, image_size=None, **_):
     annotations = root / "val" / "val_annotations.txt"
     if annotations.is_file():  # Tiny ImageNet: val/images/*.JPEG + a table of labels
         val = []
-        for line in annotations.read_text().splitlines():
+        try:
+            lines = annotations.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise DatasetCorrupt(f"{annotations}: not UTF-8 text ({exc.reason} at byte "
+                                 f"{exc.start}); restore the file from the dataset") from None
+        for line in lines:
             parts = line.split("\t")
             if len(parts) >= 2 and parts[1] in index:
                 val.append((root / "val" / "images" / parts[0], index[parts[1]]))

@@ -11,8 +11,12 @@ generator and takes its shard of each global batch (rank r of global batch k:
 ``perm[k·B·W:(k+1)·B·W][r::W]``, DistributedSampler's interleaving).  The converted model is
 wrapped in ``DistributedDataParallel`` with default arguments: feedback matrices are drawn from the
 seed, so they are identical on every rank, and learned B (dkp, kp) are parameters DDP averages.
-Rank 0 alone holds the run-directory lock and writes config.json, metrics, checkpoints and
-summary.json.
+Rank 0 alone writes config.json, metrics, checkpoints and summary.json, and it holds the
+run-directory lock itself while it does: the launcher behind ``--nproc`` checks every option
+(and the data, the model and a checkpoint to resume) under the lock, then lets it go to rank 0.
+Workers die with their launcher: each asks the kernel for SIGKILL when its parent dies
+(``PR_SET_PDEATHSIG``) and a watchdog thread checks the parent's pid as well, so a ``kill -9`` of
+the launcher never leaves a rank writing on alone.
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ import gc
 import json
 import os
 import signal
+import sys
 import tempfile
+import threading
+import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -31,7 +38,13 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["world_size", "rank", "local_rank", "in_worker", "session", "leave", "broadcast_str",
-           "barrier", "launch"]
+           "barrier", "launch", "die_with_parent", "usable_cores", "DistributedSetupError"]
+
+LAUNCHER_PID = "SSDFA_LAUNCHER_PID"  # set by launch() for its workers
+
+
+class DistributedSetupError(RuntimeError):
+    """The process group cannot start (e.g. MASTER_PORT is taken): one line, exit status 2."""
 
 
 def _env_int(name: str, default: int) -> int:
@@ -82,7 +95,14 @@ def session(device_name: str | None = None):
                                f"has {torch.cuda.device_count()}); start fewer processes per "
                                "node, or train on the CPU with --device cpu (gloo)")
         torch.cuda.set_device(local_rank())
-    dist.init_process_group(backend)
+    try:
+        dist.init_process_group(backend)
+    except dist.DistNetworkError as exc:
+        where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+        raise DistributedSetupError(
+            f"torch.distributed cannot start its store at {where} ({_first(exc)}); the port is "
+            "probably in use by another job: give torchrun another --master-port (or "
+            "MASTER_PORT), or use --rdzv-endpoint localhost:0") from None
     ok = False
     try:
         yield
@@ -128,18 +148,68 @@ def all_sum(values: list[float], device) -> list[float]:
     return t.tolist()
 
 
+def _first(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:160]
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+# -- children die with their parent -------------------------------------------------------------
+def die_with_parent(poll: float = 0.2) -> None:
+    """Make this worker die when the launcher that started it dies, however it dies.
+
+    Two mechanisms, either enough: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` (Linux: the kernel
+    kills us the moment the parent exits) and a daemon thread that checks every ``poll``
+    seconds that the parent's pid is still the launcher's (``SSDFA_LAUNCHER_PID``).  A parent
+    that died before this call is caught by the first check.  Nothing happens outside a
+    worker of :func:`launch`.
+    """
+    expected = os.environ.get(LAUNCHER_PID)
+    if not expected:
+        return
+    try:
+        parent = int(expected)
+    except ValueError:
+        return
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):  # pragma: no cover - no libc prctl: the thread does it
+            pass
+    if os.getppid() != parent:  # the launcher died before prctl took effect
+        os._exit(1)
+
+    def watch():
+        while True:
+            time.sleep(poll)
+            if os.getppid() != parent:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="ssdfa-parent-watchdog", daemon=True).start()
+
+
 # -- the launcher behind --nproc ----------------------------------------------------------------
 def launch(cfg, nproc: int, *, resume: bool, quiet: bool) -> int:
     """Train ``cfg`` (resolved, ``out_dir`` set) in ``nproc`` local processes through
     ``torch.distributed.run``; return its exit status (0: trained; summary.json is written), or
-    raise :class:`~ssdfa.training.Diverged` as a one-process run does.  The caller holds the
-    run-directory lock for the workers (they are told so by SSDFA_LOCK_HELD)."""
+    raise :class:`~ssdfa.training.Diverged` as a one-process run does.  The caller must not
+    hold the run directory's lock: rank 0 takes it, as the process that writes."""
     with tempfile.TemporaryDirectory(prefix="ssdfa-ddp-") as tmp:
         cfg_file = Path(tmp) / "config.json"
         cfg_file.write_text(json.dumps(asdict(cfg)), encoding="utf-8")
         args = ["--standalone", f"--nproc-per-node={nproc}", "-m", "ssdfa._ddp_worker",
                 str(cfg_file)] + (["--resume"] if resume else []) + (["--quiet"] if quiet else [])
-        env = {"SSDFA_LOCK_HELD": os.path.realpath(cfg.out_dir),
+        env = {LAUNCHER_PID: str(os.getpid()),  # the workers die with this process
                # torchrun sets 1 thread per worker (with a warning) unless told; --threads wins
                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(cfg.threads or 1))}
         rc = _torchrun(args, env)
@@ -149,11 +219,6 @@ def launch(cfg, nproc: int, *, resume: bool, quiet: bool) -> int:
 
             raise Diverged(diverged.read_text(encoding="utf-8"))
         return rc
-
-
-def lock_held_by_launcher(out_dir) -> bool:
-    held = os.environ.get("SSDFA_LOCK_HELD")
-    return bool(held) and held == os.path.realpath(out_dir)
 
 
 def _torchrun(args: list[str], env: dict[str, str]) -> int:

@@ -484,6 +484,15 @@ def run_pipeline(cfg: PipelineConfig):
         for i, state in r["state"].items():
             net[i].load_state_dict(state)
     feedback = dict(sorted((j, b) for r in ranks for j, b in r["feedback"].items()))
+    broken = [name for name, t in [*net.state_dict().items(),
+                                   *((f"B_{j}", b) for j, b in feedback.items())]
+              if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if broken:  # as ``ssdfa train``: a run whose loss became NaN or infinite is no result
+        from .training import Diverged
+
+        raise Diverged(f"training diverged: {cfg.method} over {cfg.stages} stages ended with "
+                       f"NaN or infinite values in {', '.join(broken[:3])} after {cfg.steps} "
+                       f"steps. Try a lower --lr (now {cfg.lr}) or a smaller --batch-size.")
     sent = sum(r["sent"] for r in ranks)
     return {
         "method": cfg.method, "model": name, "dataset": data.name, "stages": cfg.stages,

@@ -27,7 +27,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
 __all__ = ["RunDirError", "RunDirBusy", "locked", "make_dir", "write_text_atomic", "open_atomic",
-           "remove_stale_temp_files", "LOCK_NAME"]
+           "remove_stale_temp_files", "LOCK_NAME", "run_kind", "enclosing_run", "refuse_foreign"]
 
 LOCK_NAME = ".ssdfa.lock"
 
@@ -46,6 +46,56 @@ class RunDirBusy(RunDirError):
     """Another process holds the directory's lock."""
 
 
+# what marks a directory as written by one command: train's run, or a table command's folder
+_KINDS = (("train", ("checkpoint.pt", "config.json")), ("sweep", ("sweep.json",)),
+          ("table", ("results.json", "results.md")))
+
+
+def run_kind(path: str | os.PathLike) -> str | None:
+    """"train", "sweep" or "table" (compare, reproduce) for a directory an ssdfa command wrote,
+    from the files it holds; None for anything else (missing, empty, a plain folder)."""
+    p = Path(path)
+    try:
+        if not p.is_dir():
+            return None
+        for kind, names in _KINDS:
+            if any((p / n).is_file() for n in names):
+                return kind
+    except OSError:
+        return None
+    return None
+
+
+def enclosing_run(path: str | os.PathLike) -> tuple[Path, str] | None:
+    """The nearest directory at or above ``path`` that an ssdfa command wrote, and its kind."""
+    p = Path(os.path.abspath(path))
+    for d in (p, *p.parents):
+        kind = run_kind(d)
+        if kind is not None:
+            return d, kind
+    return None
+
+
+def refuse_foreign(path: str | os.PathLike, allowed: tuple[str, ...], flag: str = "--out-dir",
+                   *, inside: bool = True) -> None:
+    """Refuse to write at ``path`` when it is (or, with ``inside``, lies within) a directory of
+    a kind not in ``allowed``: no command writes into a run directory it does not own.  E.g.
+    ``refuse_foreign(out, ("table",), "--out")`` before ``report`` writes a file there, and
+    ``refuse_foreign(out, ("train",))`` before ``train`` uses a directory."""
+    if inside:
+        found = enclosing_run(path)
+    else:
+        kind = run_kind(path)
+        found = (Path(path), kind) if kind is not None else None
+    if found is None or found[1] in allowed:
+        return
+    where, kind = found
+    what = {"train": "a training run (ssdfa train)", "sweep": "a sweep (ssdfa sweep)",
+            "table": "the tables of ssdfa compare/reproduce"}[kind]
+    raise RunDirError(f"{flag} {path}: {where} holds {what}; this command does not write into "
+                      f"it — pick another {flag}")
+
+
 def make_dir(path: str | os.PathLike) -> Path:
     """Create ``path`` (and parents), or say in one line why it cannot be a run directory."""
     text = os.fspath(path)
@@ -53,12 +103,27 @@ def make_dir(path: str | os.PathLike) -> Path:
         raise RunDirError("the output directory is empty (''); give a folder name, e.g. "
                           "--out-dir runs/exp1")
     path = Path(text)
-    if path.exists() and not path.is_dir():
-        raise RunDirError(f"{path} is a file, not a directory; pick another --out-dir")
+    try:
+        long = next((p for p in path.parts if len(os.fsencode(p)) > 255), None)
+        if long is not None:
+            raise RunDirError(f"cannot create {_short(path)}: the name {_short(long)} is longer "
+                              "than the 255 bytes a file name may have; pick a shorter --out-dir")
+        if path.is_symlink() and not path.exists():
+            raise RunDirError(f"{path} is a symbolic link that leads nowhere (or around a loop, "
+                              f"to {_short(os.readlink(path))}); pick another --out-dir")
+        if path.exists() and not path.is_dir():
+            raise RunDirError(f"{path} is a file, not a directory; pick another --out-dir")
+    except OSError as exc:  # ENAMETOOLONG, ELOOP, EACCES on a parent...
+        raise RunDirError(f"cannot create {_short(path)}: {_reason(exc)}; pick another "
+                          "--out-dir") from None
     try:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
+        blocker = next((p for p in [path, *path.parents]
+                        if (p.exists() or p.is_symlink()) and not p.is_dir()), None)
+        if blocker is not None and blocker.is_symlink() and not blocker.exists():
+            raise RunDirError(f"cannot create {path}: {blocker} is a symbolic link that leads "
+                              "nowhere (or around a loop); pick another --out-dir") from None
         raise RunDirError(f"cannot create {path}: {blocker or 'a part of the path'} is a file, "
                           "not a directory; pick another --out-dir") from None
     except PermissionError:
@@ -66,6 +131,11 @@ def make_dir(path: str | os.PathLike) -> Path:
     except OSError as exc:
         raise RunDirError(f"cannot create {path}: {_reason(exc)}") from None
     return path
+
+
+def _short(p) -> str:
+    text = str(p)
+    return text if len(text) <= 80 else text[:38] + "..." + text[-38:]
 
 
 def _reason(exc: OSError) -> str:

@@ -8,6 +8,13 @@ rank exceeds the M errors are skipped, and each skip is reported with its reason
 
 Results: ``sweep.csv`` (one row per run) and ``sweep.json`` (the grid, the skipped cells, and
 mean ± std per (rank, sparsity)), rewritten after every cell.
+
+A cell that diverged is never a result: it is kept with ``status`` "diverged" (its row has no
+accuracy, the means are over the finished cells only, ``n`` counts those, ``diverged`` the
+others) and :func:`run_sweep` says so in ``result["diverged"]``; ``ssdfa sweep`` then exits 3
+every time, not only the first.  Every cell already on disk is read and checked (its
+``summary.json``, ``metrics.json`` and settings) before anything is trained or written, so a
+tampered cell is refused in one line and the sweep's files stay as they were.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from .rundir import locked, write_text_atomic
 
 __all__ = ["SweepError", "cell_problem", "run_sweep", "aggregate", "final_angles", "cell_dir"]
 
-CSV_FIELDS = ("rank", "sparsity", "connections", "seed", "test_acc", "best_test_acc",
+CSV_FIELDS = ("rank", "sparsity", "connections", "seed", "status", "test_acc", "best_test_acc",
               "angle_eq14", "angle_delta", "run_dir")
 
 
@@ -97,9 +104,57 @@ def _check_same_settings(cell: Path, fields: dict) -> None:
 
 def _read_json(path: Path, default):
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
         return default
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise SweepError(f"{path} is not valid JSON ({exc}); the cell is damaged — delete "
+                         f"{path.parent} to retrain it") from None
+
+
+def _fraction(value, key: str, path: Path):
+    """An accuracy read back from a cell: None, or a finite number in [0, 100] (not a bool)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0 <= value <= 100:
+        raise SweepError(f"{path}: {key} = {value!r} is not an accuracy; the cell is damaged — "
+                         f"delete {path.parent} to retrain it")
+    return float(value)
+
+
+def read_cell(d: Path, epochs=None) -> dict:
+    """A finished or diverged cell's summary and angles, checked: a file read back is
+    validated before use.  Returns {"status", "test_acc", "best_test_acc", angles...}."""
+    path = d / "summary.json"
+    summary = _read_json(path, None)
+    if not isinstance(summary, dict):
+        raise SweepError(f"{path} holds a {type(summary).__name__}, not a run summary; delete "
+                         f"{d} to retrain the cell")
+    status = summary.get("status", "finished")  # a custom trainer may write no status
+    if status not in ("finished", "diverged"):
+        raise SweepError(f"{path}: status {status!r} is neither finished nor diverged; delete "
+                         f"{d} to retrain the cell")
+    done = summary.get("epochs")
+    if status == "finished" and epochs is not None and done is not None and done != epochs:
+        raise SweepError(f"{path}: the cell finished {done!r} epochs, the sweep asks for "
+                         f"{epochs}; delete {d} to retrain it")
+    metrics = _read_json(d / "metrics.json", [])
+    if not isinstance(metrics, list) or not all(isinstance(r, dict) for r in metrics):
+        raise SweepError(f"{d / 'metrics.json'} is not a list of epoch rows; delete {d} to "
+                         "retrain the cell")
+    try:
+        angles = final_angles(metrics)
+    except (TypeError, ValueError):
+        raise SweepError(f"{d / 'metrics.json'}: an angle of the last epoch is not a number; "
+                         f"delete {d} to retrain the cell") from None
+    if status == "diverged":
+        return {"status": status, "test_acc": math.nan, "best_test_acc": math.nan,
+                "angle_eq14": math.nan, "angle_delta": math.nan}
+    acc = _fraction(summary.get("final_test_acc"), "final_test_acc", path)
+    best = _fraction(summary.get("best_test_acc"), "best_test_acc", path)
+    return {"status": status, "test_acc": math.nan if acc is None else acc,
+            "best_test_acc": math.nan if best is None else best, **angles}
 
 
 def run_sweep(out_dir, base: dict, ranks, sparsities, seeds, num_classes: int, *,
@@ -108,51 +163,70 @@ def run_sweep(out_dir, base: dict, ranks, sparsities, seeds, num_classes: int, *
 
     ``base`` holds the TrainConfig fields shared by all cells (method, dataset, model, epochs…);
     each cell adds ``rank``, ``sparsity``, ``seed`` and ``out_dir``.  ``train`` runs one cell
-    (default: ``ssdfa.training.run``) and returns its summary.
+    (default: ``ssdfa.training.run``) and returns its summary.  A cell that diverges is
+    recorded as such and the sweep goes on; ``result["diverged"]`` lists them.
     """
     train = train or _train_with_api
     with locked(out_dir) as out:  # one sweep per directory
         return _sweep(out, base, ranks, sparsities, seeds, num_classes, train, log)
 
 
-def _sweep(out: Path, base, ranks, sparsities, seeds, num_classes, train, log) -> dict:
-    skipped = []
-    rows = []
+def _cells(out: Path, base, ranks, sparsities, seeds, num_classes):
+    """(rank, sparsity, seed, dir, fields) of every valid cell, and the skipped (rank, sparsity)."""
+    cells, skipped = [], []
     for r in ranks:
         for s in sparsities:
             why = cell_problem(int(r), float(s), num_classes)
             if why:
                 skipped.append({"rank": int(r), "sparsity": float(s), "reason": why})
-                log(f"skipping rank={r} sparsity={s:g}: {why}")
                 continue
             for seed in seeds:
                 d = cell_dir(out, int(r), float(s), int(seed))
-                summary_path = d / "summary.json"
-                fields = dict(base, rank=int(r), seed=int(seed), out_dir=str(d),
-                              sparsity=float(s))
-                if summary_path.exists():
-                    _check_same_settings(d, fields)
-                    log(f"done already: rank={r} sparsity={s:g} seed={seed}")
-                else:
-                    log(f"running rank={r} sparsity={s:g} seed={seed} -> {d}")
-                    summary = train(fields)
-                    d.mkdir(parents=True, exist_ok=True)
-                    if not summary_path.exists():  # the API writes it; make sure it is there
-                        write_text_atomic(summary_path, json.dumps(summary, indent=1))
-                summary = _read_json(summary_path, {})
-                metrics = _read_json(d / "metrics.json", [])
-                rows.append({
-                    "rank": int(r), "sparsity": float(s),
-                    "connections": round((1 - float(s)) * num_classes), "seed": int(seed),
-                    "test_acc": summary.get("final_test_acc", math.nan),
-                    "best_test_acc": summary.get("best_test_acc", math.nan),
-                    **final_angles(metrics), "run_dir": str(d.relative_to(out)),
-                })
-                _write(out, base, ranks, sparsities, seeds, num_classes, rows, skipped)
-    return _write(out, base, ranks, sparsities, seeds, num_classes, rows, skipped)
+                cells.append((int(r), float(s), int(seed), d,
+                              dict(base, rank=int(r), seed=int(seed), out_dir=str(d),
+                                   sparsity=float(s))))
+    return cells, skipped
 
 
-def _write(out, base, ranks, sparsities, seeds, num_classes, rows, skipped) -> dict:
+def _sweep(out: Path, base, ranks, sparsities, seeds, num_classes, train, log) -> dict:
+    from .training import Diverged
+
+    cells, skipped = _cells(out, base, ranks, sparsities, seeds, num_classes)
+    for s in skipped:
+        log(f"skipping rank={s['rank']} sparsity={s['sparsity']:g}: {s['reason']}")
+    # every cell already there is checked before anything is trained or written
+    done = {}
+    for r, s, seed, d, fields in cells:
+        if (d / "summary.json").exists():
+            _check_same_settings(d, fields)
+            done[d] = read_cell(d, base.get("epochs"))
+    rows, diverged = [], []
+    for r, s, seed, d, fields in cells:
+        if d in done:
+            log(f"{'diverged earlier' if done[d]['status'] == 'diverged' else 'done already'}: "
+                f"rank={r} sparsity={s:g} seed={seed}")
+            got = done[d]
+        else:
+            log(f"running rank={r} sparsity={s:g} seed={seed} -> {d}")
+            try:
+                summary = train(fields)
+            except Diverged as exc:
+                log(f"rank={r} sparsity={s:g} seed={seed}: {exc}")
+                summary = {"status": "diverged", "message": str(exc)}
+            d.mkdir(parents=True, exist_ok=True)
+            if not (d / "summary.json").exists():  # the API writes it; make sure it is there
+                write_text_atomic(d / "summary.json", json.dumps(summary, indent=1))
+            got = read_cell(d, base.get("epochs"))
+        if got["status"] == "diverged":
+            diverged.append({"rank": r, "sparsity": s, "seed": seed,
+                             "run_dir": str(d.relative_to(out))})
+        rows.append({"rank": r, "sparsity": s, "connections": round((1 - s) * num_classes),
+                     "seed": seed, **got, "run_dir": str(d.relative_to(out))})
+        _write(out, base, ranks, sparsities, seeds, num_classes, rows, skipped, diverged)
+    return _write(out, base, ranks, sparsities, seeds, num_classes, rows, skipped, diverged)
+
+
+def _write(out, base, ranks, sparsities, seeds, num_classes, rows, skipped, diverged) -> dict:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
     w.writeheader()
@@ -166,6 +240,7 @@ def _write(out, base, ranks, sparsities, seeds, num_classes, rows, skipped) -> d
         "sparsities": [float(s) for s in sparsities],
         "seeds": [int(s) for s in seeds],
         "skipped": skipped,
+        "diverged": diverged,
         "runs": rows,
         "cells": aggregate(rows),
     }
@@ -194,13 +269,15 @@ def _mean_std(vals):
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
-    """Mean ± sample std over seeds per (rank, sparsity)."""
+    """Mean ± sample std over the finished seeds per (rank, sparsity); ``n`` counts those,
+    ``diverged`` the seeds that diverged (never part of a mean)."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["rank"], row["sparsity"]), []).append(row)
     cells = []
-    for (r, s), rs in sorted(groups.items()):
-        cell = {"rank": r, "sparsity": s, "n": len(rs)}
+    for (r, s), every in sorted(groups.items()):
+        rs = [r_ for r_ in every if r_.get("status", "finished") == "finished"]
+        cell = {"rank": r, "sparsity": s, "n": len(rs), "diverged": len(every) - len(rs)}
         for key in ("test_acc", "best_test_acc", "angle_eq14", "angle_delta"):
             cell[f"{key}_mean"], cell[f"{key}_std"] = _mean_std(r_[key] for r_ in rs)
         cells.append(cell)

@@ -137,8 +137,12 @@ def check_types(values: dict, where: str) -> None:
 
 
 # -- resolving and checking the config ------------------------------------------------------
-def resolve(cfg: TrainConfig, dataset: Dataset | None = None, custom_model: bool = False) -> TrainConfig:
-    """Fill defaults that depend on other fields and reject impossible values, all at once."""
+def resolve(cfg: TrainConfig, dataset: Dataset | None = None, custom_model: bool = False, *,
+            check_init_from: bool = True) -> TrainConfig:
+    """Fill defaults that depend on other fields and reject impossible values, all at once.
+
+    ``check_init_from=False`` when resuming: the checkpoint holds every weight, so the run
+    continues even after its ``init_from`` directory has moved."""
     problems = []
     method = str(cfg.method).strip().lower().replace("-", "_")
     if method not in ssdfa.METHODS:
@@ -187,7 +191,7 @@ def resolve(cfg: TrainConfig, dataset: Dataset | None = None, custom_model: bool
     if cfg.train_only is not None and cfg.train_only not in TRAIN_ONLY:
         problems.append(f"train_only {cfg.train_only!r} unknown; choose one of: "
                         f"{', '.join(TRAIN_ONLY)} (or leave it out to train every layer)")
-    if cfg.init_from is not None and not Path(cfg.init_from).exists():
+    if check_init_from and cfg.init_from is not None and not Path(cfg.init_from).exists():
         problems.append(f"init_from {cfg.init_from!r} does not exist; give the run directory of a "
                         "finished `ssdfa train` run (it holds checkpoint.pt)")
     if cfg.out_dir is not None and not str(cfg.out_dir).strip():
@@ -238,14 +242,16 @@ def rule_options(cfg: TrainConfig) -> dict:
     return opts
 
 
-def build_model(cfg: TrainConfig, data: Dataset, net: nn.Module | None = None):
-    """The network (named, or the user's own) converted for ``cfg.method``."""
+def build_model(cfg: TrainConfig, data: Dataset, net: nn.Module | None = None, *,
+                pretrained: bool = True):
+    """The network (named, or the user's own) converted for ``cfg.method``; ``pretrained=False``
+    skips ``init_from`` (a checkpoint about to be loaded holds those weights already)."""
     if net is None:
         try:
             net = create_model(cfg.model, data.input_shape, data.num_classes)
         except ValueError as exc:  # a model that cannot read this dataset's inputs
             raise ConfigError(f"model {cfg.model} on dataset {data.name}: {exc}") from exc
-    if cfg.init_from is not None:  # before convert: the frozen part is built from these weights
+    if cfg.init_from is not None and pretrained:  # before convert: the frozen part is built from these weights
         try:
             load_pretrained(net, cfg.init_from, cfg.train_only, cfg.model)
         except PretrainedError as exc:
@@ -377,6 +383,63 @@ def load_state(obj, state, what: str, path) -> None:
                               f"({first_line(exc)}); it belongs to another model") from exc
 
 
+def check_model_state(net: nn.Module, path) -> None:
+    """Loaded feedback indices point at existing errors (a damaged index would fail deep in
+    ``embedding_bag`` mid-epoch, or read another error silently on some devices)."""
+    from .feedback import SparseFeedback
+
+    for name, mod in net.named_modules():
+        if isinstance(mod, SparseFeedback) and mod.index.numel():
+            low, high = int(mod.index.min()), int(mod.index.max())
+            if low < 0 or high >= mod.num_errors:
+                raise CheckpointError(f"{path}: feedback {name} indexes error {low if low < 0 else high}"
+                                      f" of {mod.num_errors}; the checkpoint is damaged — start "
+                                      "the run again or restore the file")
+
+
+def init_from_digest(cfg: TrainConfig, data: Dataset, missing_ok: bool = False) -> str | None:
+    """SHA-256 of the weights ``cfg.init_from`` gives the model (None without init_from, or
+    with ``missing_ok`` when the source is gone): a run records it, so that continuing it after
+    its source changed is caught."""
+    if cfg.init_from is None:
+        return None
+    if missing_ok and not Path(cfg.init_from).exists():
+        return None
+    from .checkpoint import weights_digest
+
+    try:
+        net = create_model(cfg.model, data.input_shape, data.num_classes)
+        keys = load_pretrained(net, cfg.init_from, cfg.train_only, cfg.model)
+    except (ValueError, PretrainedError) as exc:
+        if missing_ok:
+            return None
+        raise ConfigError(str(exc)) from None
+    state = net.state_dict()
+    return weights_digest({k: state[k] for k in keys})
+
+
+def preflight(config: TrainConfig, *, resume: bool = False, world: int = 1) -> None:
+    """Every check :func:`run` makes before it writes anything, writing nothing: the options,
+    the device, the data (enough examples for ``world`` processes), the model on this data
+    and, with ``resume``, the whole checkpoint.  A launcher calls it before its workers start."""
+    cfg = TrainConfig(**asdict(config))
+    resolve(cfg, check_init_from=not resume)
+    device = pick_device(cfg.device)
+    data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download,
+                        image_size=cfg.image_size, limit_train=cfg.limit_train)
+    cfg.dataset = data.name
+    resolve(cfg, data, check_init_from=not resume)
+    if len(data.train) < world:
+        raise ConfigError(f"{len(data.train)} training example(s) cannot be shared by {world} "
+                          "processes; train on more examples or in fewer processes")
+    make_loss(cfg, data)
+    net = build_model(cfg, data, pretrained=not resume)
+    if resume:
+        opt = make_optimizer(cfg, net)
+        _restore(cfg, Path(cfg.out_dir) / CHECKPOINT, torch.device("cpu") if device.type != "cpu"
+                 else device, net, opt, make_scheduler(cfg, opt), torch.Generator(), data)
+
+
 def _write_metrics(out: Path, history: list[dict]):
     columns: list[str] = []
     for row in history:
@@ -431,7 +494,7 @@ def run(config: TrainConfig, *, resume: bool = False, model: nn.Module | None = 
     cfg = TrainConfig(**asdict(config))
     if model is not None and cfg.model is None:
         cfg.model = f"custom:{type(model).__name__}"
-    resolve(cfg, custom_model=model is not None)
+    resolve(cfg, custom_model=model is not None, check_init_from=not resume)
     with distributed.session(cfg.device):  # joins the process group under torchrun
         device = pick_device(cfg.device)
         if distributed.world_size() > 1 and device.type == "cuda" and device.index is None:
@@ -442,13 +505,14 @@ def run(config: TrainConfig, *, resume: bool = False, model: nn.Module | None = 
         data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download,
                             image_size=cfg.image_size, limit_train=cfg.limit_train)
         cfg.dataset = data.name
-        resolve(cfg, data, custom_model=model is not None)
+        resolve(cfg, data, custom_model=model is not None, check_init_from=not resume)
         if distributed.world_size() > 1:
             if distributed.rank() != 0:
                 log, progress = (lambda msg: None), False
             cfg.out_dir = distributed.broadcast_str(cfg.out_dir or default_out_dir(cfg))
-            # rank 0 alone writes the directory; a launcher (--nproc) holds the lock for it
-            own_lock = distributed.rank() == 0 and not distributed.lock_held_by_launcher(cfg.out_dir)
+            # rank 0 alone writes the directory, and holds its lock (a --nproc launcher lets go
+            # of it before the workers start)
+            own_lock = distributed.rank() == 0
             with rundir.locked(cfg.out_dir) if own_lock else _no_lock(cfg.out_dir) as out:
                 return _run_locked(cfg, out, data, device, resume, model, progress, log)
         if cfg.out_dir is None:
@@ -478,21 +542,24 @@ def _run_locked(cfg: TrainConfig, out: Path, data: Dataset, device, resume: bool
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     random.seed(cfg.seed)
-    net = build_model(cfg, data, model).to(device)
+    net = build_model(cfg, data, model, pretrained=not resume).to(device)
     opt = make_optimizer(cfg, net)
     sched = make_scheduler(cfg, opt)
     order = torch.Generator().manual_seed(cfg.seed)  # data order, saved in the checkpoint
     history: list[dict] = []
 
     if resume:
-        history, saved_world = _restore(cfg, out / CHECKPOINT, device, net, opt, sched, order)
+        history, saved_world, digest = _restore(cfg, out / CHECKPOINT, device, net, opt, sched,
+                                                order, data)
         log(f"resuming {out} after epoch {len(history)} of {cfg.epochs}")
         if saved_world != world:
             log(f"note: the checkpoint was trained in {saved_world} process(es), this run has "
                 f"{world}: the global batch changes from {cfg.batch_size * saved_world} to "
                 f"{cfg.batch_size * world}, so the run will not end as an uninterrupted one")
-    elif writer:
-        _clear_previous_run(out)
+    else:
+        digest = init_from_digest(cfg, data) if model is None else None
+        if writer:
+            _clear_previous_run(out)
     if writer:
         _write_text_atomic(out / "config.json", json.dumps(asdict(cfg), indent=1))
     if resume and writer:  # the metrics files match the checkpoint again, whatever a kill left
@@ -575,7 +642,10 @@ def _run_locked(cfg: TrainConfig, out: Path, data: Dataset, device, resume: bool
             "scheduler": sched.state_dict() if sched is not None else None,
             "data_order": order.get_state(), "rng": capture_rng(), "history": history,
             "config": asdict(cfg), "ssdfa_version": ssdfa.__version__,
+            "num_classes": data.num_classes,
         }
+        if digest is not None:  # which init_from weights this run was started from
+            state["init_from_digest"] = digest
         if world > 1:  # the unwrapped module's weights: they load in one process too
             state["world_size"] = world
         save_checkpoint(out / CHECKPOINT, state)
@@ -599,15 +669,28 @@ def _run_locked(cfg: TrainConfig, out: Path, data: Dataset, device, resume: bool
     return summary
 
 
-def _restore(cfg: TrainConfig, path: Path, device, net, opt, sched, order) -> tuple[list[dict], int]:
-    """Load every state from the checkpoint at ``path`` after checking it belongs to ``cfg``;
-    return its history and the number of processes that trained it."""
+def _restore(cfg: TrainConfig, path: Path, device, net, opt, sched, order,
+             data: Dataset | None = None) -> tuple[list[dict], int, str | None]:
+    """Load every state from the checkpoint at ``path`` after checking it belongs to ``cfg``
+    (every field validated first); return its history, the number of processes that trained
+    it and the digest of the ``init_from`` weights it started from."""
     ckpt = load_checkpoint(path, map_location=device, required=REQUIRED_KEYS)
     check_checkpoint_config(ckpt["config"], cfg, path)
     history = ckpt["history"]
-    if not isinstance(history, list) or len(history) != ckpt["epoch"]:
-        raise CheckpointError(f"{path}: its history does not match its epoch; the file is damaged")
     done = len(history)
+    saved_classes = ckpt.get("num_classes")
+    if data is not None and saved_classes is not None and saved_classes != data.num_classes:
+        raise ConfigError(f"{path.parent} was trained on {saved_classes} classes, the dataset "
+                          f"now has {data.num_classes} (a class folder added or removed?); "
+                          "resume on the same data, or start a new run")
+    digest = ckpt.get("init_from_digest")
+    if digest is not None and data is not None:
+        now = init_from_digest(cfg, data, missing_ok=True)
+        if now is not None and now != digest:
+            raise ConfigError(f"{path.parent} started from other weights of init_from "
+                              f"{cfg.init_from} than that run holds now (it was trained further "
+                              "or replaced): continuing would mix two feature extractors; "
+                              "start a new run with --overwrite")
     if cfg.epochs < done:
         raise ConfigError(f"{path.parent} has trained {done} epochs already; --epochs must be at "
                           f"least {done} to continue it")
@@ -616,6 +699,7 @@ def _restore(cfg: TrainConfig, path: Path, device, net, opt, sched, order) -> tu
         raise ConfigError(f"cannot change epochs ({saved_epochs} -> {cfg.epochs}) of a run with the "
                           "cosine schedule: its learning rate depends on the total; start a new run")
     load_state(net, ckpt["model"], "model", path)
+    check_model_state(net, path)
     load_state(opt, ckpt["optimizer"], "optimizer", path)
     if sched is not None and ckpt["scheduler"] is not None:
         load_state(sched, ckpt["scheduler"], "scheduler", path)
@@ -625,7 +709,7 @@ def _restore(cfg: TrainConfig, path: Path, device, net, opt, sched, order) -> tu
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
         raise CheckpointError(f"{path}: its random-number states are damaged "
                               f"({first_line(exc)})") from exc
-    return list(history), ckpt.get("world_size", 1)  # saved by data-parallel runs only
+    return list(history), ckpt.get("world_size", 1), digest  # world_size: data-parallel runs
 
 
 def _clear_previous_run(out: Path) -> None:

@@ -7,6 +7,7 @@ Every flag defaults to ``argparse.SUPPRESS`` so that only flags the user typed o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tomllib
 from pathlib import Path
@@ -143,13 +144,29 @@ def show_progress(args) -> bool:
     return not getattr(args, "quiet", False) and sys.stderr.isatty()
 
 
+def given_keys(args) -> list[str]:
+    """The TrainConfig fields the user set: flags typed and every key of ``--config``'s file
+    (a key there equal to the default counts too: it was asked for)."""
+    names = TrainConfig.field_names()
+    typed = [k for k in names if k in vars(args)]
+    if getattr(args, "config", None):
+        raw = {str(k).replace("-", "_") for k in read_toml(args.config)}
+        typed += [k for k in names if k in raw and k not in typed]
+    return typed
+
+
 def check_nproc(args) -> int:
-    """``--nproc``: a positive number, and not inside a torchrun worker (that is one already)."""
+    """``--nproc``: a positive number, at most one process per usable CPU core, and not
+    inside a torchrun worker (that is one already)."""
     from .. import distributed
 
     nproc = getattr(args, "nproc", 1)
     if not isinstance(nproc, int) or nproc < 1:
         raise UserError(f"--nproc must be >= 1, got {nproc}")
+    cores = distributed.usable_cores()
+    if nproc > cores:
+        raise UserError(f"--nproc {nproc} is more than the {cores} CPU core(s) this process may "
+                        f"use (each worker needs one); give --nproc 1..{cores}")
     if nproc > 1 and distributed.in_worker():
         raise UserError("--nproc asks for workers, but this process is one already (torchrun set "
                         "WORLD_SIZE); use either torchrun or --nproc")
@@ -179,12 +196,15 @@ def _train_parallel(cfg: TrainConfig, nproc: int, *, resume: bool = False, progr
     import json
     from dataclasses import replace
 
+    from ..data import DatasetError
     from ..distributed import launch
-    from ..rundir import locked
-    from ..training import default_out_dir, resolve
+    from ..feedback import FeedbackConfigError
+    from ..rules import RuleOptionError
+    from ..rundir import holds_lock, locked
+    from ..training import default_out_dir, preflight, resolve
 
     try:
-        resolve(replace(cfg))  # refused here, before any worker starts
+        resolve(replace(cfg), check_init_from=not resume)  # refused here, before any worker starts
     except ConfigError as exc:
         raise UserError(str(exc)) from exc
     import torch
@@ -198,9 +218,21 @@ def _train_parallel(cfg: TrainConfig, nproc: int, *, resume: bool = False, progr
     if cfg.out_dir is None:
         cfg = replace(cfg, out_dir=default_out_dir(cfg))
     quiet = getattr(log, "quiet", False)
-    with locked(cfg.out_dir) as out:  # held here for the workers; rank 0 writes
-        rc = launch(cfg, nproc, resume=resume, quiet=quiet)
-        if rc != 0:
-            raise UserError(f"the {nproc} workers of torch.distributed.run failed (exit status "
-                            f"{rc}); their messages are above")
-        return json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    if holds_lock(cfg.out_dir):  # rank 0 must be able to take it
+        raise RuntimeError("_train_parallel called with the run directory's lock held")
+    # everything the workers would check, checked here before one starts: the options, the
+    # data (enough examples for nproc), the model, a checkpoint to resume (under the lock of a
+    # directory that exists; one that does not is not created for a refusal)
+    out = Path(cfg.out_dir)
+    with locked(out) if out.exists() else contextlib.nullcontext():
+        try:
+            preflight(cfg, resume=resume, world=nproc)
+        except (ConfigError, DatasetError, RuleOptionError, FeedbackConfigError,
+                FileNotFoundError) as exc:
+            raise UserError(str(exc)) from exc
+    # the lock is let go here and rank 0, the process that writes, takes it
+    rc = launch(cfg, nproc, resume=resume, quiet=quiet)
+    if rc != 0:
+        raise UserError(f"the {nproc} workers of torch.distributed.run failed (exit status "
+                        f"{rc}); their messages are above")
+    return json.loads((out / "summary.json").read_text(encoding="utf-8"))

@@ -21,7 +21,7 @@ from ..data import DatasetError
 from ..data import canonical_name as canonical_dataset
 from ..models import default_model
 from ..rules import make_rule
-from ..rundir import locked, write_text_atomic
+from ..rundir import locked, refuse_foreign, write_text_atomic
 from ..training import (ConfigError, Diverged, pick_device, read_run_config, resolve, rule_options,
                         settings_differ)
 from ._options import (add_training_options, check_nproc, config_from_args, logger, show_progress,
@@ -50,6 +50,13 @@ def _methods(value) -> list[str]:
     methods = [m.strip() for m in value if m.strip()]
     if not methods:
         raise UserError("--methods needs at least one method, e.g. bp,dfa,ssdfa")
+    seen: dict[str, str] = {}
+    for m in methods:  # BP and bp are one rule: trained twice it would be two rows of one
+        key = m.lower().replace("-", "_")
+        if key in seen:
+            raise UserError(f"--methods names one rule twice ({seen[key]} and {m}); give each "
+                            "method once")
+        seen[key] = m
     return methods
 
 
@@ -75,6 +82,7 @@ def run(args) -> int:
         base.out_dir = str(Path("runs") / f"{stamp}-compare-{base.dataset}-{model}")
     log = logger(args)
     with locked(base.out_dir) as out:  # one compare per directory
+        refuse_foreign(out, ("table", "train"), inside=False)  # not into a sweep's directory
         return _compare(args, base, methods, seeds, first, out, log, nproc)
 
 
@@ -91,11 +99,15 @@ def check_methods(base, methods: list[str]) -> None:
 
 
 def train_all(base, methods: list[str], seeds: int, first: int, out: Path, log,
-              progress: bool = False, nproc: int = 1) -> tuple[dict[str, list[dict]], float]:
+              progress: bool = False, nproc: int = 1, *, retrain_changed_init: bool = False
+              ) -> tuple[dict[str, list[dict]], float]:
     """Train (or continue, or reuse) every method and seed under ``out/<method>/seed<k>``.
 
     Returns each method's run summaries and the seconds taken.  A run already finished in its
-    folder with the same settings is read back, not retrained (see :func:`_earlier_run`).
+    folder with the same settings is read back, not retrained and not rewritten (see
+    :func:`_earlier_run`).  A run started from ``init_from`` weights that have changed since
+    (a pretrain continued for more epochs) is refused, or with ``retrain_changed_init``
+    trained again from the start: a continued row is the row a fresh run would give.
     """
     results: dict[str, list[dict]] = {}
     t0 = time.perf_counter()
@@ -105,6 +117,18 @@ def train_all(base, methods: list[str], seeds: int, first: int, out: Path, log,
             seed = first + k
             cfg = replace(base, method=method, seed=seed, out_dir=str(out / method / f"seed{seed}"))
             resume = _earlier_run(cfg)
+            if resume and _init_changed(cfg):
+                if not retrain_changed_init:
+                    raise UserError(f"{cfg.out_dir} started from other weights of init_from "
+                                    f"{cfg.init_from} than it holds now; give a new --out-dir")
+                log(f"== {method}, seed {seed}: its init_from run changed; training it again "
+                    "from the start ==")
+                resume = False
+            done = _finished_summary(cfg, nproc) if resume else None
+            if done is not None:  # a finished run is read back: its files are never rewritten
+                log(f"== {method}, seed {seed}: finished already, read from {cfg.out_dir} ==")
+                results[method].append(done)
+                continue
             log(f"== {method}, seed {seed}{' (continuing the run already there)' if resume else ''} ==")
             try:
                 summary = train_or_explain(cfg, nproc=nproc, resume=resume, progress=progress,
@@ -160,6 +184,70 @@ def _earlier_run(cfg) -> bool:
         raise UserError(f"{run_dir} holds a run with other settings ({', '.join(differ)}); "
                         "give a new --out-dir")
     return True
+
+
+def _init_changed(cfg) -> bool:
+    """Whether the run in ``cfg.out_dir`` started from other ``init_from`` weights than
+    ``cfg.init_from`` gives now (False when it cannot tell: no init_from, source gone)."""
+    if cfg.init_from is None:
+        return False
+    from ..checkpoint import CHECKPOINT, load_checkpoint
+    from ..data import load_dataset
+    from ..training import init_from_digest
+
+    try:
+        saved = load_checkpoint(Path(cfg.out_dir) / CHECKPOINT).get("init_from_digest")
+    except (OSError, ValueError):
+        return False  # the resume reports a damaged checkpoint in one line
+    if saved is None:
+        return False
+    c = resolve(replace(cfg), check_init_from=False)
+    data = load_dataset(c.dataset, c.data_dir, image_size=c.image_size, limit_train=c.limit_train)
+    c = resolve(c, data, check_init_from=False)
+    now = init_from_digest(c, data, missing_ok=True)
+    return now is not None and now != saved
+
+
+def _finished_summary(cfg, nproc: int = 1) -> dict | None:
+    """The validated summary.json of a run in ``cfg.out_dir`` that finished all ``cfg.epochs``
+    with a checkpoint of that epoch, or None (the run is then continued).  A run trained in
+    another number of processes (another global batch) is refused, not mixed in."""
+    from ..checkpoint import CHECKPOINT, load_checkpoint
+
+    run_dir = Path(cfg.out_dir)
+    path = run_dir / "summary.json"
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); delete {run_dir} to train it again") from None
+    if not isinstance(summary, dict) or summary.get("status") != "finished" \
+            or summary.get("epochs") != cfg.epochs:
+        return None
+    for key in ("final_test_acc", "best_test_acc"):
+        v = summary.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                              or not 0 <= v <= 1):
+            raise UserError(f"{path}: {key} = {v!r} is not an accuracy; delete {run_dir} to "
+                            "train it again")
+    for key in ("final_test_loss", "train_loss", "seconds"):
+        v = summary.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise UserError(f"{path}: {key} = {v!r} is not a number; delete {run_dir} to train "
+                            "it again")
+    try:
+        ckpt = load_checkpoint(run_dir / CHECKPOINT, required=("epoch",))
+    except (OSError, ValueError):
+        return None  # the resume names what is wrong with it
+    if ckpt["epoch"] != cfg.epochs:
+        return None
+    world = ckpt.get("world_size", 1)
+    if world != nproc:
+        raise UserError(f"{run_dir} was trained in {world} process(es) (global batch "
+                        f"{cfg.batch_size * world}), this command asks for {nproc} (global batch "
+                        f"{cfg.batch_size * nproc}); give the same --nproc or a new --out-dir")
+    return summary
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

@@ -58,7 +58,19 @@ def _resolve(args):
         classes = args.num_classes
     if shape is None or classes is None:
         raise UserError("give --dataset, or both --input-shape and --num-classes")
+    import math
+
+    if not 1 <= len(shape) <= 3 or any(d < 1 or d > MAX_DIM for d in shape) \
+            or math.prod(shape) > MAX_INPUT:
+        raise UserError(f"--input-shape {','.join(map(str, shape))}: give 1 to 3 sizes (F, or "
+                        f"C,H,W), each in 1..{MAX_DIM}, at most {MAX_INPUT} numbers in all")
+    if not 1 <= classes <= MAX_DIM:
+        raise UserError(f"--num-classes must be in 1..{MAX_DIM}, got {classes}")
     return shape, classes
+
+
+MAX_DIM = 2**20  # one size of an input, and the number of classes
+MAX_INPUT = 2**28  # numbers in one input example (a 3x9000x9000 image)
 
 
 def _build(name, shape, classes, reference=False):
@@ -106,10 +118,14 @@ def run(args) -> int:
     if args.reference and args.model not in REFERENCE_NAMES:
         raise UserError(f"--reference: the cost model has no {args.model!r}; it has "
                         f"{', '.join(REFERENCE_NAMES)}")
-    net, where = _build(args.model, shape, classes, args.reference)
+    try:
+        net, where = _build(args.model, shape, classes, args.reference)
+    except (RuntimeError, ValueError) as exc:  # a net that cannot be built on this input
+        raise UserError(f"model {args.model!r} cannot be built for input {shape} with {classes} "
+                        f"classes: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
     try:
         layers = layer_shapes(net, shape)
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:
         raise UserError(f"model {args.model!r} does not accept inputs of shape {shape}: {exc}") from exc
     conn = args.connections if args.connections is not None else max(1, round(0.1 * classes))
     try:

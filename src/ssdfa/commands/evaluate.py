@@ -10,8 +10,8 @@ import torch
 from ..checkpoint import CHECKPOINT, load_checkpoint
 from ..cli import UserError
 from ..data import load_dataset
-from ..training import (build_model, check_checkpoint_config, evaluate, load_state, make_loss,
-                        pick_device, read_run_config, resolve)
+from ..training import (build_model, check_checkpoint_config, check_model_state, evaluate,
+                        load_state, make_loss, pick_device, read_run_config, resolve)
 
 
 def register(sub):
@@ -57,10 +57,15 @@ def run(args) -> int:
     ckpt = load_checkpoint(run_dir / CHECKPOINT, map_location=device,
                            required=("epoch", "model", "config"))
     data = load_dataset(cfg.dataset, cfg.data_dir, image_size=cfg.image_size)
-    cfg = resolve(cfg, data)
+    cfg = resolve(cfg, data, check_init_from=False)  # the checkpoint holds the init_from weights
     check_checkpoint_config(ckpt["config"], cfg, run_dir / CHECKPOINT)
-    model = build_model(cfg, data).to(device)
+    classes = ckpt.get("num_classes")
+    if classes is not None and classes != data.num_classes:
+        raise UserError(f"{run_dir} was trained on {classes} classes, {data.name} now has "
+                        f"{data.num_classes}; evaluate it on the data it was trained on")
+    model = build_model(cfg, data, pretrained=False).to(device)
     load_state(model, ckpt["model"], "model", run_dir / CHECKPOINT)
+    check_model_state(model, run_dir / CHECKPOINT)
     with torch.no_grad():
         loss, acc = evaluate(model, data.test, make_loss(cfg, data), args.batch_size, device,
                              data.task == "classification")

@@ -44,6 +44,28 @@ def register(sub):
     p.set_defaults(func=run)
 
 
+def check_options(args) -> None:
+    """Every option checked before a stage starts, with the limits ``ssdfa train`` uses."""
+    import math
+
+    from ..data import DatasetError, load_dataset
+    from ..training import _F32_MAX, _SEED_MAX, MAX_THREADS
+
+    if not (math.isfinite(args.lr) and 0 < args.lr <= _F32_MAX):
+        raise UserError(f"--lr must be a number in (0, 3.4e38], got {args.lr}")
+    if args.threads > MAX_THREADS:
+        raise UserError(f"--threads must be in [1, {MAX_THREADS}], got {args.threads}")
+    if not 0 <= args.seed <= _SEED_MAX:
+        raise UserError(f"--seed must be an integer in [0, 2**63 - 1], got {args.seed}")
+    try:
+        data = load_dataset(args.dataset)
+    except DatasetError as exc:
+        raise UserError(str(exc)) from exc
+    if data.task != "classification":
+        raise UserError(f"--dataset {data.name} is a {data.task} task; the pipeline trains "
+                        "classifiers (cross entropy): choose a classification dataset")
+
+
 def run(args) -> int:
     methods = [m.strip() for m in str(args.methods).split(",") if m.strip()]
     bad = [m for m in methods if m not in PIPELINE_METHODS]
@@ -58,6 +80,7 @@ def run(args) -> int:
         value = getattr(args, name)
         if value is not None and not 0 <= value < float("inf"):
             raise UserError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+    check_options(args)
     reports = []
     for method in methods:
         cfg = PipelineConfig(dataset=args.dataset, model=args.model, stages=args.stages,

@@ -69,6 +69,10 @@ def run(args) -> int:
     for flag, value in (("--epochs", args.epochs), ("--limit-train", args.limit_train)):
         if value is not None and value < 1:
             raise UserError(f"{flag} must be >= 1, got {value}")
+    last = args.seed + args.seeds - 1  # every seed checked before the first run trains
+    if args.seed < 0 or last > 2**63 - 1:
+        raise UserError(f"seeds {args.seed}..{last} must lie in [0, 2**63 - 1]; give a smaller "
+                        "--seed or fewer --seeds")
     if exp.kind == "cost":
         return _cost(exp, args)
     return _train(exp, args)
@@ -118,7 +122,10 @@ def _train(exp: Experiment, args) -> int:
                                             "first_seed": args.seed, "limit_train": limit,
                                             "quick": bool(args.quick)},
                "notes": exp.notes, "claims": exp.claims}
+    from ..rundir import refuse_foreign
+
     with locked(out_dir) as out:
+        refuse_foreign(out, ("table", "sweep", "train"), inside=False)
         if exp.kind == "sweep":
             payload, text, seconds, failed = _sweep(exp, base, args, out, log, payload, budget_text)
         else:
@@ -155,7 +162,8 @@ def _train_rows(exp: Experiment, base, args, out: Path, log, progress: bool):
             results[label] = []
             for s in seeds:
                 cfg = replace(row_base, train_only="fc", init_from=pre[s])
-                results[label] += train_all(cfg, [method], 1, s, where, log, progress)[0][method]
+                results[label] += train_all(cfg, [method], 1, s, where, log, progress,
+                                            retrain_changed_init=True)[0][method]
         else:
             results[label] = train_all(row_base, [method], args.seeds, args.seed, where, log,
                                        progress)[0][method]
@@ -183,7 +191,7 @@ def _sweep(exp: Experiment, base, args, out: Path, log, payload: dict, budget_te
                     classes, log=log)
     seconds = time.perf_counter() - t0
     cells = res["cells"]
-    failed = any(not math.isfinite(c["test_acc_mean"]) for c in cells)
+    failed = bool(res["diverged"]) or any(not math.isfinite(c["test_acc_mean"]) for c in cells)
     payload = payload | {"seconds": round(seconds, 2), "cells": cells, "skipped": res["skipped"],
                          "trend": sweep_trend(cells)}
     return payload, sweep_markdown(exp, cells, res["skipped"], payload["trend"],
@@ -232,7 +240,8 @@ def sweep_markdown(exp: Experiment, cells, skipped, trend, dataset, note, budget
     lines += ["", "| rank | sparsity | connections | runs | test accuracy (%), mean ± std | "
                   "angle Eq. 14 (deg), mean ± std |", "|---|---|---|---|---|---|"]
     for c in cells:
-        lines.append(f"| {c['rank']} | {c['sparsity']:g} | {round((1 - c['sparsity']) * classes)} | {c['n']} | "
+        runs = f"{c['n']}" + (f" ({c['diverged']} diverged)" if c.get("diverged") else "")
+        lines.append(f"| {c['rank']} | {c['sparsity']:g} | {round((1 - c['sparsity']) * classes)} | {runs} | "
                      f"{_num(_pct(c['test_acc_mean']))} ± {_num(_pct(c['test_acc_std']))} | "
                      f"{_num(c['angle_eq14_mean'], 1)} ± {_num(c['angle_eq14_std'], 1)} |")
     if skipped:

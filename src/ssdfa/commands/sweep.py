@@ -82,16 +82,51 @@ def run(args) -> int:
         val = getattr(args, key)
         if val is not None:
             base[key] = val
+    classes = _num_classes(args)
+    check_cells(base, ranks, sparsities, range(args.seeds), classes)  # before --out is made
+    from ..rundir import refuse_foreign
+
+    refuse_foreign(args.out, ("sweep", "train"), "--out", inside=False)  # not a compare's
     try:
-        res = run_sweep(args.out, base, ranks, sparsities, range(args.seeds), _num_classes(args))
+        res = run_sweep(args.out, base, ranks, sparsities, range(args.seeds), classes)
     except ImportError as exc:
         raise UserError(f"the training API is not available ({exc}); install the full ssdfa") from exc
     print(f"{'rank':>5} {'sparsity':>9} {'n':>3} {'test acc':>16} {'angle (Eq. 14)':>18}")
     for c in res["cells"]:
+        note = f"  ({c['diverged']} diverged)" if c.get("diverged") else ""
         print(f"{c['rank']:>5} {c['sparsity']:>9g} {c['n']:>3} "
               f"{_pct(c['test_acc_mean']):>8.2f} ± {_pct(c['test_acc_std']):<5.2f} "
-              f"{c['angle_eq14_mean']:>9.1f} ± {c['angle_eq14_std']:<5.1f}")
+              f"{c['angle_eq14_mean']:>9.1f} ± {c['angle_eq14_std']:<5.1f}{note}")
     for s in res["skipped"]:
         print(f"skipped rank={s['rank']} sparsity={s['sparsity']:g}: {s['reason']}")
     print(f"wrote {args.out}/sweep.csv and {args.out}/sweep.json")
+    if res["diverged"]:
+        import sys
+
+        print(f"ssdfa sweep: {len(res['diverged'])} run(s) diverged and are not in the means "
+              f"(first: {res['diverged'][0]['run_dir']}); lower --lr, or delete those cells to "
+              "retrain them", file=sys.stderr)
+        return 3
     return 0
+
+
+def check_cells(base: dict, ranks, sparsities, seeds, num_classes: int) -> None:
+    """Every option of every cell the sweep would train, checked at once before anything is
+    created: the training settings (resolve), each rule's rank and sparsity, the seeds."""
+    from dataclasses import replace
+
+    from ..cli import UserError
+    from ..sweep import cell_problem
+    from ..training import ConfigError, TrainConfig, pick_device, resolve
+    from .compare import check_methods
+
+    try:
+        cfg = TrainConfig(**base)
+        resolve(replace(cfg, seed=seeds[-1]))  # a range: its last seed is the largest  # epochs, lr, optimizer, batch size, seeds...
+        pick_device(cfg.device)
+    except (ConfigError, TypeError) as exc:
+        raise UserError(str(exc)) from exc
+    for r in ranks:
+        for s in sparsities:
+            if cell_problem(int(r), float(s), num_classes) is None:
+                check_methods(replace(cfg, rank=int(r), sparsity=float(s)), [cfg.method])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -12,11 +13,11 @@ from pathlib import Path
 from .. import distributed
 from ..checkpoint import CHECKPOINT
 from ..cli import UserError
-from ..rundir import locked
+from ..rundir import locked, refuse_foreign
 from ..training import (RESUME_MAY_CHANGE, ConfigError, Diverged, TrainConfig, default_out_dir,
                         pick_device, read_run_config, resolve)
-from ._options import (add_training_options, check_nproc, config_from_args, logger, show_progress,
-                       train_or_explain)
+from ._options import (add_training_options, check_nproc, config_from_args, given_keys, logger,
+                       show_progress, train_or_explain)
 
 
 def register(sub):
@@ -52,14 +53,16 @@ def _run(args, nproc: int) -> int:
         cfg, _ = config_from_args(args)
         if cfg.out_dir is None:  # named after the time: rank 0's name for every rank
             cfg.out_dir = distributed.broadcast_str(default_out_dir(cfg))
-    resolve(replace(cfg))  # bad options are refused before the directory is touched
+    resolve(replace(cfg), check_init_from=not args.resume)  # refused before the directory is touched
     pick_device(cfg.device)
     out = Path(cfg.out_dir)
+    if nproc > 1 and out.exists():  # looked at under the lock, which rank 0 then takes
+        with locked(out):
+            _check_fresh(args, out)
     # checked and written by this process (under torchrun: rank 0) alone until it exits
-    with locked(out) if me == 0 else contextlib.nullcontext():
-        if not args.resume and (out / CHECKPOINT).exists() and not args.overwrite:
-            raise UserError(f"{out} already holds a run; continue it with --resume "
-                            f"{out}, pick another --out-dir, or pass --overwrite")
+    with locked(out) if me == 0 and nproc == 1 else contextlib.nullcontext():
+        if nproc == 1:
+            _check_fresh(args, out)
         distributed.barrier()  # every rank has looked before rank 0 clears the directory
         try:
             summary = train_or_explain(cfg, nproc=nproc, resume=bool(args.resume),
@@ -90,6 +93,14 @@ def _run(args, nproc: int) -> int:
     return 0
 
 
+def _check_fresh(args, out: Path) -> None:
+    """Called under the directory's lock: a busy directory is reported before anything else."""
+    refuse_foreign(out, ("train",), "--resume" if args.resume else "--out-dir", inside=False)
+    if not args.resume and (out / CHECKPOINT).exists() and not args.overwrite:
+        raise UserError(f"{out} already holds a run; continue it with --resume "
+                        f"{out}, pick another --out-dir, or pass --overwrite")
+
+
 def _resume_config(args) -> TrainConfig:
     run_dir = Path(args.resume)
     if not (run_dir / CHECKPOINT).is_file() or not (run_dir / "config.json").is_file():
@@ -100,14 +111,15 @@ def _resume_config(args) -> TrainConfig:
     except ConfigError as exc:
         raise UserError(str(exc)) from exc
     given, _ = config_from_args(args)
-    typed = [k for k in TrainConfig.field_names() if k in vars(args)]
-    if args.config:  # keys of the file count as given too
-        defaults = TrainConfig()
-        typed += [k for k in TrainConfig.field_names()
-                  if getattr(given, k) != getattr(defaults, k) and k not in typed]
+    typed = given_keys(args)  # flags and every key of --config, checked alike
+    if "out_dir" in typed and os.path.realpath(given.out_dir) != os.path.realpath(run_dir):
+        raise UserError(f"--resume {run_dir} continues the run where it is; --out-dir "
+                        f"{given.out_dir} names another directory — leave --out-dir out (or copy "
+                        "the run there first and resume the copy)")
     merged = replace(saved, **{k: getattr(given, k) for k in typed})
     try:  # compare resolved values: --method SSDFA is the saved ssdfa
-        a, b = resolve(replace(merged)), resolve(replace(saved))
+        a = resolve(replace(merged), check_init_from=False)
+        b = resolve(replace(saved), check_init_from=False)
     except ConfigError as exc:
         raise UserError(str(exc)) from exc
     refused = sorted(k for k in typed if k not in RESUME_MAY_CHANGE
