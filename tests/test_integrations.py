@@ -241,7 +241,8 @@ def test_lightning_fit_checkpoint_reload_test(method, tmp_path):
     trainer = _lightning_trainer(tmp_path)
     trainer.fit(lit, loader)  # the sanity check has no val loader; the first call trains
     grads, matrices = lit.first
-    assert_same(grads, rule_gradients(method, tiny_cnn(), matrices, x[:4], y[:4]))
+    if method != "forward_grad":  # a random estimate: tests/test_forward_grad.py checks it
+        assert_same(grads, rule_gradients(method, tiny_cnn(), matrices, x[:4], y[:4]))
 
     path = trainer.checkpoint_callback.best_model_path
     reloaded = LitClassifier.load_from_checkpoint(path)  # a fresh, unsized model loads it

@@ -81,7 +81,8 @@ def _layerwise_gradients(model, x, y, loss_fn, kwargs):
                 return plain + through_b - through_b.detach()
             handles.append(mod.register_forward_hook(swap))
     try:
-        out = _call(model.net, x, kwargs)
+        with model.backprop():  # plain layers (no brSF redraw): the hooks put B in their place
+            out = _call(model.net, x, kwargs)
     finally:
         for h in handles:
             h.remove()

@@ -456,12 +456,10 @@ class FeedbackModel(nn.Module):
         shapes = [large["fired"][id(p)][1] for p in self._points]
         seq = self._sequence_points(shapes, large, args, kwargs)
         last = max((large["fired"][id(p)][0] for p in self._points), default=-1)
-        if self.rule.inject or self.rule.local:
-            heads = find_heads(self.net, large["out"], 3, large["outputs"], large["order"], last,
-                               {f[3] for f in large["fired"].values()}, any(seq), large["calls"])
+        heads = find_heads(self.net, large["out"], 3, large["outputs"], large["order"], last,
+                           {f[3] for f in large["fired"].values()}, any(seq), large["calls"])
+        if self.rule.inject or self.rule.local:  # shallow feeds nothing back: any output will do
             self._check_heads(heads, large)
-        else:  # shallow feeds nothing back: no error to take
-            heads = []
         self.layout = ["flat" if not q else ("token" if not heads or heads[0].sequence else "broadcast")
                        for q in seq]
         if any(seq) and not all(seq):
