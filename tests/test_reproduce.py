@@ -30,12 +30,13 @@ def fake_fashion(tmp_path):
 
 
 def _table(text: str) -> dict[str, list[str]]:
-    """method -> its cells, from the markdown table of results.md."""
+    """method -> [paper, ours last epoch, gap paper, gap ours last], from results.md's table
+    (| method | paper | ours best | ours last | gap paper | gap best | gap last | worst fall |)."""
     rows = {}
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("| ") and len(cells) == 5 and not cells[0].startswith(("method", "-")):
-            rows[cells[0]] = cells[1:]
+        if line.startswith("| ") and len(cells) == 8 and not cells[0].startswith(("method", "-")):
+            rows[cells[0]] = [cells[1], cells[3], cells[4], cells[6]]
     return rows
 
 

@@ -30,7 +30,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .feedback import child_generator, default_std, feedback_std, make_feedback, seeded_generator
+from .feedback import child_generator, init_std, make_feedback, seeded_generator
 from .layers import is_weight_layer
 from .points import ACTIVE, FeedbackPoint
 from .rules import Rule
@@ -123,7 +123,8 @@ class FeedbackModel(nn.Module):
 
     def __init__(self, net: nn.Module, rule: Rule, points: list[tuple[str, nn.Module]],
                  num_classes: int | None = None, *, seed: int | None = None,
-                 feedback_scale: float = 1.0, auto_points: bool = False,
+                 feedback_scale: float = 1.0, feedback_init: str = "ours",
+                 auto_points: bool = False,
                  problems: list | None = None, grad_scaler=None):
         super().__init__()
         self.net = net
@@ -139,6 +140,7 @@ class FeedbackModel(nn.Module):
         self.head = "none"  # "log_softmax"/"softmax": e is taken at their input z
         self.built = not rule.direct
         self._seed, self._scale = seed, feedback_scale
+        self._init = feedback_init
         self._auto, self._problems = auto_points, list(problems or [])
         self._cut = True
         self._tape: list | None = None
@@ -327,7 +329,7 @@ class FeedbackModel(nn.Module):
                 neurons = math.prod(self._shapes[i])
                 gen = child_generator(base)
                 spec = self.rule.feedback_spec(width)
-                std = default_std(neurons) if producer is None else feedback_std(producer, neurons)
+                std = init_std(self._init, producer, neurons, width, spec.connections)
                 self.feedback.append(make_feedback(width, neurons, spec, generator=gen,
                                                    std=std * self._scale).to(device))
         self.built = True
