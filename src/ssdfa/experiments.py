@@ -401,7 +401,8 @@ _add(Experiment(
     authors_notes=f"Authors' setup ({_SETUPS_MD}, DRTP): the code's default Nesterov SGD momentum "
                   "0.9 (the paper names no optimizer here) and Kaiming-uniform B; the paper's zero "
                   "init of the alignment rules' forward weights is not applied (the DRTP code "
-                  "states no init)."))
+                  "states no init). Not reproduced: its hidden signal (y - targets)·B has no 1/N "
+                  "while the output layer's loss is mean-reduced (ours: both carry the 1/N)."))
 
 for _net, _model in (("fc", "drtp-fc2-500"), ("conv", "drtp-conv")):
     _add(Experiment(

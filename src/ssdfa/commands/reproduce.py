@@ -357,7 +357,7 @@ def _worst_drop(runs: list[dict], metric: str) -> float | None:
         c = curve(r, metric)
         sign = 1.0 if metric == "accuracy" else -1.0
         drops += [sign * (a - b) for a, b in zip(c, c[1:])]
-    return max(drops, default=None)
+    return max([0.0] + drops) if drops else None  # 0: it never fell
 
 
 def rows_for(exp: Experiment, results: dict[str, list[dict]]) -> list[dict]:
