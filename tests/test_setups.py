@@ -188,3 +188,35 @@ def test_feedback_gamma_keeps_the_weights_step_schedule():
         sched.step()
         assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.1 ** (epoch // 2))
         assert opt.param_groups[1]["lr"] == pytest.approx(0.01 * 0.5 ** epoch)
+
+
+@pytest.mark.parametrize("mode", ["none", "per-image"])
+def test_a_run_trains_on_the_normalisation_it_names(mode, tmp_path, no_real_data, monkeypatch):
+    """training.run end to end: the batches the model sees are standardised as asked."""
+    from test_data import write_idx_set
+
+    from ssdfa import data as D
+    from ssdfa.training import run
+
+    arrays = write_idx_set(tmp_path / "d" / "fashion-mnist", n_train=8, n_test=4, h=28, w=28)
+    seen = []
+    batch = D.TensorSplit.batch
+
+    def spy(self, idx):
+        x, y = batch(self, idx)
+        seen.append((self.x[idx].float(), x))
+        return x, y
+
+    monkeypatch.setattr(D.TensorSplit, "batch", spy)
+    run(TrainConfig(method="dfa", dataset="fashion-mnist", model="mnist-fc", epochs=1,
+                    batch_size=8, normalization=mode, data_dir=str(tmp_path / "d"),
+                    out_dir=str(tmp_path / "run")), log=lambda m: None)
+    raw, x = seen[0]
+    assert raw.shape == (8, 1, 28, 28) and len(arrays["train-images-idx3-ubyte"]) == 8
+    if mode == "none":
+        want = raw / 255
+    else:
+        flat = raw.flatten(1)
+        want = ((flat - flat.mean(1, keepdim=True)) / flat.std(1, correction=0, keepdim=True)
+                ).view_as(raw)
+    torch.testing.assert_close(x, want, rtol=1e-5, atol=1e-5)
