@@ -424,11 +424,12 @@ def test_every_authors_setting_reaches_the_model_optimizer_and_dataset(name):
     from ssdfa.training import build_model, make_optimizer, make_scheduler, resolve
 
     exp = E.get(name)
+    synthetic = _fake_data(exp) if exp.dataset.startswith("synthetic") else None  # made once
     for label, method, _ in exp.rows():
         cfg = resolve(_resolved(exp, label))
         cfg.method = method
         cfg.train_only = None
-        data = _fake_data(exp)
+        data = synthetic or _fake_data(exp)
         set_normalization(data, cfg.normalization)
         torch.manual_seed(0)
         net = build_model(cfg, data)
