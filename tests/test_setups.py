@@ -220,3 +220,23 @@ def test_a_run_trains_on_the_normalisation_it_names(mode, tmp_path, no_real_data
         want = ((flat - flat.mean(1, keepdim=True)) / flat.std(1, correction=0, keepdim=True)
                 ).view_as(raw)
     torch.testing.assert_close(x, want, rtol=1e-5, atol=1e-5)
+
+
+def test_evaluate_reads_the_inputs_the_run_trained_on(tmp_path, no_real_data, capsys):
+    """`ssdfa evaluate` standardises as the run did: its accuracy and loss are the run's own."""
+    import json
+
+    from test_data import write_idx_set
+
+    from ssdfa.cli import main
+    from ssdfa.training import run
+
+    write_idx_set(tmp_path / "d" / "fashion-mnist", n_train=16, n_test=30, h=28, w=28)
+    summary = run(TrainConfig(method="bp", dataset="fashion-mnist", model="mnist-fc", epochs=1,
+                              batch_size=8, normalization="none", data_dir=str(tmp_path / "d"),
+                              weight_init="glorot", out_dir=str(tmp_path / "run")),
+                  log=lambda m: None)
+    assert main(["evaluate", str(tmp_path / "run"), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert got["test_loss"] == pytest.approx(summary["final_test_loss"], rel=1e-6)
+    assert got["test_acc"] == pytest.approx(summary["final_test_acc"])
