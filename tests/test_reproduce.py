@@ -514,3 +514,20 @@ def test_json_names_each_rows_settings_and_the_setups_differ(tmp_path, capsys, f
                                     str(tmp_path / "uni"), "--data-dir", str(fake_fashion)])
     assert code == 0 and all((r["settings"]["optimizer"], r["settings"]["lr"]) == ("sgd", 0.01)
                              for r in uni["rows"])
+
+
+@pytest.mark.parametrize("name", ["dkp-cifar10", "dfa-cnn-cifar10"])
+def test_the_cifar10_tables_run_with_cifar_files(name, tmp_path, capsys):
+    """The student report's CIFAR CNN and the DKP code's CIFAR-10 table, on a few fake CIFAR-10
+    images: every row trains in its authors' setup and is tabulated."""
+    from test_data import write_cifar10
+
+    write_cifar10(tmp_path / "data", n=8)
+    out = tmp_path / name
+    code, payload = _reproduce(capsys, [name, "--out-dir", str(out), "--data-dir",
+                                        str(tmp_path / "data")])
+    assert code == 0 and payload["dataset"] == "cifar10" and payload["setup"] == "authors"
+    _check_table(name, payload, out)
+    for r in payload["rows"]:
+        cfg = json.loads((out / r["method"] / "seed0" / "config.json").read_text())
+        assert {k: cfg[k] for k in r["settings"]} == r["settings"]
