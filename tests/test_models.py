@@ -23,6 +23,7 @@ NATURAL_SHAPE = {
     "cifar-fc": (3, 32, 32), "cifar-cnn": (3, 32, 32), "alexnet": (3, 16, 16),
     "vgg16": (3, 16, 16), "dkp-cnn": (1, 28, 28), "dkp-alexnet": (3, 16, 16),
     "drtp-conv": (1, 28, 28), "drtp-reg": (256,), "mlp-800": (1, 28, 28),
+    "dkp-code-cnn": (3, 32, 32),
 }
 
 
@@ -186,3 +187,106 @@ def test_user_module_through_the_python_api(tmp_path):
     cfg = TrainConfig(method="dfa", epochs=1, limit_train=128, out_dir=str(tmp_path / "r"))
     summary = run(cfg, model=Mine(), log=lambda m: None)
     assert summary["model"] == "custom:Mine" and math.isfinite(summary["train_loss"])
+
+
+# -- the papers' setups: activation, dropout and initial weights (issue 19) -------------------
+def test_dkp_code_cnn_is_the_dkp_repositorys_cifar_net():
+    """authors-code-setups.md, DKP: conv3x3 32 (no padding) BN ReLU, conv3x3 32 BN ReLU, pool 2,
+    FC 6272-128 ReLU, FC 10."""
+    net = create_model("dkp-code-cnn", (3, 32, 32), 10)
+    kinds = [type(m).__name__ for m in net]
+    assert kinds == ["Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d",
+                     "Flatten", "Linear", "ReLU", "Linear"]
+    assert net[0].padding == (0, 0) and net[8].in_features == 6272 and net[8].out_features == 128
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+def test_activation_replaces_every_hidden_activation_and_nothing_else(name, act):
+    """Generated from the registry: the same net with the other activation is a plain
+    Sequential of the same layers (weights shared) with each hidden ReLU/Tanh swapped."""
+    from ssdfa.models import ACTIVATIONS
+
+    shape = shape_for(name)
+    if name in ("alexnet", "vgg16", "dkp-alexnet"):
+        shape = (3, 16, 16)
+    torch.manual_seed(0)
+    plain = create_model(name, shape, 10)
+    torch.manual_seed(0)
+    net = create_model(name, shape, 10, activation=act)
+    last = max(i for i, m in enumerate(plain) if isinstance(m, (nn.Linear, nn.Conv2d)))
+    want = nn.Sequential(*[ACTIVATIONS[act]() if i < last and isinstance(m, (nn.ReLU, nn.Tanh))
+                           else m for i, m in enumerate(plain)]).eval()
+    net.eval()
+    assert [type(m) for m in net] == [type(m) for m in want]
+    x = torch.randn(2, *shape)
+    torch.testing.assert_close(net(x), want(x))
+    if name == "drtp-reg":
+        assert isinstance(net[-1], nn.Tanh)  # the output activation stays
+
+
+def test_dropout_sits_before_every_weight_layer_but_the_first():
+    net = create_model("mnist-cnn", (1, 28, 28), 10, dropout=0.25)
+    kinds = [type(m).__name__ for m in net]
+    assert kinds == ["Conv2d", "ReLU", "Dropout", "Conv2d", "ReLU", "MaxPool2d", "Flatten",
+                     "Dropout", "Linear", "ReLU", "Dropout", "Linear"]
+    assert all(m.p == 0.25 for m in net if isinstance(m, nn.Dropout))
+    # the model's own dropout is replaced, p = 0 removes it
+    vgg = create_model("vgg16", (3, 16, 16), 10, dropout=0.0)
+    assert not any(isinstance(m, nn.Dropout) for m in vgg)
+    # in train mode it is torch's dropout: the same mask from the same seed
+    plain = create_model("mnist-fc", (1, 28, 28), 10)
+    with_p = create_model("mnist-fc", (1, 28, 28), 10, dropout=0.5)
+    assert [type(m).__name__ for m in with_p] == ["Flatten", "Linear", "Tanh", "Dropout", "Linear"]
+    with_p[1].load_state_dict(plain[1].state_dict())
+    with_p[4].load_state_dict(plain[3].state_dict())
+    x = torch.randn(3, 1, 28, 28)
+    torch.manual_seed(5)
+    got = with_p.train()(x)
+    torch.manual_seed(5)
+    h = torch.tanh(plain[1](x.flatten(1)))
+    want = plain[3](F.dropout(h, 0.5, training=True))
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("init", ["zero", "glorot", "sqrt-fan-in", "normal:0.01"])
+def test_weight_init_matches_a_plain_torch_construction(init):
+    """Each init drawn by hand from the same seed: U(±√(6/(fan_in+fan_out))) (Glorot),
+    U(±1/√fan_in), N(0, 0.01²), zeros; the bias constant on every layer."""
+    from ssdfa.models import init_weights
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    torch.manual_seed(3)
+    init_weights(net, init, bias=0.1)
+    torch.manual_seed(3)
+    for layer in (net[0], net[3]):
+        shape = layer.weight.shape
+        fan_in = math.prod(shape[1:])
+        fan_out = shape[0] * math.prod(shape[2:])
+        if init == "zero":
+            want = torch.zeros(shape)
+        elif init == "glorot":
+            a = math.sqrt(6.0 / (fan_in + fan_out))
+            want = torch.empty(shape).uniform_(-a, a)
+        elif init == "sqrt-fan-in":
+            a = 1.0 / math.sqrt(fan_in)
+            want = torch.empty(shape).uniform_(-a, a)
+        else:
+            want = torch.empty(shape).normal_(0.0, 0.01)
+        torch.testing.assert_close(layer.weight.detach(), want)
+        torch.testing.assert_close(layer.bias.detach(), torch.full((shape[0],), 0.1))
+
+
+def test_default_init_leaves_torchs_own_and_bad_names_are_refused():
+    from ssdfa.models import check_weight_init, init_weights
+
+    torch.manual_seed(1)
+    a = create_model("mnist-fc", (1, 28, 28), 10)
+    torch.manual_seed(1)
+    b = init_weights(create_model("mnist-fc", (1, 28, 28), 10), "default")
+    for k, v in a.state_dict().items():
+        torch.testing.assert_close(b.state_dict()[k], v, rtol=0, atol=0)
+    for bad in ("xavier", "normal:-1", "normal:x", "normal:"):
+        with pytest.raises(ValueError, match="weight_init"):
+            check_weight_init(bad)
+    assert check_weight_init("Sqrt_Fan_In") == "sqrt-fan-in"

@@ -14,7 +14,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .feedback import FeedbackConfigError, child_generator, seeded_generator
+from .feedback import FeedbackConfigError, check_feedback_init, child_generator, seeded_generator
 from .frozen import frozen_module, split_leaves
 from .layers import is_pass_through, is_weight_layer
 from .layerwise import LAYERS, LayerwiseModel, is_wrappable
@@ -29,7 +29,7 @@ def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None 
             input_shape: tuple[int, ...] | None = None,
             example_input: torch.Tensor | None = None, seed: int | None = None,
             train_only: str | None = None, feedback_scale: float = 1.0, points=None,
-            grad_scaler=None, **rule_options) -> FeedbackModel:
+            grad_scaler=None, feedback_init: str = "ours", **rule_options) -> FeedbackModel:
     """Wrap ``model`` so that ``loss.backward()`` trains it with ``method`` (see ``METHODS``).
 
     No input shape is needed: the feedback matrices are sized by a probe forward at the first
@@ -45,6 +45,8 @@ def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None 
     momentum 0.9); below 1 it tempers the hidden layers' updates, above 1 it heats them.  ``grad_scaler``: the ``torch.amp.GradScaler`` used
     with fp16 autocast, for sign_dfa and drtp whose signal must carry its loss scale.
     ``train_only="fc"`` (nn.Sequential only) freezes every layer before the first Linear.
+    ``feedback_init``: how each direct B_l is drawn (:func:`ssdfa.feedback.init_std`): "ours"
+    (default), "uniform:1/sqrt(n)" (the SSDFA code's) or "kaiming-uniform" (DRTP's and DKP's).
     The returned model shares its parameters with ``model``; build the optimizer after this call.
     """
     if not isinstance(model, nn.Module):
@@ -52,6 +54,7 @@ def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None 
     _refuse_wrapped(model)
     rule = make_rule(method, **rule_options)
     feedback_scale = check_feedback_scale(feedback_scale, rule)
+    feedback_init = check_feedback_init(feedback_init, rule)
     if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
                                     or num_classes < 1):
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
@@ -81,7 +84,8 @@ def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None 
         else:
             model_class = FeedbackModel
         wrapped = model_class(placed.net, rule, placed.points, num_classes, seed=seed,
-                                feedback_scale=feedback_scale, auto_points=placed.auto,
+                                feedback_scale=feedback_scale, feedback_init=feedback_init,
+                                auto_points=placed.auto,
                                 problems=placed.problems, grad_scaler=grad_scaler)
     given = _given_example(wrapped.net, input_shape, example_input)
     if given is not None:

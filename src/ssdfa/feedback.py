@@ -30,6 +30,9 @@ __all__ = [
     "feedback_std",
     "seeded_generator",
     "child_generator",
+    "FEEDBACK_INITS",
+    "init_std",
+    "check_feedback_init",
 ]
 
 
@@ -77,6 +80,46 @@ def feedback_std(layer: nn.Module, neurons: int) -> float:
         return default_std(neurons)
     fan_in = layer.in_channels // layer.groups * layer.kernel_size[0] * layer.kernel_size[1]
     return 1.0 / math.sqrt(3.0 * fan_in * neurons)
+
+
+FEEDBACK_INITS = ("ours", "uniform:1/sqrt(n)", "kaiming-uniform")
+
+
+def check_feedback_init(init, rule=None) -> str:
+    """``init`` as one of :data:`FEEDBACK_INITS`, else a ValueError listing them; with ``rule``,
+    also that the rule has direct feedback matrices for it to draw."""
+    key = str(init).strip().lower().replace(" ", "")
+    if key not in FEEDBACK_INITS:
+        raise FeedbackConfigError(f"feedback_init {init!r} unknown; choose one of: "
+                                  f"{', '.join(FEEDBACK_INITS)}")
+    if rule is not None and key != "ours" and not (rule.direct and (rule.inject or rule.local)):
+        raise FeedbackConfigError(
+            f"feedback_init={key} has no effect with method {rule.name!r}, which has no direct "
+            "feedback matrices; it applies to dfa, sdfa, ssdfa, dkp, sign_dfa and drtp")
+    return key
+
+
+def init_std(init: str, layer: nn.Module | None, neurons: int, num_errors: int,
+             connections: int | None = None) -> float:
+    """Std over all M·N entries of B_l (M = ``num_errors``, N = ``neurons`` at the point).
+
+    ``ours``: :func:`feedback_std` (``default_std`` when no weight layer feeds the point).
+    ``uniform:1/sqrt(n)``: the SSDFA code's draw (authors-code-setups.md): dense U(±1/√N),
+    sparse rows with S = ``connections`` non-zeros U(±(M·S)^¼/√N), so std (M·S)^¼/√(3N)·√(S/M)
+    counting the zeros; N is the whole map (C·H·W) at a conv point, with no fan-in factor.
+    ``kaiming-uniform``: DRTP's and DKP's U(±√(6/N)), std √(2/N), whatever M.
+    """
+    if init == "ours":
+        return default_std(neurons) if layer is None else feedback_std(layer, neurons)
+    if init == "uniform:1/sqrt(n)":
+        if connections is None or connections >= num_errors:
+            return default_std(neurons)
+        s, m = connections, num_errors
+        return (m * s) ** 0.25 * default_std(neurons) * math.sqrt(s / m)
+    if init == "kaiming-uniform":
+        return math.sqrt(2.0 / neurons)
+    raise FeedbackConfigError(f"feedback_init {init!r} unknown; choose one of: "
+                              f"{', '.join(FEEDBACK_INITS)}")
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,14 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 from torch import nn
 
-__all__ = ["create_model", "list_models", "model_summary", "default_model"]
+__all__ = ["create_model", "list_models", "model_summary", "default_model", "ACTIVATIONS",
+           "WEIGHT_INITS", "check_weight_init", "init_weights", "set_activation", "set_dropout"]
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
+WEIGHT_INITS = ("default", "zero", "glorot", "sqrt-fan-in", "normal:STD")
 
 
 @dataclass
@@ -43,8 +48,12 @@ def model_summary(name: str) -> str:
     return _MODELS[name].summary
 
 
-def create_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """Build model ``name`` for inputs of ``input_shape`` (no batch dim) and ``num_classes``."""
+def create_model(name: str, input_shape: tuple[int, ...], num_classes: int, *,
+                 activation: str | None = None, dropout: float | None = None) -> nn.Module:
+    """Build model ``name`` for inputs of ``input_shape`` (no batch dim) and ``num_classes``.
+
+    ``activation`` ("relu" or "tanh") replaces every hidden activation (:func:`set_activation`),
+    ``dropout`` every dropout layer (:func:`set_dropout`); None keeps the model's own."""
     key = str(name).strip().lower().replace("_", "-")
     if key not in _MODELS:
         raise KeyError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
@@ -53,7 +62,97 @@ def create_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> n
         raise ValueError(f"input_shape must be positive sizes without the batch dim, got {input_shape}")
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    return _MODELS[key].build(shape, int(num_classes))
+    net = _MODELS[key].build(shape, int(num_classes))
+    if activation is not None:
+        set_activation(net, activation)
+    if dropout is not None:
+        set_dropout(net, dropout)
+    return net
+
+
+# -- the papers' own setups: activation, dropout, initial weights ---------------------------
+def _is_activation(m: nn.Module) -> bool:
+    return isinstance(m, (nn.ReLU, nn.Tanh))
+
+
+def set_activation(net: nn.Sequential, activation: str) -> nn.Sequential:
+    """Every ReLU/Tanh before the last weight layer becomes ``activation`` (in place); an output
+    activation after it (drtp-reg's tanh) stays."""
+    act = ACTIVATIONS.get(str(activation).strip().lower())
+    if act is None:
+        raise ValueError(f"activation {activation!r} unknown; choose one of: {', '.join(ACTIVATIONS)}")
+    last = max(i for i, m in enumerate(net) if isinstance(m, (nn.Linear, nn.Conv2d)))
+    for i, m in enumerate(net):
+        if i < last and _is_activation(m):
+            net[i] = act()
+    return net
+
+
+def set_dropout(net: nn.Sequential, p: float) -> nn.Sequential:
+    """Dropout ``p`` at the input of every weight layer but the first (in place), the model's own
+    dropout layers removed; ``p = 0`` removes them all.  That is where the feedback points of a
+    chain sit, so the signal e·B_l passes back through the dropout mask, as in the SSDFA code
+    (which masks without the 1/(1-p) rescaling torch's inverted dropout applies: the same net
+    up to a factor 1/(1-p) on the next layer's weights)."""
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout must be a probability in [0, 1), got {p}")
+    kept = [m for m in net if not isinstance(m, nn.Dropout)]
+    layers, seen = [], False
+    for m in kept:
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            if seen and p > 0:
+                layers.append(nn.Dropout(p))
+            seen = True
+        layers.append(m)
+    for name in list(net._modules):
+        del net._modules[name]
+    for i, m in enumerate(layers):
+        net.add_module(str(i), m)
+    return net
+
+
+def check_weight_init(init) -> str:
+    """``init`` as "default", "zero", "glorot", "sqrt-fan-in" or "normal:STD" (STD > 0)."""
+    key = str(init).strip().lower().replace("_", "-")
+    if key in ("default", "zero", "glorot", "sqrt-fan-in"):
+        return key
+    if key.startswith("normal:"):
+        try:
+            std = float(key.split(":", 1)[1])
+        except ValueError:
+            std = float("nan")
+        if math.isfinite(std) and std > 0:
+            return f"normal:{std:g}"
+    raise ValueError(f"weight_init {init!r} unknown; choose one of: {', '.join(WEIGHT_INITS)} "
+                     "(e.g. normal:0.01)")
+
+
+def _fan_in(m: nn.Module) -> int:
+    return m.weight[0].numel()  # in_features, or C_in/groups·k_h·k_w
+
+
+@torch.no_grad()
+def init_weights(net: nn.Module, init: str = "default", bias: float | None = None) -> nn.Module:
+    """Reset every Linear/Conv2d weight as ``init`` says (in place, from torch's global RNG):
+    ``default`` leaves torch's own, ``zero``, ``glorot`` (Glorot-uniform, TF's
+    glorot_uniform), ``sqrt-fan-in`` U(±1/√fan_in), ``normal:STD`` N(0, STD²); ``bias`` sets
+    every bias of those layers to one constant (None: left as it is)."""
+    init = check_weight_init(init)
+    for m in net.modules():
+        if not isinstance(m, (nn.Linear, nn.Conv2d)):
+            continue
+        if init == "zero":
+            m.weight.zero_()
+        elif init == "glorot":
+            nn.init.xavier_uniform_(m.weight)
+        elif init == "sqrt-fan-in":
+            bound = 1.0 / math.sqrt(_fan_in(m))
+            m.weight.uniform_(-bound, bound)
+        elif init.startswith("normal:"):
+            m.weight.normal_(0.0, float(init.split(":", 1)[1]))
+        if bias is not None and m.bias is not None:
+            m.bias.fill_(float(bias))
+    return net
 
 
 def default_model(dataset: str, input_shape: tuple[int, ...]) -> str:
@@ -232,6 +331,17 @@ def _dkp_cnn(shape, classes):
     _conv_block(layers, size, 32, 32, 3, p=1, bn=True)
     _pool(layers, size, 2, 2)
     return _head(layers, 32 * size.h * size.w, [128], classes, bn=True)
+
+
+@_register("dkp-code-cnn", "DKP code's CIFAR-10 net: conv3x3 32 (no padding, BN, ReLU), conv3x3 32 "
+                           "(BN, ReLU), pool 2, FC 128 ReLU, FC classes")
+def _dkp_code_cnn(shape, classes):
+    c, h, w = _image(shape, "dkp-code-cnn")
+    layers, size = [], _Size(h, w)
+    _conv_block(layers, size, c, 32, 3, bn=True)
+    _conv_block(layers, size, 32, 32, 3, bn=True)
+    _pool(layers, size, 2, 2)
+    return _head(layers, 32 * size.h * size.w, [128], classes)
 
 
 @_register("dkp-alexnet", "DKP Sec. 3.2: AlexNet with BatchNorm before every hidden activation")

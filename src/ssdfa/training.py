@@ -35,10 +35,10 @@ from . import distributed, rundir
 from .checkpoint import (CHECKPOINT, REQUIRED_KEYS, CheckpointError, capture_rng, first_line,
                          load_checkpoint, restore_rng, save_checkpoint)
 from .convert import check_feedback_scale
-from .data import Dataset, DatasetError, canonical_name, load_dataset
+from .data import Dataset, DatasetError, canonical_name, load_dataset, set_normalization
 from .feedback import FeedbackConfigError
 from .frozen import TRAIN_ONLY, PretrainedError, load_pretrained
-from .models import create_model, default_model, list_models
+from .models import create_model, default_model, init_weights, list_models
 
 __all__ = ["TrainConfig", "run", "Diverged", "ConfigError", "build_model", "evaluate",
            "OPTIMIZERS", "SCHEDULES", "LOSSES", "read_run_config", "check_checkpoint_config", "load_state"]
@@ -93,6 +93,19 @@ class TrainConfig:
     train_only: str | None = None  # e.g. "fc": train only the fully connected layers
     init_from: str | None = None  # run directory whose weights start this run (transfer)
     limit_train: int | None = None  # keep the first n training examples (quick runs)
+    # the papers' own setups (issue 19; authors-code-setups.md): Adam's eps and betas, how the
+    # weights start, the named models' hidden activation and dropout, the input standardisation,
+    # how B_l is drawn, and a per-epoch decay of B's learning rate alone (DKP's StepLR)
+    adam_eps: float = 1e-8
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    weight_init: str = "default"  # default | zero | glorot | sqrt-fan-in | normal:STD
+    bias_init: float | None = None  # a constant for every bias; None: what weight_init leaves
+    activation: str | None = None  # relu | tanh: the named model's hidden activations; None: its own
+    dropout: float | None = None  # dropout before every hidden weight layer; None: the model's own
+    normalization: str = "mean-std"  # mean-std | none | per-image | per-pixel | mean-std:M,S
+    feedback_init: str = "ours"  # ours | uniform:1/sqrt(n) | kaiming-uniform
+    feedback_gamma: float | None = None  # B's lr times gamma after every epoch (dkp); None: off
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -178,6 +191,7 @@ def resolve(cfg: TrainConfig, dataset: Dataset | None = None, custom_model: bool
         check_feedback_scale(cfg.feedback_scale)
     except FeedbackConfigError as exc:
         problems.append(str(exc))
+    problems += setup_problems(cfg)
     if not 0 <= cfg.seed <= _SEED_MAX:
         problems.append(f"seed must be an integer in [0, 2**63 - 1], got {cfg.seed}")
     if cfg.threads is not None and not 1 <= cfg.threads <= MAX_THREADS:
@@ -203,6 +217,39 @@ def resolve(cfg: TrainConfig, dataset: Dataset | None = None, custom_model: bool
     if problems:
         raise ConfigError("; ".join(problems))
     return cfg
+
+
+def setup_problems(cfg: TrainConfig) -> list[str]:
+    """What is wrong with the papers'-setup options (adam_eps ... feedback_gamma), all at once."""
+    from .data import check_normalization
+    from .feedback import check_feedback_init
+    from .models import ACTIVATIONS, check_weight_init
+
+    problems = []
+    if not (math.isfinite(cfg.adam_eps) and 0 < cfg.adam_eps <= _F32_MAX):
+        problems.append(f"adam_eps must be a positive number, got {cfg.adam_eps}")
+    for name in ("adam_beta1", "adam_beta2"):
+        if not (math.isfinite(getattr(cfg, name)) and 0 <= getattr(cfg, name) < 1):
+            problems.append(f"{name} must be a number in [0, 1), got {getattr(cfg, name)}")
+    if cfg.bias_init is not None and not math.isfinite(cfg.bias_init):
+        problems.append(f"bias_init must be a finite number, got {cfg.bias_init}")
+    if cfg.activation is not None:
+        cfg.activation = str(cfg.activation).strip().lower()
+        if cfg.activation not in ACTIVATIONS:
+            problems.append(f"activation {cfg.activation!r} unknown; choose one of: "
+                            f"{', '.join(ACTIVATIONS)} (or leave it out for the model's own)")
+    if cfg.dropout is not None and not (math.isfinite(cfg.dropout) and 0 <= cfg.dropout < 1):
+        problems.append(f"dropout must be a probability in [0, 1), got {cfg.dropout}")
+    if cfg.feedback_gamma is not None and not (math.isfinite(cfg.feedback_gamma)
+                                               and 0 < cfg.feedback_gamma <= 1):
+        problems.append(f"feedback_gamma must be a number in (0, 1], got {cfg.feedback_gamma}")
+    for check, name in ((check_weight_init, "weight_init"), (check_normalization, "normalization"),
+                        (check_feedback_init, "feedback_init")):
+        try:
+            setattr(cfg, name, check(getattr(cfg, name)))
+        except ValueError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def pick_device(name: str) -> torch.device:
@@ -248,16 +295,22 @@ def build_model(cfg: TrainConfig, data: Dataset, net: nn.Module | None = None, *
     skips ``init_from`` (a checkpoint about to be loaded holds those weights already)."""
     if net is None:
         try:
-            net = create_model(cfg.model, data.input_shape, data.num_classes)
+            net = create_model(cfg.model, data.input_shape, data.num_classes,
+                               activation=cfg.activation, dropout=cfg.dropout)
         except ValueError as exc:  # a model that cannot read this dataset's inputs
             raise ConfigError(f"model {cfg.model} on dataset {data.name}: {exc}") from exc
+    elif cfg.activation is not None or cfg.dropout is not None:
+        raise ConfigError("activation and dropout change the named models only; build your own "
+                          "model with the activation and dropout it should have")
+    init_weights(net, cfg.weight_init, cfg.bias_init)  # before init_from: frozen layers load over it
     if cfg.init_from is not None and pretrained:  # before convert: the frozen part is built from these weights
         try:
             load_pretrained(net, cfg.init_from, cfg.train_only, cfg.model)
         except PretrainedError as exc:
             raise ConfigError(str(exc)) from None
+    extra = {"feedback_init": cfg.feedback_init} if cfg.feedback_init != "ours" else {}
     return ssdfa.convert(net, cfg.method, num_classes=data.num_classes,
-                         input_shape=data.input_shape, seed=cfg.seed, **rule_options(cfg))
+                         input_shape=data.input_shape, seed=cfg.seed, **rule_options(cfg), **extra)
 
 
 def feedback_params(model) -> list[nn.Parameter]:
@@ -274,18 +327,43 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     if fb:
         groups.append({"params": fb, "lr": cfg.feedback_lr if cfg.feedback_lr is not None else cfg.lr})
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps,
+                                betas=(cfg.adam_beta1, cfg.adam_beta2))
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
                            nesterov=cfg.optimizer == "nesterov" and cfg.momentum > 0,
                            weight_decay=cfg.weight_decay)
 
 
 def make_scheduler(cfg: TrainConfig, opt):
+    if cfg.feedback_gamma is not None:
+        return _feedback_decay(cfg, opt)
     if cfg.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     return None
+
+
+def _feedback_decay(cfg: TrainConfig, opt):
+    """``feedback_gamma``: B's group (the optimizer's second) at gamma**epoch of its lr, as DKP's
+    code steps a StepLR(step_size=1) on B's optimizer alone; the weights keep ``schedule``."""
+    if len(opt.param_groups) < 2:
+        raise ConfigError(f"feedback_gamma decays the lr of learned feedback, and method "
+                          f"{cfg.method!r} learns none; use it with dkp, or leave it out")
+    if cfg.schedule == "step":
+        def weights(e):
+            return cfg.gamma ** (e // cfg.step_size)
+    elif cfg.schedule == "cosine":
+        def weights(e):
+            return 0.5 * (1 + math.cos(math.pi * e / cfg.epochs))
+    else:
+        def weights(e):
+            return 1.0
+
+    def feedback(e):
+        return cfg.feedback_gamma ** e
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, [weights, feedback])
 
 
 def make_loss(cfg: TrainConfig, data: Dataset) -> Callable:
@@ -341,8 +419,9 @@ def settings_differ(saved: dict, cfg: TrainConfig, may_change=RESUME_MAY_CHANGE)
         wanted["dataset"] = canonical_name(cfg.dataset)
     except DatasetError:
         pass  # reported by the run itself
+    defaults = asdict(TrainConfig())  # a run saved before a setting existed ran at its default
     return sorted(k for k, v in wanted.items()
-                  if v is not None and k not in may_change and saved.get(k) != v)
+                  if v is not None and k not in may_change and saved.get(k, defaults[k]) != v)
 
 
 def read_run_config(run_dir: str | os.PathLike) -> TrainConfig:
@@ -504,6 +583,7 @@ def run(config: TrainConfig, *, resume: bool = False, model: nn.Module | None = 
 
         data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download,
                             image_size=cfg.image_size, limit_train=cfg.limit_train)
+        set_normalization(data, cfg.normalization)
         cfg.dataset = data.name
         resolve(cfg, data, custom_model=model is not None, check_init_from=not resume)
         if distributed.world_size() > 1:

@@ -31,8 +31,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .feedback import (DenseFeedback, SparseFeedback, child_generator, default_std, feedback_std,
-                       make_feedback, seeded_generator)
+from .feedback import (DenseFeedback, SparseFeedback, child_generator, init_std, make_feedback,
+                       seeded_generator)
 from .heads import find_heads, hook_heads, replace, top_level
 from .layers import is_weight_layer
 from .loss_scale import watch
@@ -164,7 +164,8 @@ class FeedbackModel(nn.Module):
 
     def __init__(self, net: nn.Module, rule: Rule, points: list[tuple[str, nn.Module]],
                  num_classes: int | None = None, *, seed: int | None = None,
-                 feedback_scale: float = 1.0, auto_points: bool = False,
+                 feedback_scale: float = 1.0, feedback_init: str = "ours",
+                 auto_points: bool = False,
                  problems: list | None = None, grad_scaler=None):
         super().__init__()
         self.net = net
@@ -182,6 +183,7 @@ class FeedbackModel(nn.Module):
         self.heads: list = []  # ssdfa.heads.Head, in the order their errors are laid side by side
         self.built = not rule.direct
         self._seed, self._scale = seed, feedback_scale
+        self._init = feedback_init
         self._auto, self._problems = auto_points, list(problems or [])
         self._cut = True
         self._tape: list | None = None
@@ -570,7 +572,7 @@ class FeedbackModel(nn.Module):
                 neurons = math.prod(self._shapes[i])
                 gen = child_generator(base)
                 spec = self.rule.feedback_spec(head.width)
-                std = default_std(neurons) if producer is None else feedback_std(producer, neurons)
+                std = init_std(self._init, producer, neurons, head.width, spec.connections)
                 self.feedback.append(make_feedback(head.width, neurons, spec, generator=gen,
                                                    std=std * self._scale).to(device))
 

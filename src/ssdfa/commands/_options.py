@@ -46,6 +46,7 @@ def add_training_options(p: argparse.ArgumentParser, *, method: bool = True) -> 
     g.add_argument("--gamma", type=float, default=S, help="schedule step: decay factor")
     if method:
         g.add_argument("--seed", type=int, default=S, help="seed of weights, feedback and data order")
+    add_setup_options(p)
 
     g = p.add_argument_group("feedback (rule options)")
     g.add_argument("--sparsity", type=float, default=S, help="fraction of zeros per row of B (sdfa)")
@@ -78,6 +79,30 @@ def add_training_options(p: argparse.ArgumentParser, *, method: bool = True) -> 
                    help="TOML file of options (keys as the flags, with _ or -); flags override it")
     g.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     g.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+
+
+def add_setup_options(p: argparse.ArgumentParser) -> None:
+    """The settings the papers' own code used (``ssdfa reproduce`` sets them per method row)."""
+    g = p.add_argument_group("the papers' setups (see ../shared/papers/authors-code-setups.md)")
+    g.add_argument("--adam-eps", type=float, default=S, help="Adam's epsilon, default 1e-8 "
+                   "(the SSDFA code: 1.0 on MNIST)")
+    g.add_argument("--adam-beta1", type=float, default=S, help="Adam's beta1, default 0.9")
+    g.add_argument("--adam-beta2", type=float, default=S, help="Adam's beta2, default 0.999")
+    g.add_argument("--weight-init", default=S, metavar="INIT",
+                   help="default (torch's), zero, glorot, sqrt-fan-in or normal:STD")
+    g.add_argument("--bias-init", type=float, default=S, metavar="C",
+                   help="every bias starts at C (default: as --weight-init leaves it)")
+    g.add_argument("--activation", default=S, choices=("relu", "tanh"),
+                   help="the named model's hidden activations (default: its own)")
+    g.add_argument("--dropout", type=float, default=S, metavar="P",
+                   help="dropout P before every hidden weight layer (default: the model's own)")
+    g.add_argument("--normalization", default=S, metavar="MODE",
+                   help="inputs: mean-std (default, train-set per channel), none, per-image, "
+                        "per-pixel, or mean-std:M,S (fixed, on [0, 1] pixels)")
+    g.add_argument("--feedback-init", default=S, metavar="INIT",
+                   help="how B_l is drawn: ours (default), uniform:1/sqrt(n), kaiming-uniform")
+    g.add_argument("--feedback-gamma", type=float, default=S, metavar="G",
+                   help="learned B's lr times G after every epoch (DKP's StepLR 0.8); default off")
 
 
 def read_toml(path: str) -> dict:

@@ -9,7 +9,7 @@ import torch
 
 from ..checkpoint import CHECKPOINT, load_checkpoint
 from ..cli import UserError
-from ..data import load_dataset
+from ..data import load_dataset, set_normalization
 from ..training import (build_model, check_checkpoint_config, check_model_state, evaluate,
                         load_state, make_loss, pick_device, read_run_config, resolve)
 
@@ -57,6 +57,7 @@ def run(args) -> int:
     ckpt = load_checkpoint(run_dir / CHECKPOINT, map_location=device,
                            required=("epoch", "model", "config"))
     data = load_dataset(cfg.dataset, cfg.data_dir, image_size=cfg.image_size)
+    set_normalization(data, cfg.normalization)  # the inputs the run was trained on
     cfg = resolve(cfg, data, check_init_from=False)  # the checkpoint holds the init_from weights
     check_checkpoint_config(ckpt["config"], cfg, run_dir / CHECKPOINT)
     classes = ckpt.get("num_classes")

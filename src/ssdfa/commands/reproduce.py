@@ -3,8 +3,15 @@
 The experiments are data (:mod:`ssdfa.experiments`); training goes through ``ssdfa compare``'s
 machinery (:func:`ssdfa.commands.compare.train_all`): one folder per method and seed under the
 output directory, finished runs read back instead of retrained, interrupted ones continued, one
-writer per directory.  The table is **paper | ours (mean ± std over seeds) | gap to BP, paper
-vs ours**; it is printed and written to ``results.md`` and ``results.json``.
+writer per directory.  The table is **paper | ours at the best and at the last epoch (mean ± std over seeds) | gap
+to BP, paper vs ours**, and says which of the two the paper reports; below it, the settings each
+row ran with.  It is printed and written to ``results.md`` and ``results.json``.
+
+``--setup`` (:data:`ssdfa.experiments.SETUPS`): ``authors`` runs each row as the authors' code
+did; ``authors-default-init`` the same from torch's default init where they start from zero
+weights; ``uniform`` this project's one setup for every row.  Left out, it is ``authors``, or
+``authors-default-init`` when the epochs asked for are fewer than the authors' and their zero
+init would sit at chance for most of them (the table says so).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..cli import UserError
-from ..experiments import Experiment, get, names
+from ..experiments import SETUP_KEYS, SETUPS, Experiment, get, names
 
 __all__ = ["register", "run", "rows_for", "markdown"]
 
@@ -37,8 +44,13 @@ def register(sub):
     p.add_argument("--epochs", type=int, default=None, help="override the experiment's epochs")
     p.add_argument("--limit-train", type=int, default=None, metavar="N",
                    help="override the training-set size (first N examples)")
+    p.add_argument("--setup", choices=SETUPS, default=None,
+                   help="authors: each row as the authors' code ran it (default); "
+                        "authors-default-init: the same from torch's default init instead of "
+                        "zero weights (the default when --epochs/--quick cut the authors' epochs "
+                        "and they start from zero); uniform: SGD lr 0.01 momentum 0.9 for every row")
     p.add_argument("--out-dir", default=None,
-                   help="output directory (default runs/reproduce/NAME, or NAME-quick); "
+                   help="output directory (default runs/reproduce/NAME-SETUP, or ...-quick); "
                         "giving the same one again reuses finished runs")
     p.add_argument("--data-dir", default=None, help="folder searched first for dataset files")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
@@ -93,6 +105,39 @@ def _dataset(exp: Experiment, data_dir) -> tuple[str, str | None]:
     return exp.dataset, None  # the run reports the missing dataset, with how to get it
 
 
+def pick_setup(exp: Experiment, args) -> tuple[str, str | None]:
+    """(setup to run, why it was chosen when the user did not name one)."""
+    if args.setup is not None:
+        return args.setup, None
+    if not exp.authors:
+        return "authors", None
+    short = args.quick or args.epochs is not None
+    paper = min((dict(o).get("epochs", exp.full.epochs) for _, o in exp.authors), default=0)
+    epochs = exp.quick.epochs if args.quick else args.epochs
+    if exp.zero_init() and short and epochs < paper:
+        return "authors-default-init", (
+            f"{epochs} epoch(s) instead of the authors' {paper}: their zero initial weights stay "
+            "at chance for the first epochs, so this runs their setup from torch's default init "
+            "(--setup authors keeps zero)")
+    return "authors", None
+
+
+def row_configs(exp: Experiment, base, setup: str, epochs: int | None) -> dict:
+    """TrainConfig of every row label in ``setup``; ``epochs`` (a user's override) or each
+    row's own (the authors' epochs, else the experiment's full budget)."""
+    out = {}
+    for label, _, _ in exp.rows():
+        opts = exp.setup(label, setup)
+        row_epochs = epochs if epochs is not None else opts.get("epochs", exp.full.epochs)
+        out[label] = replace(base, **(opts | {"epochs": row_epochs}))
+    return out
+
+
+def settings_of(cfg) -> dict:
+    """The setup a row ran with, for --json and the settings table."""
+    return {k: getattr(cfg, k) for k in SETUP_KEYS}
+
+
 def _train(exp: Experiment, args) -> int:
     from ..rundir import locked
     from ..training import TrainConfig, pick_device
@@ -100,49 +145,64 @@ def _train(exp: Experiment, args) -> int:
     from .compare import check_methods
 
     budget = exp.quick if args.quick else exp.full
-    epochs = args.epochs if args.epochs is not None else budget.epochs
+    override = args.epochs if args.epochs is not None else (budget.epochs if args.quick else None)
     limit = args.limit_train if args.limit_train is not None else budget.limit_train
+    setup, why = pick_setup(exp, args)
     dataset, note = _dataset(exp, args.data_dir)
-    out_dir = args.out_dir or str(Path("runs") / "reproduce" / (exp.name + ("-quick" if args.quick else "")))
-    base = TrainConfig(**(exp.train_options() | {"dataset": dataset}), epochs=epochs,
+    out_dir = args.out_dir or str(Path("runs") / "reproduce" /
+                                  (f"{exp.name}-{setup}" + ("-quick" if args.quick else "")))
+    base = TrainConfig(**(exp.train_options() | {"dataset": dataset}), epochs=budget.epochs,
                        limit_train=limit, seed=args.seed, device=args.device,
                        threads=args.threads, data_dir=args.data_dir)
-    for _, method, extra in exp.rows():
-        check_methods(replace(base, **extra), [method])
+    configs = row_configs(exp, base, setup, override)
+    for (_, method, _), cfg in zip(exp.rows(), configs.values()):
+        check_methods(cfg, [method])
     pick_device(base.device)
     log = logger(args)
     if note:
         log(f"note: {note}")
-    budget_text = (f"{epochs} epoch(s) (paper: {exp.full.epochs}), {args.seeds} seed(s) from "
+    if why:
+        log(f"setup: {why}")
+    epochs = sorted({c.epochs for c in configs.values()})
+    paper_epochs = sorted({dict(o).get("epochs", exp.full.epochs) for _, o in exp.authors}
+                          or {exp.full.epochs})
+    budget_text = (f"{'/'.join(map(str, epochs))} epoch(s) (authors: "
+                   f"{'/'.join(map(str, paper_epochs))}), {args.seeds} seed(s) from "
                    f"{args.seed}, training set {'first ' + str(limit) if limit else 'full'}"
                    f"{', quick budget' if args.quick else ''}")
     payload = {"experiment": exp.name, "title": exp.title, "citation": exp.citation,
                "source": exp.source, "metric": exp.metric, "dataset": dataset,
+               "setup": setup, "setup_why": why, "reported": exp.reported,
                "stand_in": note, "budget": {"epochs": epochs, "seeds": args.seeds,
                                             "first_seed": args.seed, "limit_train": limit,
                                             "quick": bool(args.quick)},
-               "notes": exp.notes, "claims": exp.claims}
+               "notes": exp.notes, "authors_notes": exp.authors_notes, "claims": exp.claims,
+               "settings": {label: settings_of(c) for label, c in configs.items()}}
     from ..rundir import refuse_foreign
 
     with locked(out_dir) as out:
         refuse_foreign(out, ("table", "sweep", "train"), inside=False)
         if exp.kind == "sweep":
-            payload, text, seconds, failed = _sweep(exp, base, args, out, log, payload, budget_text)
+            payload, text, seconds, failed = _sweep(exp, configs[exp.methods[0]], args, out, log,
+                                                    payload, budget_text)
         else:
-            results, seconds = _train_rows(exp, base, args, out, log, show_progress(args))
+            results, seconds = _train_rows(exp, configs, args, out, log, show_progress(args))
             rows = rows_for(exp, results)
+            for r in rows:
+                r["settings"] = payload["settings"].get(r["method"],
+                                                        payload["settings"].get("bp"))
             payload |= {"seconds": round(seconds, 2), "rows": rows}
-            text = markdown(exp, rows, dataset, note, budget_text)
+            text = markdown(exp, rows, dataset, note, budget_text, setup, why)
             failed = any(r["status"] != "finished" for rs in results.values() for r in rs)
         _publish(out, text, payload)
     _report(args, out, text, payload, seconds)
     return 3 if failed else 0
 
 
-def _train_rows(exp: Experiment, base, args, out: Path, log, progress: bool):
+def _train_rows(exp: Experiment, configs: dict, args, out: Path, log, progress: bool):
     """Every row's runs: ``out/<method>/seed<k>`` for a plain row, ``out/<label>/...`` for a
-    variant; kind="transfer" first trains ``out/pretrain/<pretrain>/seed<k>`` and starts each
-    row from its seed's pretrained conv layers, frozen."""
+    variant; kind="transfer" first trains ``out/pretrain/<pretrain>/seed<k>`` (in the BP row's
+    setup) and starts each row from its seed's pretrained conv layers, frozen."""
     from .compare import train_all
 
     results: dict[str, list[dict]] = {}
@@ -151,13 +211,13 @@ def _train_rows(exp: Experiment, base, args, out: Path, log, progress: bool):
     pre = {}
     if exp.kind == "transfer":
         log(f"== pretraining every layer with {exp.pretrain} ==")
-        got, _ = train_all(base, [exp.pretrain], args.seeds, args.seed, out / "pretrain", log,
-                           progress)
+        got, _ = train_all(configs[exp.pretrain], [exp.pretrain], args.seeds, args.seed,
+                           out / "pretrain", log, progress)
         results[PRETRAIN_ROW] = got[exp.pretrain]
         pre = {s: str(out / "pretrain" / exp.pretrain / f"seed{s}") for s in seeds}
-    for label, method, extra in exp.rows():
+    for label, method, _ in exp.rows():
         where = out if label == method else out / label
-        row_base = replace(base, **extra)
+        row_base = configs[label]
         if exp.kind == "transfer":
             results[label] = []
             for s in seeds:
@@ -182,9 +242,8 @@ def _sweep(exp: Experiment, base, args, out: Path, log, payload: dict, budget_te
 
     t0 = time.perf_counter()
     fields = {k: v for k, v in asdict(base).items()
-              if k in ("dataset", "model", "epochs", "batch_size", "optimizer", "lr", "momentum",
-                       "weight_decay", "schedule", "loss", "limit_train", "device", "threads",
-                       "data_dir") and v is not None}
+              if k in ("dataset", "model", "epochs", "batch_size", "limit_train", "device",
+                       "threads", "data_dir") + SETUP_KEYS and v is not None}
     fields |= {"method": exp.methods[0], "alignment": base.epochs}  # angle after the last epoch
     classes = dataset_shape(base.dataset)[1]
     res = run_sweep(out, fields, exp.ranks, exp.sparsities, range(args.seed, args.seed + args.seeds),
@@ -260,32 +319,80 @@ def _pct(v):
     return None if v is None or not math.isfinite(v) else 100.0 * v
 
 
-def _ours(runs: list[dict], metric: str) -> tuple[float | None, float | None, int]:
-    """Mean and sample std over finished runs of test accuracy or error (in %), or test loss."""
-    key, scale = ("final_test_loss", 1.0) if metric == "loss" else ("final_test_acc", 100.0)
-    vals = [scale * r[key] for r in runs if r.get("status") == "finished" and r.get(key) is not None]
-    if metric == "error":
-        vals = [100.0 - v for v in vals]
+def curve(run: dict, metric: str) -> list[float]:
+    """A run's test metric after every epoch (accuracy/error in %, or loss), from metrics.json."""
+    try:
+        history = json.loads((Path(run["out_dir"]) / "metrics.json").read_text(encoding="utf-8"))
+    except (KeyError, TypeError, OSError, ValueError):
+        return []
+    key = "test_loss" if metric == "loss" else "test_acc"
+    vals = [r.get(key) for r in history if r.get(key) is not None]
+    if metric == "loss":
+        return vals
+    return [100.0 * v if metric == "accuracy" else 100.0 - 100.0 * v for v in vals]
+
+
+def _best(values: list[float], metric: str) -> float:
+    return max(values) if metric == "accuracy" else min(values)
+
+
+def _ours(runs: list[dict], metric: str, which: str = "last"):
+    """Mean and sample std over finished runs of test accuracy or error (in %), or test loss, at
+    the last epoch or the best one (the SSDFA code's max(test_acc)); and how many runs."""
+    vals = []
+    for r in runs:
+        if r.get("status") != "finished":
+            continue
+        c = curve(r, metric)
+        if c:
+            vals.append(_best(c, metric) if which == "best" else c[-1])
+        else:  # no metrics file: the summary's numbers
+            key = {"loss": "final_test_loss"}.get(metric, "final_test_acc" if which == "last"
+                                                  else "best_test_acc")
+            if r.get(key) is None:
+                continue
+            v = r[key] if metric == "loss" else 100.0 * r[key]
+            vals.append(100.0 - v if metric == "error" else v)
     if not vals:
         return None, None, 0
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0), len(vals)
 
 
+def _worst_drop(runs: list[dict], metric: str) -> float | None:
+    """The largest fall of the test metric from one epoch to the next over the runs (points of
+    accuracy; for error and loss a rise counts as the fall)."""
+    drops = []
+    for r in runs:
+        c = curve(r, metric)
+        sign = 1.0 if metric == "accuracy" else -1.0
+        drops += [sign * (a - b) for a, b in zip(c, c[1:])]
+    return max([0.0] + drops) if drops else None  # 0: it never fell
+
+
 def rows_for(exp: Experiment, results: dict[str, list[dict]]) -> list[dict]:
-    """One row per label: paper, ours (mean, std, n), gap to BP (label - BP) of each."""
+    """One row per label: paper, ours at the last and best epoch (mean, std, n), gap to BP
+    (label - BP) of each, per-seed curves and the largest epoch-to-epoch fall."""
     paper = exp.paper()
-    ours = {m: _ours(rs, exp.metric) for m, rs in results.items()}
-    bp_paper, bp_ours = paper.get("bp"), ours.get("bp", (None,))[0]
+    last = {m: _ours(rs, exp.metric, "last") for m, rs in results.items()}
+    best = {m: _ours(rs, exp.metric, "best") for m, rs in results.items()}
+    bp_paper = paper.get("bp")
+    bp_last, bp_best = last.get("bp", (None,))[0], best.get("bp", (None,))[0]
     rows = []
     labels = ([PRETRAIN_ROW] if PRETRAIN_ROW in results else []) + exp.labels()
     for m in labels:
-        mean, std, n = ours.get(m, (None, None, 0))
+        mean, std, n = last.get(m, (None, None, 0))
+        bmean, bstd, _ = best.get(m, (None, None, 0))
         p = paper.get(m)
         rows.append({
             "method": m, "paper": p, "ours_mean": mean, "ours_std": std, "ours_runs": n,
+            "ours_best_mean": bmean, "ours_best_std": bstd,
             "runs": len(results.get(m, [])),
             "gap_paper": None if p is None or bp_paper is None or m == "bp" else p - bp_paper,
-            "gap_ours": None if mean is None or bp_ours is None or m == "bp" else mean - bp_ours,
+            "gap_ours": None if mean is None or bp_last is None or m == "bp" else mean - bp_last,
+            "gap_ours_best": (None if bmean is None or bp_best is None or m == "bp"
+                              else bmean - bp_best),
+            "curves": [curve(r, exp.metric) for r in results.get(m, [])],
+            "worst_drop": _worst_drop(results.get(m, []), exp.metric),
         })
     return rows
 
@@ -296,27 +403,63 @@ def _num(v, digits=2, sign=False) -> str:
     return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
 
 
-def markdown(exp: Experiment, rows: list[dict], dataset: str, note: str | None, budget: str) -> str:
+def _setting(v) -> str:
+    if v is None:
+        return "—"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def settings_table(settings: dict[str, dict]) -> list[str]:
+    cols = [k for k in next(iter(settings.values()))] if settings else []
+    lines = ["| row | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for label, opts in settings.items():
+        lines.append(f"| {label} | " + " | ".join(_setting(opts[k]) for k in cols) + " |")
+    return lines
+
+
+def markdown(exp: Experiment, rows: list[dict], dataset: str, note: str | None, budget: str,
+             setup: str = "uniform", why: str | None = None) -> str:
     what, unit = {"accuracy": ("test accuracy", " (%)"), "error": ("test error", " (%)"),
                   "loss": ("test loss", "")}[exp.metric]
     lines = [f"# ssdfa reproduce {exp.name}: {exp.title}", "",
-             f"Paper: {exp.citation}, {exp.source}. Metric: {what}{unit}; gap = method − BP.",
-             f"Ran: {dataset}; {budget}."]
+             f"Paper: {exp.citation}, {exp.source}. Metric: {what}{unit}; gap = method − BP. "
+             f"The paper reports the **{exp.reported} epoch**'s number"
+             + (" (the SSDFA code's max(test_acc))." if exp.reported == "best" else "."),
+             f"Ran: {dataset}; {budget}; setup **{setup}**."]
+    if why:
+        lines.append(f"Setup chosen: {why}.")
     if exp.claims:
         lines.append(f"Paper reports: {exp.claims}")
     if note:
         lines.append(f"Note: {note}.")
     digits = 4 if exp.metric == "loss" else 2
-    lines += ["", f"| method | paper {what}{unit} | ours {what}{unit}, mean ± std | "
-                  "gap to BP: paper | gap to BP: ours |", "|---|---|---|---|---|"]
+
+    def cell(mean, std):
+        return "—" if mean is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+    lines += ["", f"| method | paper {what}{unit} ({exp.reported} epoch) | ours {what}, best epoch | "
+                  f"ours {what}, last epoch | gap to BP: paper | gap to BP: ours best | "
+                  "gap to BP: ours last | worst fall between epochs |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        ours = ("—" if r["ours_mean"] is None
-                else f"{r['ours_mean']:.{digits}f} ± {r['ours_std']:.{digits}f}")
+        last = cell(r["ours_mean"], r["ours_std"])
         if r["ours_runs"] < r["runs"]:
-            ours += f" ({r['runs'] - r['ours_runs']}/{r['runs']} diverged)"
-        lines.append(f"| {r['method']} | {_num(r['paper'])} | {ours} | "
-                     f"{_num(r['gap_paper'], sign=True)} | {_num(r['gap_ours'], digits, sign=True)} |")
+            last += f" ({r['runs'] - r['ours_runs']}/{r['runs']} diverged)"
+        lines.append(f"| {r['method']} | {_num(r['paper'])} | "
+                     f"{cell(r['ours_best_mean'], r['ours_best_std'])} | {last} | "
+                     f"{_num(r['gap_paper'], sign=True)} | "
+                     f"{_num(r['gap_ours_best'], digits, sign=True)} | "
+                     f"{_num(r['gap_ours'], digits, sign=True)} | {_num(r['worst_drop'], digits)} |")
+    lines += ["", "Per epoch, per seed: " + "; ".join(
+        f"{r['method']} " + " / ".join(", ".join(f"{v:.{min(digits, 2) if exp.metric != 'loss' else 4}f}"
+                                                  for v in c) for c in r["curves"])
+        for r in rows if r["curves"]) + "."]
+    settings = {r["method"]: r["settings"] for r in rows if r.get("settings")}
+    if settings:
+        lines += ["", "Settings per row:", ""] + settings_table(settings)
     lines += ["", f"Setup: {exp.notes}"]
+    if exp.authors_notes:
+        lines += ["", f"Authors' code: {exp.authors_notes}"]
     return "\n".join(lines)
 
 
