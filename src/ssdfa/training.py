@@ -487,7 +487,8 @@ def init_from_digest(cfg: TrainConfig, data: Dataset, missing_ok: bool = False) 
     from .checkpoint import weights_digest
 
     try:
-        net = create_model(cfg.model, data.input_shape, data.num_classes)
+        net = create_model(cfg.model, data.input_shape, data.num_classes,
+                           activation=cfg.activation, dropout=cfg.dropout)  # as the run builds it
         keys = load_pretrained(net, cfg.init_from, cfg.train_only, cfg.model)
     except (ValueError, PretrainedError) as exc:
         if missing_ok:
