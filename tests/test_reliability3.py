@@ -589,3 +589,19 @@ def test_die_with_parent_kills_a_worker_whose_launcher_is_killed(tmp_path):
     finally:
         for pid in _marked(mark):
             os.kill(pid, 9)
+
+
+def test_a_train_refused_before_writing_leaves_no_directory(tmp_path, no_real_data, capsys):
+    """Single-process train takes its lock before the data loads; a refusal then removes the
+    directory it created (it held only the lock file), and never one that existed before."""
+    from ssdfa.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "mnist", "--data-dir", str(tmp_path / "none"), "--epochs", "1",
+            "--threads", "1", "--out-dir", str(out)]
+    assert main(argv) == 2
+    assert not out.exists()
+    out.mkdir()
+    assert main(argv) == 2
+    assert out.is_dir()  # the user's own directory stays
+    capsys.readouterr()

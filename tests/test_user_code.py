@@ -395,3 +395,16 @@ def test_hugging_face_labels_path_trains_through_the_feedback():
     model(input_ids=x, labels=x).loss.backward()
     assert [h.name for h in model.heads] == ["lm_head"] and model.layout == ["token", "token"]
     check_gradients(model, (), x, lambda o, y: o.loss, kwargs={"input_ids": x, "labels": x})
+
+
+# -- small refusals (issue 18, item 19) -------------------------------------------------------
+def test_an_out_of_range_seed_and_an_empty_batch_are_one_clear_error():
+    net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    for seed in (2**70, -1, 1.5, True):
+        with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*63\)"):
+            ssdfa.convert(net, "dfa", seed=seed)
+    model = ssdfa.convert(net, "dfa", seed=0)
+    with pytest.raises(ValueError, match="batch is empty"):
+        model(torch.zeros(0, 4))
+    with torch.no_grad():  # an evaluation of an empty batch is as in plain PyTorch
+        assert model(torch.zeros(0, 4)).shape == (0, 3)

@@ -14,6 +14,7 @@ Everything needed to rebuild B is a buffer (or a parameter when B learns), so it
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +43,9 @@ class FeedbackConfigError(ValueError):
 
 def seeded_generator(seed: int | None) -> torch.Generator:
     """The generator every B_l of one conversion descends from (``seed=None``: a random one)."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
+                             or not 0 <= seed < 2**63):
+        raise FeedbackConfigError(f"seed must be an integer in [0, 2**63), got {seed!r}")
     return torch.Generator().manual_seed(
         int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
 

@@ -162,7 +162,9 @@ def _lock_fd(fd: int) -> bool:
 
 @contextmanager
 def locked(path: str | os.PathLike):
-    """Hold ``path``'s run-directory lock for the block (creating the directory first)."""
+    """Hold ``path``'s run-directory lock for the block (creating the directory first; a block
+    that fails before writing anything leaves no directory it created behind)."""
+    fresh = not os.path.lexists(path)
     path = make_dir(path)
     key = os.path.realpath(path)
     if key in _held:
@@ -193,11 +195,26 @@ def locked(path: str | os.PathLike):
     except OSError:
         pass  # the pid is only for the message; the lock itself is held
     _held[key] = [fd, 1]
+    failed = True
     try:
         yield path
+        failed = False
     finally:
         del _held[key]
+        if failed and fresh and _only_lock(path):  # refused before anything was written
+            try:
+                os.unlink(lock_file)
+                os.rmdir(path)
+            except OSError:
+                pass
         os.close(fd)  # releases the flock
+
+
+def _only_lock(path: Path) -> bool:
+    try:
+        return [p.name for p in Path(path).iterdir()] == [LOCK_NAME]
+    except OSError:
+        return False
 
 
 def holds_lock(path: str | os.PathLike) -> bool:

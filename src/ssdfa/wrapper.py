@@ -229,6 +229,11 @@ class FeedbackModel(nn.Module):
 
         ``target`` (class indices or one-hot) is only read by rules that feed the target back.
         """
+        first = next((t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)), None)
+        armed = not self.built or (self.rule.direct and torch.is_grad_enabled() and self._cut)
+        if armed and first is not None and first.dim() > 0 and first.shape[0] == 0:
+            raise ValueError("the batch is empty (0 examples); skip empty batches, e.g. "
+                             "DataLoader(..., drop_last=True) or a check before the call")
         if not self.built:
             self._build(args, kwargs)
         if not self.rule.direct or not torch.is_grad_enabled() or not self._cut:
