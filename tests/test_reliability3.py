@@ -605,3 +605,27 @@ def test_a_train_refused_before_writing_leaves_no_directory(tmp_path, no_real_da
     assert main(argv) == 2
     assert out.is_dir()  # the user's own directory stays
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("bad", ["notatable", 5, None, ["x"]])
+def test_evaluate_refuses_a_checkpoint_or_config_that_is_not_a_table(tmp_path, capsys, bad):
+    """Item 16's evaluate half: a checkpoint (or config.json) whose config is not a table is
+    one line, exit 2, and no file changes."""
+    from ssdfa.cli import main
+
+    run = tmp_path / "r"
+    assert main(["train", "--method", "dfa", "--dataset", "digits", "--epochs", "1", "--threads",
+                 "1", "--limit-train", "64", "--out-dir", str(run), "--quiet"]) == 0
+    ck = torch.load(run / "checkpoint.pt", weights_only=False)
+    ck["config"] = bad
+    torch.save(ck, run / "checkpoint.pt")
+    for damaged_json in (False, True):
+        if damaged_json:
+            (run / "config.json").write_text(json.dumps(bad))
+        before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir() if p.is_file()}
+        capsys.readouterr()
+        assert main(["evaluate", str(run)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and ("not a table" in err[0] or "expected a table" in err[0]), err
+        after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir() if p.is_file()}
+        assert after == before
