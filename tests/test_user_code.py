@@ -329,7 +329,7 @@ def test_check_gradients_catches_a_loss_inside_forward_that_skips_the_feedback(m
     loss = lambda out, y: out[1]  # noqa: E731
     check_gradients(model, (idx, idx), idx, loss)
     def at_the_return(self, k, z):  # the old bug: the loss is built before the injection
-        self._fired[k] = [c for _, c, _ in self._tape if c is not None]
+        self._fired[k] = sum(c is not None for _, c, _ in self._tape)
         return z
     monkeypatch.setattr(FeedbackModel, "_inject_head", at_the_return)
     with pytest.raises(AssertionError, match="h.0"):
@@ -408,3 +408,40 @@ def test_an_out_of_range_seed_and_an_empty_batch_are_one_clear_error():
         model(torch.zeros(0, 4))
     with torch.no_grad():  # an evaluation of an empty batch is as in plain PyTorch
         assert model(torch.zeros(0, 4)).shape == (0, 3)
+
+
+class Reordered(nn.Module):
+    """A forward whose flags move a point after the head, or run the head twice."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(8)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(6, 16), nn.Linear(16, 12), nn.Linear(12, 4)
+        self.p1, self.p2 = ssdfa.FeedbackPoint(), ssdfa.FeedbackPoint()
+        self.late = self.twice = False
+
+    def forward(self, x):
+        h = self.p1(torch.tanh(self.fc1(x)))
+        h = torch.tanh(self.fc2(h))
+        if not self.late:
+            h = self.p2(h)
+        z = self.fc3(h)
+        if self.late:
+            self.p2(h)
+        return z + 0 * self.fc3(h) if self.twice else z
+
+
+def test_a_point_after_the_head_or_a_head_run_twice_is_refused():
+    x = torch.randn(5, 6)
+    net = Reordered()
+    model = ssdfa.convert(net, "dfa", seed=0)
+    model(x)
+    assert [h.name for h in model.heads] == ["fc3"]
+    net.late = True
+    with pytest.raises(RuntimeError, match="p2 ran after the output head"):
+        model(x)
+    net.late, net.twice = False, True
+    with pytest.raises(RuntimeError, match="'fc3' ran twice"):
+        model(x)
+    net.twice = False
+    model(x)  # and it runs again as converted

@@ -13,6 +13,7 @@ from collections import OrderedDict
 
 import torch
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
 
 from .feedback import FeedbackConfigError, check_feedback_init, child_generator, seeded_generator
 from .frozen import frozen_module, split_leaves
@@ -156,8 +157,9 @@ def _materialise_lazy(model, rule, input_shape, example_input):
     given = _given_example(model, input_shape, example_input)
     if given is None:
         if rule.layerwise or rule.learned_feedback:
+            lazy = sorted({type(m).__name__ for m in model.modules() if isinstance(m, LazyModuleMixin)})
             raise ValueError(
-                f"the model has lazy modules ({', '.join(sorted({type(m).__name__ for m in model.modules() if _is_lazy(m) and not any(True for _ in m.children())}))}) "
+                f"the model has lazy modules ({', '.join(lazy)}) "
                 f"whose weights have no shape yet, and method {rule.name!r} draws its feedback "
                 "matrices from them: call the model once on a batch before converting, or pass "
                 "example_input=a batch (or input_shape=...) to ssdfa.convert")

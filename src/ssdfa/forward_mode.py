@@ -30,6 +30,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import nn
 
+from .heads import replace
 from .wrapper import FeedbackModel
 
 
@@ -181,16 +182,15 @@ def _split_output(y):
     """(the prediction tensor, a function putting another in its place): a tensor, a tuple
     starting with one, or an object holding ``logits``."""
     if isinstance(y, torch.Tensor):
-        return y, lambda t: t
-    if isinstance(y, dict) and isinstance(y.get("logits"), torch.Tensor):
-        def put(t):
-            y["logits"] = t
-            return y
-        return y["logits"], put
-    if isinstance(y, tuple) and y and isinstance(y[0], torch.Tensor):
-        return y[0], lambda t: (t, *y[1:])
-    raise TypeError(f"the model must return its output tensor, a tuple starting with it, or an "
-                    f"object with .logits; got {type(y).__name__}")
+        key = None
+    elif isinstance(y, dict) and isinstance(y.get("logits"), torch.Tensor):
+        key = "logits"
+    elif isinstance(y, tuple) and y and isinstance(y[0], torch.Tensor):
+        key = 0
+    else:
+        raise TypeError(f"the model must return its output tensor, a tuple starting with it, or "
+                        f"an object with .logits; got {type(y).__name__}")
+    return (y if key is None else y[key]), (lambda t: replace(y, key, t))
 
 
 def _average_over_ranks(tensors):

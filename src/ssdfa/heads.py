@@ -105,7 +105,12 @@ def replace(out, key, value):
     return type(out)(items) if not hasattr(out, "_fields") else type(out)(*items)
 
 
-def producer(t: torch.Tensor, outputs: dict, order: dict, point_outputs=frozenset()):
+def place(key) -> str:
+    """How an output's place is named in messages: ``output`` or ``output[key]``."""
+    return "output" if key is None else f"output[{key!r}]"
+
+
+def producer(t: torch.Tensor, outputs: dict, point_outputs=frozenset()):
     """(module name, softmax crossed) of the module whose output ``t`` is, walking back through
     transparent nodes; (None, softmax kind) when no module produced it; ("", ...) when it is a
     feedback point's output, rescaled or reshaped."""
@@ -130,18 +135,29 @@ def producer(t: torch.Tensor, outputs: dict, order: dict, point_outputs=frozense
     return None, crossed
 
 
-def find_heads(net: nn.Module, out, batch: int, outputs: dict, order: dict, last_point: int,
-               point_outputs: set, seq_points: bool, calls: dict | None = None) -> list[Head]:
-    """The heads of ``net`` from one probe: ``outputs`` maps an output's grad_fn to the innermost
-    module that produced it, ``order`` a module name to its last firing rank, ``last_point`` the
-    rank of the last point to fire, ``point_outputs`` the grad_fns of the points' outputs,
-    ``calls`` how often each module ran."""
+def _returned_head(key, t: torch.Tensor, seq_points: bool) -> Head:
+    """A head injected where ``forward`` returns it (no module to hook)."""
+    return Head(place(key), _width(t, seq_points), t.dim() == 3 and seq_points, key=key,
+                softmax=softmax_kind(t.grad_fn, t.dim()))
+
+
+def _width(t: torch.Tensor, seq_points: bool) -> int:
+    """M_h: the last dimension for token-level points, else the values per example."""
+    return int(t.shape[-1]) if seq_points else int(t[0].numel())
+
+
+def find_heads(out, batch: int, outputs: dict, order: dict, last_point: int, point_outputs: set,
+               seq_points: bool, calls: dict | None = None) -> list[Head]:
+    """The heads of a network from one probe returning ``out``: ``outputs`` maps an output's
+    grad_fn to the innermost module that produced it, ``order`` a module name to its last firing
+    rank, ``last_point`` the rank of the last point to fire, ``point_outputs`` the grad_fns of the
+    points' outputs, ``calls`` how often each module ran."""
+    candidates = [(k, t) for k, t in top_level(out) if t.is_floating_point() and t.dim() >= 1
+                  and t.shape[0] == batch and t.requires_grad]
     heads: list[Head] = []
     seen = set()
-    for key, t in top_level(out):
-        if not (t.is_floating_point() and t.dim() >= 1 and t.shape[0] == batch and t.requires_grad):
-            continue
-        name, crossed = producer(t, outputs, order, point_outputs)
+    for key, t in candidates:
+        name, crossed = producer(t, outputs, point_outputs)
         if name == "":  # a point's own output (or a rescaling of it): not a head
             continue
         if name is not None and order.get(name, -1) < last_point:
@@ -150,24 +166,14 @@ def find_heads(net: nn.Module, out, batch: int, outputs: dict, order: dict, last
             continue
         if name is not None and (calls or {}).get(name, 1) > 1:
             name = None  # a module run twice cannot be hooked once: inject where it is returned
-        sequence = t.dim() == 3 and seq_points
-        width = int(t.shape[-1]) if seq_points else int(t[0].numel())
-        if name is not None:
-            seen.add(name)
-            heads.append(Head(name, width, sequence, marker=HeadMarker(), softmax=crossed))
+        if name is None:
+            heads.append(_returned_head(key, t, seq_points))
         else:
-            where = "output" if key is None else f"output[{key!r}]"
-            heads.append(Head(where, width, sequence, key=key,
-                              softmax=softmax_kind(t.grad_fn, t.dim())))
-    if not heads:  # the output is a point's own output (a point on the last layer): inject there
-        first = next(((k, t) for k, t in top_level(out) if t.is_floating_point() and t.dim() >= 1
-                      and t.shape[0] == batch and t.requires_grad), None)
-        if first is not None:
-            key, t = first
-            heads.append(Head("output" if key is None else f"output[{key!r}]",
-                              int(t.shape[-1]) if seq_points else int(t[0].numel()),
-                              t.dim() == 3 and seq_points, key=key,
-                              softmax=softmax_kind(t.grad_fn, t.dim())))
+            seen.add(name)
+            heads.append(Head(name, _width(t, seq_points), t.dim() == 3 and seq_points,
+                              marker=HeadMarker(), softmax=crossed))
+    if not heads and candidates:  # the output is a point's own (a point on the last layer)
+        heads.append(_returned_head(*candidates[0], seq_points))
     return heads
 
 

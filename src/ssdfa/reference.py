@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .heads import replace, top_level
-from .wrapper import FeedbackModel
+from .wrapper import FeedbackModel, _first_output
 
 # What each direct rule feeds back through B_l, straight from its paper (e: output error rows).
 SIGNALS: dict[str, Callable | None] = {
@@ -51,10 +51,7 @@ def _one_hot(target, e):
 
 
 def _default_loss(out, y):
-    if isinstance(out, torch.Tensor):
-        return F.cross_entropy(out, y)
-    first = out["logits"] if isinstance(out, dict) else out[0]
-    return F.cross_entropy(first, y)
+    return F.cross_entropy(_first_output(out), y)
 
 
 def _call(model_net, x, kwargs):

@@ -33,7 +33,7 @@ from torch import nn
 
 from .feedback import (DenseFeedback, SparseFeedback, child_generator, init_std, make_feedback,
                        seeded_generator)
-from .heads import find_heads, hook_heads, replace, top_level
+from .heads import find_heads, hook_heads, place, replace, top_level
 from .layers import is_weight_layer
 from .loss_scale import watch
 from .points import ACTIVE, FeedbackPoint
@@ -78,9 +78,9 @@ class _Point(torch.autograd.Function):
         grads = [None] * (len(ctx.needs_input_grad) - 5)
         if any(ctx.needs_input_grad[5:]):
             h = ctx.saved_tensors[0]
-            h2 = h.sum(1) if layout == "broadcast" else h.reshape(e2.shape[0], -1)
+            h2 = h.sum(1) if layout == "broadcast" else h.reshape(rows, -1)
             grads = [g for eh, fb in zip(slices, fbs)
-                     for g in rule.feedback_grads(eh, [h2.reshape(rows, -1)], [fb], target)]
+                     for g in rule.feedback_grads(eh, [h2], [fb], target)]
         return (grad_h, None, None, None, None, *grads)
 
 
@@ -188,14 +188,13 @@ class FeedbackModel(nn.Module):
         self._cut = True
         self._tape: list | None = None
         self._target = None
-        self._fired: list = []  # per head: carriers it received this forward (None: not fired)
+        self._fired: list = []  # per head: how many carriers existed when it ran (None: not yet)
         self._frozen: list = []  # shallow: hidden parameters marked requires_grad=False
         self._early: dict = {}  # parameter -> gradient computed in the forward pass (unlocked)
         self.__class__ = _signed_class(type(self), net)  # forward shows the net's arguments
         for name in _SHOWN:  # what Hugging Face's Trainer reads off the model it trains
             if hasattr(net, name) and not isinstance(getattr(net, name), nn.Module):
                 setattr(self, name, getattr(net, name))
-
 
     def __setattr__(self, name, value):
         super().__setattr__(name, value)
@@ -229,7 +228,7 @@ class FeedbackModel(nn.Module):
 
         ``target`` (class indices or one-hot) is only read by rules that feed the target back.
         """
-        first = next((t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)), None)
+        first = _first_input(args, kwargs)
         armed = not self.built or (self.rule.direct and torch.is_grad_enabled() and self._cut)
         if armed and first is not None and first.dim() > 0 and first.shape[0] == 0:
             raise ValueError("the batch is empty (0 examples); skip empty batches, e.g. "
@@ -269,7 +268,6 @@ class FeedbackModel(nn.Module):
         finally:
             ACTIVE.remove(self)
             self._tape, self._target, self._early = None, None, {}
-            self._fired = [None] * len(self.heads)  # hold no graph after forward
 
     def _finish(self, y, tape):
         """Inject at returned heads, pass side paths back to their points, check every point's
@@ -289,8 +287,8 @@ class FeedbackModel(nn.Module):
                 raise RuntimeError(
                     f"no output head ({', '.join(unfired)}) ran in this forward pass, so no error "
                     "can reach the feedback points; call the model as it was converted")
-            late = [self.point_names[i] for i, c, _ in tape if c is not None
-                    and any(f is not None and not any(c is x for x in f) for f in self._fired)]
+            ran = [n for n in self._fired if n is not None]
+            late = [self.point_names[i] for i, c, _ in tape if c is not None][min(ran):] if ran else []
             if late:
                 raise RuntimeError(
                     f"feedback point(s) {', '.join(late)} ran after the output head, so their "
@@ -302,8 +300,7 @@ class FeedbackModel(nn.Module):
                 y = replace(y, key, outs[id(t)])
             elif t.is_floating_point() and not t.requires_grad and t.dim() >= 1 and tape \
                     and self._anchor is not None:
-                where = "output" if key is None else f"output[{key!r}]"
-                y = replace(y, key, _Unreached.apply(where, t, self._anchor))
+                y = replace(y, key, _Unreached.apply(place(key), t, self._anchor))
         return y
 
     @property
@@ -319,14 +316,14 @@ class FeedbackModel(nn.Module):
                 f"output head {self.heads[k].name!r} ran twice in one forward pass; ssdfa takes the "
                 "output error once per head (call the head module once, or convert a model that "
                 "returns each use separately)")
-        carriers = [c for _, c, _ in self._tape if c is not None]
-        self._fired[k] = carriers
+        pairs = [(i, c) for i, c, _ in self._tape if c is not None]  # in firing order
+        self._fired[k] = len(pairs)
         if self._early:  # update-unlocked: the gradients of every block, delivered in backward
             return _Deliver.apply(list(self._early.values()), self, z, *self._early)
-        if not carriers:
+        if not pairs:
             return z
         head = self.heads[k]
-        for i, c in self._carrier_points(carriers):
+        for i, c in pairs:
             lead = c.shape[:-1]
             want = tuple(z.shape[:2]) if self.layout[i] == "token" else tuple(z.shape[:1])
             if tuple(lead) != want or (self.layout[i] == "token" and z.dim() != 3):
@@ -342,12 +339,9 @@ class FeedbackModel(nn.Module):
                 f"{'position' if self.layout[0] != 'flat' else 'example'}, but its feedback "
                 f"matrices were drawn for {head.width}; convert again for this output size")
         start = sum(h.width for h in self.heads[:k])
-        span = (start, start + head.width, sum(h.width for h in self.heads))
-        return _Inject.apply(head.softmax if head.marker is None else "none", span, z, *carriers)
-
-    def _carrier_points(self, carriers):
-        by_id = {id(c): i for i, c, _ in self._tape if c is not None}
-        return [(by_id[id(c)], c) for c in carriers]
+        span = (start, start + head.width, self.num_classes)
+        return _Inject.apply(head.softmax if head.marker is None else "none", span, z,
+                             *(c for _, c in pairs))
 
     def _record(self, point: FeedbackPoint, h: torch.Tensor) -> torch.Tensor:
         """What a point hands the model during its forward pass; the next block gets h detached."""
@@ -360,7 +354,7 @@ class FeedbackModel(nn.Module):
         det = h.detach()
         carrier = None
         if self.rule.inject and h.requires_grad:
-            total = sum(hd.width for hd in self.heads)
+            total = self.num_classes  # ΣM_h: every head's errors side by side
             shape = (*h.shape[:2], total) if self.layout[i] == "token" else (h.shape[0], total)
             params = [t for fb in self.point_feedback(i) for t in fb._parameters.values()]
             carrier = _Point.apply(h, self, i, shape, self._target, *params)
@@ -463,7 +457,7 @@ class FeedbackModel(nn.Module):
         shapes = [large["fired"][id(p)][1] for p in self._points]
         seq = self._sequence_points(shapes, large, args, kwargs)
         last = max((large["fired"][id(p)][0] for p in self._points), default=-1)
-        heads = find_heads(self.net, large["out"], 3, large["outputs"], large["order"], last,
+        heads = find_heads(large["out"], 3, large["outputs"], large["order"], last,
                            {f[3] for f in large["fired"].values()}, any(seq), large["calls"])
         if self.rule.inject or self.rule.local:  # shallow feeds nothing back: any output will do
             self._check_heads(heads, large)
@@ -694,10 +688,15 @@ def _fp16_autocast(kind: str) -> bool:
     return torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.float16
 
 
+def _first_input(args, kwargs) -> torch.Tensor | None:
+    """The first tensor among a call's inputs (it holds the batch in dim 0)."""
+    return next((t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)), None)
+
+
 def _batch_variant(inputs, n: int):
     """(args, kwargs) with every tensor that holds the batch in dim 0 cut or repeated to n rows."""
     args, kwargs = inputs
-    first = next((t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)), None)
+    first = _first_input(args, kwargs)
     if first is None or first.dim() == 0:
         raise ValueError("the model's first input must be a tensor with a batch dimension")
     batch = first.shape[0]
@@ -716,7 +715,7 @@ def _seq_variant(inputs):
     """(args, kwargs) one sequence position shorter: every tensor of 2+ dims whose dim 1 has the
     first input's length is cut there (token ids, masks, (batch, seq, d) inputs); None if none."""
     args, kwargs = inputs
-    first = next((t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)), None)
+    first = _first_input(args, kwargs)
     if first is None or first.dim() < 2 or first.shape[1] < 2:
         return None
     n = first.shape[1]
