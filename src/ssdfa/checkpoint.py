@@ -20,16 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import CheckpointError  # noqa: F401  (re-exported)
 from .rundir import open_atomic
 
 __all__ = ["save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng", "CHECKPOINT",
            "CheckpointError", "REQUIRED_KEYS", "check_fields", "weights_digest"]
 
 CHECKPOINT = "checkpoint.pt"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: unreadable, incomplete, or of another run or model."""
 
 
 def capture_rng() -> dict:

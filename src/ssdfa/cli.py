@@ -13,11 +13,8 @@ import importlib
 import pkgutil
 import sys
 
+from .errors import Diverged, InputError, UserError  # noqa: F401  (UserError re-exported)
 from . import __version__, commands
-
-
-class UserError(Exception):
-    """A problem with the user's input: printed as one clear message, exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,28 +27,6 @@ class _Parser(argparse.ArgumentParser):
 def one_line(message) -> str:
     """A message on one line: its lines joined with '; '."""
     return "; ".join(ln.strip() for ln in str(message).splitlines() if ln.strip())
-
-
-def _input_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean "the input cannot work": one line, exit status 2."""
-    from .checkpoint import CheckpointError
-    from .data import DatasetError
-    from .distributed import DistributedSetupError
-    from .feedback import FeedbackConfigError
-    from .rules import RuleOptionError
-    from .rundir import RunDirError
-    from .sweep import SweepError
-    from .training import ConfigError
-    from .validate import UnsupportedModelError
-
-    return (UserError, ConfigError, DatasetError, RuleOptionError, FeedbackConfigError,
-            UnsupportedModelError, CheckpointError, RunDirError, SweepError, DistributedSetupError)
-
-
-def _diverged() -> type[BaseException]:
-    from .training import Diverged
-
-    return Diverged
 
 
 def _again(args) -> str:
@@ -87,10 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except _input_errors() as exc:
+    except InputError as exc:
         print(f"ssdfa {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
-    except _diverged() as exc:
+    except Diverged as exc:
         print(f"ssdfa {args.command}: {one_line(exc)}", file=sys.stderr)
         return 3
     except OSError as exc:  # the machine, not ssdfa: a full disk, a vanished file, permissions

@@ -8,7 +8,6 @@ input can be made now (else at the first forward pass, :class:`ssdfa.wrapper.Fee
 from __future__ import annotations
 
 import math
-import copy
 from collections import OrderedDict
 
 import torch
@@ -17,7 +16,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 
 from .feedback import FeedbackConfigError, check_feedback_init, child_generator, seeded_generator
 from .frozen import frozen_module, split_leaves
-from .layers import is_pass_through, is_weight_layer
+from .layers import clone_tree, is_pass_through, is_weight_layer
 from .layerwise import LAYERS, LayerwiseModel, is_wrappable
 from .layerwise import wrap as wrap_layer
 from .placement import checked_leaves, place_points
@@ -265,14 +264,22 @@ def _functional_products(model) -> list[Problem]:
             for n in gm.graph.nodes if n.op == "call_function" and n.target in weighted]
 
 
-def clone_tree(module: nn.Module) -> nn.Module:
-    """New module objects with the same parameters, buffers and hooks (copied containers), so a
-    layer can be swapped in the copy without touching the user's model."""
-    new = copy.copy(module)
-    new.__dict__ = dict(module.__dict__)
-    for key, value in module.__dict__.items():
-        if isinstance(value, dict) and key.startswith("_"):
-            new.__dict__[key] = type(value)(value)
-    new._modules = type(module._modules)(
-        (k, None if m is None else clone_tree(m)) for k, m in module._modules.items())
-    return new
+def feedback_matrices(model: FeedbackModel) -> "OrderedDict[str, torch.Tensor]":
+    """{feedback-point name: dense tensor (num_classes, neurons at that point)}, in order."""
+    if not isinstance(model, FeedbackModel):
+        raise TypeError("feedback_matrices expects a model returned by ssdfa.convert")
+    return model.feedback_matrices()
+
+
+def feedback_parameters(model: FeedbackModel) -> list[torch.nn.Parameter]:
+    """The learned feedback matrices alone (DKP's B_l, KP's B_l), for their own optimizer.
+
+    They are also in ``model.parameters()``; to give them another learning rate or weight
+    decay, build param groups: ``fb = ssdfa.feedback_parameters(model)`` and the rest as
+    ``[p for p in model.parameters() if all(p is not q for q in fb)]``.  Empty for fixed B.
+    """
+    if not isinstance(model, FeedbackModel):
+        raise TypeError("feedback_parameters expects a model returned by ssdfa.convert")
+    if hasattr(model, "feedback_parameters"):
+        return model.feedback_parameters()
+    return list(model.feedback.parameters())

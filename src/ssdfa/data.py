@@ -30,6 +30,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from .errors import DatasetCorrupt, DatasetError, DatasetNotFound  # noqa: F401  (re-exported)
 
 __all__ = [
     "Dataset", "Split", "TensorSplit", "load_dataset", "list_datasets", "dataset_info",
@@ -38,18 +39,6 @@ __all__ = [
 ]
 
 SYSTEM_ROOTS = (Path("/usr/share/datasets"), Path("/usr/local/share/datasets"))
-
-
-class DatasetError(Exception):
-    """Base class: a dataset that cannot be used as asked (message says what to do)."""
-
-
-class DatasetNotFound(DatasetError):
-    """The files of a dataset are not in any searched place."""
-
-
-class DatasetCorrupt(DatasetError):
-    """A dataset file exists but is truncated, malformed or fails its checksum."""
 
 
 # -- splits --------------------------------------------------------------------------------

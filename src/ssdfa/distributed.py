@@ -36,15 +36,12 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from .errors import DistributedSetupError, Diverged
 
 __all__ = ["world_size", "rank", "local_rank", "in_worker", "session", "leave", "broadcast_str",
            "barrier", "launch", "die_with_parent", "usable_cores", "DistributedSetupError"]
 
 LAUNCHER_PID = "SSDFA_LAUNCHER_PID"  # set by launch() for its workers
-
-
-class DistributedSetupError(RuntimeError):
-    """The process group cannot start (e.g. MASTER_PORT is taken): one line, exit status 2."""
 
 
 def _env_int(name: str, default: int) -> int:
@@ -215,8 +212,6 @@ def launch(cfg, nproc: int, *, resume: bool, quiet: bool) -> int:
         rc = _torchrun(args, env)
         diverged = Path(tmp) / "diverged.txt"
         if rc == 0 and diverged.is_file():
-            from .training import Diverged
-
             raise Diverged(diverged.read_text(encoding="utf-8"))
         return rc
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from .errors import FeedbackConfigError  # noqa: F401  (re-exported)
 
 __all__ = [
     "FeedbackSpec",
@@ -35,10 +36,6 @@ __all__ = [
     "init_std",
     "check_feedback_init",
 ]
-
-
-class FeedbackConfigError(ValueError):
-    """An impossible or malformed feedback request (sparsity, connections, rank)."""
 
 
 def seeded_generator(seed: int | None) -> torch.Generator:

@@ -13,6 +13,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from .errors import PretrainedError  # noqa: F401  (re-exported)
 from .layers import is_weight_layer
 from .validate import Problem, UnsupportedModelError, flatten_sequential
 
@@ -69,10 +70,6 @@ def frozen_module(frozen_leaves) -> FrozenFeatures | None:
     if not frozen_leaves:
         return None
     return FrozenFeatures(OrderedDict((frozen_name(p), m) for p, m in frozen_leaves))
-
-
-class PretrainedError(ValueError):
-    """``init_from`` names no usable run, or weights that do not fit the model."""
 
 
 def _source_state(source) -> tuple[dict, dict, str]:

@@ -8,6 +8,8 @@ output (the feedback point), so adding a layer type here is all a new layer need
 
 from __future__ import annotations
 
+import copy
+
 from torch import nn
 
 WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
@@ -37,3 +39,16 @@ def is_pass_through(module: nn.Module) -> bool:
 
 def supported_names() -> str:
     return ", ".join(t.__name__ for t in WEIGHT_LAYERS + PASS_THROUGH)
+
+
+def clone_tree(module: nn.Module) -> nn.Module:
+    """New module objects with the same parameters, buffers and hooks (copied containers), so a
+    layer can be swapped in the copy without touching the user's model."""
+    new = copy.copy(module)
+    new.__dict__ = dict(module.__dict__)
+    for key, value in module.__dict__.items():
+        if isinstance(value, dict) and key.startswith("_"):
+            new.__dict__[key] = type(value)(value)
+    new._modules = type(module._modules)(
+        (k, None if m is None else clone_tree(m)) for k, m in module._modules.items())
+    return new

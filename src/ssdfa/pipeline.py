@@ -45,16 +45,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from .errors import PipelineError  # noqa: F401  (re-exported)
 from .distributed import leave
 
 PIPELINE_METHODS = ("bp", "dfa", "sdfa", "ssdfa", "dkp", "drtp")
 BROADCAST_E = ("dfa", "sdfa", "ssdfa", "dkp")  # the last stage broadcasts e; each stage e·B_l
 LEARNED_FEEDBACK = ("dkp",)  # B_l learn from e and the stage's own h_l (no extra message)
 WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)
-
-
-class PipelineError(ValueError):
-    """A pipeline that cannot be built as asked (message says what to do)."""
 
 
 # -- stages ----------------------------------------------------------------------------------
@@ -488,7 +485,7 @@ def run_pipeline(cfg: PipelineConfig):
                                    *((f"B_{j}", b) for j, b in feedback.items())]
               if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if broken:  # as ``ssdfa train``: a run whose loss became NaN or infinite is no result
-        from .training import Diverged
+        from .errors import Diverged
 
         raise Diverged(f"training diverged: {cfg.method} over {cfg.stages} stages ended with "
                        f"NaN or infinite values in {', '.join(broken[:3])} after {cfg.steps} "

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ProbeError
 from .frozen import frozen_module, split_leaves
 from .layers import is_pass_through, is_weight_layer, supported_names
 from .points import FeedbackPoint, PointHook, PointPreHook
@@ -164,8 +165,6 @@ def residual_blocks(net: nn.Module, args, kwargs) -> list[str]:
         with torch.enable_grad():
             net(*args, **kwargs)
     except (ValueError, RuntimeError, TypeError, IndexError) as exc:
-        from .wrapper import ProbeError
-
         raise ProbeError(f"a test forward pass to find the residual blocks failed: {exc}") from exc
     finally:
         net.train(was)

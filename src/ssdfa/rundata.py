@@ -29,16 +29,13 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from .errors import RunFileError  # noqa: F401  (re-exported)
 
 __all__ = ["RunFileError", "Group", "Source", "load_run", "load_sweep", "load_results",
            "read_inputs", "is_run", "is_sweep", "run_label", "first_conv_weight", "series"]
 
 _SEED_DIR = re.compile(r"seed-?\d+$")
 _MAX_DEPTH = 3  # <row>/<method>/seed<k> under a reproduction
-
-
-class RunFileError(ValueError):
-    """A file of a run, compare, reproduce or sweep directory that cannot be read as one."""
 
 
 # -- files ---------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from .errors import RunDirBusy, RunDirError  # noqa: F401  (re-exported)
 
 try:
     import fcntl
@@ -36,14 +37,6 @@ RUN_FILES = ("checkpoint.pt", "config.json", "metrics.csv", "metrics.json", "sum
              "results.md", "results.json", "sweep.csv", "sweep.json")
 
 _held: dict[str, list] = {}  # realpath -> [fd, depth]: locks this process holds
-
-
-class RunDirError(Exception):
-    """A run directory that cannot be used (busy, not creatable, not writable): exit status 2."""
-
-
-class RunDirBusy(RunDirError):
-    """Another process holds the directory's lock."""
 
 
 # what marks a directory as written by one command: train's run, or a table command's folder

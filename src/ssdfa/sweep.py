@@ -26,6 +26,7 @@ import math
 from pathlib import Path
 from typing import Callable
 
+from .errors import SweepError  # noqa: F401  (re-exported)
 from .rundir import locked, write_text_atomic
 
 __all__ = ["SweepError", "cell_problem", "run_sweep", "aggregate", "final_angles", "cell_dir"]
@@ -80,10 +81,6 @@ def _train_with_api(fields: dict) -> dict:
     if unknown:
         raise ValueError(f"TrainConfig has no field(s) {', '.join(unknown)}")
     return run(TrainConfig(**fields))
-
-
-class SweepError(ValueError):
-    """A sweep directory holds cells of another setup."""
 
 
 def _check_same_settings(cell: Path, fields: dict) -> None:
@@ -189,7 +186,7 @@ def _cells(out: Path, base, ranks, sparsities, seeds, num_classes):
 
 
 def _sweep(out: Path, base, ranks, sparsities, seeds, num_classes, train, log) -> dict:
-    from .training import Diverged
+    from .errors import Diverged
 
     cells, skipped = _cells(out, base, ranks, sparsities, seeds, num_classes)
     for s in skipped:

@@ -29,12 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import ssdfa
-
+from .errors import ConfigError, Diverged  # noqa: F401  (re-exported)
 from . import distributed, rundir
 from .checkpoint import (CHECKPOINT, REQUIRED_KEYS, CheckpointError, capture_rng, first_line,
                          load_checkpoint, restore_rng, save_checkpoint)
-from .convert import check_feedback_scale
+from ._version import __version__
+from .convert import check_feedback_scale, convert, feedback_parameters
+from .rules import METHODS
 from .data import Dataset, DatasetError, canonical_name, load_dataset, set_normalization
 from .feedback import FeedbackConfigError
 from .frozen import TRAIN_ONLY, PretrainedError, load_pretrained
@@ -49,14 +50,6 @@ _F32_MAX = float(np.finfo(np.float32).max)
 _SEED_MAX = 2**63 - 1
 SCHEDULES = ("none", "step", "cosine")
 LOSSES = ("auto", "ce", "bce", "mse")
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the field and the valid choices."""
-
-
-class Diverged(RuntimeError):
-    """The loss became NaN or infinite; the run directory keeps the last good checkpoint."""
 
 
 @dataclass
@@ -158,8 +151,8 @@ def resolve(cfg: TrainConfig, dataset: Dataset | None = None, custom_model: bool
     continues even after its ``init_from`` directory has moved."""
     problems = []
     method = str(cfg.method).strip().lower().replace("-", "_")
-    if method not in ssdfa.METHODS:
-        problems.append(f"method {cfg.method!r} unknown; choose one of: {', '.join(ssdfa.METHODS)}")
+    if method not in METHODS:
+        problems.append(f"method {cfg.method!r} unknown; choose one of: {', '.join(METHODS)}")
     cfg.method = method
     cfg.optimizer = str(cfg.optimizer).lower()
     cfg.schedule = str(cfg.schedule).lower()
@@ -309,14 +302,12 @@ def build_model(cfg: TrainConfig, data: Dataset, net: nn.Module | None = None, *
         except PretrainedError as exc:
             raise ConfigError(str(exc)) from None
     extra = {"feedback_init": cfg.feedback_init} if cfg.feedback_init != "ours" else {}
-    return ssdfa.convert(net, cfg.method, num_classes=data.num_classes,
+    return convert(net, cfg.method, num_classes=data.num_classes,
                          input_shape=data.input_shape, seed=cfg.seed, **rule_options(cfg), **extra)
 
 
 def feedback_params(model) -> list[nn.Parameter]:
-    if hasattr(ssdfa, "feedback_parameters"):
-        return list(ssdfa.feedback_parameters(model))
-    return list(model.feedback.parameters()) if hasattr(model, "feedback") else []
+    return list(feedback_parameters(model))
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -722,7 +713,7 @@ def _run_locked(cfg: TrainConfig, out: Path, data: Dataset, device, resume: bool
             "epoch": epoch, "model": net.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict() if sched is not None else None,
             "data_order": order.get_state(), "rng": capture_rng(), "history": history,
-            "config": asdict(cfg), "ssdfa_version": ssdfa.__version__,
+            "config": asdict(cfg), "ssdfa_version": __version__,
             "num_classes": data.num_classes,
         }
         if digest is not None:  # which init_from weights this run was started from

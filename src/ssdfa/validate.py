@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .errors import UnsupportedModelError  # noqa: F401  (re-exported)
 from .layers import is_pass_through, is_weight_layer, supported_names
 from .points import FeedbackPoint
 
@@ -21,9 +22,6 @@ class Problem:
         where = self.path or "<model>"
         return f"  - {where} ({self.module}): {self.why}. {self.fix}"
 
-
-class UnsupportedModelError(ValueError):
-    """The model holds modules or a layout that ``convert`` cannot train; lists all of them."""
 
     def __init__(self, problems: list[Problem], method: str):
         self.problems = problems

@@ -31,6 +31,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from .errors import ProbeError  # noqa: F401  (re-exported)
 from .feedback import (DenseFeedback, SparseFeedback, child_generator, init_std, make_feedback,
                        seeded_generator)
 from .heads import find_heads, hook_heads, place, replace, top_level
@@ -39,10 +40,6 @@ from .loss_scale import watch
 from .points import ACTIVE, FeedbackPoint
 from .rules import Rule
 from .validate import Problem, UnsupportedModelError
-
-class ProbeError(ValueError):
-    """A probe forward with a made-up or given input failed."""
-
 
 class _Point(torch.autograd.Function):
     """Taps h_l: returns a zero carrier (batch[, seq], ΣM_h); in backward, the carrier's gradient

@@ -12,7 +12,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from ..cli import UserError
+from ..errors import UserError
 from ..training import LOSSES, OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig, check_types
 
 S = argparse.SUPPRESS

@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from ..cli import UserError
+from ..errors import UserError
 from ..convert import check_feedback_scale
 from ..data import DatasetError
 from ..data import canonical_name as canonical_dataset

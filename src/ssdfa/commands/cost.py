@@ -39,7 +39,7 @@ def register(subparsers):
 
 
 def _resolve(args):
-    from ..cli import UserError
+    from ..errors import UserError
     from ..cost import DATASET_SHAPES, dataset_shape
 
     shape, classes = None, None
@@ -77,7 +77,7 @@ def _build(name, shape, classes, reference=False):
     """(model, where it came from): the registry's if it has the name, else the paper's net."""
     import torch
 
-    from ..cli import UserError
+    from ..errors import UserError
     from ..cost import REFERENCE_NAMES, reference_architecture
 
     builders = []
@@ -104,7 +104,7 @@ def _build(name, shape, classes, reference=False):
 
 
 def run(args) -> int:
-    from ..cli import UserError
+    from ..errors import UserError
     from ..cost import COST_RULES, REFERENCE_NAMES, count_costs, layer_shapes
 
     methods = [m.strip().lower().replace("-", "_") for m in args.methods.split(",") if m.strip()]

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import CHECKPOINT, load_checkpoint
-from ..cli import UserError
+from ..errors import UserError
 from ..data import load_dataset, set_normalization
 from ..training import (build_model, check_checkpoint_config, check_model_state, evaluate,
                         load_state, make_loss, pick_device, read_run_config, resolve)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from ..cli import UserError
+from ..errors import UserError
 from ..pipeline import (PIPELINE_METHODS, PipelineConfig, PipelineError, max_feedback_difference,
                         max_weight_difference, run_pipeline, single_process)
 

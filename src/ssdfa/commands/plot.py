@@ -41,7 +41,7 @@ def argparse_suppress():
 
 def check_dirs(paths):
     """Every path an existing directory, or a UserError naming the one that is not."""
-    from ..cli import UserError
+    from ..errors import UserError
 
     for p in paths:
         if not str(p).strip():
@@ -75,7 +75,7 @@ def check_writable_here(target: Path, inputs, what: str) -> None:
     ``ssdfa plot`` and ``report`` may write into (or under) the directories they read, never
     into another run's: ``ssdfa report R1 --out R2/report.md`` is refused.
     """
-    from ..cli import UserError
+    from ..errors import UserError
 
     owner = owner_of(target)
     if owner is None:
@@ -99,7 +99,7 @@ def disk_full(command: str, exc: OSError) -> int:
 
 def read_checked(paths, costs: bool = False):
     """Every input read and validated, and something to draw, or a UserError in one line."""
-    from ..cli import UserError
+    from ..errors import UserError
     from ..plots import nothing_to_draw
     from ..rundata import RunFileError, read_inputs
 
@@ -114,7 +114,7 @@ def read_checked(paths, costs: bool = False):
 
 
 def run(args) -> int:
-    from ..cli import UserError
+    from ..errors import UserError
     from ..plots import plot_runs
     from ..rundata import RunFileError
 

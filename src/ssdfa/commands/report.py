@@ -43,7 +43,7 @@ def _is_our_report(path: Path) -> bool:
 
 def check_out_file(out: Path, inputs, html: bool) -> None:
     """The report may replace only a report: never a run's file, another run's folder, a device."""
-    from ..cli import UserError
+    from ..errors import UserError
     from ..rundir import RUN_FILES
     from .plot import check_writable_here
 
@@ -67,7 +67,7 @@ def check_out_file(out: Path, inputs, html: bool) -> None:
 
 
 def run(args) -> int:
-    from ..cli import UserError
+    from ..errors import UserError
     from ..report import write_report
     from ..rundata import RunFileError
     from .plot import check_dirs, disk_full, read_checked

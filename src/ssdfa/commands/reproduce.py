@@ -23,7 +23,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from ..cli import UserError
+from ..errors import UserError
 from ..experiments import SETUP_KEYS, SETUPS, Experiment, get, names
 
 __all__ = ["register", "run", "rows_for", "markdown"]

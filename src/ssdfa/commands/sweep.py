@@ -47,7 +47,7 @@ def register(subparsers):
 
 
 def _num_classes(args):
-    from ..cli import UserError
+    from ..errors import UserError
     from ..cost import dataset_shape
 
     if args.num_classes is not None:
@@ -60,7 +60,7 @@ def _num_classes(args):
 
 
 def run(args) -> int:
-    from ..cli import UserError
+    from ..errors import UserError
     from ..sweep import run_sweep
 
     try:
@@ -115,7 +115,7 @@ def check_cells(base: dict, ranks, sparsities, seeds, num_classes: int) -> None:
     created: the training settings (resolve), each rule's rank and sparsity, the seeds."""
     from dataclasses import replace
 
-    from ..cli import UserError
+    from ..errors import UserError
     from ..sweep import cell_problem
     from ..training import ConfigError, TrainConfig, pick_device, resolve
     from .compare import check_methods

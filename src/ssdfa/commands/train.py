@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .. import distributed
 from ..checkpoint import CHECKPOINT
-from ..cli import UserError
+from ..errors import UserError
 from ..rundir import locked, refuse_foreign
 from ..training import (RESUME_MAY_CHANGE, ConfigError, Diverged, TrainConfig, default_out_dir,
                         pick_device, read_run_config, resolve)

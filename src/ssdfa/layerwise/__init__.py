@@ -14,78 +14,16 @@ it shares the user's weight and bias and owns B (a buffer, or a parameter when B
 from __future__ import annotations
 
 import contextlib
-import math
 from collections import OrderedDict
 
 import torch
 from torch import nn
 
+from ..layers import clone_tree
 from ..wrapper import FeedbackModel
-
-LAYERS: dict[type[nn.Module], type["LayerFeedback"]] = {}
-
-
-def register_layer(layer_type: type[nn.Module]):
-    """Class decorator: ``cls`` trains ``layer_type`` layers with a substitute backward matrix."""
-
-    def deco(cls):
-        if layer_type in LAYERS:
-            raise ValueError(f"{layer_type.__name__} registered twice")
-        LAYERS[layer_type] = cls
-        return cls
-
-    return deco
-
-
-class LayerFeedback(nn.Module):
-    """Runs ``layer`` forward as usual; in backward, uses ``feedback`` (weight-shaped) for ∂x.
-
-    ``layer`` is the user's module (parameters shared, not copied); ``feedback`` is B_l.
-    Subclasses implement ``forward`` with an autograd Function.
-    """
-
-    sign: str | None = None  # set by the sign-symmetric wrappers (``sign.py``)
-
-    def __init__(self, layer: nn.Module, feedback: torch.Tensor | None, learnable: bool = False):
-        super().__init__()
-        if feedback is not None and feedback.shape != layer.weight.shape:
-            raise ValueError(f"feedback shape {tuple(feedback.shape)} differs from the weight's "
-                             f"{tuple(layer.weight.shape)}")
-        self.layer = layer
-        self.exact = False  # True inside FeedbackModel.backprop(): plain layer, exact BP
-        if learnable:
-            self.feedback = nn.Parameter(feedback)
-        else:
-            self.register_buffer("feedback", feedback)
-
-    def backward_weight(self) -> torch.Tensor:
-        """The matrix this layer's backward uses in W's place: B itself for FA and KP (a
-        parameter for KP, so it receives its gradient); sign rules build it from W (``sign.py``)."""
-        return self.feedback
-
-    def extra_repr(self):
-        kind = "learned" if isinstance(self.feedback, nn.Parameter) else "fixed"
-        return f"feedback={kind} {tuple(self.feedback.shape)}"
-
-
-def draw_feedback(weight: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """B_l ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), the law of PyTorch's default weight init."""
-    fan_in = weight[0].numel()
-    bound = 1.0 / math.sqrt(fan_in)
-    b = (torch.rand(weight.shape, generator=generator) * 2 - 1) * bound
-    return b.to(device=weight.device, dtype=weight.dtype)
-
-
-def _registered(layer: nn.Module):
-    """The wrapper class for ``layer``'s type or a base type whose forward it keeps, else None."""
-    for base in type(layer).__mro__:
-        if base in LAYERS:
-            if type(layer).forward is not base.forward:
-                raise ValueError(
-                    f"{type(layer).__name__} subclasses {base.__name__} but has its own forward, "
-                    f"which a layer-wise rule would bypass; use a plain {base.__name__}")
-            return LAYERS[base]
-    return None
+from . import conv, linear  # noqa: F401  (registration side effect)
+from .registry import LAYERS, LayerFeedback, _registered, draw_feedback, is_wrappable, register_layer
+from .sign import sign_wrap
 
 
 def wrap(layer: nn.Module, generator: torch.Generator, learnable: bool,
@@ -98,14 +36,8 @@ def wrap(layer: nn.Module, generator: torch.Generator, learnable: bool,
     if cls is None:
         return layer
     if sign is not None:
-        from .sign import sign_wrap
-
         return sign_wrap(cls, layer, generator, sign)
     return cls(layer, draw_feedback(layer.weight.detach(), generator), learnable=learnable)
-
-
-def is_wrappable(layer: nn.Module) -> bool:
-    return _registered(layer) is not None
 
 
 class LayerwiseModel(FeedbackModel):
@@ -140,8 +72,6 @@ class LayerwiseModel(FeedbackModel):
     def unwrap(self) -> nn.Module:
         """The plain network: each wrapper replaced by the user's layer (parameters shared)."""
         if not isinstance(self.net, nn.Sequential):
-            from ..convert import clone_tree
-
             net = clone_tree(self.net)
             for name, _ in self._layers():
                 parent, _, leaf = name.rpartition(".")
@@ -156,7 +86,5 @@ class LayerwiseModel(FeedbackModel):
     def extra_repr(self):
         return f"rule={self.rule!r}, layers={self.layer_names}"
 
-
-from . import conv, linear  # noqa: E402,F401  (registration side effect)
 
 __all__ = ["LAYERS", "LayerwiseModel", "LayerFeedback", "register_layer", "wrap", "draw_feedback", "is_wrappable"]

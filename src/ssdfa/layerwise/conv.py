@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import LayerFeedback, register_layer
+from .registry import LayerFeedback, register_layer
 
 
 class _Conv2dFeedbackFn(torch.autograd.Function):

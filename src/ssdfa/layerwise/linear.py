@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import LayerFeedback, register_layer
+from .registry import LayerFeedback, register_layer
 
 
 class _LinearFeedbackFn(torch.autograd.Function):

@@ -3,4 +3,6 @@
 from . import bp, dfa, dkp, drtp, fdfa, forward_grad, layerwise, shallow, sign_dfa, sign_symmetric  # noqa: F401  (registration)
 from .base import RULES, Rule, RuleOptionError, make_rule, register_rule
 
-__all__ = ["RULES", "Rule", "RuleOptionError", "make_rule", "register_rule"]
+METHODS: tuple[str, ...] = tuple(sorted(RULES))
+
+__all__ = ["METHODS", "RULES", "Rule", "RuleOptionError", "make_rule", "register_rule"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import RuleOptionError  # noqa: F401  (re-exported)
 from ..feedback import FeedbackSpec, resolve_connections
 
 RULES: dict[str, type["Rule"]] = {}
@@ -25,10 +26,6 @@ def register_rule(name: str):
         return cls
 
     return deco
-
-
-class RuleOptionError(ValueError):
-    """An option a rule does not take, or a bad value for one it does."""
 
 
 class Rule:
