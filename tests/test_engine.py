@@ -442,7 +442,7 @@ def test_signals_are_made_one_block_at_a_time(method, monkeypatch):
     """Point l's signal is computed only after block l+1's weights got their gradient, so at most
     one signal is alive at a time (as BP holds one δ), not all of them at the start of backward."""
     net = mlp()
-    model = ssdfa.convert(net, method, seed=0)
+    model = ssdfa.convert(net, method, seed=0, signals="per_block")
     log, honest = [], type(model.rule).point_signals
     point_of = {id(fb): k for k, fb in enumerate(model.feedback)}
 

@@ -29,7 +29,8 @@ def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None 
             input_shape: tuple[int, ...] | None = None,
             example_input: torch.Tensor | None = None, seed: int | None = None,
             train_only: str | None = None, feedback_scale: float = 1.0, points=None,
-            grad_scaler=None, feedback_init: str = "ours", **rule_options) -> FeedbackModel:
+            grad_scaler=None, feedback_init: str = "ours", signals: str = "at_once",
+            **rule_options) -> FeedbackModel:
     """Wrap ``model`` so that ``loss.backward()`` trains it with ``method`` (see ``METHODS``).
 
     No input shape is needed: the feedback matrices are sized by a probe forward at the first
@@ -47,6 +48,10 @@ def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None 
     ``train_only="fc"`` (nn.Sequential only) freezes every layer before the first Linear.
     ``feedback_init``: how each direct B_l is drawn (:func:`ssdfa.feedback.init_std`): "ours"
     (default), "uniform:1/sqrt(n)" (the SSDFA code's) or "kaiming-uniform" (DRTP's and DKP's).
+    ``signals``: "at_once" (default) forms every point's signal in one stacked product when e is
+    known, the fast path; "per_block" forms each when backward reaches its block, so one signal is
+    alive at a time, as BP's δ (less memory for very wide models; :mod:`ssdfa.injection`).  The
+    gradients are the same.
     The returned model shares its parameters with ``model``; build the optimizer after this call.
     """
     if not isinstance(model, nn.Module):
@@ -86,7 +91,7 @@ def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None 
         wrapped = model_class(placed.net, rule, placed.points, num_classes, seed=seed,
                                 feedback_scale=feedback_scale, feedback_init=feedback_init,
                                 auto_points=placed.auto,
-                                problems=placed.problems, grad_scaler=grad_scaler)
+                                problems=placed.problems, grad_scaler=grad_scaler, signals=signals)
     given = _given_example(wrapped.net, input_shape, example_input)
     if given is not None:
         if wrapped.built:

@@ -260,13 +260,9 @@ class SparseFeedback(_Feedback):
             self.register_buffer("value", value)
 
     def _project(self, e):
-        v = self.value.to(e.dtype)
-        if self.connections == 1:  # SSDFA: one error times one weight per neuron (Eq. 11)
-            return e.index_select(1, self.index[:, 0]) * v[:, 0]
-        # signal[b, n] = sum_s value[n, s] * e[b, index[n, s]]: a weighted bag of rows of eᵀ,
-        # one fused kernel with no (batch, N, S) intermediate
-        bags = F.embedding_bag(self.index, e.t().contiguous(), per_sample_weights=v, mode="sum")
-        return bags.t().contiguous()  # (N, batch) -> (batch, N)
+        # S = 1 (SSDFA): one error times one weight per neuron (Eq. 11); else a weighted bag of
+        # rows of eᵀ, one fused kernel with no (batch, N, S) intermediate
+        return _sparse_project(e, self.index, self.value.to(e.dtype))
 
     def dense(self):
         b = torch.zeros(self.num_errors, self.num_neurons, dtype=self.value.dtype,
@@ -336,3 +332,60 @@ def make_feedback(num_errors: int, num_neurons: int, spec: FeedbackSpec = Feedba
         fb = SparseFeedback(index, value, m)
         return DenseFeedback(fb.dense(), learnable=spec.learnable)
     return SparseFeedback(index, value, m, learnable=spec.learnable)
+
+
+class FeedbackGroup(list):
+    """Several points' feedback modules, projected together: e·[B_1 … B_L] in one product for
+    dense B (one index_select or embedding_bag over the stacked (index, value) for sparse B of one
+    connection count), split per point.  The same numbers as each module's ``project``, in one
+    kernel instead of L; the stacked copy is kept until a B changes (its version counter)."""
+
+    def __init__(self, modules):
+        super().__init__(modules)
+        self._key, self._stacked = None, None
+        kinds = {type(fb) for fb in self}
+        self._kind = kinds.pop() if len(kinds) == 1 and len(self) > 1 else None
+        if self._kind is SparseFeedback and len({fb.connections for fb in self}) != 1:
+            self._kind = None
+        self._sizes = [fb.num_neurons for fb in self]
+
+    def project(self, e: torch.Tensor) -> list[torch.Tensor]:
+        """(rows, M) errors -> one (rows, N_l) signal per module."""
+        if self._kind is None:
+            return [fb.project(e) for fb in self]
+        first = self[0]
+        if e.dim() != 2 or e.shape[1] != first.num_errors:
+            raise ValueError(
+                f"feedback expects errors of shape (batch, {first.num_errors}), got {tuple(e.shape)}")
+        if self._kind is DenseFeedback:
+            out = e @ self._stack(lambda: torch.cat([fb.matrix for fb in self], 1)).to(e.dtype)
+        else:
+            index, value = self._stack(lambda: (torch.cat([fb.index for fb in self], 0),
+                                                torch.cat([fb.value for fb in self], 0)))
+            out = _sparse_project(e, index, value.to(e.dtype))
+        return list(out.split(self._sizes, 1))
+
+    def _stack(self, make):
+        tensors = [t for fb in self for t in (fb._buffers | fb._parameters).values()]
+        if torch.compiler.is_compiling():  # traced once into the graph: no Python-side cache
+            return make()
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+        if key != self._key:
+            with torch.no_grad():
+                self._stacked, self._key = make(), key
+        return self._stacked
+
+
+def _sparse_project(e, index, value):
+    """signal[b, n] = Σ_s value[n, s]·e[b, index[n, s]] (SSDFA Eq. 11 when S = 1)."""
+    if index.shape[1] == 1:
+        return e.index_select(1, index[:, 0]) * value[:, 0]
+    bags = F.embedding_bag(index, e.t().contiguous(), per_sample_weights=value, mode="sum")
+    return bags.t().contiguous()
+
+
+def project_all(feedback, e: torch.Tensor) -> list[torch.Tensor]:
+    """Each module's e·B_l: together when ``feedback`` is a :class:`FeedbackGroup`."""
+    if isinstance(feedback, FeedbackGroup):
+        return feedback.project(e)
+    return [fb.project(e) for fb in feedback]

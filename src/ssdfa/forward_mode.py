@@ -170,7 +170,9 @@ class FDFAModel(FeedbackModel):
         estimates = []
         for i, u in perturb:
             t = tangent.reshape(-1, tangent.shape[-1]) if self.token[i] else tangent.reshape(tangent.shape[0], -1)
-            u2 = u.reshape(t.shape[0], -1)
+            # a (batch, seq, d) point under a (batch, M) head shares one (M, d) B_l over the
+            # positions: E[t·u_pᵀ] = ∂y/∂h_p, so the mean over positions p estimates their mean
+            u2 = u.mean(1) if self.layout[i] == "broadcast" else u.reshape(t.shape[0], -1)
             estimates.append((t.float().t() @ u2.float()) / t.shape[0])  # mean of t·uᵀ: (M, N)
         _average_over_ranks(estimates)
         for (i, _), est in zip(perturb, estimates):

@@ -32,122 +32,17 @@ import torch
 from torch import nn
 
 from .errors import ProbeError  # noqa: F401  (re-exported)
-from .feedback import (DenseFeedback, SparseFeedback, child_generator, init_std, make_feedback,
-                       seeded_generator)
+from .feedback import (DenseFeedback, FeedbackGroup, SparseFeedback, child_generator, init_std,
+                       make_feedback, seeded_generator)
 from .heads import find_heads, hook_heads, place, replace, top_level
+from .injection import Deliver, Inject, InjectAll, Point, Unreached
 from .layers import is_weight_layer
 from .loss_scale import watch
 from .points import ACTIVE, FeedbackPoint
 from .rules import Rule
 from .validate import Problem, UnsupportedModelError
 
-class _Point(torch.autograd.Function):
-    """Taps h_l: returns a zero carrier (batch[, seq], ΣM_h); in backward, the carrier's gradient
-    is the heads' errors side by side, and h_l gets Σ_h signal(e_h)·B_{l,h} (and B its gradient)."""
-
-    @staticmethod
-    def forward(ctx, h, owner, i, carrier_shape, target, *params):
-        ctx.owner, ctx.i, ctx.target, ctx.shape = owner, i, target, h.shape
-        if owner.rule.needs_activations:
-            ctx.save_for_backward(h)
-        return h.new_zeros(carrier_shape)
-
-    @staticmethod
-    def backward(ctx, e):
-        owner: FeedbackModel = ctx.owner
-        rule, i, target = owner.rule, ctx.i, ctx.target
-        layout = owner.layout[i]
-        e2 = e.reshape(-1, e.shape[-1]) if layout == "token" else e.reshape(e.shape[0], -1)
-        if layout == "token" and target is not None:
-            target = target.reshape(e2.shape[0], *target.shape[2:])
-        rows = ctx.shape[0] if layout == "broadcast" else e2.shape[0]
-        fbs = owner.point_feedback(i)
-        slices = owner.error_slices(e2)
-        grad_h = None
-        if ctx.needs_input_grad[0]:
-            flat = torch.Size((rows, fbs[0].num_neurons))
-            grad_h = sum(rule.point_signals(eh, [fb], [flat], target)[0]
-                         for eh, fb in zip(slices, fbs))
-            if rule.scale_free:  # sign(e), y*: carry the loss scale this backward applied
-                grad_h = owner.scaled(grad_h)
-            grad_h = grad_h.unsqueeze(1).expand(ctx.shape) if layout == "broadcast" \
-                else grad_h.view(ctx.shape)
-        grads = [None] * (len(ctx.needs_input_grad) - 5)
-        if any(ctx.needs_input_grad[5:]):
-            h = ctx.saved_tensors[0]
-            h2 = h.sum(1) if layout == "broadcast" else h.reshape(rows, -1)
-            grads = [g for eh, fb in zip(slices, fbs)
-                     for g in rule.feedback_grads(eh, [h2], [fb], target)]
-        return (grad_h, None, None, None, None, *grads)
-
-
-class _Inject(torch.autograd.Function):
-    """Identity on a head's output z; in backward, ∂L/∂z -> (z's true gradient, e_h for every
-    carrier at its head's columns).  A returned head behind a softmax takes e at its input."""
-
-    @staticmethod
-    def forward(ctx, softmax, span, z, *carriers):
-        ctx.softmax, ctx.span, ctx.shapes = softmax, span, [c.shape for c in carriers]
-        if softmax != "none":
-            ctx.save_for_backward(z)
-        return z.view_as(z)
-
-    @staticmethod
-    def backward(ctx, grad_z):
-        e = grad_z
-        if ctx.softmax == "log_softmax":  # z = log p: ∂L/∂(logits) = g - p·Σg
-            (z,) = ctx.saved_tensors
-            e = grad_z - z.exp() * grad_z.sum(-1, keepdim=True)
-        elif ctx.softmax == "softmax":  # z = p: ∂L/∂(logits) = p·(g - Σ g·p)
-            (p,) = ctx.saved_tensors
-            e = p * (grad_z - (grad_z * p).sum(-1, keepdim=True))
-        start, stop, total = ctx.span
-        out = []
-        for shape in ctx.shapes:
-            eh = e.reshape(*shape[:-1], stop - start)
-            if (start, stop) != (0, total):  # several heads: this one's columns, zeros elsewhere
-                eh = torch.nn.functional.pad(eh, (start, total - stop))
-            out.append(eh)
-        return (None, None, grad_z, *out)
-
-
-class _Deliver(torch.autograd.Function):
-    """Identity on the head's output; in backward, hands the gradients an update-unlocked rule
-    computed during the forward pass to their parameters, times the loss scale this backward
-    applied (one head only: the target rules refuse several).  They are computed and their graph
-    freed at once; only their accumulation waits for the backward pass, so
-    DistributedDataParallel sees every parameter receive its gradient in backward, as it expects,
-    and averages them."""
-
-    @staticmethod
-    def forward(ctx, grads, owner, y, *params):
-        ctx.grads, ctx.owner = grads, owner
-        return y.view_as(y)
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        grads, ctx.grads = ctx.grads, None
-        if ctx.owner.rule.scale_free:
-            grads = [ctx.owner.scaled(g) for g in grads]
-        return (None, None, grad_y, *grads)
-
-
-class _Unreached(torch.autograd.Function):
-    """Identity on a returned tensor that no parameter's gradient can reach (it was computed from
-    a point's cut output): a loss on it fails in backward instead of being dropped."""
-
-    @staticmethod
-    def forward(ctx, name, t, anchor):
-        ctx.name = name
-        return t.view_as(t)
-
-    @staticmethod
-    def backward(ctx, grad):
-        raise RuntimeError(
-            f"a loss uses the model's {ctx.name}, which was computed from a feedback point's output "
-            "after the graph was cut there, so its gradient would reach no parameter and be "
-            "dropped: return the point's (block's) output itself, whose gradient ssdfa adds to the "
-            "rule's signal, or compute the auxiliary term from the logits")
+SIGNALS = ("at_once", "per_block")
 
 
 class FeedbackModel(nn.Module):
@@ -163,8 +58,11 @@ class FeedbackModel(nn.Module):
                  num_classes: int | None = None, *, seed: int | None = None,
                  feedback_scale: float = 1.0, feedback_init: str = "ours",
                  auto_points: bool = False,
-                 problems: list | None = None, grad_scaler=None):
+                 problems: list | None = None, grad_scaler=None, signals: str = "at_once"):
         super().__init__()
+        if signals not in SIGNALS:
+            raise ValueError(f"signals={signals!r}; choose one of: {', '.join(SIGNALS)}")
+        self.signals = signals  # "at_once" or "per_block" (ssdfa.injection)
         self.net = net
         self.rule = rule
         self.point_names = [name for name, _ in points]
@@ -186,6 +84,7 @@ class FeedbackModel(nn.Module):
         self._tape: list | None = None
         self._target = None
         self._fired: list = []  # per head: how many carriers existed when it ran (None: not yet)
+        self._groups: dict = {}  # points -> their FeedbackGroup (stacked B, at once)
         self._frozen: list = []  # shallow: hidden parameters marked requires_grad=False
         self._early: dict = {}  # parameter -> gradient computed in the forward pass (unlocked)
         self.__class__ = _signed_class(type(self), net)  # forward shows the net's arguments
@@ -297,7 +196,7 @@ class FeedbackModel(nn.Module):
                 y = replace(y, key, outs[id(t)])
             elif t.is_floating_point() and not t.requires_grad and t.dim() >= 1 and tape \
                     and self._anchor is not None:
-                y = replace(y, key, _Unreached.apply(place(key), t, self._anchor))
+                y = replace(y, key, Unreached.apply(place(key), t, self._anchor))
         return y
 
     @property
@@ -316,12 +215,13 @@ class FeedbackModel(nn.Module):
         pairs = [(i, c) for i, c, _ in self._tape if c is not None]  # in firing order
         self._fired[k] = len(pairs)
         if self._early:  # update-unlocked: the gradients of every block, delivered in backward
-            return _Deliver.apply(list(self._early.values()), self, z, *self._early)
+            return Deliver.apply(list(self._early.values()), self, z, *self._early)
         if not pairs:
             return z
         head = self.heads[k]
         for i, c in pairs:
-            lead = c.shape[:-1]
+            lead = (c.shape[:2] if self.layout[i] == "token" else c.shape[:1]) if self._at_once \
+                else c.shape[:-1]
             want = tuple(z.shape[:2]) if self.layout[i] == "token" else tuple(z.shape[:1])
             if tuple(lead) != want or (self.layout[i] == "token" and z.dim() != 3):
                 raise ValueError(
@@ -335,10 +235,15 @@ class FeedbackModel(nn.Module):
                 f"the output head {head.name!r} gave {width} values per "
                 f"{'position' if self.layout[0] != 'flat' else 'example'}, but its feedback "
                 f"matrices were drawn for {head.width}; convert again for this output size")
+        softmax = head.softmax if head.marker is None else "none"
+        if self._at_once:
+            points = tuple(i for i, _ in pairs)
+            params = [t for i in points for t in self.feedback[i]._parameters.values()]
+            return InjectAll.apply(self, softmax, z, self._target, points,
+                                   *(c for _, c in pairs), *params)
         start = sum(h.width for h in self.heads[:k])
         span = (start, start + head.width, self.num_classes)
-        return _Inject.apply(head.softmax if head.marker is None else "none", span, z,
-                             *(c for _, c in pairs))
+        return Inject.apply(softmax, span, z, *(c for _, c in pairs))
 
     def _record(self, point: FeedbackPoint, h: torch.Tensor) -> torch.Tensor:
         """What a point hands the model during its forward pass; the next block gets h detached."""
@@ -351,17 +256,20 @@ class FeedbackModel(nn.Module):
         det = h.detach()
         carrier = None
         if self.rule.inject and h.requires_grad:
-            total = self.num_classes  # ΣM_h: every head's errors side by side
-            shape = (*h.shape[:2], total) if self.layout[i] == "token" else (h.shape[0], total)
-            params = [t for fb in self.point_feedback(i) for t in fb._parameters.values()]
-            carrier = _Point.apply(h, self, i, shape, self._target, *params)
+            if self._at_once:  # the head's InjectAll takes h itself
+                carrier = h
+            else:
+                total = self.num_classes  # ΣM_h: every head's errors side by side
+                shape = (*h.shape[:2], total) if self.layout[i] == "token" else (h.shape[0], total)
+                params = [t for fb in self.point_feedback(i) for t in fb._parameters.values()]
+                carrier = Point.apply(h, self, i, shape, self._target, *params)
         self._tape.append((i, carrier, (h, det)))
         return det  # cut: the next block never sends a gradient back here
 
     @torch.compiler.disable  # autograd.grad in a forward pass: run eagerly, once, when compiled
     def _local_step(self, point, h):
         """Update-unlocked rules: the block before ``point`` gets its gradients now (its graph
-        freed at once); they are handed to the parameters in backward (:class:`_Deliver`).
+        freed at once); they are handed to the parameters in backward (:class:`~ssdfa.injection.Deliver`).
         Under ``torch.compile`` all of it runs outside the graph, one graph break per point:
         dynamo cannot trace ``torch.autograd.grad``, and a compiled frame that compared the
         point's identity before that break was reused for the next point with the first one's
@@ -399,6 +307,20 @@ class FeedbackModel(nn.Module):
         """Point i's feedback modules, one per head (B_{l,h})."""
         n = len(self._points)
         return [self.feedback[h * n + i] for h in range(len(self.heads))]
+
+    @property
+    def _at_once(self) -> bool:
+        """Every signal from one stacked product at the head (one head; ``ssdfa.injection``)."""
+        return self.signals == "at_once" and len(self.heads) == 1
+
+    def feedback_group(self, points: tuple[int, ...]) -> FeedbackGroup:
+        """The single head's feedback modules of ``points``, projected together."""
+        if torch.compiler.is_compiling():  # traced into the graph: nothing kept on the side
+            return FeedbackGroup([self.feedback[i] for i in points])
+        group = self._groups.get(points)
+        if group is None or any(a is not b for a, b in zip(group, (self.feedback[i] for i in points))):
+            group = self._groups[points] = FeedbackGroup([self.feedback[i] for i in points])
+        return group
 
     def error_slices(self, e2: torch.Tensor) -> list[torch.Tensor]:
         """The (rows, ΣM) errors split per head."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import RuleOptionError  # noqa: F401  (re-exported)
-from ..feedback import FeedbackSpec, resolve_connections
+from ..feedback import FeedbackSpec, project_all, resolve_connections
 
 RULES: dict[str, type["Rule"]] = {}
 
@@ -66,7 +66,7 @@ class Rule:
     def point_signals(self, e, feedback, shapes, target):
         """Gradients injected at the feedback points, each of its point's shape (Eq. 8-9)."""
         sig = self.error_signal(e, target)
-        return [fb.project(sig).view(shape) for fb, shape in zip(feedback, shapes)]
+        return [s.view(shape) for s, shape in zip(project_all(feedback, sig), shapes)]
 
     def feedback_grads(self, e, hs, feedback, target):
         """Gradients of learnable feedback tensors (only rules whose B learns override this)."""
