@@ -23,7 +23,9 @@ from .placement import checked_leaves, place_points
 from .points import FeedbackPoint
 from .rules import make_rule
 from .validate import Problem, UnsupportedModelError
-from .wrapper import FeedbackModel, ProbeError, _batch_variant, _probe
+from .errors import ProbeError
+from .probe import batch_variant, probe
+from .wrapper import FeedbackModel
 
 def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None = None,
             input_shape: tuple[int, ...] | None = None,
@@ -128,7 +130,7 @@ def _refuse_wrapped(model: nn.Module):
 
 
 def _check_width(wrapped, x):
-    y = _probe(wrapped.net, [], *_batch_variant(((x,), {}), 2))["y"]
+    y = probe(wrapped.net, [], *batch_variant(((x,), {}), 2))["y"]
     width = int(y[0].numel())
     if wrapped.num_classes is not None and wrapped.num_classes != width:
         raise ValueError(

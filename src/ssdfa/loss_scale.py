@@ -60,3 +60,8 @@ def watch(scaler, model) -> None:
         scaler.__dict__["_ssdfa_owners"] = owners
         scaler.__dict__["scale"] = scale
     owners.add(model)
+
+
+def fp16_autocast(kind: str) -> bool:
+    """Is fp16 autocast on for this device type (where GradScaler's loss scale is needed)?"""
+    return torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.float16

@@ -136,6 +136,18 @@ def hook_points(model: nn.Module, names: list[str]) -> list[tuple[str, FeedbackP
     return out
 
 
+def residual_points(net: nn.Module, inputs, problems: list, method: str) -> list[tuple[str, FeedbackPoint]]:
+    """Step 4, at the probe (convert's, or the first call's): a point at every residual block's
+    output, or every problem of steps 3-4 at once."""
+    names = residual_blocks(net, *inputs)
+    if not names:
+        problems.append(Problem(
+            "", type(net).__name__, "no residual block found either (a module whose "
+            "output adds two paths from its input)", "Place the points yourself"))
+        raise UnsupportedModelError(problems, method)
+    return hook_points(net, names)
+
+
 def residual_blocks(net: nn.Module, args, kwargs) -> list[str]:
     """Names of the residual blocks of ``net`` found in one forward pass with ``args``.
 

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .heads import replace, top_level
-from .wrapper import FeedbackModel, _first_output
+from .probe import first_output
+from .wrapper import FeedbackModel
 
 # What each direct rule feeds back through B_l, straight from its paper (e: output error rows).
 SIGNALS: dict[str, Callable | None] = {
@@ -51,7 +52,7 @@ def _one_hot(target, e):
 
 
 def _default_loss(out, y):
-    return F.cross_entropy(_first_output(out), y)
+    return F.cross_entropy(first_output(out), y)
 
 
 def _call(model_net, x, kwargs):

@@ -92,3 +92,14 @@ class DRTP(Rule):
             return (fb.matrix[target.to(fb.matrix.device).long()].to(dtype) / batch).view(shape)
         y = one_hot_target(target, fb.num_errors, batch, dtype, device, self.name, check)
         return fb.project(y / batch).view(shape)
+
+
+def check_labels_traced(target, num_classes):
+    """Labels in range, checked in the forward pass: the backward pass that uses them cannot
+    read values.  Eagerly the message names the range found; under ``torch.compile`` an
+    asynchronous assert inside the graph (reading the values would break the graph in two)."""
+    if not torch.compiler.is_compiling():
+        check_labels(target, num_classes)
+    elif isinstance(target, torch.Tensor) and target.dim() >= 1 and not target.is_floating_point():
+        torch._assert_async(((target >= 0) & (target < num_classes)).all(),
+                            f"target labels must lie in [0, {num_classes}): a label is out of range")
