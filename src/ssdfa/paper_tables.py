@@ -2,16 +2,17 @@
 at the last and the best epoch), the gap to BP of each, and the rank × sparsity sweep's trend.
 
 The rows are computed from the run summaries :func:`ssdfa.campaign.train_all` returns and the
-per-epoch curves in each run's ``metrics.json``."""
+per-epoch curves in each run's ``metrics.json``, read by :mod:`ssdfa.rundata`."""
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from pathlib import Path
 
+from .errors import RunFileError
 from .experiments import Experiment
+from .rundata import read_metrics
 
 
 PRETRAIN_ROW = "pretrain (bp, all layers)"
@@ -81,8 +82,8 @@ def _pct(v):
 def curve(run: dict, metric: str) -> list[float]:
     """A run's test metric after every epoch (accuracy/error in %, or loss), from metrics.json."""
     try:
-        history = json.loads((Path(run["out_dir"]) / "metrics.json").read_text(encoding="utf-8"))
-    except (KeyError, TypeError, OSError, ValueError):
+        history = read_metrics(Path(run["out_dir"]))
+    except (KeyError, TypeError, OSError, RunFileError):
         return []
     key = "test_loss" if metric == "loss" else "test_acc"
     vals = [r.get(key) for r in history if r.get(key) is not None]
