@@ -16,6 +16,7 @@ from torch import nn
 import ssdfa
 from ssdfa import data as D
 from ssdfa import training
+from ssdfa.training import loop as training_loop  # the loop looks these names up (monkeypatched)
 from ssdfa.checkpoint import load_checkpoint
 from ssdfa.cli import build_parser, main
 from ssdfa.models import list_models
@@ -120,11 +121,11 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, capsys, monkeyp
         if calls["n"] == 1:
             raise KeyboardInterrupt  # as if Ctrl-C arrived right after epoch 1
 
-    monkeypatch.setattr(training, "save_checkpoint", save_then_interrupt)
+    monkeypatch.setattr(training_loop, "save_checkpoint", save_then_interrupt)
     assert main([*common, "--out-dir", str(tmp_path / "cut")]) == 130
     assert "--resume" in capsys.readouterr().err
     assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 1
-    monkeypatch.setattr(training, "save_checkpoint", real_save)
+    monkeypatch.setattr(training_loop, "save_checkpoint", real_save)
     assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
     _assert_same_state(_weights(tmp_path / "whole"), _weights(tmp_path / "cut"))
     whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
@@ -177,7 +178,7 @@ def test_divergence_stops_with_a_message_and_keeps_the_good_checkpoint(tmp_path,
             return value
         return loss
 
-    monkeypatch.setattr(training, "make_loss", poisoned)
+    monkeypatch.setattr(training_loop, "make_loss", poisoned)
     out = tmp_path / "run"
     code = main(["train", "--epochs", "3", "--out-dir", str(out), "--json", *QUICK])
     assert code == 3
@@ -192,7 +193,7 @@ def test_divergence_stops_with_a_message_and_keeps_the_good_checkpoint(tmp_path,
 
 
 def test_divergence_message(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(training, "make_loss",
+    monkeypatch.setattr(training_loop, "make_loss",
                         lambda cfg, data: lambda out, y: out.sum() * float("inf"))
     assert main(["train", "--epochs", "1", "--out-dir", str(tmp_path / "r"), *QUICK]) == 3
     err = capsys.readouterr().err

@@ -24,6 +24,7 @@ import torch
 
 from ssdfa import data as D
 from ssdfa import rundir, training
+from ssdfa.training import loop as training_loop  # the loop looks these names up (monkeypatched)
 from ssdfa.checkpoint import load_checkpoint
 from ssdfa.cli import main
 
@@ -237,7 +238,7 @@ def test_overwrite_stopped_before_its_first_epoch_leaves_nothing_to_resume(capsy
             raise KeyboardInterrupt
         return loss
 
-    monkeypatch.setattr(training, "make_loss", interrupt)
+    monkeypatch.setattr(training_loop, "make_loss", interrupt)
     assert call(["train", "--overwrite", "--lr", "0.2", "--epochs", "1", "--out-dir",
                  str(run_copy), *QUICK]) == 130
     err = capsys.readouterr().err
@@ -474,7 +475,7 @@ def test_a_nan_test_loss_stops_the_run_before_its_epoch_is_kept(tmp_path, capsys
         loss, acc = real(*a, **kw)
         return (float("nan") if calls["n"] == 2 else loss), acc
 
-    monkeypatch.setattr(training, "evaluate", second_epoch_nan)
+    monkeypatch.setattr(training_loop, "evaluate", second_epoch_nan)
     out = tmp_path / "run"
     assert call(["train", "--epochs", "3", "--out-dir", str(out), *QUICK]) == 3
     assert "test loss is nan at epoch 2" in capsys.readouterr().err
@@ -492,7 +493,7 @@ def test_metrics_never_run_ahead_of_the_checkpoint(tmp_path, capsys, monkeypatch
             raise KeyboardInterrupt  # as a kill between "epoch 2 done" and its checkpoint
         real(path, payload)
 
-    monkeypatch.setattr(training, "save_checkpoint", killed_in_the_second_write)
+    monkeypatch.setattr(training_loop, "save_checkpoint", killed_in_the_second_write)
     out = tmp_path / "run"
     assert call(["train", "--epochs", "3", "--out-dir", str(out), *QUICK]) == 130
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1

@@ -90,3 +90,21 @@ def test_sweep_cli_reports_skips(tmp_path, capsys, monkeypatch):
     assert "--num-classes" in capsys.readouterr().err
     assert main(["sweep", "--method", "dfa", "--dataset", "mnist", "--out", str(out)]) == 2
     assert "does not take rank and sparsity" in capsys.readouterr().err
+
+
+def test_sweep_takes_out_dir_and_its_old_name_out(tmp_path, capsys, monkeypatch):
+    import ssdfa.sweep as sweep_mod
+    monkeypatch.setattr(sweep_mod, "_train_with_api", FakeTrainer())
+    grid = ["sweep", "--rank", "10", "--sparsity", "0", "--seeds", "1", "--dataset", "mnist",
+            "--epochs", "1"]
+    for flag in ("--out-dir", "--out"):
+        out = tmp_path / flag.strip("-")
+        assert main([*grid, flag, str(out)]) == 0
+        assert (out / "sweep.json").is_file() and (out / "sweep.csv").is_file()
+    table = tmp_path / "table"  # a compare's directory is refused, naming the flag
+    table.mkdir()
+    (table / "results.json").write_text("{}")
+    capsys.readouterr()
+    assert main([*grid, "--out-dir", str(table)]) == 2
+    assert "--out-dir" in capsys.readouterr().err
+    assert sorted(p.name for p in table.iterdir()) == ["results.json"]

@@ -13,6 +13,7 @@ from .errors import Diverged, InputError
 
 def main(argv: list[str]) -> int:
     die_with_parent()  # first: a kill -9 of the launcher leaves no rank writing on alone
+    # imported after the watchdog is armed: importing training takes seconds on a busy machine
     from .training import TrainConfig, run
 
     cfg = TrainConfig.from_dict(json.loads(Path(argv[0]).read_text(encoding="utf-8")))

@@ -9,10 +9,12 @@ placed over the trained part only, its first Linear acting as the first layer.
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from .checkpoint import CHECKPOINT, CheckpointError, load_checkpoint
 from .errors import PretrainedError  # noqa: F401  (re-exported)
 from .layers import is_weight_layer
 from .validate import Problem, UnsupportedModelError, flatten_sequential
@@ -74,10 +76,6 @@ def frozen_module(frozen_leaves) -> FrozenFeatures | None:
 
 def _source_state(source) -> tuple[dict, dict, str]:
     """(model state, saved config, where) of the run directory or checkpoint file ``source``."""
-    from pathlib import Path
-
-    from .checkpoint import CHECKPOINT, CheckpointError, load_checkpoint
-
     path = Path(source)
     ckpt_path = path / CHECKPOINT if path.is_dir() else path
     try:

@@ -26,8 +26,9 @@ import math
 from pathlib import Path
 from typing import Callable
 
-from .errors import SweepError  # noqa: F401  (re-exported)
+from .errors import Diverged, SweepError
 from .rundir import locked, write_text_atomic
+from .training import RESUME_MAY_CHANGE, TrainConfig, run, settings_differ
 
 __all__ = ["SweepError", "cell_problem", "run_sweep", "aggregate", "final_angles", "cell_dir"]
 
@@ -72,11 +73,7 @@ def final_angles(metrics: list[dict]) -> dict[str, float]:
 
 def _train_with_api(fields: dict) -> dict:
     """Run one cell through the training API (``ssdfa.training``)."""
-    import dataclasses
-
-    from .training import TrainConfig, run  # lazy: the sweep module imports without training
-
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    names = set(TrainConfig.field_names())
     unknown = sorted(set(fields) - names)
     if unknown:
         raise ValueError(f"TrainConfig has no field(s) {', '.join(unknown)}")
@@ -89,8 +86,6 @@ def _check_same_settings(cell: Path, fields: dict) -> None:
     saved = _read_json(cell / "config.json", None)
     if not isinstance(saved, dict):
         return  # made by a custom trainer without config.json: nothing to compare
-    from .training import RESUME_MAY_CHANGE, TrainConfig, settings_differ
-
     cfg = TrainConfig(**fields)
     differ = settings_differ(saved, cfg, tuple(k for k in RESUME_MAY_CHANGE if k != "epochs"))
     if differ:
@@ -186,8 +181,6 @@ def _cells(out: Path, base, ranks, sparsities, seeds, num_classes):
 
 
 def _sweep(out: Path, base, ranks, sparsities, seeds, num_classes, train, log) -> dict:
-    from .errors import Diverged
-
     cells, skipped = _cells(out, base, ranks, sparsities, seeds, num_classes)
     for s in skipped:
         log(f"skipping rank={s['rank']} sparsity={s['sparsity']:g}: {s['reason']}")

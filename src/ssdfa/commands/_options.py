@@ -7,11 +7,11 @@ Every flag defaults to ``argparse.SUPPRESS`` so that only flags the user typed o
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import tomllib
 from pathlib import Path
 
+from .. import distributed
 from ..errors import UserError
 from ..training import LOSSES, OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig, check_types
 
@@ -183,8 +183,6 @@ def given_keys(args) -> list[str]:
 def check_nproc(args) -> int:
     """``--nproc``: a positive number, at most one process per usable CPU core, and not
     inside a torchrun worker (that is one already)."""
-    from .. import distributed
-
     nproc = getattr(args, "nproc", 1)
     if not isinstance(nproc, int) or nproc < 1:
         raise UserError(f"--nproc must be >= 1, got {nproc}")
@@ -196,68 +194,3 @@ def check_nproc(args) -> int:
         raise UserError("--nproc asks for workers, but this process is one already (torchrun set "
                         "WORLD_SIZE); use either torchrun or --nproc")
     return nproc
-
-
-def train_or_explain(cfg: TrainConfig, nproc: int = 1, **kwargs) -> dict:
-    """``training.run`` with the user's mistakes turned into one-line errors (exit status 2);
-    with ``nproc`` > 1 in that many local processes through ``torch.distributed.run``."""
-    from ..data import DatasetError
-    from ..feedback import FeedbackConfigError
-    from ..rules import RuleOptionError
-    from ..training import run
-
-    if nproc > 1:
-        return _train_parallel(cfg, nproc, **kwargs)
-    try:
-        return run(cfg, **kwargs)
-    except (ConfigError, DatasetError, RuleOptionError, FeedbackConfigError) as exc:
-        raise UserError(str(exc)) from exc
-    except FileNotFoundError as exc:
-        raise UserError(str(exc)) from exc
-
-
-def _train_parallel(cfg: TrainConfig, nproc: int, *, resume: bool = False, progress: bool = False,
-                    log=None) -> dict:
-    import json
-    from dataclasses import replace
-
-    from ..data import DatasetError
-    from ..distributed import launch
-    from ..feedback import FeedbackConfigError
-    from ..rules import RuleOptionError
-    from ..rundir import holds_lock, locked
-    from ..training import default_out_dir, preflight, resolve
-
-    try:
-        resolve(replace(cfg), check_init_from=not resume)  # refused here, before any worker starts
-    except ConfigError as exc:
-        raise UserError(str(exc)) from exc
-    import torch
-
-    from ..distributed import _backend
-
-    if _backend(cfg.device) == "nccl" and nproc > torch.cuda.device_count():
-        raise UserError(f"--nproc {nproc} on CUDA needs {nproc} GPUs (one per process); this "
-                        f"machine has {torch.cuda.device_count()}; use --device cpu for gloo "
-                        "processes on the CPU")
-    if cfg.out_dir is None:
-        cfg = replace(cfg, out_dir=default_out_dir(cfg))
-    quiet = getattr(log, "quiet", False)
-    if holds_lock(cfg.out_dir):  # rank 0 must be able to take it
-        raise RuntimeError("_train_parallel called with the run directory's lock held")
-    # everything the workers would check, checked here before one starts: the options, the
-    # data (enough examples for nproc), the model, a checkpoint to resume (under the lock of a
-    # directory that exists; one that does not is not created for a refusal)
-    out = Path(cfg.out_dir)
-    with locked(out) if out.exists() else contextlib.nullcontext():
-        try:
-            preflight(cfg, resume=resume, world=nproc)
-        except (ConfigError, DatasetError, RuleOptionError, FeedbackConfigError,
-                FileNotFoundError) as exc:
-            raise UserError(str(exc)) from exc
-    # the lock is let go here and rank 0, the process that writes, takes it
-    rc = launch(cfg, nproc, resume=resume, quiet=quiet)
-    if rc != 0:
-        raise UserError(f"the {nproc} workers of torch.distributed.run failed (exit status "
-                        f"{rc}); their messages are above")
-    return json.loads((out / "summary.json").read_text(encoding="utf-8"))

@@ -10,6 +10,7 @@ import torch
 from ..checkpoint import CHECKPOINT, load_checkpoint
 from ..errors import UserError
 from ..data import load_dataset, set_normalization
+from ..robustness import adversarial_accuracy
 from ..training import (build_model, check_checkpoint_config, check_model_state, evaluate,
                         load_state, make_loss, pick_device, read_run_config, resolve)
 
@@ -76,8 +77,6 @@ def run(args) -> int:
     if args.attack is not None:
         if data.task != "classification":
             raise UserError(f"--attack measures accuracy; {data.name} is a {data.task} task")
-        from ..robustness import adversarial_accuracy
-
         rob = adversarial_accuracy(model, data.test, args.attack, args.epsilon, steps=args.steps,
                                    batch_size=args.batch_size, device=device,
                                    loss_fn=make_loss(cfg, data))

@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+from dataclasses import replace
+
+from ..campaign import check_methods
+from ..cost import dataset_shape
+from ..errors import ConfigError, UserError
+from ..rules import RULES
+from ..rundir import refuse_foreign
+from ..sweep import cell_problem, run_sweep
+from ..training import TrainConfig, pick_device, resolve
+
 
 def _ints(text):
     return [int(v) for v in text.split(",") if v.strip()]
@@ -23,7 +34,7 @@ def register(subparsers):
         description=(
             "Train one run per (rank, sparsity, seed), skipping cells with rank·connectivity < 1 "
             "(some error would never be fed back), and write sweep.csv and sweep.json (mean ± std "
-            "over seeds) to --out. Completed cells are not re-run. Plot with `ssdfa plot OUT`."),
+            "over seeds) to --out-dir. Completed cells are not re-run. Plot with `ssdfa plot OUT_DIR`."),
     )
     p.add_argument("--rank", default="1,2,5,10", help="comma-separated ranks (default 1,2,5,10)")
     p.add_argument("--sparsity", default="0,0.5,0.9", help="comma-separated sparsities in [0, 1)")
@@ -42,14 +53,13 @@ def register(subparsers):
     p.add_argument("--limit-train", type=int, default=None, help="cap on training examples")
     p.add_argument("--device", default=None)
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", default="runs/sweep", help="sweep directory (default runs/sweep)")
+    p.add_argument("--out-dir", "--out", dest="out", default="runs/sweep", metavar="OUT_DIR",
+                   help="sweep directory (default runs/sweep); --out is its old name, still "
+                        "accepted")
     p.set_defaults(func=run)
 
 
 def _num_classes(args):
-    from ..errors import UserError
-    from ..cost import dataset_shape
-
     if args.num_classes is not None:
         return args.num_classes
     known = dataset_shape(args.dataset)
@@ -60,17 +70,12 @@ def _num_classes(args):
 
 
 def run(args) -> int:
-    from ..errors import UserError
-    from ..sweep import run_sweep
-
     try:
         ranks, sparsities = _ints(args.rank), _floats(args.sparsity)
     except ValueError as exc:
         raise UserError(f"--rank takes integers and --sparsity numbers, comma-separated ({exc})") from exc
     if not ranks or not sparsities or args.seeds < 1:
         raise UserError("need at least one rank, one sparsity and --seeds >= 1")
-    from ..rules import RULES
-
     method = args.method.strip().lower().replace("-", "_")
     takes = [m for m, rule in sorted(RULES.items()) if {"rank", "sparsity"} <= set(rule.options)]
     if method not in takes:
@@ -83,10 +88,8 @@ def run(args) -> int:
         if val is not None:
             base[key] = val
     classes = _num_classes(args)
-    check_cells(base, ranks, sparsities, range(args.seeds), classes)  # before --out is made
-    from ..rundir import refuse_foreign
-
-    refuse_foreign(args.out, ("sweep", "train"), "--out", inside=False)  # not a compare's
+    check_cells(base, ranks, sparsities, range(args.seeds), classes)  # before --out-dir is made
+    refuse_foreign(args.out, ("sweep", "train"), "--out-dir", inside=False)  # not a compare's
     try:
         res = run_sweep(args.out, base, ranks, sparsities, range(args.seeds), classes)
     except ImportError as exc:
@@ -101,8 +104,6 @@ def run(args) -> int:
         print(f"skipped rank={s['rank']} sparsity={s['sparsity']:g}: {s['reason']}")
     print(f"wrote {args.out}/sweep.csv and {args.out}/sweep.json")
     if res["diverged"]:
-        import sys
-
         print(f"ssdfa sweep: {len(res['diverged'])} run(s) diverged and are not in the means "
               f"(first: {res['diverged'][0]['run_dir']}); lower --lr, or delete those cells to "
               "retrain them", file=sys.stderr)
@@ -113,13 +114,6 @@ def run(args) -> int:
 def check_cells(base: dict, ranks, sparsities, seeds, num_classes: int) -> None:
     """Every option of every cell the sweep would train, checked at once before anything is
     created: the training settings (resolve), each rule's rank and sparsity, the seeds."""
-    from dataclasses import replace
-
-    from ..errors import UserError
-    from ..sweep import cell_problem
-    from ..training import ConfigError, TrainConfig, pick_device, resolve
-    from .compare import check_methods
-
     try:
         cfg = TrainConfig(**base)
         resolve(replace(cfg, seed=seeds[-1]))  # a range: its last seed is the largest  # epochs, lr, optimizer, batch size, seeds...
