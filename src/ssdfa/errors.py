@@ -35,6 +35,14 @@ class FeedbackConfigError(InputError, ValueError):
 class UnsupportedModelError(InputError, ValueError):
     """The model holds modules or a layout that ``convert`` cannot train; lists all of them."""
 
+    def __init__(self, problems: list, method: str):
+        self.problems = problems
+        lines = "\n".join(str(p) for p in problems)
+        super().__init__(
+            f"ssdfa.convert(method={method!r}) cannot train this model; "
+            f"{len(problems)} problem(s):\n{lines}"
+        )
+
 
 class ProbeError(InputError, ValueError):
     """A probe forward with a made-up or given input failed."""

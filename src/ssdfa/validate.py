@@ -23,15 +23,6 @@ class Problem:
         return f"  - {where} ({self.module}): {self.why}. {self.fix}"
 
 
-    def __init__(self, problems: list[Problem], method: str):
-        self.problems = problems
-        lines = "\n".join(str(p) for p in problems)
-        super().__init__(
-            f"ssdfa.convert(method={method!r}) cannot train this model; "
-            f"{len(problems)} problem(s):\n{lines}"
-        )
-
-
 def flatten_sequential(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
     """Leaf modules of a (nested) nn.Sequential in call order, with their dotted paths."""
     out = []

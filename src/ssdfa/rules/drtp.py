@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..feedback import DenseFeedback
-from .base import Rule, register_rule, sparse_spec
+from .base import Kind, Rule, register_rule, sparse_spec
 
 
 def check_labels(target, num_errors: int):
@@ -55,6 +55,7 @@ def one_hot_target(target, num_errors: int, batch: int, dtype, device, method: s
 class DRTP(Rule):
     summary = ("direct random target projection: one-hot y*/batch through fixed B_l; "
                "unlocked=True updates each block during the forward pass")
+    kind = Kind.DIRECT
     options = ("sparsity", "connections", "rank", "unlocked")
     scale_free = True
 
@@ -63,8 +64,7 @@ class DRTP(Rule):
         unlocked = opts.get("unlocked", False)
         if not isinstance(unlocked, bool):
             raise ValueError(f"unlocked must be True or False, got {unlocked!r}")
-        self.local = unlocked
-        self.inject = not unlocked
+        self.kind = Kind.LOCAL if unlocked else Kind.DIRECT
 
     def feedback_spec(self, num_errors):
         return sparse_spec(num_errors, self.opts)
