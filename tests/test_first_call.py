@@ -14,11 +14,12 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from kinds import rule_names
 from torch import nn
 
 import ssdfa
 
-DIRECT = sorted(n for n, r in ssdfa.rules.RULES.items() if r.direct and r.name not in ("bp", "shallow"))
+DIRECT = sorted(rule_names("direct", "forward_feedback"))
 
 
 def tiny_cnn(log_softmax=False, hidden=16):
