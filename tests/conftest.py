@@ -4,6 +4,7 @@ pytest_plugins = ["pytester"]  # tests/test_rules_base.py runs a collection of i
 
 import pytest
 import torch
+
 from kinds import rule_names
 
 

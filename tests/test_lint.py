@@ -14,6 +14,5 @@ def test_ruff_finds_nothing():
     ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
     if not Path(ruff).exists():
         pytest.fail("ruff is not installed: `pip install -e .[dev]` installs it")
-    res = subprocess.run([ruff, "check", "src", "tests", "bench"], cwd=ROOT,
-                         capture_output=True, text=True)
+    res = subprocess.run([ruff, "check", "src", "tests", "bench"], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from kinds import rule_names
 
+from kinds import rule_names
 from ssdfa.rules import RULES, Kind, Rule, by_kind, make_rule, register_rule
 from ssdfa.rules.dfa import DFA
 
@@ -14,12 +14,21 @@ TESTS = Path(__file__).parent
 
 # what each rule did before it had a kind: (direct, layerwise, inject, local), written out by hand
 BEFORE = {
-    "bp": (False, False, True, False), "forward_grad": (False, False, True, False),
-    "fa": (False, True, True, False), "kp": (False, True, True, False),
-    "usf": (False, True, True, False), "frsf": (False, True, True, False), "brsf": (False, True, True, False),
-    "dfa": (True, False, True, False), "sdfa": (True, False, True, False), "ssdfa": (True, False, True, False),
-    "dkp": (True, False, True, False), "sign_dfa": (True, False, True, False), "drtp": (True, False, True, False),
-    "fdfa": (True, False, True, False), "shallow": (True, False, False, False),
+    "bp": (False, False, True, False),
+    "forward_grad": (False, False, True, False),
+    "fa": (False, True, True, False),
+    "kp": (False, True, True, False),
+    "usf": (False, True, True, False),
+    "frsf": (False, True, True, False),
+    "brsf": (False, True, True, False),
+    "dfa": (True, False, True, False),
+    "sdfa": (True, False, True, False),
+    "ssdfa": (True, False, True, False),
+    "dkp": (True, False, True, False),
+    "sign_dfa": (True, False, True, False),
+    "drtp": (True, False, True, False),
+    "fdfa": (True, False, True, False),
+    "shallow": (True, False, False, False),
 }
 
 
@@ -69,23 +78,36 @@ def throwaway_rule():
 
 def test_a_registered_direct_rule_joins_every_generated_test_of_its_kind(throwaway_rule, pytester):
     assert throwaway_rule in rule_names("direct")
-    files = [str(TESTS / f) for f in ("test_engine.py", "test_feedback.py", "test_real_models.py")]
-    collected = pytester.runpytest_inprocess(*files, "--collect-only", "-o", "addopts=", "-q",
-                                         "-p", "no:cacheprovider")
-    ids = [line for line in collected.outlines if f"[{throwaway_rule}" in line or f"-{throwaway_rule}" in line]
-    for test in ("test_mlp_gradients_match_the_papers_equations", "test_cnn_gradients_match_the_papers_equations",
-                 "test_public_reference_checker_agrees", "test_every_point_draws_an_independent_matrix",
-                 "test_direct_gradients_equal_the_formulas", "test_public_checker_covers_hooked_and_traced_models"):
+    files = [str(TESTS / f) for f in ("test_convert.py", "test_feedback.py", "test_convert_real_models.py")]
+    collected = pytester.runpytest_inprocess(
+        *files, "--collect-only", "-o", "addopts=", "-q", "-p", "no:cacheprovider"
+    )
+    ids = [
+        line for line in collected.outlines if f"[{throwaway_rule}" in line or f"-{throwaway_rule}" in line
+    ]
+    for test in (
+        "test_mlp_gradients_match_the_papers_equations",
+        "test_cnn_gradients_match_the_papers_equations",
+        "test_public_reference_checker_agrees",
+        "test_every_point_draws_an_independent_matrix",
+        "test_direct_gradients_equal_the_formulas",
+        "test_public_checker_covers_hooked_and_traced_models",
+    ):
         assert any(test in i for i in ids), (test, ids)
-    # and the engine's gradient tests run on it and pass, against the formulas of tests/test_engine.py
-    ran = pytester.runpytest_inprocess(str(TESTS / "test_engine.py"), "-k", f"{throwaway_rule} and not checker",
-                                       "-p", "no:cacheprovider")
+    # and the engine's gradient tests run on it and pass, against the formulas of tests/test_convert.py
+    ran = pytester.runpytest_inprocess(
+        str(TESTS / "test_convert.py"), "-k", f"{throwaway_rule} and not checker", "-p", "no:cacheprovider"
+    )
     assert ran.parseoutcomes() == {"passed": 3, "deselected": 65}, ran.parseoutcomes()
 
 
-@pytest.mark.xfail(strict=False, reason="ssdfa.reference keeps its own SIGNALS table by rule name "
-                   "(lead's file): it refuses a rule it has no entry for; until the redesign merges")
+@pytest.mark.xfail(
+    strict=False,
+    reason="ssdfa.reference keeps its own SIGNALS table by rule name "
+    "(lead's file): it refuses a rule it has no entry for; until the redesign merges",
+)
 def test_the_public_checker_takes_a_new_direct_rule(throwaway_rule, pytester):
-    ran = pytester.runpytest_inprocess(str(TESTS / "test_engine.py"), "-k", f"{throwaway_rule} and checker",
-                                       "-p", "no:cacheprovider")
+    ran = pytester.runpytest_inprocess(
+        str(TESTS / "test_convert.py"), "-k", f"{throwaway_rule} and checker", "-p", "no:cacheprovider"
+    )
     assert ran.parseoutcomes() == {"passed": 2, "deselected": 66}, ran.parseoutcomes()

@@ -415,7 +415,7 @@ def test_compiled_training_matches_eager(method, backend, device):
 
 # -- DistributedDataParallel -------------------------------------------------------------------
 # fdfa draws its perturbations per example on each rank, so it cannot equal one process on the
-# global batch exactly; tests/test_fdfa.py checks that its replicas stay identical under DDP
+# global batch exactly; tests/test_rules_fdfa.py checks that its replicas stay identical under DDP
 DDP_RULES = [(m, {}) for m in sorted(ssdfa.METHODS) if m != "fdfa"] + [("drtp", {"unlocked": True})]
 
 
