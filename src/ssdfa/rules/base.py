@@ -18,7 +18,7 @@ from ..feedback import FeedbackSpec, resolve_connections
 RULES: dict[str, type[Rule]] = {}
 
 
-class Kind(str, enum.Enum):
+class Kind(enum.StrEnum):
     """How a rule gets credit to the hidden layers: the one thing the engine branches on.
 
     ``direct`` rules cut the graph at every feedback point and inject a signal there during
@@ -97,16 +97,20 @@ class Rule:
     inject = _FromKind(lambda k: k not in (Kind.LOCAL, Kind.OUTPUT_ONLY))
     local = _FromKind(lambda k: k is Kind.LOCAL)  # blocks learn in forward from ``local_signal``
     # which model convert builds: FDFAModel (dual activities), ForwardGradientModel (dual weights)
-    forward_mode = _FromKind(lambda k: {Kind.FORWARD_FEEDBACK: "activities",
-                                        Kind.FORWARD_GRADIENT: "weights"}.get(k))
+    forward_mode = _FromKind(
+        lambda k: {Kind.FORWARD_FEEDBACK: "activities", Kind.FORWARD_GRADIENT: "weights"}.get(k)
+    )
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        shadowed = sorted(n for n in ("direct", "layerwise", "inject", "local", "forward_mode")
-                          if n in vars(cls))
+        shadowed = sorted(
+            n for n in ("direct", "layerwise", "inject", "local", "forward_mode") if n in vars(cls)
+        )
         if shadowed:
-            raise TypeError(f"rule {cls.__name__} sets {', '.join(shadowed)}: these follow its "
-                            "kind; set kind = Kind.DIRECT (or another Kind) instead")
+            raise TypeError(
+                f"rule {cls.__name__} sets {', '.join(shadowed)}: these follow its "
+                "kind; set kind = Kind.DIRECT (or another Kind) instead"
+            )
         if not isinstance(cls.kind, Kind):
             raise TypeError(f"rule {cls.__name__}: kind must be a Kind, got {cls.kind!r}")
 
@@ -130,7 +134,7 @@ class Rule:
     def point_signals(self, e, feedback, shapes, target):
         """Gradients injected at the feedback points, each of its point's shape (Eq. 8-9)."""
         sig = self.error_signal(e, target)
-        return [fb.project(sig).view(shape) for fb, shape in zip(feedback, shapes)]
+        return [fb.project(sig).view(shape) for fb, shape in zip(feedback, shapes, strict=True)]
 
     def feedback_grads(self, e, hs, feedback, target):
         """Gradients of learnable feedback tensors (only rules whose B learns override this)."""
