@@ -8,7 +8,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-# integrations: transformers, accelerate and lightning, which tests/test_integrations.py trains with
+# integrations: transformers, accelerate and lightning, which tests/test_convert_integrations.py trains with
 .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,integrations]"
 # Real Fashion-MNIST (IDX files in /usr/share/datasets/fashion-mnist); optional, digits needs none.
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1; then

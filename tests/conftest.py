@@ -1,7 +1,18 @@
 """Fixtures shared by the test files."""
 
+pytest_plugins = ["pytester"]  # tests/test_rules_base.py runs a collection of its own
+
 import pytest
 import torch
+
+from kinds import rule_names
+
+
+def pytest_generate_tests(metafunc):
+    """``@pytest.mark.rules(*kinds, where=..., without=...)``: ``method`` over the registry."""
+    mark = metafunc.definition.get_closest_marker("rules")
+    if mark is not None:
+        metafunc.parametrize("method", rule_names(*mark.args, **mark.kwargs))
 
 
 @pytest.fixture(autouse=True)

@@ -235,7 +235,7 @@ def _three_point_net():
                          nn.Linear(300, 200), nn.Tanh(), nn.Linear(200, 10))
 
 
-@pytest.mark.parametrize("method", ["dfa", "sdfa", "ssdfa", "dkp", "sign_dfa", "drtp"])
+@pytest.mark.rules("direct")
 def test_every_point_draws_an_independent_matrix(method):
     """Same-shape points: correlation of their B near 0 (1 if they shared a random stream).
 

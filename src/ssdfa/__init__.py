@@ -17,8 +17,19 @@ from .validate import UnsupportedModelError
 from .wrapper import FeedbackModel
 
 __all__ = [
-    "feedback_parameters", "__version__", "RULES",
-    "METHODS", "convert", "feedback_matrices", "FeedbackModel", "FeedbackPoint", "Rule",
-    "register_rule", "make_feedback", "FeedbackSpec", "DenseFeedback", "SparseFeedback",
+    "feedback_parameters",
+    "__version__",
+    "RULES",
+    "METHODS",
+    "convert",
+    "feedback_matrices",
+    "FeedbackModel",
+    "FeedbackPoint",
+    "Rule",
+    "register_rule",
+    "make_feedback",
+    "FeedbackSpec",
+    "DenseFeedback",
+    "SparseFeedback",
     "UnsupportedModelError",
 ]

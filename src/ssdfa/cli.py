@@ -13,8 +13,8 @@ import importlib
 import pkgutil
 import sys
 
-from .errors import Diverged, InputError, UserError  # noqa: F401  (UserError re-exported)
 from . import __version__, commands
+from .errors import Diverged, InputError, UserError  # noqa: F401  (UserError re-exported)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,8 +32,10 @@ def one_line(message) -> str:
 def _again(args) -> str:
     """How to carry on after a full disk, for the command that met it."""
     if args.command == "train":
-        return (f"continue with `ssdfa train --resume {args.resume or getattr(args, 'out_dir', 'RUN_DIR')}`"
-                " (the last checkpoint is kept)")
+        return (
+            f"continue with `ssdfa train --resume {args.resume or getattr(args, 'out_dir', 'RUN_DIR')}`"
+            " (the last checkpoint is kept)"
+        )
     if args.command in ("compare", "reproduce", "sweep"):
         return "run the same command again (finished runs are kept and not retrained)"
     return "run the same command again"
@@ -70,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     except OSError as exc:  # the machine, not ssdfa: a full disk, a vanished file, permissions
         where = f" ({exc.filename})" if exc.filename else ""
-        what = ("the disk is full" + where + "; free some space, then " + _again(args)) \
-            if exc.errno == errno.ENOSPC else f"{exc.strerror or one_line(exc)}{where}"
+        what = (
+            ("the disk is full" + where + "; free some space, then " + _again(args))
+            if exc.errno == errno.ENOSPC
+            else f"{exc.strerror or one_line(exc)}{where}"
+        )
         print(f"ssdfa {args.command}: error: {what}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -7,12 +7,58 @@ Wᵀ·δ is ever computed across blocks, and receive the output error e = ∂L/�
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Callable
+
 import torch
 
 from ..errors import RuleOptionError  # noqa: F401  (re-exported)
 from ..feedback import FeedbackSpec, project_all, resolve_connections
 
-RULES: dict[str, type["Rule"]] = {}
+RULES: dict[str, type[Rule]] = {}
+
+
+class Kind(enum.StrEnum):
+    """How a rule gets credit to the hidden layers: the one thing the engine branches on.
+
+    ``direct`` rules cut the graph at every feedback point and inject a signal there during
+    backward (DFA, SDFA, SSDFA, DKP, sign-DFA, DRTP); ``local`` rules give each block its
+    gradient during the forward pass (DRTP with ``unlocked=True``); ``output_only`` cuts the
+    graph and injects nothing, so only the output block learns (shallow); ``forward_feedback``
+    is a direct rule whose B_l are estimated by forward-mode perturbation (FDFA);
+    ``layerwise`` swaps B_l for W_l inside each layer's backward (FA, KP, the sign rules);
+    ``forward_gradient`` needs no points and no B (forward gradient); ``backprop`` is BP.
+    """
+
+    BACKPROP = "backprop"
+    LAYERWISE = "layerwise"
+    DIRECT = "direct"
+    LOCAL = "local"
+    OUTPUT_ONLY = "output_only"
+    FORWARD_FEEDBACK = "forward_feedback"
+    FORWARD_GRADIENT = "forward_gradient"
+
+
+# the kinds whose model cuts the autograd graph at the feedback points
+CUT = frozenset({Kind.DIRECT, Kind.LOCAL, Kind.OUTPUT_ONLY, Kind.FORWARD_FEEDBACK})
+# the kinds that feed a signal through B_l at the points (in backward, or in forward for local)
+FEEDS_BACK = frozenset({Kind.DIRECT, Kind.LOCAL, Kind.FORWARD_FEEDBACK})
+
+
+class _FromKind:
+    """A read-only boolean (or value) derived from ``kind``, on the class and on an instance."""
+
+    def __init__(self, derive: Callable[[Kind], object]):
+        self.derive = derive
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, obj, cls=None):
+        return self.derive((cls if obj is None else obj).kind)
+
+    def __set__(self, obj, value):
+        raise AttributeError(f"{self.name} follows the rule's kind: set kind = Kind.... instead")
 
 
 def register_rule(name: str):
@@ -29,22 +75,44 @@ def register_rule(name: str):
 
 
 class Rule:
-    """Base class. Subclasses set ``direct`` and override ``error_signal`` or ``point_signals``.
+    """Base class. Subclasses set ``kind`` and override ``error_signal`` or ``point_signals``.
 
     ``options`` lists the keyword options a rule accepts; anything else is rejected by name.
     """
 
     name = "rule"
-    direct = True  # cut the graph at feedback points and inject signals there
+    kind: Kind = Kind.DIRECT
+    # traits orthogonal to the kind
     needs_activations = False  # keep h_l for the backward pass (learned B, alignment)
-    layerwise = False  # B_l replaces W_l inside each layer's backward (FA, KP); no points used
-    inject = True  # signals enter at the points during backward (False: shallow, unlocked DRTP)
-    local = False  # each block learns during the forward pass from ``local_signal`` (DRTP)
     scale_free = False  # the signal ignores |e| (a sign, the target): it must carry the loss scale
     learned_feedback = False  # B_l are parameters the optimizer must hold (DKP)
     needs_target = False  # the signal reads the target (DRTP): labels are checked in forward
     options: tuple[str, ...] = ()
     summary = ""
+
+    # read-only views of ``kind``, for the engine's older tests of them
+    direct = _FromKind(lambda k: k in CUT)  # cut the graph at feedback points
+    layerwise = _FromKind(lambda k: k is Kind.LAYERWISE)  # B_l replaces W_l; no points used
+    # signals enter at the points during backward (False: shallow, unlocked DRTP)
+    inject = _FromKind(lambda k: k not in (Kind.LOCAL, Kind.OUTPUT_ONLY))
+    local = _FromKind(lambda k: k is Kind.LOCAL)  # blocks learn in forward from ``local_signal``
+    # which model convert builds: FDFAModel (dual activities), ForwardGradientModel (dual weights)
+    forward_mode = _FromKind(
+        lambda k: {Kind.FORWARD_FEEDBACK: "activities", Kind.FORWARD_GRADIENT: "weights"}.get(k)
+    )
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        shadowed = sorted(
+            n for n in ("direct", "layerwise", "inject", "local", "forward_mode") if n in vars(cls)
+        )
+        if shadowed:
+            raise TypeError(
+                f"rule {cls.__name__} sets {', '.join(shadowed)}: these follow its "
+                "kind; set kind = Kind.DIRECT (or another Kind) instead"
+            )
+        if not isinstance(cls.kind, Kind):
+            raise TypeError(f"rule {cls.__name__}: kind must be a Kind, got {cls.kind!r}")
 
     def __init__(self, **opts):
         unknown = sorted(set(opts) - set(self.options))
@@ -66,7 +134,7 @@ class Rule:
     def point_signals(self, e, feedback, shapes, target):
         """Gradients injected at the feedback points, each of its point's shape (Eq. 8-9)."""
         sig = self.error_signal(e, target)
-        return [s.view(shape) for s, shape in zip(project_all(feedback, sig), shapes)]
+        return [s.view(shape) for s, shape in zip(project_all(feedback, sig), shapes, strict=True)]
 
     def feedback_grads(self, e, hs, feedback, target):
         """Gradients of learnable feedback tensors (only rules whose B learns override this)."""
@@ -79,6 +147,15 @@ class Rule:
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.opts.items())
         return f"{type(self).__name__}({args})"
+
+
+def by_kind(*kinds: Kind | str) -> list[str]:
+    """Names of the registered rules of the given kinds, in registration order.
+
+    What a generated test enumerates: registering a rule puts it in every test of its kind.
+    """
+    wanted = {Kind(k) for k in kinds}
+    return [name for name, cls in RULES.items() if cls.kind in wanted]
 
 
 def make_rule(method, **opts) -> Rule:

@@ -5,12 +5,13 @@ forms ∂W_l = δ_lᵀ·a_{l-1}.  The three names differ only in how B_l is draw
 """
 
 from ..feedback import FeedbackSpec
-from .base import Rule, register_rule, sparse_spec
+from .base import Kind, Rule, register_rule, sparse_spec
 
 
 @register_rule("dfa")
 class DFA(Rule):
     summary = "direct feedback alignment: dense random B_l per hidden layer"
+    kind = Kind.DIRECT
 
     def feedback_spec(self, num_errors):
         return FeedbackSpec()
@@ -19,6 +20,7 @@ class DFA(Rule):
 @register_rule("sdfa")
 class SDFA(Rule):
     summary = "sparse DFA: B_l with `sparsity` (or `connections`) and `rank`; default sparsity 0.9"
+    kind = Kind.DIRECT
     options = ("sparsity", "connections", "rank")
 
     def feedback_spec(self, num_errors):
@@ -28,6 +30,7 @@ class SDFA(Rule):
 @register_rule("ssdfa")
 class SSDFA(Rule):
     summary = "single-connection SDFA: one error per hidden neuron, full rank (Eq. 11)"
+    kind = Kind.DIRECT
 
     def feedback_spec(self, num_errors):
         return FeedbackSpec(connections=1)

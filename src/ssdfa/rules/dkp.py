@@ -8,12 +8,15 @@ output layer's weight gradient, so B_l is pulled toward W_out (shape (M, N) in b
 ``ssdfa.feedback_parameters(model)`` gives the B_l alone, for their own optimizer or lr.
 """
 
-from .base import Rule, register_rule, sparse_spec
+from .base import Kind, Rule, register_rule, sparse_spec
 
 
 @register_rule("dkp")
 class DKP(Rule):
-    summary = "direct Kolen-Pollack: DFA with B_l learned by ∂B_l = eᵀh_l (Eq. 7-8); sparsity/connections/rank"
+    summary = (
+        "direct Kolen-Pollack: DFA with B_l learned by ∂B_l = eᵀh_l (Eq. 7-8); sparsity/connections/rank"
+    )
+    kind = Kind.DIRECT
     options = ("sparsity", "connections", "rank")
     needs_activations = True
     learned_feedback = True
@@ -22,5 +25,8 @@ class DKP(Rule):
         return sparse_spec(num_errors, self.opts, learnable=True)
 
     def feedback_grads(self, e, hs, feedback, target):
-        return [fb.grad_from(e, h.reshape(h.shape[0], -1).to(e.dtype)).to(p.dtype)
-                for fb, h in zip(feedback, hs) for p in fb.parameters()]
+        return [
+            fb.grad_from(e, h.reshape(h.shape[0], -1).to(e.dtype)).to(p.dtype)
+            for fb, h in zip(feedback, hs, strict=True)
+            for p in fb.parameters()
+        ]

@@ -17,25 +17,33 @@ from __future__ import annotations
 import torch
 
 from ..feedback import DenseFeedback
-from .base import Rule, register_rule, sparse_spec
+from .base import Kind, Rule, register_rule, sparse_spec
 
 
 def check_labels(target, num_errors: int):
     """Class indices must lie in [0, M): checked once per forward pass, eagerly (it reads the
     values, which torch.compile could not trace inside the backward pass)."""
-    if isinstance(target, torch.Tensor) and target.dim() >= 1 and not target.is_floating_point() \
-            and target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_errors):
-        raise ValueError(f"target labels must lie in [0, {num_errors}), got "
-                         f"{int(target.min())}..{int(target.max())}")
+    if (
+        isinstance(target, torch.Tensor)
+        and target.dim() >= 1
+        and not target.is_floating_point()
+        and target.numel()
+        and (int(target.min()) < 0 or int(target.max()) >= num_errors)
+    ):
+        raise ValueError(
+            f"target labels must lie in [0, {num_errors}), got {int(target.min())}..{int(target.max())}"
+        )
 
 
-def one_hot_target(target, num_errors: int, batch: int, dtype, device, method: str,
-                   check: bool = True) -> torch.Tensor:
+def one_hot_target(
+    target, num_errors: int, batch: int, dtype, device, method: str, check: bool = True
+) -> torch.Tensor:
     """(batch, M) one-hot y* from class indices or an already one-hot (or soft) target."""
     if target is None:
         raise ValueError(
             f"method {method!r} feeds the target back: call the model as model(x, target=y) "
-            "during training (y: class indices or one-hot)")
+            "during training (y: class indices or one-hot)"
+        )
     if not isinstance(target, torch.Tensor):
         target = torch.as_tensor(target)
     target = target.to(device)
@@ -46,15 +54,20 @@ def one_hot_target(target, num_errors: int, batch: int, dtype, device, method: s
             check_labels(target, num_errors)
         return torch.nn.functional.one_hot(target.long(), num_errors).to(dtype)
     if target.shape != (batch, num_errors):
-        raise ValueError(f"target must be class indices of shape ({batch},) or one-hot of shape "
-                         f"({batch}, {num_errors}), got {tuple(target.shape)}")
+        raise ValueError(
+            f"target must be class indices of shape ({batch},) or one-hot of shape "
+            f"({batch}, {num_errors}), got {tuple(target.shape)}"
+        )
     return target.to(dtype)
 
 
 @register_rule("drtp")
 class DRTP(Rule):
-    summary = ("direct random target projection: one-hot y*/batch through fixed B_l; "
-               "unlocked=True updates each block during the forward pass")
+    summary = (
+        "direct random target projection: one-hot y*/batch through fixed B_l; "
+        "unlocked=True updates each block during the forward pass"
+    )
+    kind = Kind.DIRECT
     options = ("sparsity", "connections", "rank", "unlocked")
     scale_free = True
 
@@ -63,8 +76,7 @@ class DRTP(Rule):
         unlocked = opts.get("unlocked", False)
         if not isinstance(unlocked, bool):
             raise ValueError(f"unlocked must be True or False, got {unlocked!r}")
-        self.local = unlocked
-        self.inject = not unlocked
+        self.kind = Kind.LOCAL if unlocked else Kind.DIRECT
 
     def feedback_spec(self, num_errors):
         return sparse_spec(num_errors, self.opts)
@@ -76,8 +88,10 @@ class DRTP(Rule):
     needs_target = True
 
     def point_signals(self, e, feedback, shapes, target):
-        return [self._projected(fb, target, torch.Size(shape), e.dtype, e.device, check=False)
-                for fb, shape in zip(feedback, shapes)]
+        return [
+            self._projected(fb, target, torch.Size(shape), e.dtype, e.device, check=False)
+            for fb, shape in zip(feedback, shapes, strict=True)
+        ]
 
     def local_signal(self, feedback, target, h):
         return self._projected(feedback, target, h.shape, h.dtype, h.device)
@@ -86,8 +100,12 @@ class DRTP(Rule):
         """y*·B_l / batch; for labels and dense B a row pick, as the paper notes (Sec. 2.3.1).
         ``check=False`` in backward: the converted model checked the labels in forward."""
         batch = shape[0]
-        if (isinstance(fb, DenseFeedback) and isinstance(target, torch.Tensor)
-                and target.dim() == 1 and not target.is_floating_point()):
+        if (
+            isinstance(fb, DenseFeedback)
+            and isinstance(target, torch.Tensor)
+            and target.dim() == 1
+            and not target.is_floating_point()
+        ):
             one_hot_target(target, fb.num_errors, batch, dtype, device, self.name, check)  # shapes
             return (fb.matrix[target.to(fb.matrix.device).long()].to(dtype) / batch).view(shape)
         y = one_hot_target(target, fb.num_errors, batch, dtype, device, self.name, check)

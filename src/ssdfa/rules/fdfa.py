@@ -9,14 +9,16 @@ BP's gradient at h_l without any backward chain.  Mechanics: ``ssdfa.forward_mod
 """
 
 from ..feedback import FeedbackConfigError, FeedbackSpec
-from .base import Rule, register_rule
+from .base import Kind, Rule, register_rule
 
 
 @register_rule("fdfa")
 class FDFA(Rule):
-    summary = "forward DFA (Bacho & Chu 2024): B_l ← β·B_l + (1-β)·mean (∂y/∂h_l·u)uᵀ by forward mode; momentum"
+    summary = (
+        "forward DFA (Bacho & Chu 2024): B_l ← β·B_l + (1-β)·mean (∂y/∂h_l·u)uᵀ by forward mode; momentum"
+    )
     options = ("momentum",)
-    forward_mode = "activities"  # convert builds an FDFAModel (a FeedbackModel with dual tensors)
+    kind = Kind.FORWARD_FEEDBACK  # convert builds an FDFAModel (a FeedbackModel with dual tensors)
     default_momentum = 0.99
 
     def __init__(self, **opts):

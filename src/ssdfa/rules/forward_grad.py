@@ -6,11 +6,10 @@ variance that grows with the parameter count, the baseline FDFA improves on.  Th
 in ``ssdfa.forward_mode.ForwardGradientModel``.
 """
 
-from .base import Rule, register_rule
+from .base import Kind, Rule, register_rule
 
 
 @register_rule("forward_grad")
 class ForwardGradient(Rule):
     summary = "forward gradient (Baydin et al. 2022): g = (∇L·v)v, v ~ N(0, I), one forward-mode pass"
-    direct = False
-    forward_mode = "weights"  # convert builds a ForwardGradientModel: no points, no B
+    kind = Kind.FORWARD_GRADIENT  # convert builds a ForwardGradientModel: no points, no B

@@ -6,20 +6,18 @@ gradient is W_l's own (B_l is stored in W_l's shape), so with the optimizer's we
 on both, B_l - W_l shrinks by (1 - ηλ) per step and B_l converges to W_l (Eq. 6).
 """
 
-from .base import Rule, register_rule
+from .base import Kind, Rule, register_rule
 
 
 @register_rule("fa")
 class FA(Rule):
     summary = "feedback alignment: fixed random B_l in place of W_l in each layer's backward"
-    direct = False
-    layerwise = True
+    kind = Kind.LAYERWISE
     learnable = False
 
 
 @register_rule("kp")
 class KP(Rule):
     summary = "Kolen-Pollack: as fa, B_l receives W_l's update (use weight decay on both)"
-    direct = False
-    layerwise = True
+    kind = Kind.LAYERWISE
     learnable = True

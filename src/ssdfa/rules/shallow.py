@@ -6,10 +6,10 @@ marks the hidden parameters ``requires_grad=False``, which lets DistributedDataP
 with its default arguments.
 """
 
-from .base import Rule, register_rule
+from .base import Kind, Rule, register_rule
 
 
 @register_rule("shallow")
 class Shallow(Rule):
     summary = "shallow learning: hidden layers frozen at init, only the output layer learns"
-    inject = False
+    kind = Kind.OUTPUT_ONLY  # the graph is cut at the points and nothing is fed back

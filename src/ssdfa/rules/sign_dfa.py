@@ -4,12 +4,13 @@ Every hidden point gets sign(e)·B_l.  The sign has no magnitude, so it is divid
 size, as a mean-reduced loss divides e: the same learning rates then suit DFA and sign-DFA.
 """
 
-from .base import Rule, register_rule, sparse_spec
+from .base import Kind, Rule, register_rule, sparse_spec
 
 
 @register_rule("sign_dfa")
 class SignDFA(Rule):
     summary = "error-sign DFA (DRTP paper's sDFA): sign(e)/batch through B_l; sparsity/connections/rank"
+    kind = Kind.DIRECT
     options = ("sparsity", "connections", "rank")
     scale_free = True
 

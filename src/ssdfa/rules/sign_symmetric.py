@@ -7,12 +7,11 @@ every batch.  Sign concordance keeps B within 90° of W, which is why these rule
 more closely than FA on deep convolutional networks (Moskovitz et al. 2018; BioTorch's tables).
 """
 
-from .base import Rule, register_rule
+from .base import Kind, Rule, register_rule
 
 
 class _SignRule(Rule):
-    direct = False
-    layerwise = True
+    kind = Kind.LAYERWISE
     learnable = False
     sign = ""
 

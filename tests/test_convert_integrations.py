@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import ssdfa
-from test_first_call import assert_same, image_data, rule_gradients, tiny_cnn
+from test_wrapper_first_call import assert_same, image_data, rule_gradients, tiny_cnn
 
 
 
@@ -241,7 +241,7 @@ def test_lightning_fit_checkpoint_reload_test(method, tmp_path):
     trainer = _lightning_trainer(tmp_path)
     trainer.fit(lit, loader)  # the sanity check has no val loader; the first call trains
     grads, matrices = lit.first
-    if method != "forward_grad":  # a random estimate: tests/test_forward_grad.py checks it
+    if method != "forward_grad":  # a random estimate: tests/test_rules_forward_grad.py checks it
         assert_same(grads, rule_gradients(method, tiny_cnn(), matrices, x[:4], y[:4]))
 
     path = trainer.checkpoint_callback.best_model_path

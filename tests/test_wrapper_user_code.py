@@ -100,7 +100,7 @@ class GPTWithLoss(GPT):
         return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
 
 
-@pytest.mark.parametrize("method", ["dfa", "ssdfa", "drtp", "dkp", "sign_dfa"])
+@pytest.mark.rules("direct")
 def test_nanogpt_loss_inside_forward_reaches_every_block(method):
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
@@ -151,7 +151,7 @@ LOSSES = {
 
 
 @pytest.mark.parametrize("loss", list(LOSSES))
-@pytest.mark.parametrize("method", ["dfa", "sdfa", "ssdfa", "sign_dfa", "dkp"])
+@pytest.mark.rules("direct", where=lambda r: not r.needs_target)  # drtp: one head (below)
 def test_each_head_feeds_back_its_own_error(method, loss):
     x = torch.randn(7, 6)
     ya, yb = torch.randint(0, 3, (7,)), torch.randint(0, 5, (7,))

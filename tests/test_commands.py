@@ -1,4 +1,5 @@
-"""Issue 18, by class of defect, with hostile inputs generated in the test.
+"""The commands (``ssdfa.commands``) against hostile input (issue 18), by class of defect, with
+the hostile inputs generated in the test.
 
 Four mechanisms, one section each:
 

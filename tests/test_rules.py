@@ -490,7 +490,7 @@ def shallow_digits(digits):
 # sign_dfa is left to the DRTP paper's setup below: with softmax + cross-entropy sign(e) is
 # +1 for every wrong class whatever the output, and on digits it scores below `shallow` (0.37).
 # forward_grad's variance grows with the parameter count (Baydin et al. 2022): 3 epochs at
-# lr 0.05 leave it at chance here; tests/test_forward_grad.py checks it from its formula
+# lr 0.05 leave it at chance here; tests/test_rules_forward_grad.py checks it from its formula
 @pytest.mark.parametrize("method", [m for m in ssdfa.METHODS if m not in ("sign_dfa", "forward_grad")]
                          + ["drtp-unlocked"])
 def test_every_method_learns_digits_and_beats_shallow(method, digits, shallow_digits):

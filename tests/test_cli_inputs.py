@@ -1,4 +1,4 @@
-"""Issue 11, case by case: no code from data files, one writer per run directory, a resume that
+"""The command line against hostile input (issue 11), case by case: no code from data files, one writer per run directory, a resume that
 checks what it resumes, and every bad input one line on stderr with a nonzero exit status.
 
 Each test recreates a case a hostile user tried and asserts the promised outcome: the exit

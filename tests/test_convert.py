@@ -5,12 +5,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from kinds import paper_signal
 from torch import nn
 
 import ssdfa
 from ssdfa.reference import check_gradients
-
-DIRECT = ["dfa", "sdfa", "ssdfa"]
 
 
 def mlp():
@@ -34,11 +33,11 @@ def output_error(out, y):
 
 def grads_of(model, x, y):
     model.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x), y).backward()
+    F.cross_entropy(model(x, target=y) if model.rule.needs_target else model(x), y).backward()
     return {n: p.grad.clone() for n, p in model.net.named_parameters()}
 
 
-@pytest.mark.parametrize("method", DIRECT)
+@pytest.mark.rules("direct")
 def test_mlp_gradients_match_the_papers_equations(method):
     net = mlp()
     model = ssdfa.convert(net, method, num_classes=4, seed=1, **({"connections": 2, "rank": 2} if method == "sdfa" else {}))
@@ -53,9 +52,10 @@ def test_mlp_gradients_match_the_papers_equations(method):
         a3 = torch.sigmoid(a2 @ W3.T + net[4].bias)
         out = a3 @ W4.T + net[6].bias
         e = output_error(out, y)
-        d3 = (e @ B3) * a3 * (1 - a3)  # Eq. 8-9: δ_l = (e·B_l) ⊙ f'(a_l)
-        d2 = (e @ B2) * (z2 > 0)
-        d1 = (e @ B1) * (1 - a1 ** 2)
+        s = paper_signal(method, e, y)  # e for dfa, sdfa, ssdfa, dkp
+        d3 = (s @ B3) * a3 * (1 - a3)  # Eq. 8-9: δ_l = (e·B_l) ⊙ f'(a_l)
+        d2 = (s @ B2) * (z2 > 0)
+        d1 = (s @ B1) * (1 - a1 ** 2)
     expected = {"6.weight": e.T @ a3, "6.bias": e.sum(0),  # output layer: true gradient
                 "4.weight": d3.T @ a2, "4.bias": d3.sum(0),  # ∂W_l = δ_lᵀ a_{l-1}
                 "2.weight": d2.T @ a1, "2.bias": d2.sum(0),
@@ -75,7 +75,7 @@ def test_bp_equals_plain_autograd():
         assert torch.equal(got[name], p.grad), name
 
 
-@pytest.mark.parametrize("method", DIRECT)
+@pytest.mark.rules("direct")
 def test_cnn_gradients_match_the_papers_equations(method):
     net = cnn()
     model = ssdfa.convert(net, method, input_shape=(2, 6, 6), seed=2)
@@ -95,9 +95,10 @@ def test_cnn_gradients_match_the_papers_equations(method):
         a3 = torch.tanh(a2 @ l1.weight.T + l1.bias)
         out = a3 @ l2.weight.T + l2.bias
         e = output_error(out, y)
-        d3 = (e @ B3) * (1 - a3 ** 2)
-        d2 = (e @ B2) * (1 - a2 ** 2)
-        g1 = (e @ B1).view(3, 3, 2, 2)  # signal at the pooled output
+        s = paper_signal(method, e, y)
+        d3 = (s @ B3) * (1 - a3 ** 2)
+        d2 = (s @ B2) * (1 - a2 ** 2)
+        g1 = (s @ B1).view(3, 3, 2, 2)  # signal at the pooled output
         d1 = F.max_unpool2d(g1, idx, 2, output_size=(4, 4)) * (z1 > 0)  # pool routes, f' = relu'
     expected = {
         "8.weight": e.T @ a3, "8.bias": e.sum(0),
@@ -111,7 +112,7 @@ def test_cnn_gradients_match_the_papers_equations(method):
         torch.testing.assert_close(got[name], g, rtol=1e-5, atol=1e-7, msg=name)
 
 
-@pytest.mark.parametrize("method", ["bp", *DIRECT])
+@pytest.mark.rules("backprop", "direct")
 @pytest.mark.parametrize("batch", [1, 7])
 def test_public_reference_checker_agrees(method, batch):
     net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.AvgPool2d(2),
@@ -437,7 +438,7 @@ def test_nested_converted_models_each_use_their_own_points():
     assert torch.equal(inner.net[0].weight.grad, g)
 
 
-@pytest.mark.parametrize("method", ["dfa", "ssdfa", "sign_dfa", "dkp", "drtp"])
+@pytest.mark.rules("direct")
 def test_signals_are_made_one_block_at_a_time(method, monkeypatch):
     """Point l's signal is computed only after block l+1's weights got their gradient, so at most
     one signal is alive at a time (as BP holds one δ), not all of them at the start of backward."""

@@ -14,11 +14,12 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from kinds import rule_names
 from torch import nn
 
 import ssdfa
 
-DIRECT = sorted(n for n, r in ssdfa.rules.RULES.items() if r.direct and r.name not in ("bp", "shallow"))
+DIRECT = sorted(rule_names("direct", "forward_feedback"))
 
 
 def tiny_cnn(log_softmax=False, hidden=16):
@@ -155,7 +156,7 @@ def test_a_first_call_that_evaluates_leaves_the_model_to_train_as_the_formulas_s
     """The first call sizes the model inside ``mode``; training after it gives the rule's
     gradients, with e taken at the logits of the log_softmax head."""
     if method in ("fdfa", "forward_grad"):  # fdfa refuses a log_softmax head; forward_grad's
-        pytest.skip("its own tests")  # estimate is random (tests/test_fdfa.py, test_forward_grad.py)
+        pytest.skip("its own tests")  # estimate is random (tests/test_rules_fdfa.py, test_rules_forward_grad.py)
     x, y = image_data()
     shape = {"example_input": x} if method == "dkp" else {}
     model = ssdfa.convert(tiny_cnn(log_softmax=True), method, seed=0, **shape)

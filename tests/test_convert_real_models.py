@@ -21,8 +21,6 @@ from torch import nn
 import ssdfa
 from zoo import GPT, Bottleneck, ExamplesNet, ResNet, TransformerClassifier, resnet18
 
-DIRECT = ["dfa", "sdfa", "ssdfa", "dkp", "sign_dfa", "drtp"]
-
 
 class LogitsNet(ExamplesNet):
     """The examples Net without its log_softmax head, for cross_entropy on logits."""
@@ -175,7 +173,7 @@ def test_bp_gradients_equal_plain_autograd(case):
     assert_same(got, {n: p.grad for n, p in plain.named_parameters() if p.grad is not None})
 
 
-@pytest.mark.parametrize("method", DIRECT)
+@pytest.mark.rules("direct")
 @pytest.mark.parametrize("case", list(CASES))
 def test_direct_gradients_equal_the_formulas(case, method):
     if method == "drtp" and case == "gpt":
@@ -190,7 +188,7 @@ def test_direct_gradients_equal_the_formulas(case, method):
     assert hidden, "the hidden blocks learned nothing"
 
 
-@pytest.mark.parametrize("method", DIRECT + ["shallow"])
+@pytest.mark.rules("direct", "output_only")
 def test_log_softmax_nll_gives_the_gradients_of_logits_cross_entropy(method):
     torch.manual_seed(0)
     a = ExamplesNet()
@@ -417,7 +415,7 @@ def test_compiled_training_matches_eager(method, backend, device):
 
 # -- DistributedDataParallel -------------------------------------------------------------------
 # fdfa draws its perturbations per example on each rank, so it cannot equal one process on the
-# global batch exactly; tests/test_fdfa.py checks that its replicas stay identical under DDP
+# global batch exactly; tests/test_rules_fdfa.py checks that its replicas stay identical under DDP
 DDP_RULES = [(m, {}) for m in sorted(ssdfa.METHODS) if m != "fdfa"] + [("drtp", {"unlocked": True})]
 
 
@@ -583,7 +581,7 @@ def test_alignment_angles_are_taken_at_hooked_block_outputs():
         assert seen[name][1] == block.conv2.out_channels
 
 
-@pytest.mark.parametrize("method", DIRECT + ["shallow"])
+@pytest.mark.rules("direct", "output_only")
 @pytest.mark.parametrize("case", ["resnet18", "examples-net", "gpt"])
 def test_public_checker_covers_hooked_and_traced_models(case, method):
     from ssdfa.reference import check_gradients
