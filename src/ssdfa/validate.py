@@ -27,14 +27,22 @@ def check_sequential(leaves: list[tuple[str, nn.Module]]) -> list[Problem]:
     for path, mod in leaves:
         if is_weight_layer(mod) or is_pass_through(mod) or isinstance(mod, FeedbackPoint):
             continue
-        problems.append(Problem(
-            path, type(mod).__name__, "not a layer ssdfa can train through",
-            f"Supported inside nn.Sequential: {supported_names()}. For other layers, write a "
-            "custom nn.Module and mark its hidden blocks with ssdfa.FeedbackPoint()",
-        ))
+        problems.append(
+            Problem(
+                path,
+                type(mod).__name__,
+                "not a layer ssdfa can train through",
+                f"Supported inside nn.Sequential: {supported_names()}. For other layers, write a "
+                "custom nn.Module and mark its hidden blocks with ssdfa.FeedbackPoint()",
+            )
+        )
     if not any(is_weight_layer(m) for _, m in leaves):
-        problems.append(Problem(
-            "", "Sequential", "no Linear or Conv2d layer, so nothing to train",
-            "Add at least one weight layer",
-        ))
+        problems.append(
+            Problem(
+                "",
+                "Sequential",
+                "no Linear or Conv2d layer, so nothing to train",
+                "Add at least one weight layer",
+            )
+        )
     return problems

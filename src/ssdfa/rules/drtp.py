@@ -119,5 +119,7 @@ def check_labels_traced(target, num_classes):
     if not torch.compiler.is_compiling():
         check_labels(target, num_classes)
     elif isinstance(target, torch.Tensor) and target.dim() >= 1 and not target.is_floating_point():
-        torch._assert_async(((target >= 0) & (target < num_classes)).all(),
-                            f"target labels must lie in [0, {num_classes}): a label is out of range")
+        torch._assert_async(
+            ((target >= 0) & (target < num_classes)).all(),
+            f"target labels must lie in [0, {num_classes}): a label is out of range",
+        )
