@@ -101,11 +101,6 @@ def test_a_registered_direct_rule_joins_every_generated_test_of_its_kind(throwaw
     assert ran.parseoutcomes() == {"passed": 3, "deselected": 65}, ran.parseoutcomes()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="ssdfa.reference keeps its own SIGNALS table by rule name "
-    "(lead's file): it refuses a rule it has no entry for; until the redesign merges",
-)
 def test_the_public_checker_takes_a_new_direct_rule(throwaway_rule, pytester):
     ran = pytester.runpytest_inprocess(
         str(TESTS / "test_convert.py"), "-k", f"{throwaway_rule} and checker", "-p", "no:cacheprovider"

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .forward_mode import forward_gradient_reference
 from .heads import replace, top_level
 from .probe import first_output
 from .wrapper import FeedbackModel
@@ -98,20 +99,50 @@ def _layerwise_gradients(model, x, y, loss_fn, kwargs):
 def reference_gradients(model: FeedbackModel, x, y: torch.Tensor, loss_fn: Callable = _default_loss,
                         kwargs: dict | None = None) -> dict[str, torch.Tensor]:
     """{parameter name in model.net: expected gradient} under the model's rule."""
-    rule = model.rule.name
     if model.rule.layerwise:
         return _layerwise_gradients(model, x, y, loss_fn, kwargs)
     if getattr(model.rule, "forward_mode", None) == "weights":  # forward_grad: (∇L·v)·v
-        from .forward_mode import forward_gradient_reference
-
         return forward_gradient_reference(model, x, y, loss_fn)
     params = {n: p for n, p in model.net.named_parameters() if p.requires_grad}
     if not model.rule.direct:
         grads = torch.autograd.grad(loss_fn(_call(model.net, x, kwargs), y), list(params.values()),
                                     allow_unused=True)
         return {n: g for n, g in zip(params, grads) if g is not None}
-    if rule not in SIGNALS:
-        raise NotImplementedError(f"no reference signal for method {rule!r}; known: {sorted(SIGNALS)}")
+    signal = _signal_of(model.rule)
+    outs, dets, zs, out = _cut_forward(model, x, kwargs)
+    out, side = _side_leaves(out, dets)
+    loss = loss_fn(out, y)
+    total = dict(zip(params, torch.autograd.grad(loss, list(params.values()), allow_unused=True,
+                                                 retain_graph=True)))
+    errors = _head_errors(model, loss, zs)
+    side_grads = dict(zip(side, torch.autograd.grad(loss, list(side.values()), retain_graph=True,
+                                                    allow_unused=True))) if side else {}
+    widths = [hd.width for hd in model.heads]
+    for k, (h, b) in enumerate(zip(outs, model.feedback_matrices().values())):
+        grad_h = torch.zeros_like(h) if signal is None else _point_signal(h, errors, b, y, signal, widths)
+        if side_grads.get(k) is not None:
+            grad_h = grad_h + side_grads[k]
+        for n, gp in zip(params, torch.autograd.grad(h, list(params.values()), grad_h,
+                                                     allow_unused=True, retain_graph=True)):
+            if gp is not None:
+                total[n] = gp if total[n] is None else total[n] + gp
+    return {n: gp for n, gp in total.items() if gp is not None}
+
+
+def _signal_of(rule):
+    """The paper's signal for a rule this module knows (``SIGNALS``); for any other direct rule
+    its own ``error_signal``, so a new rule's routing through the engine is still checked (its
+    formula then rests on the rule's own tests)."""
+    if rule.name in SIGNALS:
+        return SIGNALS[rule.name]
+    if not rule.inject:
+        raise NotImplementedError(f"no reference signal for method {rule.name!r}; known: {sorted(SIGNALS)}")
+    return rule.error_signal
+
+
+def _cut_forward(model, x, kwargs):
+    """The plain net run with the graph cut at every point: (point outputs h_l, their detached
+    copies by id, each module-produced head's output, the net's output)."""
     outs, cut, zs, handles = [], {}, {}, []
     for point in model.points().values():
         def detach(mod, inp, out):
@@ -132,17 +163,23 @@ def reference_gradients(model: FeedbackModel, x, y: torch.Tensor, loss_fn: Calla
     for head in model.heads:
         if head.marker is None:
             zs[head.name] = dict(top_level(out))[head.key]
-    # a point's own output returned: a fresh leaf, so a loss term on it gives its true gradient
+    return outs, {id(d): k for k, d in enumerate(cut.values())}, zs, out
+
+
+def _side_leaves(out, dets):
+    """A point's own output returned: a fresh leaf in its place, so a loss term on it gives its
+    true gradient; (the output, {point index: leaf})."""
     side = {}
-    dets = {id(d): k for k, d in enumerate(cut.values())}
     for key, t in top_level(out):
         if id(t) in dets:
             leaf = t.clone().requires_grad_()
             side[dets[id(t)]] = leaf
             out = replace(out, key, leaf)
-    loss = loss_fn(out, y)
-    total = dict(zip(params, torch.autograd.grad(loss, list(params.values()), allow_unused=True,
-                                                 retain_graph=True)))
+    return out, side
+
+
+def _head_errors(model, loss, zs) -> list:
+    """e_h = ∂L/∂(logits) for every head (through a returned last-dim (log_)softmax)."""
     errors = []
     for head in model.heads:
         z = zs[head.name]
@@ -153,19 +190,7 @@ def reference_gradients(model: FeedbackModel, x, y: torch.Tensor, loss_fn: Calla
         elif head.marker is None and head.softmax == "softmax":
             g = z * (g - (g * z).sum(-1, keepdim=True))
         errors.append(g)
-    side_grads = dict(zip(side, torch.autograd.grad(loss, list(side.values()), retain_graph=True,
-                                                    allow_unused=True))) if side else {}
-    signal = SIGNALS[rule]
-    for k, (h, b) in enumerate(zip(outs, model.feedback_matrices().values())):
-        grad_h = torch.zeros_like(h) if signal is None else _point_signal(h, errors, b, y, signal,
-                                                                       [hd.width for hd in model.heads])
-        if side_grads.get(k) is not None:
-            grad_h = grad_h + side_grads[k]
-        for n, gp in zip(params, torch.autograd.grad(h, list(params.values()), grad_h,
-                                                     allow_unused=True, retain_graph=True)):
-            if gp is not None:
-                total[n] = gp if total[n] is None else total[n] + gp
-    return {n: gp for n, gp in total.items() if gp is not None}
+    return errors
 
 
 def _point_signal(h, errors, b, y, signal, widths):
