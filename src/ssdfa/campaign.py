@@ -21,12 +21,20 @@ from .checkpoint import CHECKPOINT, load_checkpoint
 from .convert import check_feedback_scale
 from .data import load_dataset
 from .distributed import _backend, launch
-from .errors import (ConfigError, DatasetError, Diverged, FeedbackConfigError, RuleOptionError,
-                     UserError)
+from .errors import ConfigError, DatasetError, Diverged, FeedbackConfigError, RuleOptionError, UserError
 from .rules import make_rule
 from .rundir import holds_lock, locked
-from .training import (TrainConfig, default_out_dir, init_from_digest, preflight, read_run_config,
-                       resolve, rule_options, run, settings_differ)
+from .training import (
+    TrainConfig,
+    default_out_dir,
+    init_from_digest,
+    preflight,
+    read_run_config,
+    resolve,
+    rule_options,
+    run,
+    settings_differ,
+)
 
 
 def check_methods(base: TrainConfig, methods: list[str]) -> None:

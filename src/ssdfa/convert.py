@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
+from .errors import ProbeError
 from .feedback import FeedbackConfigError, check_feedback_init, child_generator, seeded_generator
 from .frozen import frozen_module, split_leaves
 from .layers import clone_tree, is_pass_through, is_weight_layer
@@ -21,11 +22,11 @@ from .layerwise import LAYERS, LayerwiseModel, is_wrappable
 from .layerwise import wrap as wrap_layer
 from .placement import checked_leaves, place_points
 from .points import FeedbackPoint
-from .rules import make_rule
-from .validate import Problem, UnsupportedModelError
-from .errors import ProbeError
 from .probe import batch_variant, probe
+from .rules import CUT, FEEDS_BACK, Kind, make_rule
+from .validate import Problem, UnsupportedModelError
 from .wrapper import FeedbackModel
+
 
 def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None = None,
             input_shape: tuple[int, ...] | None = None,
@@ -65,7 +66,7 @@ def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None 
     if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
                                     or num_classes < 1):
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    if points is not None and not rule.direct:
+    if points is not None and rule.kind not in CUT:
         raise ValueError(f"points= places direct feedback; method {rule.name!r} has none")
 
     _materialise_lazy(model, rule, input_shape, example_input)
@@ -77,10 +78,10 @@ def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None 
             raise ValueError("forward_grad perturbs every parameter that requires grad: freeze "
                              "layers with requires_grad_(False) instead of train_only")
         wrapped = ForwardGradientModel(model, rule, num_classes, seed=seed)
-    elif rule.layerwise:  # drawn only where B is: `bp` leaves the global RNG untouched
+    elif rule.kind is Kind.LAYERWISE:  # drawn only where B is: `bp` leaves the global RNG untouched
         net, layer_names = _layerwise_net(model, rule, train_only, seeded_generator(seed))
         wrapped = LayerwiseModel(net, rule, layer_names, num_classes=num_classes)
-    elif not rule.direct:  # bp: any module that runs; chain points (identities) name its taps
+    elif rule.kind not in CUT:  # bp: any module that runs; chain points (identities) name its taps
         placed = place_points(model, rule.name, train_only)
         wrapped = FeedbackModel(model if placed.auto else placed.net, rule,
                                 [] if placed.auto else placed.points, num_classes)
@@ -198,7 +199,7 @@ def check_feedback_scale(scale, rule=None) -> float:
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) \
             or scale <= 0:
         raise FeedbackConfigError(f"feedback_scale must be a positive number, got {scale!r}")
-    if rule is not None and scale != 1 and not (rule.direct and (rule.inject or rule.local)):
+    if rule is not None and scale != 1 and rule.kind not in FEEDS_BACK:
         raise FeedbackConfigError(
             f"feedback_scale={scale:g} has no effect with method {rule.name!r}, which has no direct "
             "feedback matrices; it applies to dfa, sdfa, ssdfa, dkp, sign_dfa and drtp")

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
 from .errors import DistributedSetupError, Diverged
 
 __all__ = ["world_size", "rank", "local_rank", "in_worker", "session", "leave", "broadcast_str",

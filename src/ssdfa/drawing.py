@@ -8,7 +8,14 @@ import math
 import torch
 from torch import nn
 
-from .feedback import DenseFeedback, SparseFeedback, child_generator, init_std, make_feedback, seeded_generator
+from .feedback import (
+    DenseFeedback,
+    SparseFeedback,
+    child_generator,
+    init_std,
+    make_feedback,
+    seeded_generator,
+)
 
 
 def draw_feedback(rule, heads, shapes, producers, *, seed, init, scale, device) -> nn.ModuleList:

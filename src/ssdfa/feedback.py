@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from .errors import FeedbackConfigError  # noqa: F401  (re-exported)
 
 __all__ = [

@@ -14,7 +14,6 @@ from .errors import RunFileError
 from .experiments import Experiment
 from .rundata import read_metrics
 
-
 PRETRAIN_ROW = "pretrain (bp, all layers)"
 
 

@@ -16,6 +16,7 @@ from .errors import ProbeError, Problem, UnsupportedModelError
 from .heads import find_heads, top_level
 from .layers import is_weight_layer
 from .points import FeedbackPoint
+from .rules import FEEDS_BACK
 
 
 @dataclass
@@ -47,7 +48,7 @@ def find_layout(net, names, points, rule, inputs) -> Layout:
     last = max((large["fired"][id(p)][0] for p in points), default=-1)
     heads = find_heads(large["out"], 3, large["outputs"], large["order"], last,
                        {f[3] for f in large["fired"].values()}, any(seq), large["calls"])
-    if rule.inject or rule.local:  # shallow feeds nothing back: any output will do
+    if rule.kind in FEEDS_BACK:  # shallow feeds nothing back: any output will do
         check_heads(heads, large, rule)
     if any(seq) and not all(seq):
         raise UnsupportedModelError([Problem(n, "point", "has no sequence dimension while the "

@@ -31,6 +31,7 @@ from torch import nn
 from .forward_mode import forward_gradient_reference
 from .heads import replace, top_level
 from .probe import first_output
+from .rules import CUT, Kind
 from .wrapper import FeedbackModel
 
 # What each direct rule feeds back through B_l, straight from its paper (e: output error rows).
@@ -99,12 +100,12 @@ def _layerwise_gradients(model, x, y, loss_fn, kwargs):
 def reference_gradients(model: FeedbackModel, x, y: torch.Tensor, loss_fn: Callable = _default_loss,
                         kwargs: dict | None = None) -> dict[str, torch.Tensor]:
     """{parameter name in model.net: expected gradient} under the model's rule."""
-    if model.rule.layerwise:
+    if model.rule.kind is Kind.LAYERWISE:
         return _layerwise_gradients(model, x, y, loss_fn, kwargs)
-    if getattr(model.rule, "forward_mode", None) == "weights":  # forward_grad: (∇L·v)·v
+    if model.rule.kind is Kind.FORWARD_GRADIENT:  # forward_grad: (∇L·v)·v
         return forward_gradient_reference(model, x, y, loss_fn)
     params = {n: p for n, p in model.net.named_parameters() if p.requires_grad}
-    if not model.rule.direct:
+    if model.rule.kind not in CUT:
         grads = torch.autograd.grad(loss_fn(_call(model.net, x, kwargs), y), list(params.values()),
                                     allow_unused=True)
         return {n: g for n, g in zip(params, grads) if g is not None}

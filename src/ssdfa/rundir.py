@@ -20,6 +20,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
 from .errors import RunDirBusy, RunDirError  # noqa: F401  (re-exported)
 
 try:

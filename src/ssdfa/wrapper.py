@@ -29,7 +29,7 @@ from .loss_scale import fp16_autocast, watch
 from .placement import residual_points
 from .points import ACTIVE, FeedbackPoint
 from .probe import batch_variant, find_layout, first_input, unreached_parameters
-from .rules import Rule
+from .rules import CUT, FEEDS_BACK, Kind, Rule
 from .rules.drtp import check_labels_traced
 from .signature import SHOWN, new_unsigned, signed_class
 
@@ -67,7 +67,7 @@ class FeedbackModel(nn.Module):
         # "broadcast" (a (batch, seq, d) point under a (batch, M) head: every position gets e·B)
         self._shapes: list[tuple] = []  # per point: its shape without the batch (and seq) dims
         self.heads: list = []  # ssdfa.heads.Head, in the order their errors are laid side by side
-        self.built = not rule.direct
+        self.built = rule.kind not in CUT
         self._seed, self._scale = seed, feedback_scale
         self._init = feedback_init
         self._auto, self._problems = auto_points, list(problems or [])
@@ -116,15 +116,15 @@ class FeedbackModel(nn.Module):
         ``target`` (class indices or one-hot) is only read by rules that feed the target back.
         """
         first = first_input(args, kwargs)
-        armed = not self.built or (self.rule.direct and torch.is_grad_enabled() and self._cut)
+        armed = not self.built or (self.rule.kind in CUT and torch.is_grad_enabled() and self._cut)
         if armed and first is not None and first.dim() > 0 and first.shape[0] == 0:
             raise ValueError("the batch is empty (0 examples); skip empty batches, e.g. "
                              "DataLoader(..., drop_last=True) or a check before the call")
         if not self.built:
             self._build(args, kwargs)
-        if not self.rule.direct or not torch.is_grad_enabled() or not self._cut:
+        if self.rule.kind not in CUT or not torch.is_grad_enabled() or not self._cut:
             return self.net(*args, **kwargs)
-        local = self.rule.local and self.training  # update-unlocked rules (DRTP unlocked=True)
+        local = self.rule.kind is Kind.LOCAL and self.training  # update-unlocked rules (DRTP unlocked=True)
         if local and target is None:
             raise ValueError(
                 f"method {self.rule.name!r} with unlocked=True trains each block during the "
@@ -356,14 +356,14 @@ class FeedbackModel(nn.Module):
         self.heads, self.num_classes = found.heads, self._output_width(found)
         hook_heads(self.net, found.heads)
         loaded, self.feedback = self.feedback, nn.ModuleList()  # B_l a state_dict brought, if any
-        if self.rule.inject or self.rule.local:  # shallow feeds nothing back: no B_l
+        if self.rule.kind in FEEDS_BACK:  # shallow feeds nothing back: no B_l
             self.feedback = draw_feedback(self.rule, found.heads, found.shapes, found.producers,
                                           seed=self._seed, init=self._init, scale=self._scale,
                                           device=self._device)
         if len(loaded):
             self.feedback = adopt_loaded(self.feedback, loaded, self.point_names)
         self.built = True
-        if not (self.rule.inject or self.rule.local):
+        if self.rule.kind not in FEEDS_BACK:
             self._freeze_hidden(batch_variant((args, kwargs), 2))
 
     def _output_width(self, found) -> int:
@@ -390,7 +390,7 @@ class FeedbackModel(nn.Module):
         """Before the first call (shapes unknown, no B_l yet: a lazily sized model resumed, or
         Lightning's ``load_from_checkpoint``), make each feedback module from the shapes of the
         loaded tensors, so they load; the first forward pass checks them against the network."""
-        if not self.built and not len(self.feedback) and (self.rule.inject or self.rule.local):
+        if not self.built and not len(self.feedback) and (self.rule.kind in FEEDS_BACK):
             self.feedback.extend(feedback_from_state(state_dict, prefix + "feedback.",
                                                       self.num_classes, self._device,
                                                       self.rule.learned_feedback))
@@ -405,7 +405,7 @@ class FeedbackModel(nn.Module):
         """{point name: dense B_l of shape (classes, neurons at the point)}, in firing order;
         (classes, d) for a token-level point.  With several output heads, B_l stacks each head's
         B_{l,h} (rows in the order of ``heads``), so δ_l = [e_1, ..., e_H]·B_l = Σ_h e_h·B_{l,h}."""
-        if not self.built and (self.rule.inject or self.rule.local):
+        if not self.built and (self.rule.kind in FEEDS_BACK):
             raise RuntimeError(
                 f"method {self.rule.name!r} draws its feedback matrices at the model's first "
                 "forward pass, when the shapes at its points are known, and this model has not run "

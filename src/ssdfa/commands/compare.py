@@ -24,7 +24,6 @@ from ..training import pick_device
 from ._options import add_training_options, check_nproc, config_from_args, logger, show_progress
 
 
-
 def register(sub):
     p = sub.add_parser(
         "compare", help="train several methods over several seeds and tabulate test accuracy",

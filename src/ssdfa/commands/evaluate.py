@@ -8,11 +8,20 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import CHECKPOINT, load_checkpoint
-from ..errors import UserError
 from ..data import load_dataset, set_normalization
+from ..errors import UserError
 from ..robustness import adversarial_accuracy
-from ..training import (build_model, check_checkpoint_config, check_model_state, evaluate,
-                        load_state, make_loss, pick_device, read_run_config, resolve)
+from ..training import (
+    build_model,
+    check_checkpoint_config,
+    check_model_state,
+    evaluate,
+    load_state,
+    make_loss,
+    pick_device,
+    read_run_config,
+    resolve,
+)
 
 
 def register(sub):

@@ -11,12 +11,20 @@ from dataclasses import replace
 from pathlib import Path
 
 from .. import distributed
+from ..campaign import train_or_explain
 from ..checkpoint import CHECKPOINT
 from ..errors import UserError
 from ..rundir import locked, refuse_foreign
-from ..training import (RESUME_MAY_CHANGE, ConfigError, Diverged, TrainConfig, default_out_dir,
-                        pick_device, read_run_config, resolve)
-from ..campaign import train_or_explain
+from ..training import (
+    RESUME_MAY_CHANGE,
+    ConfigError,
+    Diverged,
+    TrainConfig,
+    default_out_dir,
+    pick_device,
+    read_run_config,
+    resolve,
+)
 from ._options import add_training_options, check_nproc, config_from_args, given_keys, logger, show_progress
 
 

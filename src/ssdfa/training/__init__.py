@@ -12,14 +12,39 @@ from __future__ import annotations
 
 from ..checkpoint import save_checkpoint  # noqa: F401  (ssdfa.training.save_checkpoint, as before)
 from ..errors import ConfigError, Diverged
-from .config import (_F32_MAX, _SEED_MAX, LOSSES, MAX_THREADS, OPTIMIZERS, SCHEDULES,  # noqa: F401
-                     TrainConfig, check_types, resolve, setup_problems)
-from .factories import (build_model, feedback_params, make_loss, make_optimizer,  # noqa: F401
-                        make_scheduler, named_model, pick_device, rule_options)
+from .config import (  # noqa: F401
+                     _F32_MAX,
+                     _SEED_MAX,
+                     LOSSES,
+                     MAX_THREADS,
+                     OPTIMIZERS,
+                     SCHEDULES,
+                     TrainConfig,
+                     check_types,
+                     resolve,
+                     setup_problems,
+)
+from .factories import (  # noqa: F401
+                     build_model,
+                     feedback_params,
+                     make_loss,
+                     make_optimizer,
+                     make_scheduler,
+                     named_model,
+                     pick_device,
+                     rule_options,
+)
 from .loop import evaluate, preflight, run
-from .runfiles import (RESUME_MAY_CHANGE, check_checkpoint_config, check_model_state,  # noqa: F401
-                       default_out_dir, init_from_digest, load_state, read_run_config,
-                       settings_differ)
+from .runfiles import (  # noqa: F401
+                     RESUME_MAY_CHANGE,
+                     check_checkpoint_config,
+                     check_model_state,
+                     default_out_dir,
+                     init_from_digest,
+                     load_state,
+                     read_run_config,
+                     settings_differ,
+)
 
 __all__ = ["TrainConfig", "run", "Diverged", "ConfigError", "build_model", "evaluate",
            "OPTIMIZERS", "SCHEDULES", "LOSSES", "read_run_config", "check_checkpoint_config",
