@@ -145,3 +145,35 @@ def test_ddp_replicas_keep_the_same_feedback_and_weights(tmp_path):
             assert torch.equal(s, t), key
     start = list(ssdfa.convert(linear_net(), "fdfa", seed=0).feedback_matrices().values())
     assert not torch.equal(a["feedback"][0], start[0])  # and they did learn
+
+
+class _Pooled(nn.Module):
+    """(batch, seq, 4) tokens -> a (batch, seq, 5) point -> mean over positions -> (batch, 3)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(4, 5, bias=False)
+        self.point = ssdfa.FeedbackPoint()
+        self.out = nn.Linear(5, 3, bias=False)
+
+    def forward(self, x):
+        return self.out(self.point(self.inp(x)).mean(1))
+
+
+def test_a_point_under_a_pooled_head_shares_one_b_over_positions():
+    """A (batch, seq, d) point under a (batch, M) head has one (M, d) B_l for every position; the
+    update is β·B + (1-β)·tᵀū with ū the perturbations' mean over positions, since
+    E[t·u_pᵀ] = ∂y/∂h_p (here W_out/T at every position)."""
+    torch.manual_seed(0)
+    net = _Pooled()
+    model = ssdfa.convert(net, "fdfa", momentum=0.5, seed=0, example_input=torch.randn(2, 6, 4))
+    assert model.layout == ["broadcast"]
+    old = model.feedback_matrices()["point"].clone()
+    x, y = torch.randn(7, 6, 4), torch.randint(0, 3, (7,))
+    torch.manual_seed(5)
+    F.cross_entropy(model(x), y).backward()
+    torch.manual_seed(5)
+    u = torch.randn(7, 6, 5)  # the step's perturbation at the point
+    t = u.mean(1) @ net.out.weight.detach().T  # the output tangent J·u
+    expected = 0.5 * old + 0.5 * (t.T @ u.mean(1)) / 7
+    torch.testing.assert_close(model.feedback_matrices()["point"], expected)
