@@ -249,7 +249,6 @@ def test_mypy_passes_on_the_rules_cli_and_validate():
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-@pytest.mark.xfail(strict=False, reason=UNTIL_MERGED)
 def test_mypy_passes_on_the_public_api():
     """ssdfa.convert (convert, feedback_matrices), FeedbackModel, ssdfa.reference, training.run."""
     res = _mypy(

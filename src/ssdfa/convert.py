@@ -16,6 +16,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 
 from .errors import ProbeError
 from .feedback import FeedbackConfigError, check_feedback_init, child_generator, seeded_generator
+from .forward_mode import FDFAModel, ForwardGradientModel
 from .frozen import frozen_module, split_leaves
 from .layers import clone_tree, is_pass_through, is_weight_layer
 from .layerwise import LAYERS, LayerwiseModel, is_wrappable
@@ -70,10 +71,8 @@ def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None 
         raise ValueError(f"points= places direct feedback; method {rule.name!r} has none")
 
     _materialise_lazy(model, rule, input_shape, example_input)
-    forward_mode = getattr(rule, "forward_mode", None)  # forward_grad, fdfa: ssdfa.forward_mode
-    if forward_mode == "weights":  # forward_grad: no points, one forward-mode pass per step
-        from .forward_mode import ForwardGradientModel
-
+    wrapped: FeedbackModel
+    if rule.kind is Kind.FORWARD_GRADIENT:  # no points, one forward-mode pass per step
         if train_only is not None:
             raise ValueError("forward_grad perturbs every parameter that requires grad: freeze "
                              "layers with requires_grad_(False) instead of train_only")
@@ -87,10 +86,8 @@ def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None 
                                 [] if placed.auto else placed.points, num_classes)
     else:
         placed = place_points(model, rule.name, train_only, points)
-        if forward_mode == "activities":  # fdfa: DFA whose B_l follow forward-mode estimates
-            from .forward_mode import FDFAModel as model_class
-        else:
-            model_class = FeedbackModel
+        # fdfa: DFA whose B_l follow forward-mode estimates
+        model_class = FDFAModel if rule.kind is Kind.FORWARD_FEEDBACK else FeedbackModel
         wrapped = model_class(placed.net, rule, placed.points, num_classes, seed=seed,
                                 feedback_scale=feedback_scale, feedback_init=feedback_init,
                                 auto_points=placed.auto,
@@ -288,6 +285,6 @@ def feedback_parameters(model: FeedbackModel) -> list[torch.nn.Parameter]:
     """
     if not isinstance(model, FeedbackModel):
         raise TypeError("feedback_parameters expects a model returned by ssdfa.convert")
-    if hasattr(model, "feedback_parameters"):
+    if isinstance(model, LayerwiseModel):
         return model.feedback_parameters()
     return list(model.feedback.parameters())

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .forward_mode import forward_gradient_reference
+from .forward_mode import ForwardGradientModel, forward_gradient_reference
 from .heads import replace, top_level
 from .probe import first_output
 from .rules import CUT, Kind
@@ -102,7 +102,7 @@ def reference_gradients(model: FeedbackModel, x, y: torch.Tensor, loss_fn: Calla
     """{parameter name in model.net: expected gradient} under the model's rule."""
     if model.rule.kind is Kind.LAYERWISE:
         return _layerwise_gradients(model, x, y, loss_fn, kwargs)
-    if model.rule.kind is Kind.FORWARD_GRADIENT:  # forward_grad: (∇L·v)·v
+    if isinstance(model, ForwardGradientModel):  # forward_grad: (∇L·v)·v
         return forward_gradient_reference(model, x, y, loss_fn)
     params = {n: p for n, p in model.net.named_parameters() if p.requires_grad}
     if model.rule.kind not in CUT:

@@ -73,7 +73,7 @@ class FeedbackModel(nn.Module):
         self._auto, self._problems = auto_points, list(problems or [])
         self._cut = True
         self._tape: list | None = None
-        self._target = None
+        self._target: torch.Tensor | None = None
         self._fired: list = []  # per head: how many carriers existed when it ran (None: not yet)
         self._groups: dict = {}  # points -> their FeedbackGroup (stacked B, at once)
         self._frozen: list = []  # shallow: hidden parameters marked requires_grad=False
@@ -333,7 +333,7 @@ class FeedbackModel(nn.Module):
         from the watched ``GradScaler``'s ``scale()``); in fp32, as 2^16 overflows fp16."""
         if not self.grad_scaler:
             return signal
-        return (signal.float() * self.applied_scale.to(signal.device)).to(signal.dtype)
+        return (signal.float() * torch.as_tensor(self.applied_scale).to(signal.device)).to(signal.dtype)
 
     # -- building: shapes, heads, feedback matrices --------------------------------------------
     @torch.compiler.disable
@@ -397,7 +397,7 @@ class FeedbackModel(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
-    def _device(self) -> str:
+    def _device(self) -> torch.device:
         return next((p.device for p in self.net.parameters()), torch.device("cpu"))
 
     # -- inspection and control ---------------------------------------------------------------
@@ -417,7 +417,7 @@ class FeedbackModel(nn.Module):
             (name, torch.cat([fb.dense() for fb in self.point_feedback(i)], 0))
             for i, name in enumerate(self.point_names))
 
-    def points(self) -> "OrderedDict[str, FeedbackPoint]":
+    def points(self) -> "OrderedDict[str, nn.Module]":
         """{point name: its marker}, in firing order (a hooked block's output passes its marker)."""
         return OrderedDict(zip(self.point_names, self._points))
 

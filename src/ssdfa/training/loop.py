@@ -157,8 +157,8 @@ def _train_epoch(cfg: TrainConfig, out: Path, history: list[dict], epoch: int, d
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}",
                             acc=f"{correct / seen:.3f}" if classification else "-")
     if world > 1:  # the train metrics of the global batch
-        loss_sum, correct, seen = distributed.all_sum([loss_sum, correct, seen], device)
-        correct, seen = int(correct), int(seen)
+        total_loss, total_correct, total_seen = distributed.all_sum([loss_sum, correct, seen], device)
+        loss_sum, correct, seen = total_loss, int(total_correct), int(total_seen)
     return loss_sum / seen, correct / seen if classification else None
 
 
@@ -197,7 +197,7 @@ def preflight(config: TrainConfig, *, resume: bool = False, world: int = 1) -> N
     net = build_model(cfg, data, pretrained=not resume)
     if resume:
         opt = make_optimizer(cfg, net)
-        restore(cfg, Path(cfg.out_dir) / CHECKPOINT, torch.device("cpu") if device.type != "cpu"
+        restore(cfg, Path(str(cfg.out_dir)) / CHECKPOINT, torch.device("cpu") if device.type != "cpu"
                 else device, net, opt, make_scheduler(cfg, opt), torch.Generator(), data)
 
 
@@ -222,7 +222,7 @@ def _device(cfg: TrainConfig) -> torch.device:
 def _out_dir(cfg: TrainConfig) -> str:
     """``cfg.out_dir``, or the default name; under torchrun every rank gets rank 0's."""
     name = cfg.out_dir if cfg.out_dir is not None else default_out_dir(cfg)
-    return distributed.broadcast_str(name) if distributed.world_size() > 1 else name
+    return str(distributed.broadcast_str(name)) if distributed.world_size() > 1 else name
 
 
 def _run_dir(path: str):
