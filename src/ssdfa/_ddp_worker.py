@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 
 from .distributed import die_with_parent, rank, session
+from .errors import Diverged, InputError
 
 
 def main(argv: list[str]) -> int:
     die_with_parent()  # first: a kill -9 of the launcher leaves no rank writing on alone
-    from .cli import _input_errors
-    from .training import Diverged, TrainConfig, run
+    from .training import TrainConfig, run
 
     cfg = TrainConfig.from_dict(json.loads(Path(argv[0]).read_text(encoding="utf-8")))
     quiet = "--quiet" in argv
@@ -30,7 +30,7 @@ def main(argv: list[str]) -> int:
             if me == 0:
                 (Path(argv[0]).parent / "diverged.txt").write_text(str(exc), encoding="utf-8")
             return 0  # not a crash: the launcher raises Diverged from diverged.txt
-        except (*_input_errors(), FileNotFoundError) as exc:
+        except (InputError, FileNotFoundError) as exc:
             if me == 0:
                 print(f"ssdfa: {exc}", file=sys.stderr, flush=True)
             return 2
