@@ -7,6 +7,8 @@ subclass ``ValueError`` or ``RuntimeError`` keep doing so, for code that caught 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 class SsdfaError(Exception):
     """Root of ssdfa's own errors."""
@@ -32,8 +34,30 @@ class FeedbackConfigError(InputError, ValueError):
     """An impossible or malformed feedback request (sparsity, connections, rank)."""
 
 
+@dataclass
+class Problem:
+    """One thing ``convert`` cannot train: where, which module, why, and what to do."""
+
+    path: str
+    module: str
+    why: str
+    fix: str
+
+    def __str__(self):
+        where = self.path or "<model>"
+        return f"  - {where} ({self.module}): {self.why}. {self.fix}"
+
+
 class UnsupportedModelError(InputError, ValueError):
     """The model holds modules or a layout that ``convert`` cannot train; lists all of them."""
+
+    def __init__(self, problems: list[Problem], method: str):
+        self.problems = problems
+        lines = "\n".join(str(p) for p in problems)
+        super().__init__(
+            f"ssdfa.convert(method={method!r}) cannot train this model; "
+            f"{len(problems)} problem(s):\n{lines}"
+        )
 
 
 class ProbeError(InputError, ValueError):

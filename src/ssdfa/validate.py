@@ -2,34 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import nn
 
-from .errors import UnsupportedModelError  # noqa: F401  (re-exported)
+from .errors import Problem, UnsupportedModelError  # noqa: F401  (re-exported)
 from .layers import is_pass_through, is_weight_layer, supported_names
 from .points import FeedbackPoint
-
-
-@dataclass
-class Problem:
-    path: str
-    module: str
-    why: str
-    fix: str
-
-    def __str__(self):
-        where = self.path or "<model>"
-        return f"  - {where} ({self.module}): {self.why}. {self.fix}"
-
-
-    def __init__(self, problems: list[Problem], method: str):
-        self.problems = problems
-        lines = "\n".join(str(p) for p in problems)
-        super().__init__(
-            f"ssdfa.convert(method={method!r}) cannot train this model; "
-            f"{len(problems)} problem(s):\n{lines}"
-        )
 
 
 def flatten_sequential(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
