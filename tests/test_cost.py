@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from ssdfa.cli import main
-from ssdfa.cost import (COST_RULES, DATASET_SHAPES, count_costs, layer_shapes,
-                        reference_architecture)
+from ssdfa.cost import COST_RULES, count_costs, layer_shapes
+from ssdfa.data import dataset_shape
+from ssdfa.models import paper_network
 
 
 def _two_layer():
@@ -115,9 +116,9 @@ def _ratios(res):
 
 def test_fig8_imagenet_alexnet_claims():
     """Fig. 8: ~6400x less movement BP→SSDFA, ~1000x DFA→SSDFA, ~2x fewer MACs (FC layers)."""
-    shape, m = DATASET_SHAPES["imagenet"]
+    shape, m = dataset_shape("imagenet")
     with torch.device("meta"):
-        net = reference_architecture("alexnet", shape, m)
+        net = paper_network("alexnet", shape, m)
     layers = layer_shapes(net, shape)
     bp_ss, dfa_ss, macs = _ratios(count_costs(layers, ("bp", "dfa", "ssdfa"), train="fc"))
     assert 6000 < bp_ss < 6800
@@ -132,9 +133,9 @@ def test_fig8_imagenet_alexnet_claims():
 def test_cifar100_advantage_is_smaller():
     rows = {}
     for name, ds in (("alexnet", "imagenet"), ("cifar-cnn", "cifar100")):
-        shape, m = DATASET_SHAPES[ds]
+        shape, m = dataset_shape(ds)
         with torch.device("meta"):
-            net = reference_architecture(name, shape, m)
+            net = paper_network(name, shape, m)
         rows[ds] = _ratios(count_costs(layer_shapes(net, shape), ("bp", "dfa", "ssdfa"), train="fc"))
     assert rows["cifar100"][0] < rows["imagenet"][0]
     assert rows["cifar100"][1] < rows["imagenet"][1]

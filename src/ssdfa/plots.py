@@ -500,14 +500,16 @@ def paper_costs(methods=("bp", "dfa", "ssdfa"), train="fc") -> dict:
     """Costs of the paper's Fig. 8 networks: AlexNet/ImageNet and the CIFAR-100 CNN."""
     import torch
 
-    from .cost import DATASET_SHAPES, count_costs, layer_shapes, reference_architecture
+    from .cost import count_costs, layer_shapes
+    from .data import dataset_shape
+    from .models import paper_network
 
     out = {}
     for title, name, ds in (("CIFAR-100 CNN", "cifar-cnn", "cifar100"),
                             ("ImageNet AlexNet", "alexnet", "imagenet")):
-        shape, m = DATASET_SHAPES[ds]
+        shape, m = dataset_shape(ds)
         with torch.device("meta"):
-            net = reference_architecture(name, shape, m)
+            net = paper_network(name, shape, m)
         out[title] = count_costs(layer_shapes(net, shape), methods, num_classes=m, train=train)
     return out
 

@@ -465,14 +465,14 @@ def markdown(exp: Experiment, rows: list[dict], dataset: str, note: str | None, 
 
 # -- cost experiments -------------------------------------------------------------------------
 def _cost(exp: Experiment, args) -> int:
-    from ..cost import DATASET_SHAPES, count_costs, layer_shapes
+    from ..cost import count_costs, dataset_shape, layer_shapes
     from ..rundir import locked
     from .cost import _build
 
     t0 = time.perf_counter()
     measured: dict[str, dict] = {}
     for label, model, dataset in exp.cost_setups:
-        shape, classes = DATASET_SHAPES[dataset]
+        shape, classes = dataset_shape(dataset)
         net, _ = _build(model, shape, classes, reference=True)
         res = count_costs(layer_shapes(net, shape), list(exp.methods), num_classes=classes,
                           train="fc", connections=1)
