@@ -19,7 +19,7 @@ def _dataset(name, xtr, ytr, xte, yte, mean=None, std=None, source="scikit-learn
 @register("digits", summary="scikit-learn 8x8 handwritten digits (1347 train / 450 test)",
           input_shape=(1, 8, 8), num_classes=10, default_model="digits-fc", embedded=True)
 def _load_digits(**_):
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # heavy: imported when the dataset is loaded
     from sklearn.model_selection import train_test_split
 
     x, y = load_digits(return_X_y=True)
@@ -35,7 +35,7 @@ def _load_digits(**_):
           summary="DRTP Sec. 4.2: make_classification, 256 features (128 informative), "
                   "10 classes x 5 clusters, class_sep 4.5; 25k train / 5k test, as 16x16")
 def _load_synth_classification(**_):
-    from sklearn.datasets import make_classification
+    from sklearn.datasets import make_classification  # heavy: imported when loaded
 
     x, y = make_classification(n_samples=30000, n_features=256, n_informative=128,
                                n_redundant=0, n_repeated=0, n_classes=10,

@@ -10,6 +10,7 @@ import shlex
 import statistics
 import sys
 
+import matplotlib
 import numpy
 import torch
 
@@ -235,8 +236,6 @@ def rebuild_commands(src: Source) -> list[str]:
 
 
 def _machine() -> list[list[str]]:
-    import matplotlib  # plots has chosen its backend by now
-
     return [["ssdfa", __version__], ["python", sys.version.split()[0]], ["torch", torch.__version__],
             ["numpy", numpy.__version__], ["matplotlib", matplotlib.__version__],
             ["platform", platform.platform()], ["machine", platform.machine() or "–"],
