@@ -31,5 +31,5 @@ def no_real_data(tmp_path, monkeypatch):
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("SSDFA_DATA", raising=False)
-    monkeypatch.setattr(D, "SYSTEM_ROOTS", (tmp_path / "system",))
+    monkeypatch.setattr(D.roots, "SYSTEM_ROOTS", (tmp_path / "system",))  # read by search_roots
     return tmp_path

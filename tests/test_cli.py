@@ -340,10 +340,9 @@ def test_readme_command_parses(cmd):
         from ssdfa.experiments import names
 
         assert args.name in names(), f"unknown experiment {args.name!r}"
-    from ssdfa.cost import DATASET_SHAPES
     datasets = D.list_datasets()
     if args.command == "cost":  # the cost model takes shape presets, imagenet among them
-        datasets = [*datasets, *DATASET_SHAPES]
+        datasets = [*datasets, *D.dataset_shapes()]
     for key in ("method", "model", "dataset"):
         value = getattr(args, key, None)
         if value is not None:  # None: the command's default

@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from ssdfa.cli import main
-from ssdfa.cost import (COST_RULES, DATASET_SHAPES, count_costs, layer_shapes,
-                        reference_architecture)
+from ssdfa.cost import COST_RULES, count_costs, layer_shapes
+from ssdfa.data import dataset_shape
+from ssdfa.models import paper_network
 
 
 def _two_layer():
@@ -115,9 +116,9 @@ def _ratios(res):
 
 def test_fig8_imagenet_alexnet_claims():
     """Fig. 8: ~6400x less movement BP→SSDFA, ~1000x DFA→SSDFA, ~2x fewer MACs (FC layers)."""
-    shape, m = DATASET_SHAPES["imagenet"]
+    shape, m = dataset_shape("imagenet")
     with torch.device("meta"):
-        net = reference_architecture("alexnet", shape, m)
+        net = paper_network("alexnet", shape, m)
     layers = layer_shapes(net, shape)
     bp_ss, dfa_ss, macs = _ratios(count_costs(layers, ("bp", "dfa", "ssdfa"), train="fc"))
     assert 6000 < bp_ss < 6800
@@ -132,9 +133,9 @@ def test_fig8_imagenet_alexnet_claims():
 def test_cifar100_advantage_is_smaller():
     rows = {}
     for name, ds in (("alexnet", "imagenet"), ("cifar-cnn", "cifar100")):
-        shape, m = DATASET_SHAPES[ds]
+        shape, m = dataset_shape(ds)
         with torch.device("meta"):
-            net = reference_architecture(name, shape, m)
+            net = paper_network(name, shape, m)
         rows[ds] = _ratios(count_costs(layer_shapes(net, shape), ("bp", "dfa", "ssdfa"), train="fc"))
     assert rows["cifar100"][0] < rows["imagenet"][0]
     assert rows["cifar100"][1] < rows["imagenet"][1]
@@ -176,3 +177,52 @@ def test_shapes_with_batchnorm_and_converted_models():
     for method in ssdfa.METHODS:
         model = ssdfa.convert(net, method=method, num_classes=2)
         assert [lay.weights for lay in layer_shapes(model, (4,))] == [24, 12], method
+
+
+# -- the paper networks live once, in ssdfa.models -------------------------------------------------
+def _layer_tuples(net, shape):
+    return [(s.kind, s.weights, s.biases, s.positions, s.inputs, s.outputs, s.neurons)
+            for s in layer_shapes(net, shape)]
+
+
+@pytest.mark.parametrize("name, dataset", [("alexnet", "imagenet"), ("cifar-cnn", "cifar100"),
+                                           ("cifar-fc", "cifar10"), ("mnist-fc", "mnist")])
+def test_cost_counts_the_models_registrys_paper_networks(name, dataset, capsys):
+    """``cost.reference_architecture`` and ``ssdfa cost --reference`` build the network of
+    ``models.paper_network``, sized from the data registry; the totals are those of the
+    network written here layer by layer from the paper (Table II)."""
+    from ssdfa import cost
+    from ssdfa.models import PAPER_NETWORKS
+
+    shape, m = dataset_shape(dataset)
+    with torch.device("meta"):
+        net = paper_network(name, shape, m)
+        old = cost.reference_architecture(name, shape, m)
+    assert cost.REFERENCE_NAMES == tuple(PAPER_NETWORKS)
+    assert _layer_tuples(old, shape) == _layer_tuples(net, shape)
+    linear = [lay.weights for lay in layer_shapes(net, shape) if lay.kind == "linear"]
+    flat = {"alexnet": 256 * 6 * 6, "cifar-cnn": 256 * 4 * 4, "cifar-fc": 3072, "mnist-fc": 784}[name]
+    hidden = {"alexnet": [4096, 4096], "cifar-cnn": [2048, 2048], "cifar-fc": [1000] * 3,
+              "mnist-fc": [400]}[name]
+    widths = [flat, *hidden, m]
+    assert linear == [a * b for a, b in zip(widths, widths[1:])]
+    assert main(["cost", "--model", name, "--dataset", dataset, "--reference", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    expected = count_costs(layer_shapes(net, shape), ("bp", "dfa", "ssdfa"), num_classes=m, train="fc")
+    assert res == json.loads(json.dumps(expected))
+
+
+def test_paper_alexnet_is_krizhevskys_one_device_net_not_the_registrys():
+    """Only alexnet differs between the two: the paper's counts 96-256-384-384-256 convs, the
+    registry's model is torchvision's 64-192-384-256-256 layout."""
+    from ssdfa.models import create_model
+
+    shape, m = dataset_shape("imagenet")
+    with torch.device("meta"):
+        paper = [s.outputs // s.positions for s in layer_shapes(paper_network("alexnet", shape, m), shape)
+                 if s.kind == "conv"]
+        registry = [s.outputs // s.positions for s in layer_shapes(create_model("alexnet", shape, m), shape)
+                    if s.kind == "conv"]
+    assert paper == [96, 256, 384, 384, 256] and registry == [64, 192, 384, 256, 256]
+    with pytest.raises(KeyError, match="no paper network"):
+        paper_network("vgg16", shape, m)

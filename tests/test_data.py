@@ -296,3 +296,80 @@ def test_debian_fashion_mnist_loads_whole():
     ds = D.load_dataset("fashion-mnist", data_dir=DEBIAN_FASHION)
     assert (len(ds.train), len(ds.test), ds.input_shape) == (60000, 10000, (1, 28, 28))
     assert sorted(ds.train.y.unique().tolist()) == list(range(10))
+
+
+# -- the registry is the only table of datasets ---------------------------------------------
+def _write_cifar100(root, n=2):
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    for name in ("train", "test"):
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (n, 3072)).astype(np.uint8),
+                         b"fine_labels": [99, 3][:n]}, f)
+
+
+def _load_small(name, tmp_path):
+    """Dataset ``name`` from the smallest files of its standard size written here (embedded
+    datasets: as they load)."""
+    if name in ("mnist", "fashion-mnist"):
+        write_idx_set(tmp_path / name, n_train=3, n_test=2, h=28, w=28)
+    elif name == "cifar10":
+        write_cifar10(tmp_path, n=1)
+    elif name == "cifar100":
+        _write_cifar100(tmp_path)
+    return D.load_dataset(name, data_dir=tmp_path, limit_train=8)
+
+
+@pytest.mark.parametrize("name", [n for n in D.list_datasets() if n != "imagefolder"])
+def test_every_entry_states_what_its_loader_produces(tmp_path, name):
+    """A dataset entry's input shape, classes and task are what its loader hands out; the
+    cost model's look-up (``dataset_shape``) reads that entry, under every spelling."""
+    entry = D.dataset_entry(name)
+    ds = _load_small(name, tmp_path)
+    assert (ds.input_shape, ds.num_classes, ds.task) == (entry.input_shape, entry.num_classes,
+                                                         entry.task)
+    x, _ = ds.train.batch(torch.arange(1))
+    assert tuple(x.shape[1:]) == entry.input_shape
+    for spelling in (name, name.upper(), name.replace("-", "_"), name.replace("-", ""),
+                     *entry.aliases):
+        assert D.dataset_shape(spelling) == (entry.input_shape, entry.num_classes), spelling
+
+
+def test_a_dataset_sized_by_its_files_lists_its_presets_instead():
+    """imagefolder's shape and classes come from its folder tree; the cost model's ``imagenet``
+    is one of its presets (3x224x224, 1000 classes), not a table of its own."""
+    entry = D.dataset_entry("imagefolder")
+    assert entry.input_shape is None and entry.num_classes is None
+    assert D.dataset_shape("imagefolder") is None
+    assert D.dataset_shape("ImageNet") == ((3, 224, 224), 1000) == D.dataset_shapes()["imagenet"]
+    assert D.dataset_shape("no-such-set") is None
+
+
+@pytest.mark.parametrize("name", D.list_datasets())
+def test_every_entry_names_a_default_model_that_builds(name):
+    from ssdfa.models import create_model, default_model, list_models
+
+    entry = D.dataset_entry(name)
+    assert entry.default_model in list_models() and default_model(name, ()) == entry.default_model
+    shape, classes = entry.input_shape or (3, 32, 32), entry.num_classes or 5
+    with torch.device("meta"):
+        net = create_model(entry.default_model, shape, classes)
+        assert net(torch.zeros(2, *shape)).shape == (2, classes)
+
+
+def test_shapes_classes_and_default_model_are_read_from_the_entry(monkeypatch):
+    """Change an entry and every reader follows: there is no second table to forget."""
+    import dataclasses
+
+    from ssdfa import cost
+    from ssdfa.data import registry
+    from ssdfa.models import default_model
+
+    assert not hasattr(cost, "DATASET_SHAPES")
+    changed = dataclasses.replace(registry._REGISTRY["mnist"], input_shape=(1, 9, 9),
+                                  num_classes=7, default_model="mlp-800")
+    monkeypatch.setitem(registry._REGISTRY, "mnist", changed)
+    assert cost.dataset_shape("MNIST") == ((1, 9, 9), 7) == D.dataset_shape("mnist")
+    assert default_model("mnist", ()) == "mlp-800"
+    assert default_model("not-registered", ()) == "digits-fc"  # as before: the embedded default

@@ -11,7 +11,7 @@ from torch import nn
 import ssdfa
 from ssdfa import plots
 from ssdfa.cli import main
-from ssdfa.metrics import alignment_angles
+from ssdfa.alignment import alignment_angles
 from ssdfa.report import write_report
 from ssdfa.sweep import run_sweep
 

@@ -45,6 +45,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .data import dataset_shape  # noqa: F401  (re-exported: shapes and classes per dataset)
+from .models import PAPER_NETWORKS, paper_network
+
 __all__ = [
     "LayerShape",
     "LayerCost",
@@ -54,7 +57,7 @@ __all__ = [
     "count_costs",
     "method_totals",
     "reference_architecture",
-    "DATASET_SHAPES",
+    "dataset_shape",
 ]
 
 
@@ -383,60 +386,12 @@ def method_totals(rows: list[dict], bits: int = 32) -> dict:
     return tot
 
 
-# -- the paper's networks, for when the model registry lacks them ----------------------------------
-DATASET_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
-    "mnist": ((1, 28, 28), 10),
-    "cifar10": ((3, 32, 32), 10),
-    "cifar100": ((3, 32, 32), 100),
-    "imagenet": ((3, 224, 224), 1000),
-    "digits": ((1, 8, 8), 10),
-    "fashionmnist": ((1, 28, 28), 10),
-    "syntheticclassification": ((256,), 10),
-}
-"""Input shape (without batch) and classes per dataset name, lower case without - or _."""
-
-
-def dataset_shape(name: str) -> tuple[tuple[int, ...], int] | None:
-    """(input shape, classes) of ``name`` written any way (``fashion-mnist``, ``CIFAR_10``), or None."""
-    return DATASET_SHAPES.get(name.strip().lower().replace("-", "").replace("_", ""))
-
-
+# -- the paper's networks and the datasets' shapes: read from their registries ---------------
 def reference_architecture(name: str, input_shape, num_classes: int) -> nn.Module:
-    """The SSDFA paper's Table II networks as nn.Sequential (built by the cost model only).
-
-    ``alexnet``: Krizhevsky et al. 2012 on one device (96-256-384-384-256 conv, no groups,
-    FC 9216-4096-4096-classes); ``cifar-cnn``: Table II's CIFAR CNN (same-padded 5×5 convs
-    96-128-256, 3×3/2 pools, FC 2048-2048); ``cifar-fc``: FC 1000×3; ``mnist-fc``: FC 400.
-    The model registry's nets of the same names are preferred by ``ssdfa cost`` when present.
-    """
-    c, h, w = (tuple(input_shape) + (1, 1))[:3] if len(input_shape) >= 3 else (input_shape[0], 1, 1)
-    flat = math.prod(input_shape)
-    if name == "alexnet":
-        feats = nn.Sequential(
-            nn.Conv2d(c, 96, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-            nn.Conv2d(96, 256, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-            nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(384, 384, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2),
-            nn.AdaptiveAvgPool2d(6), nn.Flatten())
-        return nn.Sequential(*feats, nn.Linear(256 * 36, 4096), nn.ReLU(),
-                             nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, num_classes))
-    if name == "cifar-cnn":
-        size = h
-        for _ in range(3):
-            size = (size + 2 - 3) // 2 + 1
-        return nn.Sequential(
-            nn.Conv2d(c, 96, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2, padding=1),
-            nn.Conv2d(96, 128, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2, padding=1),
-            nn.Conv2d(128, 256, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2, padding=1),
-            nn.Flatten(), nn.Linear(256 * size * size, 2048), nn.ReLU(),
-            nn.Linear(2048, 2048), nn.ReLU(), nn.Linear(2048, num_classes))
-    if name == "cifar-fc":
-        return nn.Sequential(nn.Flatten(), nn.Linear(flat, 1000), nn.Tanh(), nn.Linear(1000, 1000),
-                             nn.Tanh(), nn.Linear(1000, 1000), nn.Tanh(), nn.Linear(1000, num_classes))
-    if name == "mnist-fc":
-        return nn.Sequential(nn.Flatten(), nn.Linear(flat, 400), nn.Tanh(), nn.Linear(400, num_classes))
-    raise KeyError(f"no reference architecture {name!r}; known: {', '.join(REFERENCE_NAMES)}")
+    """The SSDFA paper's network ``name``: :func:`ssdfa.models.paper_network` (kept under this
+    name for callers of earlier versions)."""
+    return paper_network(name, input_shape, num_classes)
 
 
-REFERENCE_NAMES = ("alexnet", "cifar-cnn", "cifar-fc", "mnist-fc")
+REFERENCE_NAMES = tuple(PAPER_NETWORKS)
+"""Names :func:`reference_architecture` builds: the keys of ``ssdfa.models.PAPER_NETWORKS``."""

@@ -17,8 +17,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-__all__ = ["create_model", "list_models", "model_summary", "default_model", "ACTIVATIONS",
-           "WEIGHT_INITS", "check_weight_init", "init_weights", "set_activation", "set_dropout"]
+from .data import registry as datasets
+from .errors import DatasetNotFound
+
+__all__ = ["create_model", "list_models", "model_summary", "default_model", "paper_network",
+           "PAPER_NETWORKS", "ACTIVATIONS", "WEIGHT_INITS", "check_weight_init", "init_weights",
+           "set_activation", "set_dropout"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
 WEIGHT_INITS = ("default", "zero", "glorot", "sqrt-fan-in", "normal:STD")
@@ -155,13 +159,13 @@ def init_weights(net: nn.Module, init: str = "default", bias: float | None = Non
     return net
 
 
-def default_model(dataset: str, input_shape: tuple[int, ...]) -> str:
-    """The model a dataset trains with when none is named."""
-    return {
-        "digits": "digits-fc", "mnist": "mnist-fc", "fashion-mnist": "mnist-fc",
-        "cifar10": "cifar-fc", "cifar100": "cifar-fc", "imagefolder": "alexnet",
-        "synthetic-classification": "drtp-fc2-500", "synthetic-regression": "drtp-reg",
-    }.get(dataset, "digits-fc")
+def default_model(dataset: str, input_shape: tuple[int, ...] = ()) -> str:
+    """The model a dataset trains with when none is named: its registry entry's
+    ``default_model`` (``digits-fc`` for a name the registry does not know)."""
+    try:
+        return datasets.dataset_entry(dataset).default_model
+    except DatasetNotFound:
+        return "digits-fc"
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -387,3 +391,38 @@ def _drtp_reg(shape, classes):
 @_register("mlp-800", "1x800 tanh MLP")
 def _mlp_800(shape, classes):
     return _mlp(shape, [800], classes)
+
+
+# -- the papers' networks as the cost model counts them ------------------------------------
+def _alexnet_one_device(shape, classes):
+    """Krizhevsky et al. 2012 on one device, as the SSDFA paper counts it (Table II, Fig. 8):
+    conv 96-256-384-384-256 without groups, FC 9216-4096-4096-classes; no pool is skipped."""
+    c = shape[0]
+    return nn.Sequential(
+        nn.Conv2d(c, 96, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(96, 256, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(384, 384, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.AdaptiveAvgPool2d(6), nn.Flatten(),
+        nn.Linear(256 * 36, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(),
+        nn.Linear(4096, classes))
+
+
+PAPER_NETWORKS: dict[str, Callable[[tuple[int, ...], int], nn.Sequential]] = {
+    "alexnet": _alexnet_one_device,
+    "cifar-cnn": _cifar_cnn,
+    "cifar-fc": _cifar_fc,
+    "mnist-fc": _mnist_fc,
+}
+"""The SSDFA paper's Table II networks exactly as its cost figures count them (``ssdfa cost
+--reference``, Fig. 8).  Only ``alexnet`` differs from the registry's model of the same name
+(torchvision's 64-192-384-256-256 layout, with a 3x3 stem on small images)."""
+
+
+def paper_network(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
+    """The SSDFA paper's network ``name`` (one of :data:`PAPER_NETWORKS`) for ``input_shape``
+    (no batch dim) and ``num_classes``."""
+    if name not in PAPER_NETWORKS:
+        raise KeyError(f"no paper network {name!r}; known: {', '.join(PAPER_NETWORKS)}")
+    return PAPER_NETWORKS[name](tuple(int(d) for d in input_shape), int(num_classes))

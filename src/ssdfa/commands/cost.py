@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
+
+import torch
+
+from ..cost import COST_RULES, count_costs, layer_shapes
+from ..data import dataset_shape, dataset_shapes
+from ..errors import UserError
+from ..models import PAPER_NETWORKS, create_model, list_models, paper_network
 
 
 def register(subparsers):
@@ -17,9 +25,11 @@ def register(subparsers):
             "error at the first trained layer's input is counted (Table I's 2|W|)."),
     )
     p.add_argument("--model", required=True, help="model name (ssdfa.models registry, or one of "
-                   "the paper's nets the cost model builds itself: alexnet, cifar-cnn, cifar-fc, mnist-fc)")
+                   "the paper's networks as its cost figures count them: alexnet, cifar-cnn, "
+                   "cifar-fc, mnist-fc)")
     p.add_argument("--dataset", default=None,
-                   help="sets input shape and classes: mnist, cifar10, cifar100, imagenet, digits")
+                   help="sets input shape and classes from the dataset registry: mnist, cifar10, "
+                        "cifar100, imagenet, digits, ...")
     p.add_argument("--input-shape", default=None, help="C,H,W (or F) without batch; overrides --dataset")
     p.add_argument("--num-classes", type=int, default=None, help="classes; overrides --dataset")
     p.add_argument("--methods", default="bp,dfa,ssdfa", help="comma-separated (default bp,dfa,ssdfa)")
@@ -33,21 +43,19 @@ def register(subparsers):
                    help="errors per neuron S for sdfa (default: 10%% of the classes, at least 1)")
     p.add_argument("--bits", type=int, default=32, help="bits per word for the byte totals (32)")
     p.add_argument("--reference", action="store_true",
-                   help="use the cost model's own paper network even if the registry has the name")
+                   help="use the paper's network (ssdfa.models.paper_network) even if the model "
+                        "registry has the name")
     p.add_argument("--json", action="store_true", help="print a JSON object keyed by method")
     p.set_defaults(func=run)
 
 
 def _resolve(args):
-    from ..errors import UserError
-    from ..cost import DATASET_SHAPES, dataset_shape
-
     shape, classes = None, None
     if args.dataset is not None:
         known = dataset_shape(args.dataset)
         if known is None:
             raise UserError(f"unknown dataset {args.dataset!r} for the cost model; choose one of "
-                            f"{', '.join(DATASET_SHAPES)} or give --input-shape and --num-classes")
+                            f"{', '.join(dataset_shapes())} or give --input-shape and --num-classes")
         shape, classes = known
     if args.input_shape is not None:
         try:
@@ -58,8 +66,6 @@ def _resolve(args):
         classes = args.num_classes
     if shape is None or classes is None:
         raise UserError("give --dataset, or both --input-shape and --num-classes")
-    import math
-
     if not 1 <= len(shape) <= 3 or any(d < 1 or d > MAX_DIM for d in shape) \
             or math.prod(shape) > MAX_INPUT:
         raise UserError(f"--input-shape {','.join(map(str, shape))}: give 1 to 3 sizes (F, or "
@@ -75,26 +81,15 @@ MAX_INPUT = 2**28  # numbers in one input example (a 3x9000x9000 image)
 
 def _build(name, shape, classes, reference=False):
     """(model, where it came from): the registry's if it has the name, else the paper's net."""
-    import torch
-
-    from ..errors import UserError
-    from ..cost import REFERENCE_NAMES, reference_architecture
-
     builders = []
-    known = []
-    try:
-        from .. import models  # the model registry; the cost model also works without it
-        known = list(models.list_models())
-        if name in known and not reference:
-            builders.append(("ssdfa.models", lambda: models.create_model(name, shape, classes)))
-    except ImportError:
-        pass
-    if name in REFERENCE_NAMES:
-        builders.append(("the cost model's paper nets",
-                         lambda: reference_architecture(name, shape, classes)))
+    known = list(list_models())
+    if name in known and not reference:
+        builders.append(("ssdfa.models", lambda: create_model(name, shape, classes)))
+    if name in PAPER_NETWORKS:
+        builders.append(("the cost model's paper nets", lambda: paper_network(name, shape, classes)))
     if not builders:
         raise UserError(f"unknown model {name!r}; choose one of "
-                        f"{', '.join(sorted(set(known) | set(REFERENCE_NAMES)))}")
+                        f"{', '.join(sorted(set(known) | set(PAPER_NETWORKS)))}")
     where, build = builders[0]
     try:
         with torch.device("meta"):  # shapes only: no memory, no arithmetic
@@ -104,9 +99,6 @@ def _build(name, shape, classes, reference=False):
 
 
 def run(args) -> int:
-    from ..errors import UserError
-    from ..cost import COST_RULES, REFERENCE_NAMES, count_costs, layer_shapes
-
     methods = [m.strip().lower().replace("-", "_") for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in COST_RULES]
     if bad or not methods:
@@ -115,9 +107,9 @@ def run(args) -> int:
     if args.bits < 1:
         raise UserError(f"--bits must be a positive number of bits per word, got {args.bits}")
     shape, classes = _resolve(args)
-    if args.reference and args.model not in REFERENCE_NAMES:
+    if args.reference and args.model not in PAPER_NETWORKS:
         raise UserError(f"--reference: the cost model has no {args.model!r}; it has "
-                        f"{', '.join(REFERENCE_NAMES)}")
+                        f"{', '.join(PAPER_NETWORKS)}")
     try:
         net, where = _build(args.model, shape, classes, args.reference)
     except (RuntimeError, ValueError) as exc:  # a net that cannot be built on this input

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import sys
 from pathlib import Path
+
+from ..errors import UserError
+from ..plots import nothing_to_draw, plot_runs
+from ..rundata import RunFileError, read_inputs
+from ..rundir import LOCK_NAME, RUN_FILES
 
 
 def register(subparsers):
@@ -34,15 +40,11 @@ def register(subparsers):
 
 
 def argparse_suppress():
-    import argparse
-
     return argparse.SUPPRESS  # the default now: kept so that old scripts keep working
 
 
 def check_dirs(paths):
     """Every path an existing directory, or a UserError naming the one that is not."""
-    from ..errors import UserError
-
     for p in paths:
         if not str(p).strip():
             raise UserError("an empty directory name ('') was given; name run, compare, "
@@ -55,8 +57,6 @@ def check_dirs(paths):
 
 def _run_like(d: Path) -> bool:
     """Whether ``d`` holds files an ssdfa command owns (a run, compare, reproduce or sweep)."""
-    from ..rundir import LOCK_NAME, RUN_FILES
-
     return d.is_dir() and any((d / f).exists() for f in (*RUN_FILES, LOCK_NAME))
 
 
@@ -75,7 +75,6 @@ def check_writable_here(target: Path, inputs, what: str) -> None:
     ``ssdfa plot`` and ``report`` may write into (or under) the directories they read, never
     into another run's: ``ssdfa report R1 --out R2/report.md`` is refused.
     """
-    from ..errors import UserError
 
     owner = owner_of(target)
     if owner is None:
@@ -99,10 +98,6 @@ def disk_full(command: str, exc: OSError) -> int:
 
 def read_checked(paths, costs: bool = False):
     """Every input read and validated, and something to draw, or a UserError in one line."""
-    from ..errors import UserError
-    from ..plots import nothing_to_draw
-    from ..rundata import RunFileError, read_inputs
-
     try:
         sources = read_inputs(paths)
     except (RunFileError, FileNotFoundError) as exc:
@@ -114,10 +109,6 @@ def read_checked(paths, costs: bool = False):
 
 
 def run(args) -> int:
-    from ..errors import UserError
-    from ..plots import plot_runs
-    from ..rundata import RunFileError
-
     check_dirs(args.runs)
     out = Path(args.out) if args.out else Path(args.runs[0]) / "plots"
     if out.exists() and not out.is_dir():

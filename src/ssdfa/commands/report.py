@@ -7,7 +7,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..report import MARKER_HTML, MARKER_MD
+from ..errors import UserError
+from ..report import MARKER_HTML, MARKER_MD, write_report
+from ..rundata import RunFileError
+from ..rundir import RUN_FILES
+from .plot import check_dirs, check_writable_here, disk_full, read_checked
 
 
 def register(subparsers):
@@ -43,10 +47,6 @@ def _is_our_report(path: Path) -> bool:
 
 def check_out_file(out: Path, inputs, html: bool) -> None:
     """The report may replace only a report: never a run's file, another run's folder, a device."""
-    from ..errors import UserError
-    from ..rundir import RUN_FILES
-    from .plot import check_writable_here
-
     suffixes = (".html", ".htm") if html else (".md", ".markdown")
     if out.suffix.lower() not in suffixes:
         raise UserError(f"--out {out}: a{'n HTML' if html else ' markdown'} report's name ends in "
@@ -67,11 +67,6 @@ def check_out_file(out: Path, inputs, html: bool) -> None:
 
 
 def run(args) -> int:
-    from ..errors import UserError
-    from ..report import write_report
-    from ..rundata import RunFileError
-    from .plot import check_dirs, disk_full, read_checked
-
     check_dirs(args.runs)
     if args.html and args.format == "pdf":
         raise UserError("an HTML page shows png or svg figures; use --format png or svg with --html")

@@ -23,7 +23,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from ..campaign import check_methods, train_all
-from ..cost import DATASET_SHAPES, count_costs, dataset_shape, layer_shapes
+from ..cost import count_costs, layer_shapes
+from ..data import dataset_shape
 from ..data import dataset_info
 from ..errors import UserError
 from ..experiments import SETUP_KEYS, SETUPS, Experiment, get, names
@@ -255,7 +256,7 @@ def _cost(exp: Experiment, args) -> int:
     t0 = time.perf_counter()
     measured: dict[str, dict] = {}
     for label, model, dataset in exp.cost_setups:
-        shape, classes = DATASET_SHAPES[dataset]
+        shape, classes = dataset_shape(dataset)
         net, _ = _build(model, shape, classes, reference=True)
         res = count_costs(layer_shapes(net, shape), list(exp.methods), num_classes=classes,
                           train="fc", connections=1)

@@ -6,7 +6,7 @@ import sys
 from dataclasses import replace
 
 from ..campaign import check_methods
-from ..cost import dataset_shape
+from ..data import dataset_shape
 from ..errors import ConfigError, UserError
 from ..rules import RULES
 from ..rundir import refuse_foreign

@@ -31,7 +31,7 @@ from .._version import __version__
 from ..checkpoint import CHECKPOINT, capture_rng, save_checkpoint
 from ..data import Dataset, load_dataset, set_normalization
 from ..errors import ConfigError
-from ..metrics import alignment_angles, norm_ratios
+from ..alignment import alignment_angles, norm_ratios
 from .config import TrainConfig, resolve
 from .factories import build_model, make_loss, make_optimizer, make_scheduler, pick_device
 from .runfiles import default_out_dir, diverged, finish, restore, start, write_metrics

@@ -1,45 +1,24 @@
-"""One page from run, compare, reproduce and sweep directories: markdown, or self-contained HTML.
-
-The page is built once as a list of blocks (headings, paragraphs, tables, figures, commands) and
-rendered either as markdown with its figures in ``<name>_figures/`` beside it, or as one HTML
-file that embeds every figure as a ``data:`` URI and needs nothing else (no network, no script):
-it opens offline and can be mailed as it is.  For each input it holds the results table, the
-figures of :mod:`ssdfa.plots`, the settings each row ran with, and the commands that rebuild the
-directory and the page; at the end, the machine and library versions that made the page.
-"""
+"""The blocks of a report, one function per section: results tables, angles, settings, the
+commands that rebuild a directory, the cost section, a sweep, and the machine that made it."""
 
 from __future__ import annotations
 
-import base64
-import datetime
-import html
 import math
 import os
 import platform
 import shlex
 import statistics
 import sys
-from dataclasses import dataclass, field
-from pathlib import Path
 
-from . import plots, rundata
-from .rundata import Source
+import matplotlib
+import numpy
+import torch
 
-__all__ = ["write_report", "build_page", "render_markdown", "render_html", "MARKER_MD",
-           "MARKER_HTML"]
-
-MARKER_MD = "# ssdfa report"  # first line of every markdown report: marks a file as ours
-MARKER_HTML = '<meta name="generator" content="ssdfa report">'
-
-
-@dataclass
-class Page:
-    blocks: list[tuple] = field(default_factory=list)  # ("h1"|"h2"|"h3"|"p"|"table"|"fig"|"code", ...)
-    figures: dict[str, object] = field(default_factory=dict)  # name -> matplotlib figure
-
-    def add(self, *block):
-        self.blocks.append(block)
-
+from .. import plots
+from .._version import __version__
+from ..rundata import Source
+from ..training import TrainConfig
+from .page import Page
 
 # -- numbers -------------------------------------------------------------------------------------
 def _fmt(v, spec=".1f"):
@@ -195,8 +174,6 @@ def _show(v) -> str:
 
 def _flags(cfg: dict, skip=()) -> list[str]:
     """Command-line flags for the settings of ``cfg`` that differ from TrainConfig's defaults."""
-    from .training import TrainConfig
-
     defaults = TrainConfig().__dict__
     out = []
     for k, v in cfg.items():
@@ -259,12 +236,6 @@ def rebuild_commands(src: Source) -> list[str]:
 
 
 def _machine() -> list[list[str]]:
-    import matplotlib
-    import numpy
-    import torch
-
-    from . import __version__
-
     return [["ssdfa", __version__], ["python", sys.version.split()[0]], ["torch", torch.__version__],
             ["numpy", numpy.__version__], ["matplotlib", matplotlib.__version__],
             ["platform", platform.platform()], ["machine", platform.machine() or "–"],
@@ -295,64 +266,6 @@ def _cost(page: Page, fig_names: dict) -> None:
         page.add("fig", "cost_fig8", "cost bars (Fig. 8)")
 
 
-def build_page(paths, *, costs: bool = True, log=None, command: str | None = None) -> Page:
-    """Read and validate every input, draw its figures and lay out the page (nothing written)."""
-    log = log or (lambda m: None)
-    sources = paths if all(isinstance(p, Source) for p in paths) else rundata.read_inputs(paths)
-    paths = [str(s.path) if s.path else s.name for s in sources] if sources is paths else paths
-    page = Page()
-    for stem, fig in plots.build_figures(sources, costs=costs, log=log):
-        page.figures[stem] = fig
-    figs = page.figures
-    several = len(sources) > 1
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    page.add("h1", "ssdfa report")
-    page.add("p", f"Generated {when} from: " + ", ".join(f"`{p}`" for p in paths))
-    for src in sources:
-        pre = f"{src.tag}_" if several else ""
-        res = src.results or {}
-        if src.kind == "runs":
-            _loose_runs(page, src, figs)
-            if f"{pre}training_curves" in figs:
-                page.add("fig", f"{pre}training_curves", "training curves")
-            _angles(page, src, figs, pre)
-        elif src.kind == "sweep":
-            _sweep(page, src, figs)
-        else:
-            title = res.get("title") or ("compare" if src.kind == "compare" else src.kind)
-            page.add("h2", f"{'Reproduction' if src.kind == 'reproduce' else 'Comparison'}: "
-                           f"{title} (`{src.path}`)")
-            if src.kind == "reproduce":
-                if res.get("citation"):
-                    page.add("p", f"Paper: {res['citation']}, {res.get('source', '')}.")
-                if res.get("stand_in"):
-                    page.add("p", f"Note: {res['stand_in']}.")
-                if res.get("rows"):
-                    _reproduction_table(page, res)
-                if f"reproduction_{src.tag}" in figs:
-                    page.add("fig", f"reproduction_{src.tag}", "paper vs ours")
-            if src.groups:
-                _groups_table(page, src)
-            if f"{pre}training_curves" in figs:
-                page.add("fig", f"{pre}training_curves", "training curves, mean ± std over seeds")
-            _angles(page, src, figs, pre)
-            if res.get("notes"):
-                page.add("p", f"Setup: {res['notes']}")
-        if f"{pre}first_conv_filters" in figs:
-            page.add("h3", "First convolutional layer (SSDFA paper, Fig. 7)")
-            page.add("fig", f"{pre}first_conv_filters", "first-layer filters")
-        if src.kind != "sweep":
-            _settings(page, src)
-        page.add("h3", "Commands that rebuild it")
-        page.add("code", rebuild_commands(src))
-    if "cost_fig8" in figs:
-        _cost(page, figs)
-    page.add("h2", "How this page was made")
-    if command:
-        page.add("code", [command])
-    page.add("table", ["", "version"], _machine())
-    return page
-
 
 def _sweep(page: Page, src: Source, figs: dict) -> None:
     sw = src.sweep
@@ -377,119 +290,3 @@ def _sweep(page: Page, src: Source, figs: dict) -> None:
     page.add("h3", "Settings")
     page.add("p", f"Every cell: {base_settings}.")
 
-
-# -- rendering -----------------------------------------------------------------------------------
-def _md_cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def render_markdown(page: Page, fig_files: dict[str, Path], md_dir: Path) -> str:
-    lines: list[str] = []
-    for b in page.blocks:
-        kind = b[0]
-        if kind in ("h1", "h2", "h3"):
-            lines += [f"{'#' * int(kind[1])} {b[1]}", ""]
-        elif kind == "p":
-            lines += [b[1], ""]
-        elif kind == "table":
-            head, rows = b[1], b[2]
-            lines.append("| " + " | ".join(map(_md_cell, head)) + " |")
-            lines.append("|" + "---|" * len(head))
-            lines += ["| " + " | ".join(map(_md_cell, r)) + " |" for r in rows]
-            lines.append("")
-        elif kind == "fig":
-            rel = Path(os.path.relpath(fig_files[b[1]], md_dir)).as_posix()
-            alt = b[2].replace("(", "").replace(")", "").replace("[", "").replace("]", "")
-            lines += [f"![{alt}]({rel})", ""]
-        elif kind == "code":
-            lines += ["```bash", *b[1], "```", ""]
-    return "\n".join(lines).rstrip() + "\n"
-
-
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;max-width:1180px;
-margin:2em auto;padding:0 1em;color:#1a1a1a;line-height:1.45}
-h1{border-bottom:2px solid #ddd;padding-bottom:.2em}h2{margin-top:2em;border-bottom:1px solid #eee}
-table{border-collapse:collapse;margin:.8em 0;font-size:.92em}
-th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left}th{background:#f3f3f3}
-tr:nth-child(even) td{background:#fafafa}
-figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
-figcaption{color:#555;font-size:.9em}
-pre{background:#f6f6f6;padding:.7em;overflow-x:auto;font-size:.88em}code{font-size:.92em}
-"""
-
-
-def _inline(text: str) -> str:
-    """Markdown's `code` and **bold** in a paragraph, the rest escaped."""
-    out, parts = [], str(text).split("`")
-    for i, part in enumerate(parts):
-        if i % 2:
-            out.append(f"<code>{html.escape(part)}</code>")
-        else:
-            bits = html.escape(part).split("**")
-            out.append("".join(f"<strong>{s}</strong>" if j % 2 else s for j, s in enumerate(bits)))
-    return "".join(out)
-
-
-def render_html(page: Page, fig_data: dict[str, tuple[str, bytes]]) -> str:
-    """One self-contained page: every figure a ``data:`` URI (``fig_data``: name -> (mime, bytes))."""
-    body = []
-    title = "ssdfa report"
-    for b in page.blocks:
-        kind = b[0]
-        if kind in ("h1", "h2", "h3"):
-            body.append(f"<{kind}>{_inline(b[1])}</{kind}>")
-        elif kind == "p":
-            body.append(f"<p>{_inline(b[1])}</p>")
-        elif kind == "table":
-            head = "".join(f"<th>{_inline(h)}</th>" for h in b[1])
-            rows = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>"
-                           for r in b[2])
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        elif kind == "fig":
-            mime, data = fig_data[b[1]]
-            uri = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-            body.append(f'<figure id="{html.escape(b[1])}"><img src="{uri}" alt="{html.escape(b[2])}">'
-                        f"<figcaption>{html.escape(b[2])} ({html.escape(b[1])})</figcaption></figure>")
-        elif kind == "code":
-            body.append("<pre><code>" + html.escape("\n".join(b[1])) + "</code></pre>")
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"{MARKER_HTML}\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-            f"<title>{title}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-            + "\n".join(body) + "\n</body>\n</html>\n")
-
-
-_MIME = {"png": "image/png", "svg": "image/svg+xml"}
-
-
-def write_report(paths, out, *, figures_dir=None, html_page: bool = False, fmt: str = "png",
-                 costs: bool = True, log=None, command: str | None = None) -> Path:
-    """Write the report to ``out``: markdown with figures in ``figures_dir`` (default
-    ``<out stem>_figures/``), or with ``html_page`` one self-contained HTML file.
-
-    Every input is read and checked and every figure drawn before the first file is written;
-    files are replaced atomically, so a failure leaves the previous report whole.
-    """
-    from .rundir import open_atomic, write_text_atomic
-
-    plots._check_format(fmt)
-    if html_page and fmt not in _MIME:
-        raise ValueError(f"an HTML page shows png or svg figures, not {fmt}")
-    page = build_page(paths, costs=costs, log=log, command=command)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if html_page:
-        data = {name: (_MIME[fmt], plots.figure_bytes(fig, fmt)) for name, fig in page.figures.items()}
-        write_text_atomic(out, render_html(page, data))
-        return out
-    fig_dir = Path(figures_dir) if figures_dir else out.parent / f"{out.stem}_figures"
-    blobs = {name: plots.figure_bytes(fig, fmt) for name, fig in page.figures.items()}
-    files = {}
-    if blobs:
-        fig_dir.mkdir(parents=True, exist_ok=True)
-    for name, data in blobs.items():
-        files[name] = fig_dir / f"{name}.{fmt}"
-        with open_atomic(files[name], "wb") as f:
-            f.write(data)
-    write_text_atomic(out, render_markdown(page, files, out.parent))
-    return out

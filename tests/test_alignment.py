@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import ssdfa
-from ssdfa.metrics import (alignment_angles, angle, fa_weight_angles, feedback_weight_angles,
+from ssdfa.alignment import (alignment_angles, angle, fa_weight_angles, feedback_weight_angles,
                            output_prediction_angles)
 
 
@@ -214,3 +214,13 @@ def test_every_rule_gives_valid_angles_and_leaves_grads(method):
     assert res[out_w] == pytest.approx(0.0, abs=1e-3)  # every rule gives the output layer its gradient
     for p, g in zip(model.parameters(), before):
         assert (g is None and p.grad is None) or torch.equal(p.grad, g)
+
+
+def test_ssdfa_metrics_still_imports_every_alignment_name():
+    """``ssdfa.metrics`` (the module's old name) re-exports ssdfa.alignment's public API unchanged."""
+    import ssdfa.alignment as new
+    import ssdfa.metrics as old
+
+    assert old.__all__ == new.__all__
+    for name in new.__all__:
+        assert getattr(old, name) is getattr(new, name), name
