@@ -79,6 +79,8 @@ class Case:
     batch: int
     biotorch: bool  # compare with BioTorch on this case (issue: FC and MNIST CNN)
     summary: str
+    floor: str = "loop"  # "loop": FloorLoop (nn.Sequential); "detached": DetachedFloor (any model)
+    head: str = ""  # DetachedFloor: the module producing the logits (gets the true error)
 
 
 CASES = {
@@ -126,11 +128,21 @@ def import_biotorch(path=None):
 
 
 # -- variants ----------------------------------------------------------------------------------
+COMPILED = "+compile"  # a variant name ending in it: torch.compile (default mode) of that variant
+
+
 class Variant:
-    """One way of training one case: ``step(x, y)`` is a whole optimizer step."""
+    """One way of training one case: ``step(x, y)`` is a whole optimizer step.
+
+    ``<name>+compile`` is variant ``name`` with its model (plain or converted) passed through
+    ``torch.compile`` (default mode); the loss, backward and optimizer step stay eager."""
 
     def __init__(self, name, case: Case, device="cpu", seed=0, lr=0.01, momentum=0.9,
                  biotorch=None):
+        compiled = name.endswith(COMPILED)
+        name = name[: -len(COMPILED)] if compiled else name
+        if compiled and name in ("forward-only", "floor", *BIOTORCH_MODES):
+            raise ValueError(f"{name}{COMPILED}: only plain-bp and ssdfa's methods are compiled")
         self.name, self.case = name, case
         torch.manual_seed(seed)
         net = case.build().to(device)
@@ -147,9 +159,10 @@ class Variant:
                                   input_shape=case.input_shape, seed=seed,
                                   **OPTIONS.get(name, {}))
         self.model, self.net = model, net
+        self.run = torch.compile(model) if compiled else model
         self.opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
         if name == "floor":
-            self.floor = FloorLoop(net)
+            self.floor = FloorLoop(net) if case.floor == "loop" else DetachedFloor(net, case.head)
 
     def step(self, x, y):
         if self.name == "forward-only":
@@ -163,11 +176,11 @@ class Variant:
             return
         self.opt.zero_grad(set_to_none=True)  # before forward: unlocked DRTP learns in it
         if self.kind == "ssdfa":
-            out = self.model(x, target=y)
+            out = self.run(x, target=y)
         elif self.name == "biotorch-dfa":
             out = self.model(x, targets=y, loss_function=F.cross_entropy)
         else:
-            out = self.model(x)
+            out = self.run(x)
         F.cross_entropy(out, y).backward()
         self.opt.step()
 
@@ -214,6 +227,68 @@ class FloorLoop:
                     d, a, m.weight, [m.out_channels], m.stride, m.padding, m.dilation, False,
                     [0, 0], m.groups, [False, True, True])
                 m.weight.grad, m.bias.grad = gw, gb
+
+
+class DetachedFloor:
+    """The floor of any model, with autograd: the forward pass plus one ∂W per weight layer and
+    no input gradient anywhere.
+
+    A *weight layer* is a module holding parameters of its own (Conv2d, Linear, BatchNorm,
+    LayerNorm, MultiheadAttention), other than the root, and not inside another weight layer.
+    Each one's inputs are detached (forward pre-hook) and its output is handed on detached
+    (forward hook), so autograd builds nodes only for the weight layers themselves: no ReLU,
+    pooling, residual add, dropout or softmax node, and no Wᵀ·δ.  The backward pass starts from
+    every weight layer's output z_l at once (``torch.autograd.backward([loss, z_1, ...],
+    [1, δ_1, ...])``) with a fixed δ_l of z_l's shape (randn·1e-3, drawn once; its making is what
+    a rule adds), and from the loss at the ``head`` module (the logits: its output is not
+    detached, so it gets the true error and BP's ∂W).  What it computes per layer: ∂W, ∂b only
+    (Conv: convolution_backward with the input gradient masked off; BatchNorm/LayerNorm: ∂γ, ∂β).
+    One exception: MultiheadAttention is one layer whose backward runs from its output through
+    out_proj and the attention core to in_proj's ∂W (its functional internals cannot be hooked).
+    A parameter held by no weight layer (the transformer's position table) gets no gradient.
+    """
+
+    def __init__(self, net: nn.Module, head: str):
+        self.net, self.head = net, net.get_submodule(head)
+        self.outputs: list = []
+        self.deltas: dict = {}
+        self.layers = []
+        for name, m in net.named_modules():
+            if not name or next(m.parameters(recurse=False), None) is None:
+                continue
+            if any(name.startswith(f"{outer}.") for outer, _ in self.layers):
+                continue
+            self.layers.append((name, m))
+            m.register_forward_pre_hook(self._detach_inputs, with_kwargs=True)
+            if m is not self.head:
+                m.register_forward_hook(self._take_output)
+
+    @staticmethod
+    def _detach_inputs(module, args, kwargs):
+        def cut(t):
+            return t.detach() if isinstance(t, torch.Tensor) else t
+        return tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()}
+
+    def _take_output(self, module, inputs, out):
+        z = out[0] if isinstance(out, tuple) else out
+        self.outputs.append(z)
+        return (z.detach(), *out[1:]) if isinstance(out, tuple) else z.detach()
+
+    def delta(self, i, z):
+        d = self.deltas.get((i, z.shape))
+        if d is None:
+            d = self.deltas[(i, z.shape)] = torch.randn_like(z) * 1e-3
+        return d
+
+    def grads(self, x, y):
+        self.outputs = []
+        try:
+            loss = F.cross_entropy(self.net(x), y)
+            zs = self.outputs
+        finally:
+            self.outputs = []
+        torch.autograd.backward([loss, *zs], [None, *(self.delta(i, z) for i, z in enumerate(zs))])
+        return loss
 
 
 def make_data(case: Case, n, device="cpu", seed=0):
