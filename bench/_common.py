@@ -261,7 +261,7 @@ class DetachedFloor:
             self.layers.append((name, m))
             m.register_forward_pre_hook(self._detach_inputs, with_kwargs=True)
             if m is not self.head:
-                m.register_forward_hook(self._take_output)
+                m.register_forward_hook(self._taker(name))
 
     @staticmethod
     def _detach_inputs(module, args, kwargs):
@@ -269,25 +269,29 @@ class DetachedFloor:
             return t.detach() if isinstance(t, torch.Tensor) else t
         return tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()}
 
-    def _take_output(self, module, inputs, out):
-        z = out[0] if isinstance(out, tuple) else out
-        self.outputs.append(z)
-        return (z.detach(), *out[1:]) if isinstance(out, tuple) else z.detach()
+    def _taker(self, name):
+        def take_output(module, inputs, out):  # keep z_l as a backward root, hand it on detached
+            z = out[0] if isinstance(out, tuple) else out
+            self.outputs.append((name, z))
+            return (z.detach(), *out[1:]) if isinstance(out, tuple) else z.detach()
+        return take_output
 
-    def delta(self, i, z):
-        d = self.deltas.get((i, z.shape))
+    def delta(self, name, z):
+        """Layer ``name``'s fixed δ for an output shaped like ``z`` (drawn at its first use)."""
+        d = self.deltas.get((name, z.shape))
         if d is None:
-            d = self.deltas[(i, z.shape)] = torch.randn_like(z) * 1e-3
+            d = self.deltas[(name, z.shape)] = torch.randn_like(z) * 1e-3
         return d
 
     def grads(self, x, y):
         self.outputs = []
         try:
             loss = F.cross_entropy(self.net(x), y)
-            zs = self.outputs
+            taken = self.outputs
         finally:
             self.outputs = []
-        torch.autograd.backward([loss, *zs], [None, *(self.delta(i, z) for i, z in enumerate(zs))])
+        torch.autograd.backward([loss, *(z for _, z in taken)],
+                                [None, *(self.delta(n, z) for n, z in taken)])
         return loss
 
 
