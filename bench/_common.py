@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import importlib.util
 import io
 import json
@@ -243,8 +244,10 @@ class DetachedFloor:
     a rule adds), and from the loss at the ``head`` module (the logits: its output is not
     detached, so it gets the true error and BP's ∂W).  What it computes per layer: ∂W, ∂b only
     (Conv: convolution_backward with the input gradient masked off; BatchNorm/LayerNorm: ∂γ, ∂β).
-    One exception: MultiheadAttention is one layer whose backward runs from its output through
-    out_proj and the attention core to in_proj's ∂W (its functional internals cannot be hooked).
+    nn.MultiheadAttention holds two weight layers, in_proj (packed q, k, v) and out_proj, that
+    its functional forward calls without module hooks: the floor runs it as ``_attention`` (the
+    same products, the attention core on detached q, k, v), with a root at each projection's
+    output, so neither the attention core nor out_proj's input gradient is differentiated.
     A parameter held by no weight layer (the transformer's position table) gets no gradient.
     """
 
@@ -253,6 +256,7 @@ class DetachedFloor:
         self.outputs: list = []
         self.deltas: dict = {}
         self.layers = []
+        self.keep_roots, self.roots = False, []  # tests: keep the last step's (name, z_l) roots
         for name, m in net.named_modules():
             if not name or next(m.parameters(recurse=False), None) is None:
                 continue
@@ -260,13 +264,23 @@ class DetachedFloor:
                 continue
             self.layers.append((name, m))
             m.register_forward_pre_hook(self._detach_inputs, with_kwargs=True)
-            if m is not self.head:
+            if isinstance(m, nn.MultiheadAttention):
+                m.forward = functools.partial(self._attention, name, m)
+            elif m is not self.head:
                 m.register_forward_hook(self._taker(name))
 
     @staticmethod
     def _detach_inputs(module, args, kwargs):
+        """Each input tensor detached once: MultiheadAttention(x, x, x) keeps ``query is key``
+        (three separate detaches would send it down its slower separate-projection path)."""
+        done: dict = {}
+
         def cut(t):
-            return t.detach() if isinstance(t, torch.Tensor) else t
+            if not isinstance(t, torch.Tensor):
+                return t
+            if id(t) not in done:
+                done[id(t)] = t.detach()
+            return done[id(t)]
         return tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()}
 
     def _taker(self, name):
@@ -275,6 +289,29 @@ class DetachedFloor:
             self.outputs.append((name, z))
             return (z.detach(), *out[1:]) if isinstance(out, tuple) else z.detach()
         return take_output
+
+    def _attention(self, name, m, query, key, value, key_padding_mask=None, need_weights=True,
+                   attn_mask=None, average_attn_weights=True, is_causal=False):
+        """MultiheadAttention's self-attention with roots at in_proj's and out_proj's outputs."""
+        if key_padding_mask is not None or attn_mask is not None or not (query is key is value) \
+                or not m.batch_first or not m._qkv_same_embed_dim or m.in_proj_bias is None:
+            raise ValueError("DetachedFloor runs batch_first self-attention without masks only")
+        b, t, d = query.shape
+        heads = m.num_heads
+        # the layouts of F.multi_head_attention_forward (sequence first), so that attention
+        # dropout draws the same mask from the same RNG state as the module itself
+        qkv = F.linear(query.transpose(0, 1), m.in_proj_weight, m.in_proj_bias)  # (t, b, 3d)
+        self.outputs.append((f"{name}.in_proj", qkv))
+        q, k, v = qkv.detach().unflatten(-1, (3, d)).unsqueeze(0).transpose(0, -2).squeeze(-2) \
+            .contiguous()
+        q, k, v = (u.view(t, b * heads, d // heads).transpose(0, 1).view(b, heads, t, d // heads)
+                   for u in (q, k, v))
+        a = F.scaled_dot_product_attention(q, k, v, dropout_p=m.dropout if m.training else 0.0,
+                                           is_causal=is_causal)
+        a = a.permute(2, 0, 1, 3).contiguous().view(b * t, d)
+        out = F.linear(a, m.out_proj.weight, m.out_proj.bias)  # (t·b, d)
+        self.outputs.append((f"{name}.out_proj", out))
+        return out.detach().view(t, b, d).transpose(0, 1), None
 
     def delta(self, name, z):
         """Layer ``name``'s fixed δ for an output shaped like ``z`` (drawn at its first use)."""
@@ -290,6 +327,8 @@ class DetachedFloor:
             taken = self.outputs
         finally:
             self.outputs = []
+        if self.keep_roots:
+            self.roots = taken
         torch.autograd.backward([loss, *(z for _, z in taken)],
                                 [None, *(self.delta(n, z) for n, z in taken)])
         return loss

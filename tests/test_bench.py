@@ -177,14 +177,8 @@ def test_detached_floor_computes_only_dw(which):
     z = net(x)
     torch.nn.functional.cross_entropy(z, y).backward()
 
-    outputs = {}  # each layer's output before the floor's own hook detaches it: its δ root
-    def take(name):
-        def hook(m, i, o):
-            outputs.setdefault(name, o)
-        return hook
-    for name, m in floor_net.named_modules():
-        m.register_forward_hook(take(name))
     floor = _common.DetachedFloor(floor_net, case.head)
+    floor.keep_roots = True
     torch.manual_seed(7)
     floor.grads(x, y)
 
@@ -208,12 +202,16 @@ def test_detached_floor_computes_only_dw(which):
         torch.testing.assert_close(lin.weight.grad, d.t() @ a)
         torch.testing.assert_close(lin.bias.grad, d.sum(0))
 
-    for name, m in floor.layers:  # δ_l reaches only layer l's own parameters
-        if isinstance(m, nn.MultiheadAttention) or name == case.head:
-            continue
-        out = outputs[name]
-        out = out[0] if isinstance(out, tuple) else out
-        leaves, stack, done = set(), [out.grad_fn], set()
+    own = {}  # root name -> ids of the parameters its δ may reach
+    for name, m in floor.layers:
+        if isinstance(m, nn.MultiheadAttention):
+            own[f"{name}.in_proj"] = {id(m.in_proj_weight), id(m.in_proj_bias)}
+            own[f"{name}.out_proj"] = {id(p) for p in m.out_proj.parameters()}
+        elif name != case.head:
+            own[name] = {id(p) for p in m.parameters(recurse=False)}
+    assert sorted(n for n, _ in floor.roots) == sorted(own)  # every weight layer, once
+    for name, z in floor.roots:  # δ_l reaches only layer l's own parameters: no input gradient
+        leaves, stack, done = set(), [z.grad_fn], set()
         while stack:
             fn = stack.pop()
             if fn is None or fn in done:
@@ -222,7 +220,7 @@ def test_detached_floor_computes_only_dw(which):
             if hasattr(fn, "variable"):
                 leaves.add(id(fn.variable))
             stack += [f for f, _ in fn.next_functions]
-        assert leaves == {id(p) for p in m.parameters(recurse=False)}, name
+        assert leaves == own[name], name
 
 
 def test_point_cost_quick(tmp_path):
