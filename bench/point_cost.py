@@ -13,7 +13,8 @@ Three views of one step, all at the case's batch (2):
    point's output).  by-hand is what the rule costs with no per-point machinery; the rule's
    excess over it, divided by the points, is the machinery's cost per point.
    ``--check`` first asserts that by-hand gives ssdfa's gradients (max abs difference printed).
-2. The autograd graph of one step: how many nodes each variant's backward runs, by kind.
+2. The autograd graph of one step: how many nodes each variant's backward runs, by kind, and
+   how many aten operators a whole step calls (counts, which a loaded machine does not blur).
 3. torch.profiler over ``--steps`` steps of the rule, with ssdfa's pieces labelled from here
    (no change to ssdfa): the points' forward hooks (detach, ``_Point.apply`` with its zero
    carrier), the head's hook (``_Inject.apply``), the ``_Point``/``_Inject`` backward nodes
@@ -183,6 +184,14 @@ GROUPS = {  # label in the report -> profiler event keys (their total CPU time, 
 }
 
 
+def aten_calls(v, x, y, steps=2):
+    """aten operators one step calls (a count: unlike times, not blurred by a loaded machine)."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            v.step(x, y)
+    return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::")) / steps
+
+
 def profile_rule(v, x, y, steps):
     """Per-step time of each GROUPS entry and how often it ran, under torch.profiler."""
     for _ in range(2):
@@ -236,6 +245,7 @@ def run_model(key, a):
     entry["graph"] = {n: step_graph(n, v, x, y) for n, v in variants.items()}
     for v in variants.values():
         v.step(x, y)
+    entry["aten_calls_per_step"] = {n: aten_calls(v, x, y) for n, v in variants.items()}
     times = step_time.time_case(case, variants, a)
     med = {n: statistics.median(t) for n, t in times.items()}
     entry["median_step_seconds"], entry["all_step_seconds"] = med, times
@@ -251,9 +261,10 @@ def print_model(entry, med):
     if "by_hand_max_grad_difference" in entry:
         print(f"  by-hand vs ssdfa gradients: max |difference| {entry['by_hand_max_grad_difference']:.2e}")
     bp = med["plain-bp"]
-    print(f"  {'variant':10s} {'ms/step':>8s} {'x BP':>6s} {'nodes':>6s}")
+    print(f"  {'variant':10s} {'ms/step':>8s} {'x BP':>6s} {'nodes':>6s} {'aten ops':>9s}")
     for n, m in med.items():
-        print(f"  {n:10s} {m * 1e3:8.2f} {m / bp:6.3f} {entry['graph'][n]['total']:6d}")
+        print(f"  {n:10s} {m * 1e3:8.2f} {m / bp:6.3f} {entry['graph'][n]['total']:6d} "
+              f"{entry['aten_calls_per_step'][n]:9.0f}")
     if "by-hand" in med:
         extra = med[entry["rule"]] - med["by-hand"]
         print(f"  {entry['rule']} - by-hand = {extra * 1e3:.2f} ms/step = {extra / p * 1e3:.3f} ms per point")

@@ -232,3 +232,4 @@ def test_point_cost_quick(tmp_path):
     assert {"plain-bp", "floor", "dfa", "by-hand"} == set(t["median_step_seconds"])
     assert t["graph"]["dfa"]["by_kind"]["_PointBackward"] == 4
     assert t["profile"]["_Point.backward nodes"]["calls_per_step"] == 4
+    assert all(positive(c) for c in t["aten_calls_per_step"].values())
