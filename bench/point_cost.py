@@ -149,12 +149,14 @@ def step_graph(name, v, x, y):
 @contextlib.contextmanager
 def labelled(rule_obj):
     """Label ssdfa's per-point pieces for the profiler (restored on exit)."""
-    patched = [(ssdfa.points.PointHook, "__call__", "ssdfa: point hook (fwd)"),
-               (ssdfa.heads.HeadHook, "__call__", "ssdfa: head hook (fwd)"),
+    patched = [(getattr(ssdfa.points, "PointHook", None), "__call__", "ssdfa: point hook (fwd)"),
+               (getattr(ssdfa.heads, "HeadHook", None), "__call__", "ssdfa: head hook (fwd)"),
                (rule_obj, "point_signals", "ssdfa: e·B_l (point_signals)")]
     saved = []
     for obj, attr, label in patched:
-        fn = getattr(obj, attr)
+        fn = getattr(obj, attr, None)
+        if fn is None:  # an engine without this piece: its row reads 0
+            continue
         saved.append((obj, attr, obj.__dict__.get(attr)))
 
         def wrapped(*args, _fn=fn, _label=label, **kwargs):
