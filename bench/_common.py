@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import importlib.util
 import io
 import json
@@ -79,6 +80,8 @@ class Case:
     batch: int
     biotorch: bool  # compare with BioTorch on this case (issue: FC and MNIST CNN)
     summary: str
+    floor: str = "loop"  # "loop": FloorLoop (nn.Sequential); "detached": DetachedFloor (any model)
+    head: str = ""  # DetachedFloor: the module producing the logits (gets the true error)
 
 
 CASES = {
@@ -126,11 +129,21 @@ def import_biotorch(path=None):
 
 
 # -- variants ----------------------------------------------------------------------------------
+COMPILED = "+compile"  # a variant name ending in it: torch.compile (default mode) of that variant
+
+
 class Variant:
-    """One way of training one case: ``step(x, y)`` is a whole optimizer step."""
+    """One way of training one case: ``step(x, y)`` is a whole optimizer step.
+
+    ``<name>+compile`` is variant ``name`` with its model (plain or converted) passed through
+    ``torch.compile`` (default mode); the loss, backward and optimizer step stay eager."""
 
     def __init__(self, name, case: Case, device="cpu", seed=0, lr=0.01, momentum=0.9,
                  biotorch=None):
+        compiled = name.endswith(COMPILED)
+        name = name[: -len(COMPILED)] if compiled else name
+        if compiled and name in ("forward-only", "floor", *BIOTORCH_MODES):
+            raise ValueError(f"{name}{COMPILED}: only plain-bp and ssdfa's methods are compiled")
         self.name, self.case = name, case
         torch.manual_seed(seed)
         net = case.build().to(device)
@@ -147,9 +160,10 @@ class Variant:
                                   input_shape=case.input_shape, seed=seed,
                                   **OPTIONS.get(name, {}))
         self.model, self.net = model, net
+        self.run = torch.compile(model) if compiled else model
         self.opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
         if name == "floor":
-            self.floor = FloorLoop(net)
+            self.floor = FloorLoop(net) if case.floor == "loop" else DetachedFloor(net, case.head)
 
     def step(self, x, y):
         if self.name == "forward-only":
@@ -163,11 +177,11 @@ class Variant:
             return
         self.opt.zero_grad(set_to_none=True)  # before forward: unlocked DRTP learns in it
         if self.kind == "ssdfa":
-            out = self.model(x, target=y)
+            out = self.run(x, target=y)
         elif self.name == "biotorch-dfa":
             out = self.model(x, targets=y, loss_function=F.cross_entropy)
         else:
-            out = self.model(x)
+            out = self.run(x)
         F.cross_entropy(out, y).backward()
         self.opt.step()
 
@@ -214,6 +228,110 @@ class FloorLoop:
                     d, a, m.weight, [m.out_channels], m.stride, m.padding, m.dilation, False,
                     [0, 0], m.groups, [False, True, True])
                 m.weight.grad, m.bias.grad = gw, gb
+
+
+class DetachedFloor:
+    """The floor of any model, with autograd: the forward pass plus one ∂W per weight layer and
+    no input gradient anywhere.
+
+    A *weight layer* is a module holding parameters of its own (Conv2d, Linear, BatchNorm,
+    LayerNorm, MultiheadAttention), other than the root, and not inside another weight layer.
+    Each one's inputs are detached (forward pre-hook) and its output is handed on detached
+    (forward hook), so autograd builds nodes only for the weight layers themselves: no ReLU,
+    pooling, residual add, dropout or softmax node, and no Wᵀ·δ.  The backward pass starts from
+    every weight layer's output z_l at once (``torch.autograd.backward([loss, z_1, ...],
+    [1, δ_1, ...])``) with a fixed δ_l of z_l's shape (randn·1e-3, drawn once; its making is what
+    a rule adds), and from the loss at the ``head`` module (the logits: its output is not
+    detached, so it gets the true error and BP's ∂W).  What it computes per layer: ∂W, ∂b only
+    (Conv: convolution_backward with the input gradient masked off; BatchNorm/LayerNorm: ∂γ, ∂β).
+    nn.MultiheadAttention holds two weight layers, in_proj (packed q, k, v) and out_proj, that
+    its functional forward calls without module hooks: the floor runs it as ``_attention`` (the
+    same products, the attention core on detached q, k, v), with a root at each projection's
+    output, so neither the attention core nor out_proj's input gradient is differentiated.
+    A parameter held by no weight layer (the transformer's position table) gets no gradient.
+    """
+
+    def __init__(self, net: nn.Module, head: str):
+        self.net, self.head = net, net.get_submodule(head)
+        self.outputs: list = []
+        self.deltas: dict = {}
+        self.layers = []
+        self.keep_roots, self.roots = False, []  # tests: keep the last step's (name, z_l) roots
+        for name, m in net.named_modules():
+            if not name or next(m.parameters(recurse=False), None) is None:
+                continue
+            if any(name.startswith(f"{outer}.") for outer, _ in self.layers):
+                continue
+            self.layers.append((name, m))
+            m.register_forward_pre_hook(self._detach_inputs, with_kwargs=True)
+            if isinstance(m, nn.MultiheadAttention):
+                m.forward = functools.partial(self._attention, name, m)
+            elif m is not self.head:
+                m.register_forward_hook(self._taker(name))
+
+    @staticmethod
+    def _detach_inputs(module, args, kwargs):
+        """Each input tensor detached once: MultiheadAttention(x, x, x) keeps ``query is key``
+        (three separate detaches would send it down its slower separate-projection path)."""
+        done: dict = {}
+
+        def cut(t):
+            if not isinstance(t, torch.Tensor):
+                return t
+            if id(t) not in done:
+                done[id(t)] = t.detach()
+            return done[id(t)]
+        return tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()}
+
+    def _taker(self, name):
+        def take_output(module, inputs, out):  # keep z_l as a backward root, hand it on detached
+            z = out[0] if isinstance(out, tuple) else out
+            self.outputs.append((name, z))
+            return (z.detach(), *out[1:]) if isinstance(out, tuple) else z.detach()
+        return take_output
+
+    def _attention(self, name, m, query, key, value, key_padding_mask=None, need_weights=True,
+                   attn_mask=None, average_attn_weights=True, is_causal=False):
+        """MultiheadAttention's self-attention with roots at in_proj's and out_proj's outputs."""
+        if key_padding_mask is not None or attn_mask is not None or not (query is key is value) \
+                or not m.batch_first or not m._qkv_same_embed_dim or m.in_proj_bias is None:
+            raise ValueError("DetachedFloor runs batch_first self-attention without masks only")
+        b, t, d = query.shape
+        heads = m.num_heads
+        # the layouts of F.multi_head_attention_forward (sequence first), so that attention
+        # dropout draws the same mask from the same RNG state as the module itself
+        qkv = F.linear(query.transpose(0, 1), m.in_proj_weight, m.in_proj_bias)  # (t, b, 3d)
+        self.outputs.append((f"{name}.in_proj", qkv))
+        q, k, v = qkv.detach().unflatten(-1, (3, d)).unsqueeze(0).transpose(0, -2).squeeze(-2) \
+            .contiguous()
+        q, k, v = (u.view(t, b * heads, d // heads).transpose(0, 1).view(b, heads, t, d // heads)
+                   for u in (q, k, v))
+        a = F.scaled_dot_product_attention(q, k, v, dropout_p=m.dropout if m.training else 0.0,
+                                           is_causal=is_causal)
+        a = a.permute(2, 0, 1, 3).contiguous().view(b * t, d)
+        out = F.linear(a, m.out_proj.weight, m.out_proj.bias)  # (t·b, d)
+        self.outputs.append((f"{name}.out_proj", out))
+        return out.detach().view(t, b, d).transpose(0, 1), None
+
+    def delta(self, name, z):
+        """Layer ``name``'s fixed δ for an output shaped like ``z`` (drawn at its first use)."""
+        d = self.deltas.get((name, z.shape))
+        if d is None:
+            d = self.deltas[(name, z.shape)] = torch.randn_like(z) * 1e-3
+        return d
+
+    def grads(self, x, y):
+        self.outputs = []
+        try:
+            loss = F.cross_entropy(self.net(x), y)
+            taken = self.outputs
+        finally:
+            self.outputs = []
+        if self.keep_roots:
+            self.roots = taken
+        torch.autograd.backward([loss, *(z for _, z in taken)],
+                                [None, *(self.delta(n, z) for n, z in taken)])
+        return loss
 
 
 def make_data(case: Case, n, device="cpu", seed=0):

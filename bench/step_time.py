@@ -3,6 +3,7 @@
     python bench/step_time.py                         # all cases, all methods, BioTorch if found
     python bench/step_time.py --cases fc --reps 9     # one case
     python bench/step_time.py --quick                 # seconds: checks the script works
+    python bench/step_time.py --cases launch-bound --threads 1 [--compile]   # issue 21
 
 Per case, every variant gets its own copy of the same initial model, the same synthetic batches,
 SGD (lr 0.01, momentum 0.9 or `--momentum`) and thread count.  After a warm-up, each repetition times
@@ -10,6 +11,11 @@ SGD (lr 0.01, momentum 0.9 or `--momentum`) and thread count.  After a warm-up, 
 median seconds per step and its ratio to plain PyTorch BP and to the floor (forward + one
 weight-gradient product per layer, ``_common.FloorLoop``).  ``forward-only`` is a no-grad
 forward pass.  Results go to bench/results/step_time-<date>.json.
+
+``launch-bound`` (``_launch.py``) is two cases at batch 2, ResNet-18 and a 4-layer transformer
+classifier, whose floor is ``_common.DetachedFloor``; its default methods are every direct rule
+(``_launch.METHODS``).  ``--compile`` adds ``torch.compile`` (default mode) of plain BP and of
+the ``--compile-methods`` models, each also reported against compiled plain BP.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import time
 import torch
 
 import _common as C
+import _launch as L
 
 FLOORS = ["forward-only", "floor"]
 
@@ -55,12 +62,60 @@ def time_case(case, variants, a):
     return times
 
 
+def build_variants(case, names, a, biotorch):
+    """Each variant that builds and takes one step on this case; the others, with the reason
+    (a method that cannot train this model is reported and skipped, not fatal)."""
+    x, y = C.make_data(case, case.batch, a.device, seed=1)
+    variants, failed = {}, {}
+    for n in names:
+        try:
+            v = C.Variant(n, case, a.device, momentum=a.momentum, biotorch=biotorch)
+            v.step(x, y)
+            variants[n] = v
+        except Exception as exc:  # report any failure by its message, go on
+            failed[n] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            print(f"[skip] {case.name}/{n}: {failed[n]}", file=sys.stderr)
+    return variants, failed
+
+
+def report(case, times, failed, threads):
+    """Medians and their ratios to plain BP, the floor and (compiled variants) compiled plain BP;
+    prints the table and returns the JSON entry."""
+    med = {n: statistics.median(t) for n, t in times.items()}
+    nan = float("nan")
+    bp, floor = med["plain-bp"], med.get("floor", nan)
+    bpc = med.get(f"plain-bp{C.COMPILED}", nan)
+    entry = {
+        "summary": case.summary, "batch": case.batch,
+        "median_step_seconds": med,
+        "ratio_to_plain_bp": {n: m / bp for n, m in med.items()},
+        "ratio_to_floor": {n: m / floor for n, m in med.items()},
+        "all_step_seconds": times, "failed": failed,
+    }
+    if bpc == bpc:
+        entry["ratio_to_compiled_plain_bp"] = {n: m / bpc for n, m in med.items()
+                                               if n.endswith(C.COMPILED)}
+    print(f"\n{case.name}: {case.summary}, batch {case.batch}, {threads} threads")
+    print(f"  {'variant':18s} {'ms/step':>9s} {'x BP':>7s} {'x floor':>8s} {'x BP+compile':>13s}")
+    for n in med:
+        xc = f"{med[n] / bpc:13.3f}" if n.endswith(C.COMPILED) else ""
+        print(f"  {n:18s} {med[n] * 1e3:9.2f} {med[n] / bp:7.3f} {med[n] / floor:8.3f} {xc}")
+    for n, why in failed.items():
+        print(f"  {n:18s} skipped: {why}")
+    return entry
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", default=None,
-                   help=f"of {', '.join(C.CASES)} (default all; fc with --quick)")
-    p.add_argument("--methods", default=",".join(C.WANTED + ["drtp-unlocked"]),
-                   help="ssdfa methods (missing ones are skipped with a message)")
+                   help=f"of {', '.join(C.CASES)}, launch-bound[/resnet18|/transformer] "
+                        "(default: the first four; fc with --quick)")
+    p.add_argument("--methods", default=None,
+                   help="ssdfa methods (missing ones are skipped with a message; default "
+                        f"{','.join(C.WANTED + ['drtp-unlocked'])}, launch-bound: {','.join(L.METHODS)})")
+    p.add_argument("--compile", action="store_true",
+                   help="also time torch.compile of plain BP and of --compile-methods (slow to build)")
+    p.add_argument("--compile-methods", default="dfa", help="methods compiled with --compile")
     p.add_argument("--no-biotorch", action="store_true", help="leave BioTorch out")
     p.add_argument("--biotorch-path", default=None,
                    help="folder holding the biotorch package (pip install --no-deps --target DIR)")
@@ -82,9 +137,10 @@ def main(argv=None):
         a.cases = a.cases or "fc"
     a.cases = a.cases or ",".join(C.CASES)
     torch.set_num_threads(a.threads)
-    cases = C.parse_list(a.cases, list(C.CASES), "case")
-    wanted = C.parse_list(a.methods, C.WANTED + list(C.OPTIONS), "method")
-    methods, missing = C.available_methods(wanted)
+    launch = [c.name for c in L.CASES.values()]
+    cases = L.expand(C.parse_list(a.cases, [*C.CASES, "launch-bound", *launch], "case"))
+    known = list(dict.fromkeys(C.WANTED + list(C.OPTIONS) + L.METHODS))
+    compiled = C.parse_list(a.compile_methods, known, "method") if a.compile else []
     biotorch, bt_reason = (None, "disabled with --no-biotorch") if a.no_biotorch \
         else C.import_biotorch(a.biotorch_path)
     if biotorch is None:
@@ -92,36 +148,23 @@ def main(argv=None):
 
     result = {"script": "step_time", "date": C.now_utc(), "command": C.command("step_time.py", argv),
               "machine": C.machine(a.threads, a.device), "reps": a.reps, "steps_per_rep": a.steps,
-              "optimizer": f"SGD lr=0.01 momentum={a.momentum}", "skipped_methods": missing,
+              "optimizer": f"SGD lr=0.01 momentum={a.momentum}", "skipped_methods": {},
               "biotorch": "used" if biotorch is not None else f"skipped: {bt_reason}", "cases": {}}
     for cname in cases:
-        case = C.CASES[cname]
+        case = C.CASES[cname] if cname in C.CASES else L.case(cname)
         if a.batch:
             case = C.Case(**{**case.__dict__, "batch": a.batch})
+        default = L.METHODS if cname in launch else C.WANTED + ["drtp-unlocked"]
+        methods, missing = C.available_methods(
+            C.parse_list(a.methods, known, "method") if a.methods else default)
+        result["skipped_methods"][cname] = missing
         names = ["plain-bp", *FLOORS, *methods]
         if biotorch is not None and case.biotorch:
             names += list(C.BIOTORCH_MODES)
-        variants, failed = {}, {}
-        for n in names:
-            try:
-                variants[n] = C.Variant(n, case, a.device, momentum=a.momentum, biotorch=biotorch)
-            except Exception as exc:  # a method that cannot build this case: say so, go on
-                failed[n] = f"{type(exc).__name__}: {exc}"
-                print(f"[skip] {cname}/{n}: {failed[n]}", file=sys.stderr)
-        times = time_case(case, variants, a)
-        med = {n: statistics.median(t) for n, t in times.items()}
-        bp, floor = med["plain-bp"], med.get("floor", float("nan"))
-        result["cases"][cname] = {
-            "summary": case.summary, "batch": case.batch,
-            "median_step_seconds": med,
-            "ratio_to_plain_bp": {n: m / bp for n, m in med.items()},
-            "ratio_to_floor": {n: m / floor for n, m in med.items()},
-            "all_step_seconds": times, "failed": failed,
-        }
-        print(f"\n{cname}: {case.summary}, batch {case.batch}, {a.threads} threads")
-        print(f"  {'variant':14s} {'ms/step':>9s} {'x BP':>7s} {'x floor':>8s}")
-        for n in med:
-            print(f"  {n:14s} {med[n] * 1e3:9.2f} {med[n] / bp:7.3f} {med[n] / floor:8.3f}")
+        if a.compile:
+            names += [f"{n}{C.COMPILED}" for n in ["plain-bp", *compiled]]
+        variants, failed = build_variants(case, names, a, biotorch)
+        result["cases"][cname] = report(case, time_case(case, variants, a), failed, a.threads)
     path = C.write_json(result, "step_time", a.out)
     print(f"\nwrote {path}")
     return result

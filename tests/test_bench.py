@@ -117,3 +117,121 @@ def test_real_models_quick(tmp_path):
     for entry in res["methods"].values():
         (epoch,) = entry["epochs"]
         assert 0 <= epoch["test_accuracy"] <= 100 and positive(epoch["seconds"])
+
+
+# -- issue 21: the launch-bound case ----------------------------------------------------------
+def test_step_time_launch_bound_quick(tmp_path):
+    """Both launch-bound models run end to end (one tiny step each, nothing timed)."""
+    res = run_script("step_time", tmp_path, "--cases", "launch-bound", "--batch", "2",
+                     "--no-biotorch", "--methods", "dfa,ssdfa", "--threads", "1")
+    check_machine(res)
+    assert set(res["cases"]) == {"launch-bound/resnet18", "launch-bound/transformer"}
+    for entry in res["cases"].values():
+        assert entry["batch"] == 2 and not entry["failed"]
+        med = entry["median_step_seconds"]
+        assert set(med) == {"plain-bp", "forward-only", "floor", "dfa", "ssdfa"}
+        for key in med:
+            assert positive(med[key]), key
+            assert entry["ratio_to_plain_bp"][key] == pytest.approx(med[key] / med["plain-bp"])
+
+
+@pytest.mark.slow  # torch.compile of two models: a minute or more on 2 cores
+def test_step_time_launch_bound_compiled(tmp_path):
+    """python bench/step_time.py --cases launch-bound/transformer --compile --quick"""
+    res = run_script("step_time", tmp_path, "--cases", "launch-bound/transformer", "--batch", "2",
+                     "--no-biotorch", "--methods", "dfa", "--compile", "--threads", "1")
+    entry = res["cases"]["launch-bound/transformer"]
+    assert not entry["failed"]
+    assert set(entry["ratio_to_compiled_plain_bp"]) == {"plain-bp+compile", "dfa+compile"}
+
+
+def _launch_models():
+    import _launch
+
+    return [_launch.CASES["resnet18"], _launch.CASES["transformer"]]
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["resnet18", "transformer"])
+def test_detached_floor_computes_only_dw(which):
+    """The floor's ∂W: at the head, BP's (eᵀ·a with e = softmax - onehot over the batch); at a
+    hidden layer, δᵀ·a for its own fixed δ; and δ at a layer reaches that layer's parameters only
+    (no input gradient, no other layer's ∂W)."""
+    import copy
+
+    import _common
+    from torch import nn
+
+    case = _launch_models()[which]
+    torch.manual_seed(0)
+    net = case.build()
+    x, y = _common.make_data(case, 2, seed=3)
+    floor_net = copy.deepcopy(net)
+    seen = {}  # module -> (input, output) in the plain BP model
+
+    def keep(m, i, o):
+        seen[m] = (i[0].detach(), o.detach())
+    for m in net.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            m.register_forward_hook(keep)
+    torch.manual_seed(7)
+    z = net(x)
+    torch.nn.functional.cross_entropy(z, y).backward()
+
+    floor = _common.DetachedFloor(floor_net, case.head)
+    floor.keep_roots = True
+    torch.manual_seed(7)
+    floor.grads(x, y)
+
+    head, head_bp = floor_net.get_submodule(case.head), net.get_submodule(case.head)
+    a = seen[head_bp][0]
+    e = torch.softmax(z.detach(), 1) - torch.nn.functional.one_hot(y, 10).float()
+    torch.testing.assert_close(head.weight.grad, (e / len(y)).t() @ a)
+    torch.testing.assert_close(head.weight.grad, head_bp.weight.grad)
+
+    deltas = {name: d for (name, _), d in floor.deltas.items()}
+    if which == 0:  # a hidden conv: ∂W = conv2d_weight(a, δ)
+        name = "layer3.1.conv2"
+        conv, conv_bp = floor_net.get_submodule(name), net.get_submodule(name)
+        expect = torch.nn.grad.conv2d_weight(seen[conv_bp][0], conv.weight.shape, deltas[name],
+                                             conv.stride, conv.padding)
+        torch.testing.assert_close(conv.weight.grad, expect, rtol=1e-4, atol=1e-7)
+    else:  # a hidden Linear: ∂W = δᵀ·a over batch and tokens, ∂b = Σδ
+        name = "encoder.layers.1.linear2"
+        lin, lin_bp = floor_net.get_submodule(name), net.get_submodule(name)
+        d, a = deltas[name].reshape(-1, lin.out_features), seen[lin_bp][0].reshape(-1, lin.in_features)
+        torch.testing.assert_close(lin.weight.grad, d.t() @ a)
+        torch.testing.assert_close(lin.bias.grad, d.sum(0))
+
+    own = {}  # root name -> ids of the parameters its δ may reach
+    for name, m in floor.layers:
+        if isinstance(m, nn.MultiheadAttention):
+            own[f"{name}.in_proj"] = {id(m.in_proj_weight), id(m.in_proj_bias)}
+            own[f"{name}.out_proj"] = {id(p) for p in m.out_proj.parameters()}
+        elif name != case.head:
+            own[name] = {id(p) for p in m.parameters(recurse=False)}
+    assert sorted(n for n, _ in floor.roots) == sorted(own)  # every weight layer, once
+    for name, z in floor.roots:  # δ_l reaches only layer l's own parameters: no input gradient
+        leaves, stack, done = set(), [z.grad_fn], set()
+        while stack:
+            fn = stack.pop()
+            if fn is None or fn in done:
+                continue
+            done.add(fn)
+            if hasattr(fn, "variable"):
+                leaves.add(id(fn.variable))
+            stack += [f for f, _ in fn.next_functions]
+        assert leaves == own[name], name
+
+
+def test_point_cost_quick(tmp_path):
+    """The per-point profile runs, and DFA written by hand gives ssdfa's gradients."""
+    res = run_script("point_cost", tmp_path, "--models", "transformer", "--threads", "1")
+    check_machine(res)
+    t = res["models"]["transformer"]
+    assert len(t["points"]) == 4 and t["by_hand_max_grad_difference"] < 1e-5
+    assert {"plain-bp", "floor", "dfa", "by-hand"} == set(t["median_step_seconds"])
+    # today's engine: one _Point node per point (an engine without them reports none)
+    assert t["graph"]["dfa"]["by_kind"].get("_PointBackward", 4) == 4
+    assert t["profile"]["_Point.backward nodes"]["calls_per_step"] in (0, 4)
+    assert t["profile"]["  of which e·B_l (point_signals)"]["calls_per_step"] >= 1
+    assert all(positive(c) for c in t["aten_calls_per_step"].values())
