@@ -16,9 +16,9 @@ Three views of one step, all at the case's batch (2):
 2. The autograd graph of one step: how many nodes each variant's backward runs, by kind, and
    how many aten operators a whole step calls (counts, which a loaded machine does not blur).
 3. torch.profiler over ``--steps`` steps of the rule, with ssdfa's pieces labelled from here
-   (no change to ssdfa): the points' forward hooks (detach, ``_Point.apply`` with its zero
-   carrier), the head's hook (``_Inject.apply``), the ``_Point``/``_Inject`` backward nodes
-   and, inside ``_Point``'s, the e·B_l products (``rule.point_signals``).  Times under the
+   (no change to ssdfa): the points' forward hooks (detach; per block also ``Point.apply`` with
+   its zero carrier), the head's hook (``InjectAll.apply``, or ``Inject.apply`` per block), the
+   backward nodes and, inside them, the e·B_l products (``rule.point_signals``).  Times under the
    profiler are inflated by its own per-op cost; read them as shares and counts.
 
 Results: bench/results/point_cost-<date>.json.
@@ -178,11 +178,12 @@ GROUPS = {  # label in the report -> profiler event keys (their total CPU time, 
     "forward (model call)": ["forward"],
     "loss + backward": ["backward"],
     "optimizer": ["Optimizer.step#SGD.step"],
-    "point hooks (fwd: detach, _Point.apply, carrier)": ["ssdfa: point hook (fwd)"],
-    "head hook (fwd: _Inject.apply)": ["ssdfa: head hook (fwd)"],
-    "_Point.backward nodes": ["autograd::engine::evaluate_function: _PointBackward"],
+    "point hooks (fwd: detach; per block: Point.apply, carrier)": ["ssdfa: point hook (fwd)"],
+    "head hook (fwd: InjectAll.apply, or Inject.apply per block)": ["ssdfa: head hook (fwd)"],
+    "InjectAll.backward node (at once)": ["autograd::engine::evaluate_function: InjectAllBackward"],
+    "Point.backward nodes (per block)": ["autograd::engine::evaluate_function: PointBackward"],
     "  of which e·B_l (point_signals)": ["ssdfa: e·B_l (point_signals)"],
-    "_Inject.backward node": ["autograd::engine::evaluate_function: _InjectBackward"],
+    "Inject.backward node (per block)": ["autograd::engine::evaluate_function: InjectBackward"],
 }
 
 

@@ -230,8 +230,10 @@ def test_point_cost_quick(tmp_path):
     t = res["models"]["transformer"]
     assert len(t["points"]) == 4 and t["by_hand_max_grad_difference"] < 1e-5
     assert {"plain-bp", "floor", "dfa", "by-hand"} == set(t["median_step_seconds"])
-    # today's engine: one _Point node per point (an engine without them reports none)
-    assert t["graph"]["dfa"]["by_kind"].get("_PointBackward", 4) == 4
-    assert t["profile"]["_Point.backward nodes"]["calls_per_step"] in (0, 4)
+    # signals at once: one InjectAll node per step and no per-point node
+    assert t["graph"]["dfa"]["by_kind"].get("InjectAllBackward") == 1
+    assert "PointBackward" not in t["graph"]["dfa"]["by_kind"]
+    assert t["profile"]["InjectAll.backward node (at once)"]["calls_per_step"] == 1
+    assert t["profile"]["Point.backward nodes (per block)"]["calls_per_step"] == 0
     assert t["profile"]["  of which e·B_l (point_signals)"]["calls_per_step"] >= 1
     assert all(positive(c) for c in t["aten_calls_per_step"].values())
