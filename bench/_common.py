@@ -32,8 +32,10 @@ import ssdfa  # noqa: E402
 
 # The methods the issue asks for, in display order; sdfa at 90% sparsity.
 WANTED = ["bp", "fa", "kp", "dfa", "sdfa", "ssdfa", "dkp", "drtp", "shallow"]
-OPTIONS = {"sdfa": {"sparsity": 0.9}, "drtp-unlocked": {"unlocked": True}}
-RULE_OF = {"drtp-unlocked": "drtp"}  # variant name -> registered rule
+OPTIONS = {"sdfa": {"sparsity": 0.9}, "drtp-unlocked": {"unlocked": True},
+           "dfa-per-block": {"signals": "per_block"}, "ssdfa-per-block": {"signals": "per_block"}}
+# variant name -> registered rule; "-per-block": the one-signal-at-a-time injection path
+RULE_OF = {"drtp-unlocked": "drtp", "dfa-per-block": "dfa", "ssdfa-per-block": "ssdfa"}
 BIOTORCH_MODES = {"biotorch-bp": "backpropagation", "biotorch-fa": "fa", "biotorch-dfa": "dfa"}
 
 
