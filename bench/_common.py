@@ -32,8 +32,12 @@ import ssdfa  # noqa: E402
 
 # The methods the issue asks for, in display order; sdfa at 90% sparsity.
 WANTED = ["bp", "fa", "kp", "dfa", "sdfa", "ssdfa", "dkp", "drtp", "shallow"]
-OPTIONS = {"sdfa": {"sparsity": 0.9}, "drtp-unlocked": {"unlocked": True},
-           "dfa-per-block": {"signals": "per_block"}, "ssdfa-per-block": {"signals": "per_block"}}
+OPTIONS = {
+    "sdfa": {"sparsity": 0.9},
+    "drtp-unlocked": {"unlocked": True},
+    "dfa-per-block": {"signals": "per_block"},
+    "ssdfa-per-block": {"signals": "per_block"},
+}
 # variant name -> registered rule; "-per-block": the one-signal-at-a-time injection path
 RULE_OF = {"drtp-unlocked": "drtp", "dfa-per-block": "dfa", "ssdfa-per-block": "ssdfa"}
 BIOTORCH_MODES = {"biotorch-bp": "backpropagation", "biotorch-fa": "fa", "biotorch-dfa": "dfa"}
@@ -52,23 +56,33 @@ def fc_net(sizes, act=nn.Tanh):
 def mnist_cnn():
     """The SSDFA paper's MNIST CNN: conv 3x3 32, conv 3x3 64, maxpool 2, FC 128, 10."""
     return nn.Sequential(
-        nn.Conv2d(1, 32, 3), nn.ReLU(),  # (B, 32, 26, 26)
-        nn.Conv2d(32, 64, 3), nn.ReLU(),  # (B, 64, 24, 24)
-        nn.MaxPool2d(2), nn.Flatten(),  # (B, 9216)
-        nn.Linear(9216, 128), nn.ReLU(),
+        nn.Conv2d(1, 32, 3),
+        nn.ReLU(),  # (B, 32, 26, 26)
+        nn.Conv2d(32, 64, 3),
+        nn.ReLU(),  # (B, 64, 24, 24)
+        nn.MaxPool2d(2),
+        nn.Flatten(),  # (B, 9216)
+        nn.Linear(9216, 128),
+        nn.ReLU(),
         nn.Linear(128, 10),
     )
 
 
 def cifar_cnn():
     """The SSDFA paper's CIFAR CNN: 5x5 convs 96/128/256, each with a 3x3 stride-2 pool, FC 2048x2."""
+
     def block(cin, cout):
         return [nn.Conv2d(cin, cout, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2, padding=1)]
+
     return nn.Sequential(
-        *block(3, 96), *block(96, 128), *block(128, 256),  # (B, 256, 4, 4)
+        *block(3, 96),
+        *block(96, 128),
+        *block(128, 256),  # (B, 256, 4, 4)
         nn.Flatten(),
-        nn.Linear(4096, 2048), nn.ReLU(),
-        nn.Linear(2048, 2048), nn.ReLU(),
+        nn.Linear(4096, 2048),
+        nn.ReLU(),
+        nn.Linear(2048, 2048),
+        nn.ReLU(),
         nn.Linear(2048, 10),
     )
 
@@ -87,14 +101,42 @@ class Case:
 
 
 CASES = {
-    "fc": Case("fc", lambda: fc_net((784, 1000, 1000, 1000, 10)), (784,), 10, 128, True,
-               "FC 784-1000-1000-1000-10 tanh"),
-    "mnist-cnn": Case("mnist-cnn", mnist_cnn, (1, 28, 28), 10, 128, True,
-                      "conv3x3 32, conv3x3 64, maxpool 2, FC 128, 10 (28x28x1)"),
-    "cifar-cnn": Case("cifar-cnn", cifar_cnn, (3, 32, 32), 10, 128, False,
-                      "conv5x5 96/128/256 + 3x3/2 pools, FC 2048-2048-10 (32x32x3)"),
-    "wide": Case("wide", lambda: fc_net((1024, 4096, 4096, 1000)), (1024,), 1000, 128, False,
-                 "FC 1024-4096-4096-1000 tanh (wide output)"),
+    "fc": Case(
+        "fc",
+        lambda: fc_net((784, 1000, 1000, 1000, 10)),
+        (784,),
+        10,
+        128,
+        True,
+        "FC 784-1000-1000-1000-10 tanh",
+    ),
+    "mnist-cnn": Case(
+        "mnist-cnn",
+        mnist_cnn,
+        (1, 28, 28),
+        10,
+        128,
+        True,
+        "conv3x3 32, conv3x3 64, maxpool 2, FC 128, 10 (28x28x1)",
+    ),
+    "cifar-cnn": Case(
+        "cifar-cnn",
+        cifar_cnn,
+        (3, 32, 32),
+        10,
+        128,
+        False,
+        "conv5x5 96/128/256 + 3x3/2 pools, FC 2048-2048-10 (32x32x3)",
+    ),
+    "wide": Case(
+        "wide",
+        lambda: fc_net((1024, 4096, 4096, 1000)),
+        (1024,),
+        1000,
+        128,
+        False,
+        "FC 1024-4096-4096-1000 tanh (wide output)",
+    ),
 }
 
 
@@ -112,8 +154,9 @@ def available_methods(wanted):
     for v in wanted:
         (have if RULE_OF.get(v, v) in ssdfa.METHODS else missing).append(v)
     if missing:
-        print(f"[skip] not in ssdfa.METHODS ({', '.join(ssdfa.METHODS)}): {', '.join(missing)}",
-              file=sys.stderr)
+        print(
+            f"[skip] not in ssdfa.METHODS ({', '.join(ssdfa.METHODS)}): {', '.join(missing)}", file=sys.stderr
+        )
     return have, missing
 
 
@@ -140,8 +183,7 @@ class Variant:
     ``<name>+compile`` is variant ``name`` with its model (plain or converted) passed through
     ``torch.compile`` (default mode); the loss, backward and optimizer step stay eager."""
 
-    def __init__(self, name, case: Case, device="cpu", seed=0, lr=0.01, momentum=0.9,
-                 biotorch=None):
+    def __init__(self, name, case: Case, device="cpu", seed=0, lr=0.01, momentum=0.9, biotorch=None):
         compiled = name.endswith(COMPILED)
         name = name[: -len(COMPILED)] if compiled else name
         if compiled and name in ("forward-only", "floor", *BIOTORCH_MODES):
@@ -158,9 +200,14 @@ class Variant:
                 model = biotorch(net, mode=BIOTORCH_MODES[name], output_dim=case.classes).to(device)
         else:
             self.kind = "ssdfa"
-            model = ssdfa.convert(net, RULE_OF.get(name, name), num_classes=case.classes,
-                                  input_shape=case.input_shape, seed=seed,
-                                  **OPTIONS.get(name, {}))
+            model = ssdfa.convert(
+                net,
+                RULE_OF.get(name, name),
+                num_classes=case.classes,
+                input_shape=case.input_shape,
+                seed=seed,
+                **OPTIONS.get(name, {}),
+            )
         self.model, self.net = model, net
         self.run = torch.compile(model) if compiled else model
         self.opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
@@ -227,8 +274,18 @@ class FloorLoop:
                 m.bias.grad = d.sum(0)
             else:
                 _, gw, gb = torch.ops.aten.convolution_backward(
-                    d, a, m.weight, [m.out_channels], m.stride, m.padding, m.dilation, False,
-                    [0, 0], m.groups, [False, True, True])
+                    d,
+                    a,
+                    m.weight,
+                    [m.out_channels],
+                    m.stride,
+                    m.padding,
+                    m.dilation,
+                    False,
+                    [0, 0],
+                    m.groups,
+                    [False, True, True],
+                )
                 m.weight.grad, m.bias.grad = gw, gb
 
 
@@ -283,6 +340,7 @@ class DetachedFloor:
             if id(t) not in done:
                 done[id(t)] = t.detach()
             return done[id(t)]
+
         return tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()}
 
     def _taker(self, name):
@@ -290,13 +348,31 @@ class DetachedFloor:
             z = out[0] if isinstance(out, tuple) else out
             self.outputs.append((name, z))
             return (z.detach(), *out[1:]) if isinstance(out, tuple) else z.detach()
+
         return take_output
 
-    def _attention(self, name, m, query, key, value, key_padding_mask=None, need_weights=True,
-                   attn_mask=None, average_attn_weights=True, is_causal=False):
+    def _attention(
+        self,
+        name,
+        m,
+        query,
+        key,
+        value,
+        key_padding_mask=None,
+        need_weights=True,
+        attn_mask=None,
+        average_attn_weights=True,
+        is_causal=False,
+    ):
         """MultiheadAttention's self-attention with roots at in_proj's and out_proj's outputs."""
-        if key_padding_mask is not None or attn_mask is not None or not (query is key is value) \
-                or not m.batch_first or not m._qkv_same_embed_dim or m.in_proj_bias is None:
+        if (
+            key_padding_mask is not None
+            or attn_mask is not None
+            or not (query is key is value)
+            or not m.batch_first
+            or not m._qkv_same_embed_dim
+            or m.in_proj_bias is None
+        ):
             raise ValueError("DetachedFloor runs batch_first self-attention without masks only")
         b, t, d = query.shape
         heads = m.num_heads
@@ -304,12 +380,13 @@ class DetachedFloor:
         # dropout draws the same mask from the same RNG state as the module itself
         qkv = F.linear(query.transpose(0, 1), m.in_proj_weight, m.in_proj_bias)  # (t, b, 3d)
         self.outputs.append((f"{name}.in_proj", qkv))
-        q, k, v = qkv.detach().unflatten(-1, (3, d)).unsqueeze(0).transpose(0, -2).squeeze(-2) \
-            .contiguous()
-        q, k, v = (u.view(t, b * heads, d // heads).transpose(0, 1).view(b, heads, t, d // heads)
-                   for u in (q, k, v))
-        a = F.scaled_dot_product_attention(q, k, v, dropout_p=m.dropout if m.training else 0.0,
-                                           is_causal=is_causal)
+        q, k, v = qkv.detach().unflatten(-1, (3, d)).unsqueeze(0).transpose(0, -2).squeeze(-2).contiguous()
+        q, k, v = (
+            u.view(t, b * heads, d // heads).transpose(0, 1).view(b, heads, t, d // heads) for u in (q, k, v)
+        )
+        a = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=m.dropout if m.training else 0.0, is_causal=is_causal
+        )
         a = a.permute(2, 0, 1, 3).contiguous().view(b * t, d)
         out = F.linear(a, m.out_proj.weight, m.out_proj.bias)  # (t·b, d)
         self.outputs.append((f"{name}.out_proj", out))
@@ -331,8 +408,7 @@ class DetachedFloor:
             self.outputs = []
         if self.keep_roots:
             self.roots = taken
-        torch.autograd.backward([loss, *(z for _, z in taken)],
-                                [None, *(self.delta(n, z) for n, z in taken)])
+        torch.autograd.backward([loss, *(z for _, z in taken)], [None, *(self.delta(n, z) for n, z in taken)])
         return loss
 
 
@@ -351,11 +427,19 @@ def machine(threads, device="cpu"):
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    d = {"python": platform.python_version(), "torch": torch.__version__, "ssdfa": ssdfa.__version__,
-         "ssdfa_from": str(Path(ssdfa.__file__).parent), "methods": list(ssdfa.METHODS),
-         "cpu": cpu, "logical_cpus": os.cpu_count(), "threads": threads, "device": device,
-         "platform": platform.platform(),
-         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+    d = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "ssdfa": ssdfa.__version__,
+        "ssdfa_from": str(Path(ssdfa.__file__).parent),
+        "methods": list(ssdfa.METHODS),
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "threads": threads,
+        "device": device,
+        "platform": platform.platform(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
     if device.startswith("cuda") and torch.cuda.is_available():
         d["gpu"] = torch.cuda.get_device_name(device)
     return d
@@ -369,7 +453,7 @@ def write_json(result, script, out=None):
     """Write to ``out`` if given, else bench/results/<script>-<UTC date-time>.json; return path."""
     if out is None:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
         out = RESULTS / f"{script}-{stamp}.json"
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -384,4 +468,4 @@ def command(script, argv):
 
 
 def now_utc():
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")

@@ -35,8 +35,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.downsample = None
         if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False),
-                                            nn.BatchNorm2d(cout))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
@@ -70,13 +71,13 @@ class ResNet18(nn.Module):
 
 # -- the nn.TransformerEncoder classifier -------------------------------------------------------
 class TransformerClassifier(nn.Module):
-    def __init__(self, in_features=28, seq=28, d=64, heads=4, layers=4, num_classes=10,
-                 dropout=0.1):
+    def __init__(self, in_features=28, seq=28, d=64, heads=4, layers=4, num_classes=10, dropout=0.1):
         super().__init__()
         self.embed = nn.Linear(in_features, d)
         self.pos = nn.Parameter(torch.randn(seq, d) * 0.02)
-        layer = nn.TransformerEncoderLayer(d, heads, 4 * d, dropout=dropout, batch_first=True,
-                                           activation="gelu")
+        layer = nn.TransformerEncoderLayer(
+            d, heads, 4 * d, dropout=dropout, batch_first=True, activation="gelu"
+        )
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.head = nn.Linear(d, num_classes)
 
@@ -86,12 +87,28 @@ class TransformerClassifier(nn.Module):
 
 
 CASES = {
-    "resnet18": C.Case("launch-bound/resnet18", ResNet18, (3, 32, 32), 10, 2, False,
-                       "ResNet-18 (torchvision's architecture, BasicBlock) on 3x32x32",
-                       floor="detached", head="fc"),
-    "transformer": C.Case("launch-bound/transformer", TransformerClassifier, (28, 28), 10, 2,
-                          False, "4-layer nn.TransformerEncoder classifier, d 64, 28 tokens",
-                          floor="detached", head="head"),
+    "resnet18": C.Case(
+        "launch-bound/resnet18",
+        ResNet18,
+        (3, 32, 32),
+        10,
+        2,
+        False,
+        "ResNet-18 (torchvision's architecture, BasicBlock) on 3x32x32",
+        floor="detached",
+        head="fc",
+    ),
+    "transformer": C.Case(
+        "launch-bound/transformer",
+        TransformerClassifier,
+        (28, 28),
+        10,
+        2,
+        False,
+        "4-layer nn.TransformerEncoder classifier, d 64, 28 tokens",
+        floor="detached",
+        head="head",
+    ),
 }
 
 # every direct rule, and ours bp (the wrapper with no points) for scale

@@ -30,9 +30,19 @@ PAPER_ERROR = {"bp": 9.2, "fa": 13.06, "usf": 9.69, "brsf": 10.02, "frsf": 9.61,
 
 def lenet(classes=10):
     return nn.Sequential(
-        nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, classes))
+        nn.Conv2d(1, 6, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(400, 120),
+        nn.ReLU(),
+        nn.Linear(120, 84),
+        nn.ReLU(),
+        nn.Linear(84, classes),
+    )
 
 
 def resized(x):
@@ -53,8 +63,13 @@ def test_error(model, data, batch=1000):
 def train(method, data, epochs, lr, seed, limit, feedback_scale=1.0):
     torch.manual_seed(seed)
     direct = method in ("dfa", "sdfa", "ssdfa", "dkp", "sign_dfa", "drtp", "fdfa")
-    model = ssdfa.convert(lenet(), method, seed=seed, input_shape=(1, 32, 32),
-                          **({"feedback_scale": feedback_scale} if direct else {}))
+    model = ssdfa.convert(
+        lenet(),
+        method,
+        seed=seed,
+        input_shape=(1, 32, 32),
+        **({"feedback_scale": feedback_scale} if direct else {}),
+    )
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-3)
     n = min(len(data.train), limit or len(data.train))
     g = torch.Generator().manual_seed(seed)
@@ -62,15 +77,23 @@ def train(method, data, epochs, lr, seed, limit, feedback_scale=1.0):
     for _ in range(epochs):
         perm = torch.randperm(n, generator=g)
         for i in range(0, n, 64):
-            x, y = data.train.batch(perm[i:i + 64])
+            x, y = data.train.batch(perm[i : i + 64])
             opt.zero_grad()
             F.cross_entropy(model(resized(x), target=y), y).backward()
             opt.step()
         errors.append(test_error(model, data))
-        print(f"  {method}: epoch {len(errors)} test error {errors[-1]:.2f}% "
-              f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    return {"method": method, "test_error_by_epoch": errors, "best_test_error": min(errors),
-            "paper_error": PAPER_ERROR.get(method), "seconds": round(time.perf_counter() - t0, 1)}
+        print(
+            f"  {method}: epoch {len(errors)} test error {errors[-1]:.2f}% "
+            f"({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
+    return {
+        "method": method,
+        "test_error_by_epoch": errors,
+        "best_test_error": min(errors),
+        "paper_error": PAPER_ERROR.get(method),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 def main():
@@ -87,8 +110,7 @@ def main():
     data = load_dataset("fashion-mnist")
     rows = []
     for m in args.methods.split(","):
-        rows.append(train(m, data, args.epochs, args.lr, args.seed, args.limit_train,
-                          args.feedback_scale))
+        rows.append(train(m, data, args.epochs, args.lr, args.seed, args.limit_train, args.feedback_scale))
         Path(args.out).write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=1))
     print("| method | BioTorch top-1 error (%) | ours, best of the epochs (%) |")
     print("|---|---|---|")

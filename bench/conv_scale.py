@@ -46,8 +46,7 @@ def update_ratios(name, case, x, y, lr, biotorch):
     layers = weight_layers(v.net)
     before = [m.weight.detach().clone() for _, m in layers]
     v.step(x, y)
-    return {n: float((m.weight.detach() - w0).norm() / w0.norm())
-            for (n, m), w0 in zip(layers, before)}
+    return {n: float((m.weight.detach() - w0).norm() / w0.norm()) for (n, m), w0 in zip(layers, before)}
 
 
 def train(name, case, xs, ys, steps, batch, lr, biotorch):
@@ -55,7 +54,7 @@ def train(name, case, xs, ys, steps, batch, lr, biotorch):
     losses, correct, seen = [], 0, 0
     for s in range(steps):
         i = (s * batch) % (len(xs) - batch + 1)
-        x, y = xs[i:i + batch], ys[i:i + batch]
+        x, y = xs[i : i + batch], ys[i : i + batch]
         with torch.no_grad():
             out = v.net(x)  # the user's net: ssdfa shares its layers, BioTorch converted it in place
             losses.append(float(F.cross_entropy(out, y)))
@@ -67,9 +66,15 @@ def train(name, case, xs, ys, steps, batch, lr, biotorch):
             break
     first = losses[0]
     diverged = not all(math.isfinite(v) for v in losses) or max(losses) > 3 * first
-    return {"first_loss": first, "last_loss": losses[-1], "max_loss": max(losses),
-            "last_accuracy": correct / max(1, seen), "diverged": diverged, "steps": len(losses),
-            "losses": losses}
+    return {
+        "first_loss": first,
+        "last_loss": losses[-1],
+        "max_loss": max(losses),
+        "last_accuracy": correct / max(1, seen),
+        "diverged": diverged,
+        "steps": len(losses),
+        "losses": losses,
+    }
 
 
 def main(argv=None):
@@ -94,36 +99,53 @@ def main(argv=None):
     if biotorch is None:
         print(f"[skip] BioTorch: {why}", file=sys.stderr)
     names = ["plain-bp", *methods] + (["biotorch-bp", "biotorch-dfa"] if biotorch else [])
-    result = {"script": "conv_scale", "date": C.now_utc(), "command": C.command("conv_scale.py", argv),
-              "machine": C.machine(a.threads), "lr": a.lr, "steps": a.steps, "batch": a.batch,
-              "skipped_methods": missing, "cases": {}}
+    result = {
+        "script": "conv_scale",
+        "date": C.now_utc(),
+        "command": C.command("conv_scale.py", argv),
+        "machine": C.machine(a.threads),
+        "lr": a.lr,
+        "steps": a.steps,
+        "batch": a.batch,
+        "skipped_methods": missing,
+        "cases": {},
+    }
     for cname in cases:
         case = C.CASES[cname]
         xs, ys = synthetic(case, max(a.batch * min(a.steps, 20), a.batch))
         rows = {}
         for n in names:
             try:
-                ratios = update_ratios(n, case, xs[:a.batch], ys[:a.batch], a.lr, biotorch)
+                ratios = update_ratios(n, case, xs[: a.batch], ys[: a.batch], a.lr, biotorch)
                 tr = train(n, case, xs, ys, a.steps, a.batch, a.lr, biotorch)
             except Exception as exc:  # one method failing must not hide the others
                 rows[n] = {"skipped": f"{type(exc).__name__}: {exc}"}
                 print(f"[skip] {cname}/{n}: {rows[n]['skipped']}", file=sys.stderr)
                 continue
             vals = [r for r in ratios.values() if r > 0]
-            rows[n] = {"update_ratio": ratios,
-                       "spread": max(vals) / min(vals) if vals else float("nan"), **tr}
+            rows[n] = {
+                "update_ratio": ratios,
+                "spread": max(vals) / min(vals) if vals else float("nan"),
+                **tr,
+            }
         result["cases"][cname] = rows
         print(f"\n{cname}: ||ΔW||/||W|| after one SGD step at lr {a.lr}; {a.steps} steps with momentum")
         layer_names = list(next(r for r in rows.values() if "update_ratio" in r)["update_ratio"])
-        print(f"  {'method':13s}" + "".join(f"{ln[-10:]:>11s}" for ln in layer_names)
-              + f"{'spread':>8s}{'loss0':>9s}{'lossN':>10s}{'acc':>6s}  diverged")
+        print(
+            f"  {'method':13s}"
+            + "".join(f"{ln[-10:]:>11s}" for ln in layer_names)
+            + f"{'spread':>8s}{'loss0':>9s}{'lossN':>10s}{'acc':>6s}  diverged"
+        )
         for n, r in rows.items():
             if "skipped" in r:
                 print(f"  {n:13s} skipped")
                 continue
-            print(f"  {n:13s}" + "".join(f"{v:11.2e}" for v in r["update_ratio"].values())
-                  + f"{r['spread']:8.1f}{r['first_loss']:9.3f}{r['last_loss']:10.4g}"
-                  + f"{r['last_accuracy']:6.2f}  {r['diverged']}")
+            print(
+                f"  {n:13s}"
+                + "".join(f"{v:11.2e}" for v in r["update_ratio"].values())
+                + f"{r['spread']:8.1f}{r['first_loss']:9.3f}{r['last_loss']:10.4g}"
+                + f"{r['last_accuracy']:6.2f}  {r['diverged']}"
+            )
     path = C.write_json(result, "conv_scale", a.out)
     print(f"\nwrote {path}")
     return result

@@ -25,15 +25,20 @@ def main(seed: int, epochs: int = 3, limit: int = 10000) -> None:
     for m in list(net)[:first_fc]:  # conv layers and their BN stay at init; BN still in train mode
         for p in m.parameters():
             p.requires_grad_(False)
-    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.01, momentum=0.9,
-                          nesterov=True, weight_decay=1e-6)
+    opt = torch.optim.SGD(
+        [p for p in net.parameters() if p.requires_grad],
+        lr=0.01,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=1e-6,
+    )
     order = torch.Generator().manual_seed(seed)
     n = len(data.train)
     for epoch in range(epochs):
         net.train()
         perm = torch.randperm(n, generator=order)
         for i in range(0, n, 64):
-            x, y = data.train.batch(perm[i:i + 64])
+            x, y = data.train.batch(perm[i : i + 64])
             opt.zero_grad()
             nn.functional.cross_entropy(net(x), y).backward()
             opt.step()
@@ -43,8 +48,9 @@ def main(seed: int, epochs: int = 3, limit: int = 10000) -> None:
             for i in range(0, len(data.test), 1000):
                 x, y = data.test.batch(torch.arange(i, min(i + 1000, len(data.test))))
                 correct += (net(x).argmax(1) == y).sum().item()
-        print(json.dumps({"seed": seed, "epoch": epoch + 1, "test_acc": correct / len(data.test)}),
-              flush=True)
+        print(
+            json.dumps({"seed": seed, "epoch": epoch + 1, "test_acc": correct / len(data.test)}), flush=True
+        )
 
 
 if __name__ == "__main__":

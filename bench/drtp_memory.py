@@ -63,8 +63,13 @@ def one(method: str, depth: int, width: int, batch: int) -> dict:
         F.cross_entropy(model(x, target=t), t).backward()
     high = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB -> MB on Linux
     params = sum(p.numel() * p.element_size() for p in net.parameters()) / 2**20
-    return {"method": method, "depth": depth, "saved_mb": peak / 2**20,
-            "rss_mb": high - before, "param_mb": params}
+    return {
+        "method": method,
+        "depth": depth,
+        "saved_mb": peak / 2**20,
+        "rss_mb": high - before,
+        "param_mb": params,
+    }
 
 
 def main(argv=None) -> int:
@@ -82,12 +87,27 @@ def main(argv=None) -> int:
     for method, _ in METHODS:
         for depth in args.depths:
             out = subprocess.run(
-                [sys.executable, __file__, "--one", method, str(depth), "--width", str(args.width),
-                 "--batch", str(args.batch)], capture_output=True, text=True, check=True,
-                env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
+                [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    method,
+                    str(depth),
+                    "--width",
+                    str(args.width),
+                    "--batch",
+                    str(args.batch),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"},
+            )
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"{method:14s} {depth:5d} {r['saved_mb']:9.1f} {r['rss_mb']:8.1f} "
-                  f"{r['param_mb']:9.1f}", flush=True)
+            print(
+                f"{method:14s} {depth:5d} {r['saved_mb']:9.1f} {r['rss_mb']:8.1f} {r['param_mb']:9.1f}",
+                flush=True,
+            )
     return 0
 
 

@@ -48,7 +48,7 @@ def make_variant(name: str, seed: int = 0):
 
 def epoch(model, opt, xs, ys, batch):
     for i in range(0, len(xs), batch):
-        x, y = xs[i:i + batch], ys[i:i + batch]
+        x, y = xs[i : i + batch], ys[i : i + batch]
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
         opt.step()
@@ -77,7 +77,7 @@ def main(argv=None):
         epoch(*variants[n], xs[: a.batch * 4], ys[: a.batch * 4], a.batch)
     times = {n: [] for n in names}
     for r in range(a.reps):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for n in order:
             t0 = time.perf_counter()
             epoch(*variants[n], xs, ys, a.batch)
@@ -85,10 +85,16 @@ def main(argv=None):
     med = {n: statistics.median(t) for n, t in times.items()}
     result = {
         "benchmark": "fc-784-1000x3-10-tanh epoch",
-        "examples": a.examples, "batch": a.batch, "reps": a.reps, "threads": a.threads,
-        "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                    "processor": platform.processor() or platform.machine(),
-                    "cpus": torch.get_num_threads()},
+        "examples": a.examples,
+        "batch": a.batch,
+        "reps": a.reps,
+        "threads": a.threads,
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "processor": platform.processor() or platform.machine(),
+            "cpus": torch.get_num_threads(),
+        },
         "median_seconds": med,
         "ratio_to_plain_bp": {n: med[n] / med["plain-bp"] for n in names},
     }

@@ -56,13 +56,16 @@ def train(method, data, epochs, seed):
     for _ in range(epochs):
         perm = torch.randperm(len(data.train), generator=g)
         for i in range(0, len(perm), 64):
-            x, y = data.train.batch(perm[i:i + 64])
+            x, y = data.train.batch(perm[i : i + 64])
             opt.zero_grad()
             F.cross_entropy(model(x, target=y), y).backward()
             opt.step()
         errors.append(test_error(model, data))
-        print(f"  {method}: epoch {len(errors)} test error {errors[-1]:.2f}% "
-              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        print(
+            f"  {method}: epoch {len(errors)} test error {errors[-1]:.2f}% "
+            f"({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
     return {"method": method, "test_error_by_epoch": errors, "seconds": round(time.perf_counter() - t0, 1)}
 
 

@@ -94,9 +94,14 @@ def main(argv=None):
     models, storage = {}, {}
     for n in methods:
         m = C.Variant(n, case).model
-        storage[n] = {"feedback_bytes": feedback_bytes(m),
-                      "parameter_bytes": sum(p.numel() * p.element_size() for p in m.net.parameters()
-                                             if not any(p is q for q in m.feedback.parameters()))}
+        storage[n] = {
+            "feedback_bytes": feedback_bytes(m),
+            "parameter_bytes": sum(
+                p.numel() * p.element_size()
+                for p in m.net.parameters()
+                if not any(p is q for q in m.feedback.parameters())
+            ),
+        }
         if n in DIRECT and len(m.feedback):
             storage[n]["macs_per_example"] = macs_per_example(m)
             models[n] = m
@@ -120,19 +125,28 @@ def main(argv=None):
     med = {n: statistics.median(t) for n, t in times.items()}
     best = {n: min(t) for n, t in times.items()}
     ref = med.get("dfa")
-    result = {"script": "feedback_cost", "date": C.now_utc(), "command": C.command("feedback_cost.py", argv),
-              "machine": C.machine(a.threads), "case": case.name, "summary": case.summary,
-              "batch": a.batch, "reps": a.reps, "skipped_methods": missing,
-              "projection_seconds": med, "projection_seconds_min": best, "storage": storage,
-              "dfa_over_method": {n: ref / m for n, m in med.items()} if ref else {}}
+    result = {
+        "script": "feedback_cost",
+        "date": C.now_utc(),
+        "command": C.command("feedback_cost.py", argv),
+        "machine": C.machine(a.threads),
+        "case": case.name,
+        "summary": case.summary,
+        "batch": a.batch,
+        "reps": a.reps,
+        "skipped_methods": missing,
+        "projection_seconds": med,
+        "projection_seconds_min": best,
+        "storage": storage,
+        "dfa_over_method": {n: ref / m for n, m in med.items()} if ref else {},
+    }
     print(f"{case.name}: {case.summary}; e·B_l for all points, batch {a.batch}")
     print(f"  {'method':17s} {'µs':>10s} {'dfa / it':>9s} {'feedback KiB':>13s} {'MAC/example':>12s}")
     for n in [*methods, *(k for k in med if "/" in k)]:
         st = storage.get(n, storage.get(n.split("/")[0]))
         t = f"{med[n] * 1e6:10.1f}" if n in med else f"{'-':>10s}"
         sp = f"{ref / med[n]:9.1f}" if ref and n in med else f"{'-':>9s}"
-        print(f"  {n:17s} {t} {sp} {st['feedback_bytes'] / 1024:13.1f} "
-              f"{st.get('macs_per_example', 0):12d}")
+        print(f"  {n:17s} {t} {sp} {st['feedback_bytes'] / 1024:13.1f} {st.get('macs_per_example', 0):12d}")
     path = C.write_json(result, "feedback_cost", a.out)
     print(f"wrote {path}")
     return result

@@ -40,8 +40,15 @@ def child(a):
     torch.set_num_threads(a.threads)
     if a.case.startswith("depth"):
         depth = int(a.case[5:])
-        case = C.Case(a.case, lambda: C.fc_net((784, *[a.width] * depth, 10)), (784,), 10,
-                      a.batch or 128, False, f"FC 784-{a.width}x{depth}-10 tanh")
+        case = C.Case(
+            a.case,
+            lambda: C.fc_net((784, *[a.width] * depth, 10)),
+            (784,),
+            10,
+            a.batch or 128,
+            False,
+            f"FC 784-{a.width}x{depth}-10 tanh",
+        )
     else:
         case = C.CASES[a.case]
         if a.batch:
@@ -77,18 +84,38 @@ def child(a):
     extra = max(p - b for p, b in zip(peaks, befores))
     peak, before = max(peaks), min(befores)
     params = sum(p.numel() * p.element_size() for p in v.model.parameters())
-    grads = sum(p.numel() * p.element_size() for p in v.model.parameters()
-                if p.grad is not None)
-    print(json.dumps({"step_extra_bytes": extra, "peak_bytes": peak,
-                      "before_step_bytes": before, "parameter_bytes": params,
-                      "gradient_bytes": grads, "beyond_gradients_bytes": extra - grads,
-                      "counter": "cuda max_memory_allocated" if cuda else "VmHWM (RSS)"}))
+    grads = sum(p.numel() * p.element_size() for p in v.model.parameters() if p.grad is not None)
+    print(
+        json.dumps(
+            {
+                "step_extra_bytes": extra,
+                "peak_bytes": peak,
+                "before_step_bytes": before,
+                "parameter_bytes": params,
+                "gradient_bytes": grads,
+                "beyond_gradients_bytes": extra - grads,
+                "counter": "cuda max_memory_allocated" if cuda else "VmHWM (RSS)",
+            }
+        )
+    )
 
 
 def measure(case, method, a, batch=None):
-    cmd = [sys.executable, str(HERE / "memory.py"), "--child", case, method,
-           "--threads", str(a.threads), "--steps", str(a.steps), "--device", a.device,
-           "--width", str(a.width)]
+    cmd = [
+        sys.executable,
+        str(HERE / "memory.py"),
+        "--child",
+        case,
+        method,
+        "--threads",
+        str(a.threads),
+        "--steps",
+        str(a.steps),
+        "--device",
+        a.device,
+        "--width",
+        str(a.width),
+    ]
     if batch:
         cmd += ["--batch", str(batch)]
     if a.biotorch_path:
@@ -114,8 +141,12 @@ def main(argv=None):
     p.add_argument("--methods", default=",".join(C.WANTED + ["drtp-unlocked"]))
     p.add_argument("--depths", default="2,4,8,16", help="hidden layers for the DRTP depth study")
     p.add_argument("--width", type=int, default=256, help="hidden width in the depth study")
-    p.add_argument("--depth-batch", type=int, default=4096,
-                   help="batch in the depth study: large, so activations outweigh weights")
+    p.add_argument(
+        "--depth-batch",
+        type=int,
+        default=4096,
+        help="batch in the depth study: large, so activations outweigh weights",
+    )
     p.add_argument("--depth-methods", default="bp,dfa,drtp,drtp-unlocked")
     p.add_argument("--no-biotorch", action="store_true")
     p.add_argument("--biotorch-path", default=None)
@@ -123,7 +154,9 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--quick", action="store_true", help="plain BP on fc and BP at depth 2, small: checks the script")
+    p.add_argument(
+        "--quick", action="store_true", help="plain BP on fc and BP at depth 2, small: checks the script"
+    )
     p.add_argument("--out", default=None)
     p.add_argument("--child", nargs=2, metavar=("CASE", "METHOD"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -138,26 +171,38 @@ def main(argv=None):
     cases = C.parse_list(a.cases or ",".join(C.CASES), list(C.CASES), "case")
     methods, missing = C.available_methods(C.parse_list(a.methods, C.WANTED + list(C.OPTIONS), "method"))
     depth_methods, _ = C.available_methods(
-        C.parse_list(a.depth_methods, C.WANTED + list(C.OPTIONS), "method"))
+        C.parse_list(a.depth_methods, C.WANTED + list(C.OPTIONS), "method")
+    )
     use_bt = not a.no_biotorch and C.import_biotorch(a.biotorch_path)[0] is not None
-    result = {"script": "memory", "date": C.now_utc(), "command": C.command("memory.py", argv),
-              "machine": C.machine(a.threads, a.device), "steps": a.steps,
-              "depth_study": {"width": a.width, "batch": a.depth_batch},
-              "skipped_methods": missing, "cases": {}, "depth": {}}
+    result = {
+        "script": "memory",
+        "date": C.now_utc(),
+        "command": C.command("memory.py", argv),
+        "machine": C.machine(a.threads, a.device),
+        "steps": a.steps,
+        "depth_study": {"width": a.width, "batch": a.depth_batch},
+        "skipped_methods": missing,
+        "cases": {},
+        "depth": {},
+    }
     for cname in cases:
         names = ["plain-bp"] if a.quick else ["plain-bp", "forward-only", *methods]
         if use_bt and C.CASES[cname].biotorch:
             names += list(C.BIOTORCH_MODES)
         rows = {}
-        print(f"\n{cname}: MiB of a step (activations, gradients, temporaries), "
-              "the part beyond gradients, process peak")
+        print(
+            f"\n{cname}: MiB of a step (activations, gradients, temporaries), "
+            "the part beyond gradients, process peak"
+        )
         for n in names:
             rows[n] = r = measure(cname, n, a, a.batch)
             if "skipped" in r:
                 print(f"  {n:14s} skipped: {r['skipped']}")
             else:
-                print(f"  {n:14s} {mib(r['step_extra_bytes']):9.1f} "
-                      f"{mib(r['beyond_gradients_bytes']):9.1f} {mib(r['peak_bytes']):9.1f}")
+                print(
+                    f"  {n:14s} {mib(r['step_extra_bytes']):9.1f} "
+                    f"{mib(r['beyond_gradients_bytes']):9.1f} {mib(r['peak_bytes']):9.1f}"
+                )
         bp = rows["plain-bp"].get("step_extra_bytes")
         for r in rows.values():
             if bp and "step_extra_bytes" in r:
@@ -166,14 +211,20 @@ def main(argv=None):
     depths = [int(d) for d in a.depths.split(",") if d]
     if a.quick:  # one subprocess per measurement: keep it to two
         depth_methods = [m for m in depth_methods if m in a.methods.split(",")][:1]
-    print(f"\ndepth study: FC 784-{a.width}xD-10 tanh, batch {a.depth_batch}: step memory "
-          "beyond parameters and gradients (MiB)")
+    print(
+        f"\ndepth study: FC 784-{a.width}xD-10 tanh, batch {a.depth_batch}: step memory "
+        "beyond parameters and gradients (MiB)"
+    )
     print("  " + f"{'method':14s}" + "".join(f"{'D=' + str(d):>9s}" for d in depths))
     for n in depth_methods:
         result["depth"][n] = {str(d): measure(f"depth{d}", n, a, a.depth_batch) for d in depths}
-        print(f"  {n:14s}" + "".join(
-            f"{mib(r['beyond_gradients_bytes']):9.1f}" if "step_extra_bytes" in r else f"{'-':>9s}"
-            for r in result["depth"][n].values()))
+        print(
+            f"  {n:14s}"
+            + "".join(
+                f"{mib(r['beyond_gradients_bytes']):9.1f}" if "step_extra_bytes" in r else f"{'-':>9s}"
+                for r in result["depth"][n].values()
+            )
+        )
     path = C.write_json(result, "memory", a.out)
     print(f"\nwrote {path}")
     return result

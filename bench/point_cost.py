@@ -74,8 +74,10 @@ class HandDFA:
             e[torch.arange(len(y)), y] -= 1
             e /= len(y)  # ∂(mean cross-entropy)/∂z
             signals = torch.split(e @ self.stacked, self.widths, dim=1)
-        deltas = [s.unsqueeze(1).expand(h.shape) if lay == "broadcast" else s.view(h.shape)
-                  for s, h, lay in zip(signals, hs, self.layout)]
+        deltas = [
+            s.unsqueeze(1).expand(h.shape) if lay == "broadcast" else s.view(h.shape)
+            for s, h, lay in zip(signals, hs, self.layout)
+        ]
         torch.autograd.backward([loss, *hs], [None, *deltas])
         return loss
 
@@ -149,9 +151,11 @@ def step_graph(name, v, x, y):
 @contextlib.contextmanager
 def labelled(rule_obj):
     """Label ssdfa's per-point pieces for the profiler (restored on exit)."""
-    patched = [(getattr(ssdfa.points, "PointHook", None), "__call__", "ssdfa: point hook (fwd)"),
-               (getattr(ssdfa.heads, "HeadHook", None), "__call__", "ssdfa: head hook (fwd)"),
-               (rule_obj, "point_signals", "ssdfa: e·B_l (point_signals)")]
+    patched = [
+        (getattr(ssdfa.points, "PointHook", None), "__call__", "ssdfa: point hook (fwd)"),
+        (getattr(ssdfa.heads, "HeadHook", None), "__call__", "ssdfa: head hook (fwd)"),
+        (rule_obj, "point_signals", "ssdfa: e·B_l (point_signals)"),
+    ]
     saved = []
     for obj, attr, label in patched:
         fn = getattr(obj, attr, None)
@@ -162,6 +166,7 @@ def labelled(rule_obj):
         def wrapped(*args, _fn=fn, _label=label, **kwargs):
             with record_function(_label):
                 return _fn(*args, **kwargs)
+
         setattr(obj, attr, wrapped)
     try:
         yield
@@ -216,15 +221,19 @@ def profile_rule(v, x, y, steps):
     out = {}
     for label, keys in GROUPS.items():
         found = [events[k] for k in keys if k in events]
-        out[label] = {"ms_per_step": sum(e.cpu_time_total for e in found) / steps / 1e3,
-                      "calls_per_step": sum(e.count for e in found) / steps}
+        out[label] = {
+            "ms_per_step": sum(e.cpu_time_total for e in found) / steps / 1e3,
+            "calls_per_step": sum(e.count for e in found) / steps,
+        }
     zeros = [e for k, e in events.items() if k in ("aten::new_zeros", "aten::zeros")]
     out["zero tensors made (carriers among them)"] = {
         "ms_per_step": sum(e.cpu_time_total for e in zeros) / steps / 1e3,
-        "calls_per_step": sum(e.count for e in zeros) / steps}
-    out["aten ops per step"] = {"ms_per_step": float("nan"),
-                                "calls_per_step": sum(e.count for k, e in events.items()
-                                                      if k.startswith("aten::")) / steps}
+        "calls_per_step": sum(e.count for e in zeros) / steps,
+    }
+    out["aten ops per step"] = {
+        "ms_per_step": float("nan"),
+        "calls_per_step": sum(e.count for k, e in events.items() if k.startswith("aten::")) / steps,
+    }
     return out
 
 
@@ -233,18 +242,26 @@ def run_model(key, a):
     if a.batch:
         case = C.Case(**{**case.__dict__, "batch": a.batch})
     x, y = C.make_data(case, case.batch, seed=1)
-    variants = {"plain-bp": C.Variant("plain-bp", case, momentum=a.momentum),
-                "floor": C.Variant("floor", case, momentum=a.momentum),
-                a.rule: C.Variant(a.rule, case, momentum=a.momentum)}
+    variants = {
+        "plain-bp": C.Variant("plain-bp", case, momentum=a.momentum),
+        "floor": C.Variant("floor", case, momentum=a.momentum),
+        a.rule: C.Variant(a.rule, case, momentum=a.momentum),
+    }
     model = variants[a.rule].model
     if a.rule == "dfa":
         variants["by-hand"] = HandVariant(case, model, a.momentum)
-    entry = {"case": case.name, "batch": case.batch, "rule": a.rule,
-             "points": list(model.point_names), "layout": list(model.layout),
-             "feedback_shapes": {k: list(t.shape) for k, t in ssdfa.feedback_matrices(model).items()}}
+    entry = {
+        "case": case.name,
+        "batch": case.batch,
+        "rule": a.rule,
+        "points": list(model.point_names),
+        "layout": list(model.layout),
+        "feedback_shapes": {k: list(t.shape) for k, t in ssdfa.feedback_matrices(model).items()},
+    }
     if "by-hand" in variants and a.check:
         entry["by_hand_max_grad_difference"] = check_same_gradients(
-            case, variants[a.rule], variants["by-hand"], x, y)
+            case, variants[a.rule], variants["by-hand"], x, y
+        )
     entry["graph"] = {n: step_graph(n, v, x, y) for n, v in variants.items()}
     for v in variants.values():
         v.step(x, y)
@@ -259,15 +276,19 @@ def run_model(key, a):
 
 def print_model(entry, med):
     p = len(entry["points"])
-    print(f"\n{entry['case']}, batch {entry['batch']}, {entry['rule']}: {p} points "
-          f"{entry['points']}, layout {sorted(set(entry['layout']))}")
+    print(
+        f"\n{entry['case']}, batch {entry['batch']}, {entry['rule']}: {p} points "
+        f"{entry['points']}, layout {sorted(set(entry['layout']))}"
+    )
     if "by_hand_max_grad_difference" in entry:
         print(f"  by-hand vs ssdfa gradients: max |difference| {entry['by_hand_max_grad_difference']:.2e}")
     bp = med["plain-bp"]
     print(f"  {'variant':10s} {'ms/step':>8s} {'x BP':>6s} {'nodes':>6s} {'aten ops':>9s}")
     for n, m in med.items():
-        print(f"  {n:10s} {m * 1e3:8.2f} {m / bp:6.3f} {entry['graph'][n]['total']:6d} "
-              f"{entry['aten_calls_per_step'][n]:9.0f}")
+        print(
+            f"  {n:10s} {m * 1e3:8.2f} {m / bp:6.3f} {entry['graph'][n]['total']:6d} "
+            f"{entry['aten_calls_per_step'][n]:9.0f}"
+        )
     if "by-hand" in med:
         extra = med[entry["rule"]] - med["by-hand"]
         print(f"  {entry['rule']} - by-hand = {extra * 1e3:.2f} ms/step = {extra / p * 1e3:.3f} ms per point")
@@ -287,8 +308,9 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--no-check", dest="check", action="store_false",
-                   help="skip the by-hand = ssdfa gradient check")
+    p.add_argument(
+        "--no-check", dest="check", action="store_false", help="skip the by-hand = ssdfa gradient check"
+    )
     p.add_argument("--quick", action="store_true", help="1-2 tiny iterations: checks it runs")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
@@ -297,9 +319,16 @@ def main(argv=None):
     a.device = "cpu"
     torch.set_num_threads(a.threads)
     models = C.parse_list(a.models, list(L.CASES), "model")
-    result = {"script": "point_cost", "date": C.now_utc(), "command": C.command("point_cost.py", argv),
-              "machine": C.machine(a.threads), "reps": a.reps, "steps_per_rep": a.steps,
-              "profile_steps": a.profile_steps, "models": {}}
+    result = {
+        "script": "point_cost",
+        "date": C.now_utc(),
+        "command": C.command("point_cost.py", argv),
+        "machine": C.machine(a.threads),
+        "reps": a.reps,
+        "steps_per_rep": a.steps,
+        "profile_steps": a.profile_steps,
+        "models": {},
+    }
     for key in models:
         result["models"][key] = run_model(key, a)
     path = C.write_json(result, "point_cost", a.out)

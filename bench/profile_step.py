@@ -18,9 +18,20 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 import _common as C
 
-MATMUL = {"aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear",
-          "aten::convolution_backward", "aten::mkldnn_convolution", "aten::_convolution",
-          "aten::convolution", "aten::conv2d", "aten::_sparse_csr_mm", "aten::addmm_"}
+MATMUL = {
+    "aten::mm",
+    "aten::addmm",
+    "aten::bmm",
+    "aten::matmul",
+    "aten::linear",
+    "aten::convolution_backward",
+    "aten::mkldnn_convolution",
+    "aten::_convolution",
+    "aten::convolution",
+    "aten::conv2d",
+    "aten::_sparse_csr_mm",
+    "aten::addmm_",
+}
 
 
 def main(argv=None):
@@ -47,9 +58,16 @@ def main(argv=None):
     _, missing = C.available_methods(ours)
     biotorch = C.import_biotorch(a.biotorch_path)[0] if any(n in C.BIOTORCH_MODES for n in names) else None
     x, y = C.make_data(case, case.batch)
-    result = {"script": "profile_step", "date": C.now_utc(), "command": C.command("profile_step.py", argv),
-              "machine": C.machine(a.threads), "case": case.name, "batch": case.batch,
-              "steps": a.steps, "variants": {}}
+    result = {
+        "script": "profile_step",
+        "date": C.now_utc(),
+        "command": C.command("profile_step.py", argv),
+        "machine": C.machine(a.threads),
+        "case": case.name,
+        "batch": case.batch,
+        "steps": a.steps,
+        "variants": {},
+    }
     for n in names:
         if n in missing or (n in C.BIOTORCH_MODES and biotorch is None):
             continue
@@ -65,12 +83,24 @@ def main(argv=None):
         ops = sorted((e for e in events if e.key != "step"), key=lambda e: -e.self_cpu_time_total)
         matmul = sum(e.self_cpu_time_total for e in ops if e.key in MATMUL) / a.steps
         optim = sum(e.cpu_time_total for e in ops if e.key.startswith("Optimizer.step")) / a.steps
-        top = [{"op": e.key, "self_us_per_step": e.self_cpu_time_total / a.steps,
-                "calls_per_step": e.count / a.steps} for e in ops[: a.top]]
-        result["variants"][n] = {"step_us": step_us, "matmul_self_us": matmul,
-                                 "optimizer_us": optim, "top_ops": top}
-        print(f"\n{n}: {step_us / 1e3:.2f} ms/step under the profiler; matrix products "
-              f"{matmul / 1e3:.2f} ms ({matmul / step_us:.0%}), optimizer {optim / 1e3:.2f} ms")
+        top = [
+            {
+                "op": e.key,
+                "self_us_per_step": e.self_cpu_time_total / a.steps,
+                "calls_per_step": e.count / a.steps,
+            }
+            for e in ops[: a.top]
+        ]
+        result["variants"][n] = {
+            "step_us": step_us,
+            "matmul_self_us": matmul,
+            "optimizer_us": optim,
+            "top_ops": top,
+        }
+        print(
+            f"\n{n}: {step_us / 1e3:.2f} ms/step under the profiler; matrix products "
+            f"{matmul / 1e3:.2f} ms ({matmul / step_us:.0%}), optimizer {optim / 1e3:.2f} ms"
+        )
         for t in top:
             print(f"  {t['op']:40s} {t['self_us_per_step'] / 1e3:8.3f} ms  x{t['calls_per_step']:.0f}")
     path = C.write_json(result, "profile_step", a.out)

@@ -79,8 +79,9 @@ def sync(device):
 def train(method, init, data, args, device):
     net = copy.deepcopy(init).to(device)
     x0 = shaped(data.train.batch(torch.arange(2))[0], args.model).to(device)
-    model = net if method == "plain" else ssdfa.convert(net, method, seed=0, num_classes=10,
-                                                        example_input=x0)  # the one line
+    model = (
+        net if method == "plain" else ssdfa.convert(net, method, seed=0, num_classes=10, example_input=x0)
+    )  # the one line
     opt, sched = recipe(args.model, model.parameters(), args.lr)
     loss_fn = loss_of(args.model)
     gen = torch.Generator().manual_seed(0)
@@ -91,7 +92,7 @@ def train(method, init, data, args, device):
         sync(device)
         start = time.perf_counter()
         for i in range(0, n, args.batch_size):
-            x, y = data.train.batch(perm[i:i + args.batch_size])
+            x, y = data.train.batch(perm[i : i + args.batch_size])
             x, y = shaped(x.to(device), args.model), y.to(device)
             opt.zero_grad()
             out = model(x) if method == "plain" else model(x, target=y)
@@ -103,10 +104,14 @@ def train(method, init, data, args, device):
         if sched is not None:
             sched.step()
         acc = evaluate(model, data, args.model, device)
-        epochs.append({"epoch": epoch + 1, "test_accuracy": acc, "seconds": seconds,
-                       "train_loss": float(loss.detach())})
-        print(f"  {method:8s} epoch {epoch + 1}: test {acc:.2f} %  {seconds:.1f} s  "
-              f"loss {float(loss.detach()):.3f}", flush=True)
+        epochs.append(
+            {"epoch": epoch + 1, "test_accuracy": acc, "seconds": seconds, "train_loss": float(loss.detach())}
+        )
+        print(
+            f"  {method:8s} epoch {epoch + 1}: test {acc:.2f} %  {seconds:.1f} s  "
+            f"loss {float(loss.detach()):.3f}",
+            flush=True,
+        )
     return epochs
 
 
@@ -123,10 +128,11 @@ def step_times(method, init, data, args, device, steps=30):
         opt, _ = recipe(args.model, model.parameters(), args.lr)
 
         def step():
-            opt.zero_grad()
-            out = run(x) if method == "plain" else run(x, target=y)
+            opt.zero_grad()  # noqa: B023  (called within this iteration)
+            out = run(x) if method == "plain" else run(x, target=y)  # noqa: B023  (called within this iteration)
             loss_of(args.model)(out, y).backward()
-            opt.step()
+            opt.step()  # noqa: B023  (called within this iteration)
+
         t0 = time.perf_counter()
         for _ in range(3):
             step()
@@ -147,8 +153,7 @@ def step_times(method, init, data, args, device, steps=30):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", choices=["examples-net", "resnet18", "transformer"],
-                    default="examples-net")
+    ap.add_argument("--model", choices=["examples-net", "resnet18", "transformer"], default="examples-net")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=64)
@@ -173,10 +178,14 @@ def main(argv=None):
         print(f"{args.model}: {method}", flush=True)
         entry = {"epochs": train(method, init, data, args, device)}
         if args.compile:
-            entry["step_seconds"] = step_times(method, init, data, args, device,
-                                               steps=3 if args.quick else 30)
-            print(f"  {method:8s} step eager {entry['step_seconds']['eager'] * 1e3:.1f} ms, "
-                  f"compiled {entry['step_seconds']['compiled'] * 1e3:.1f} ms", flush=True)
+            entry["step_seconds"] = step_times(
+                method, init, data, args, device, steps=3 if args.quick else 30
+            )
+            print(
+                f"  {method:8s} step eager {entry['step_seconds']['eager'] * 1e3:.1f} ms, "
+                f"compiled {entry['step_seconds']['compiled'] * 1e3:.1f} ms",
+                flush=True,
+            )
         results["methods"][method] = entry
     plain = results["methods"].get("plain", {}).get("epochs")
     print("\n| method | test accuracy (%) | s / epoch | x plain BP |\n|---|---|---|---|")
@@ -194,8 +203,7 @@ def _tiny():
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(300, 1, 28, 28, generator=g), torch.randint(0, 10, (300,), generator=g)
-    return Dataset("tiny", TensorSplit(x[:256], y[:256]), TensorSplit(x[256:], y[256:]),
-                   (1, 28, 28), 10)
+    return Dataset("tiny", TensorSplit(x[:256], y[:256]), TensorSplit(x[256:], y[256:]), (1, 28, 28), 10)
 
 
 if __name__ == "__main__":

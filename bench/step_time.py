@@ -41,8 +41,10 @@ def sync(device):
 def time_case(case, variants, a):
     steps = a.steps
     x, y = C.make_data(case, case.batch * steps, a.device)
-    batches = [(x[i * case.batch:(i + 1) * case.batch], y[i * case.batch:(i + 1) * case.batch])
-               for i in range(steps)]
+    batches = [
+        (x[i * case.batch : (i + 1) * case.batch], y[i * case.batch : (i + 1) * case.batch])
+        for i in range(steps)
+    ]
     for v in variants.values():  # warm-up
         for xb, yb in batches[: max(1, a.warmup)]:
             v.step(xb, yb)
@@ -86,15 +88,16 @@ def report(case, times, failed, threads):
     bp, floor = med["plain-bp"], med.get("floor", nan)
     bpc = med.get(f"plain-bp{C.COMPILED}", nan)
     entry = {
-        "summary": case.summary, "batch": case.batch,
+        "summary": case.summary,
+        "batch": case.batch,
         "median_step_seconds": med,
         "ratio_to_plain_bp": {n: m / bp for n, m in med.items()},
         "ratio_to_floor": {n: m / floor for n, m in med.items()},
-        "all_step_seconds": times, "failed": failed,
+        "all_step_seconds": times,
+        "failed": failed,
     }
     if bpc == bpc:
-        entry["ratio_to_compiled_plain_bp"] = {n: m / bpc for n, m in med.items()
-                                               if n.endswith(C.COMPILED)}
+        entry["ratio_to_compiled_plain_bp"] = {n: m / bpc for n, m in med.items() if n.endswith(C.COMPILED)}
     print(f"\n{case.name}: {case.summary}, batch {case.batch}, {threads} threads")
     print(f"  {'variant':18s} {'ms/step':>9s} {'x BP':>7s} {'x floor':>8s} {'x BP+compile':>13s}")
     for n in med:
@@ -107,28 +110,47 @@ def report(case, times, failed, threads):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cases", default=None,
-                   help=f"of {', '.join(C.CASES)}, launch-bound[/resnet18|/transformer] "
-                        "(default: the first four; fc with --quick)")
-    p.add_argument("--methods", default=None,
-                   help="ssdfa methods (missing ones are skipped with a message; default "
-                        f"{','.join(C.WANTED + ['drtp-unlocked'])}, launch-bound: {','.join(L.METHODS)})")
-    p.add_argument("--compile", action="store_true",
-                   help="also time torch.compile of plain BP and of --compile-methods (slow to build)")
+    p.add_argument(
+        "--cases",
+        default=None,
+        help=f"of {', '.join(C.CASES)}, launch-bound[/resnet18|/transformer] "
+        "(default: the first four; fc with --quick)",
+    )
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="ssdfa methods (missing ones are skipped with a message; default "
+        f"{','.join(C.WANTED + ['drtp-unlocked'])}, launch-bound: {','.join(L.METHODS)})",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time torch.compile of plain BP and of --compile-methods (slow to build)",
+    )
     p.add_argument("--compile-methods", default="dfa", help="methods compiled with --compile")
     p.add_argument("--no-biotorch", action="store_true", help="leave BioTorch out")
-    p.add_argument("--biotorch-path", default=None,
-                   help="folder holding the biotorch package (pip install --no-deps --target DIR)")
+    p.add_argument(
+        "--biotorch-path",
+        default=None,
+        help="folder holding the biotorch package (pip install --no-deps --target DIR)",
+    )
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--steps", type=int, default=5, help="optimizer steps per timed repetition")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--batch", type=int, default=None, help="override every case's batch size")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--momentum", type=float, default=0.9,
-                   help="SGD momentum of every variant (0: plain SGD, the cheapest optimizer step)")
+    p.add_argument(
+        "--momentum",
+        type=float,
+        default=0.9,
+        help="SGD momentum of every variant (0: plain SGD, the cheapest optimizer step)",
+    )
     p.add_argument("--device", default="cpu")
-    p.add_argument("--quick", action="store_true",
-                   help="small batches, 2 reps of 1 step: checks the script, measures nothing")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="small batches, 2 reps of 1 step: checks the script, measures nothing",
+    )
     p.add_argument("--out", default=None, help="JSON path (default bench/results/step_time-<date>.json)")
     a = p.parse_args(argv)
     if a.quick:
@@ -141,22 +163,32 @@ def main(argv=None):
     cases = L.expand(C.parse_list(a.cases, [*C.CASES, "launch-bound", *launch], "case"))
     known = list(dict.fromkeys(C.WANTED + list(C.OPTIONS) + L.METHODS))
     compiled = C.parse_list(a.compile_methods, known, "method") if a.compile else []
-    biotorch, bt_reason = (None, "disabled with --no-biotorch") if a.no_biotorch \
-        else C.import_biotorch(a.biotorch_path)
+    biotorch, bt_reason = (
+        (None, "disabled with --no-biotorch") if a.no_biotorch else C.import_biotorch(a.biotorch_path)
+    )
     if biotorch is None:
         print(f"[skip] BioTorch: {bt_reason}", file=sys.stderr)
 
-    result = {"script": "step_time", "date": C.now_utc(), "command": C.command("step_time.py", argv),
-              "machine": C.machine(a.threads, a.device), "reps": a.reps, "steps_per_rep": a.steps,
-              "optimizer": f"SGD lr=0.01 momentum={a.momentum}", "skipped_methods": {},
-              "biotorch": "used" if biotorch is not None else f"skipped: {bt_reason}", "cases": {}}
+    result = {
+        "script": "step_time",
+        "date": C.now_utc(),
+        "command": C.command("step_time.py", argv),
+        "machine": C.machine(a.threads, a.device),
+        "reps": a.reps,
+        "steps_per_rep": a.steps,
+        "optimizer": f"SGD lr=0.01 momentum={a.momentum}",
+        "skipped_methods": {},
+        "biotorch": "used" if biotorch is not None else f"skipped: {bt_reason}",
+        "cases": {},
+    }
     for cname in cases:
         case = C.CASES[cname] if cname in C.CASES else L.case(cname)
         if a.batch:
             case = C.Case(**{**case.__dict__, "batch": a.batch})
         default = L.METHODS if cname in launch else C.WANTED + ["drtp-unlocked"]
         methods, missing = C.available_methods(
-            C.parse_list(a.methods, known, "method") if a.methods else default)
+            C.parse_list(a.methods, known, "method") if a.methods else default
+        )
         result["skipped_methods"][cname] = missing
         names = ["plain-bp", *FLOORS, *methods]
         if biotorch is not None and case.biotorch:

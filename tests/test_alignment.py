@@ -8,8 +8,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import ssdfa
-from ssdfa.alignment import (alignment_angles, angle, fa_weight_angles, feedback_weight_angles,
-                           output_prediction_angles)
+from ssdfa.alignment import (
+    alignment_angles,
+    angle,
+    fa_weight_angles,
+    feedback_weight_angles,
+    output_prediction_angles,
+)
 
 
 def test_angle_hand_cases():
@@ -109,8 +114,7 @@ def test_eq14_against_hand_product():
 
 def test_does_not_disturb_training():
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5),
-                        nn.Linear(8, 3))
+    net = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 3))
     model = ssdfa.convert(net, method="dfa", num_classes=3, seed=0)
     model.train()
     x, y = _batch()
@@ -142,8 +146,7 @@ def test_dropout_masks_match_between_passes():
 
 def test_conv_points_are_measured():
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                        nn.Linear(4 * 3 * 3, 3))
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 3 * 3, 3))
     model = ssdfa.convert(net, method="ssdfa", num_classes=3, input_shape=(1, 8, 8), seed=0)
     x = torch.randn(5, 1, 8, 8)
     y = torch.tensor([0, 1, 2, 0, 1])
@@ -176,7 +179,8 @@ def test_fa_rule_with_b_equal_w_gives_bp():
     with torch.no_grad():
         for mod in model.modules():
             for name, buf in list(mod.named_buffers(recurse=False)) + list(
-                    mod.named_parameters(recurse=False)):
+                mod.named_parameters(recurse=False)
+            ):
                 for lin in (m for m in net if isinstance(m, nn.Linear)):
                     if buf is lin.weight or name in ("weight", "bias"):
                         continue
@@ -201,8 +205,9 @@ def test_output_prediction_angle_skips_missing():
 def test_every_rule_gives_valid_angles_and_leaves_grads(method):
     """Generated from the registry: angles in [0°, 180°], the output layer exact, no side effects."""
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(48, 8), nn.Tanh(),
-                        nn.Linear(8, 3))
+    net = nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(48, 8), nn.Tanh(), nn.Linear(8, 3)
+    )
     model = ssdfa.convert(net, method=method, num_classes=3, input_shape=(1, 6, 6), seed=0)
     x, y = torch.randn(5, 1, 6, 6), torch.tensor([0, 1, 2, 0, 1])
     F.cross_entropy(model(x, target=y), y).backward()

@@ -110,8 +110,16 @@ def test_profile_step_quick(tmp_path):
 
 
 def test_real_models_quick(tmp_path):
-    res = run_script("real_models", tmp_path, "--model", "examples-net", "--device", "cpu",
-                     "--methods", "plain,dfa,shallow")
+    res = run_script(
+        "real_models",
+        tmp_path,
+        "--model",
+        "examples-net",
+        "--device",
+        "cpu",
+        "--methods",
+        "plain,dfa,shallow",
+    )
     check_machine(res)
     assert list(res["methods"]) == ["plain", "dfa", "shallow"]
     for entry in res["methods"].values():
@@ -122,8 +130,19 @@ def test_real_models_quick(tmp_path):
 # -- issue 21: the launch-bound case ----------------------------------------------------------
 def test_step_time_launch_bound_quick(tmp_path):
     """Both launch-bound models run end to end (one tiny step each, nothing timed)."""
-    res = run_script("step_time", tmp_path, "--cases", "launch-bound", "--batch", "2",
-                     "--no-biotorch", "--methods", "dfa,ssdfa", "--threads", "1")
+    res = run_script(
+        "step_time",
+        tmp_path,
+        "--cases",
+        "launch-bound",
+        "--batch",
+        "2",
+        "--no-biotorch",
+        "--methods",
+        "dfa,ssdfa",
+        "--threads",
+        "1",
+    )
     check_machine(res)
     assert set(res["cases"]) == {"launch-bound/resnet18", "launch-bound/transformer"}
     for entry in res["cases"].values():
@@ -138,8 +157,20 @@ def test_step_time_launch_bound_quick(tmp_path):
 @pytest.mark.slow  # torch.compile of two models: a minute or more on 2 cores
 def test_step_time_launch_bound_compiled(tmp_path):
     """python bench/step_time.py --cases launch-bound/transformer --compile --quick"""
-    res = run_script("step_time", tmp_path, "--cases", "launch-bound/transformer", "--batch", "2",
-                     "--no-biotorch", "--methods", "dfa", "--compile", "--threads", "1")
+    res = run_script(
+        "step_time",
+        tmp_path,
+        "--cases",
+        "launch-bound/transformer",
+        "--batch",
+        "2",
+        "--no-biotorch",
+        "--methods",
+        "dfa",
+        "--compile",
+        "--threads",
+        "1",
+    )
     entry = res["cases"]["launch-bound/transformer"]
     assert not entry["failed"]
     assert set(entry["ratio_to_compiled_plain_bp"]) == {"plain-bp+compile", "dfa+compile"}
@@ -158,8 +189,9 @@ def test_detached_floor_computes_only_dw(which):
     (no input gradient, no other layer's ∂W)."""
     import copy
 
-    import _common
     from torch import nn
+
+    import _common
 
     case = _launch_models()[which]
     torch.manual_seed(0)
@@ -170,6 +202,7 @@ def test_detached_floor_computes_only_dw(which):
 
     def keep(m, i, o):
         seen[m] = (i[0].detach(), o.detach())
+
     for m in net.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d)):
             m.register_forward_hook(keep)
@@ -192,8 +225,9 @@ def test_detached_floor_computes_only_dw(which):
     if which == 0:  # a hidden conv: ∂W = conv2d_weight(a, δ)
         name = "layer3.1.conv2"
         conv, conv_bp = floor_net.get_submodule(name), net.get_submodule(name)
-        expect = torch.nn.grad.conv2d_weight(seen[conv_bp][0], conv.weight.shape, deltas[name],
-                                             conv.stride, conv.padding)
+        expect = torch.nn.grad.conv2d_weight(
+            seen[conv_bp][0], conv.weight.shape, deltas[name], conv.stride, conv.padding
+        )
         torch.testing.assert_close(conv.weight.grad, expect, rtol=1e-4, atol=1e-7)
     else:  # a hidden Linear: ∂W = δᵀ·a over batch and tokens, ∂b = Σδ
         name = "encoder.layers.1.linear2"

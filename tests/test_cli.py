@@ -16,10 +16,10 @@ from torch import nn
 import ssdfa
 from ssdfa import data as D
 from ssdfa import training
-from ssdfa.training import loop as training_loop  # the loop looks these names up (monkeypatched)
 from ssdfa.checkpoint import load_checkpoint
 from ssdfa.cli import build_parser, main
 from ssdfa.models import list_models
+from ssdfa.training import loop as training_loop  # the loop looks these names up (monkeypatched)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 QUICK = ["--quiet", "--limit-train", "256", "--batch-size", "32"]
@@ -38,8 +38,22 @@ def run_json(capsys, argv) -> tuple[int, dict | None]:
 
 def test_train_writes_the_run_directory(tmp_path, capsys):
     out = tmp_path / "run"
-    code, summary = run_json(capsys, ["train", "--method", "ssdfa", "--epochs", "2", "--lr", "0.05",
-                                      "--out-dir", str(out), "--json", *QUICK])
+    code, summary = run_json(
+        capsys,
+        [
+            "train",
+            "--method",
+            "ssdfa",
+            "--epochs",
+            "2",
+            "--lr",
+            "0.05",
+            "--out-dir",
+            str(out),
+            "--json",
+            *QUICK,
+        ],
+    )
     assert code == 0
     for key in ("final_test_acc", "best_test_acc", "train_loss", "epochs", "seconds"):
         assert key in summary
@@ -59,8 +73,22 @@ def test_train_writes_the_run_directory(tmp_path, capsys):
 
 def test_feedback_scale_reaches_the_model_and_the_saved_config(tmp_path, capsys):
     out = tmp_path / "run"
-    code, _ = run_json(capsys, ["train", "--method", "dfa", "--epochs", "1", "--feedback-scale",
-                                "0.25", "--out-dir", str(out), "--json", *QUICK])
+    code, _ = run_json(
+        capsys,
+        [
+            "train",
+            "--method",
+            "dfa",
+            "--epochs",
+            "1",
+            "--feedback-scale",
+            "0.25",
+            "--out-dir",
+            str(out),
+            "--json",
+            *QUICK,
+        ],
+    )
     assert code == 0
     assert json.loads((out / "config.json").read_text())["feedback_scale"] == 0.25
     saved = load_checkpoint(out / "checkpoint.pt")["model"]
@@ -68,8 +96,20 @@ def test_feedback_scale_reaches_the_model_and_the_saved_config(tmp_path, capsys)
     plain = training.build_model(cfg, D.load_dataset("digits"))
     name, b = next((k, v) for k, v in plain.state_dict().items() if k.startswith("feedback."))
     torch.testing.assert_close(saved[name], 0.25 * b)
-    code = main(["train", "--method", "fa", "--feedback-scale", "0.5", "--epochs", "1",
-                 "--out-dir", str(tmp_path / "fa"), *QUICK])
+    code = main(
+        [
+            "train",
+            "--method",
+            "fa",
+            "--feedback-scale",
+            "0.5",
+            "--epochs",
+            "1",
+            "--out-dir",
+            str(tmp_path / "fa"),
+            *QUICK,
+        ]
+    )
     assert code != 0 and "no direct feedback matrices" in capsys.readouterr().err
 
 
@@ -77,8 +117,20 @@ def test_config_file_precedence(tmp_path, capsys):
     toml = tmp_path / "exp.toml"
     toml.write_text('method = "dfa"\nlr = 0.2\nepochs = 1\nbatch-size = 16\n')
     out = tmp_path / "run"
-    code = main(["train", "--config", str(toml), "--lr", "0.03", "--out-dir", str(out),
-                 "--quiet", "--limit-train", "64"])
+    code = main(
+        [
+            "train",
+            "--config",
+            str(toml),
+            "--lr",
+            "0.03",
+            "--out-dir",
+            str(out),
+            "--quiet",
+            "--limit-train",
+            "64",
+        ]
+    )
     assert code == 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["lr"] == 0.03  # the flag beats the file
@@ -108,8 +160,20 @@ def _assert_same_state(a, b):
 
 
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, capsys, monkeypatch):
-    common = ["train", "--method", "dfa", "--epochs", "3", "--optimizer", "adam", "--lr", "0.003",
-              "--schedule", "cosine", *QUICK]
+    common = [
+        "train",
+        "--method",
+        "dfa",
+        "--epochs",
+        "3",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.003",
+        "--schedule",
+        "cosine",
+        *QUICK,
+    ]
     assert main([*common, "--out-dir", str(tmp_path / "whole")]) == 0
 
     real_save = training.save_checkpoint
@@ -138,12 +202,13 @@ def test_resume_restores_global_rng_for_dropout(tmp_path):
 
     def net():
         torch.manual_seed(0)  # the same initial weights for both runs (the user's business)
-        return nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.Tanh(), nn.Dropout(0.3),
-                             nn.Linear(48, 10))
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.Tanh(), nn.Dropout(0.3), nn.Linear(48, 10))
 
     cfg = training.TrainConfig(method="ssdfa", epochs=3, lr=0.05, limit_train=200, batch_size=20)
     quiet = {"log": lambda m: None}
-    training.run(training.TrainConfig(**{**cfg.__dict__, "out_dir": str(tmp_path / "a")}), model=net(), **quiet)
+    training.run(
+        training.TrainConfig(**{**cfg.__dict__, "out_dir": str(tmp_path / "a")}), model=net(), **quiet
+    )
     short = training.TrainConfig(**{**cfg.__dict__, "epochs": 2, "out_dir": str(tmp_path / "b")})
     training.run(short, model=net(), **quiet)
     torch.manual_seed(1234)  # whatever happens in between must not matter
@@ -176,6 +241,7 @@ def test_divergence_stops_with_a_message_and_keeps_the_good_checkpoint(tmp_path,
                 if seen["n"] == steps_per_epoch + 3:  # third step of epoch 2
                     return value * float("nan")
             return value
+
         return loss
 
     monkeypatch.setattr(training_loop, "make_loss", poisoned)
@@ -193,8 +259,7 @@ def test_divergence_stops_with_a_message_and_keeps_the_good_checkpoint(tmp_path,
 
 
 def test_divergence_message(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(training_loop, "make_loss",
-                        lambda cfg, data: lambda out, y: out.sum() * float("inf"))
+    monkeypatch.setattr(training_loop, "make_loss", lambda cfg, data: lambda out, y: out.sum() * float("inf"))
     assert main(["train", "--epochs", "1", "--out-dir", str(tmp_path / "r"), *QUICK]) == 3
     err = capsys.readouterr().err
     assert "training diverged: loss is" in err and "no checkpoint had been written" in err
@@ -203,13 +268,31 @@ def test_divergence_message(tmp_path, capsys, monkeypatch):
 
 def test_compare_prints_mean_and_std_over_seeds(tmp_path, capsys):
     out = tmp_path / "cmp"
-    code, result = run_json(capsys, ["compare", "--methods", "bp,dfa", "--seeds", "2", "--epochs", "1",
-                                     "--lr", "0.05", "--out-dir", str(out), "--json", *QUICK])
+    code, result = run_json(
+        capsys,
+        [
+            "compare",
+            "--methods",
+            "bp,dfa",
+            "--seeds",
+            "2",
+            "--epochs",
+            "1",
+            "--lr",
+            "0.05",
+            "--out-dir",
+            str(out),
+            "--json",
+            *QUICK,
+        ],
+    )
     assert code == 0
     table = (out / "results.md").read_text()
     for method in ("bp", "dfa"):
-        accs = [100 * json.loads((out / method / f"seed{s}" / "summary.json").read_text())["final_test_acc"]
-                for s in (0, 1)]
+        accs = [
+            100 * json.loads((out / method / f"seed{s}" / "summary.json").read_text())["final_test_acc"]
+            for s in (0, 1)
+        ]
         mean, std = statistics.mean(accs), statistics.stdev(accs)
         assert f"| {method} | {mean:.2f} ± {std:.2f} |" in table
         assert result["methods"][method]["final_test_acc"]["mean"] == pytest.approx(mean)
@@ -217,21 +300,68 @@ def test_compare_prints_mean_and_std_over_seeds(tmp_path, capsys):
 
 
 def test_compare_table_on_stdout(tmp_path, capsys):
-    assert main(["compare", "--methods", "ssdfa", "--seeds", "1", "--epochs", "1", "--out-dir",
-                 str(tmp_path / "c"), *QUICK]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--methods",
+                "ssdfa",
+                "--seeds",
+                "1",
+                "--epochs",
+                "1",
+                "--out-dir",
+                str(tmp_path / "c"),
+                *QUICK,
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "| method | test accuracy (%)" in out and "| ssdfa |" in out
 
 
 def test_compare_takes_feedback_scale_for_direct_methods_only(tmp_path, capsys):
-    assert main(["compare", "--methods", "dfa,ssdfa", "--seeds", "1", "--epochs", "1",
-                 "--feedback-scale", "0.5", "--out-dir", str(tmp_path / "ok"), *QUICK]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--methods",
+                "dfa,ssdfa",
+                "--seeds",
+                "1",
+                "--epochs",
+                "1",
+                "--feedback-scale",
+                "0.5",
+                "--out-dir",
+                str(tmp_path / "ok"),
+                *QUICK,
+            ]
+        )
+        == 0
+    )
     for m in ("dfa", "ssdfa"):
         cfg = json.loads((tmp_path / "ok" / m / "seed0" / "config.json").read_text())
         assert cfg["feedback_scale"] == 0.5
     capsys.readouterr()
-    assert main(["compare", "--methods", "dfa,bp", "--feedback-scale", "0.5", "--epochs", "1",
-                 "--out-dir", str(tmp_path / "bad"), *QUICK]) != 0
+    assert (
+        main(
+            [
+                "compare",
+                "--methods",
+                "dfa,bp",
+                "--feedback-scale",
+                "0.5",
+                "--epochs",
+                "1",
+                "--out-dir",
+                str(tmp_path / "bad"),
+                *QUICK,
+            ]
+        )
+        != 0
+    )
     err = capsys.readouterr().err
     assert "bp:" in err and "no direct feedback matrices" in err
     assert not (tmp_path / "bad" / "dfa").exists()  # refused before any training
@@ -266,9 +396,22 @@ def test_fashion_mnist_from_idx_files(tmp_path, capsys):
     from test_data import write_idx_set
 
     write_idx_set(tmp_path / "data" / "fashion-mnist", n_train=40, n_test=10, h=28, w=28)
-    code, summary = run_json(capsys, ["train", "--dataset", "fashion-mnist", "--data-dir",
-                                      str(tmp_path / "data"), "--epochs", "1", "--json", "--quiet",
-                                      "--out-dir", str(tmp_path / "r")])
+    code, summary = run_json(
+        capsys,
+        [
+            "train",
+            "--dataset",
+            "fashion-mnist",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--epochs",
+            "1",
+            "--json",
+            "--quiet",
+            "--out-dir",
+            str(tmp_path / "r"),
+        ],
+    )
     assert code == 0 and summary["model"] == "mnist-fc" and summary["dataset"] == "fashion-mnist"
 
 
@@ -284,8 +427,23 @@ def test_bad_user_input_is_exit_2_naming_the_choices(capsys):
 
 def test_sdfa_options_reach_the_feedback(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--method", "sdfa", "--connections", "3", "--epochs", "1",
-                 "--out-dir", str(out), *QUICK]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--method",
+                "sdfa",
+                "--connections",
+                "3",
+                "--epochs",
+                "1",
+                "--out-dir",
+                str(out),
+                *QUICK,
+            ]
+        )
+        == 0
+    )
     ckpt = load_checkpoint(out / "checkpoint.pt")
     cfg = training.TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
     data = D.load_dataset("digits")
@@ -296,9 +454,24 @@ def test_sdfa_options_reach_the_feedback(tmp_path, capsys):
 
 
 def test_regression_task_reports_loss_not_accuracy(tmp_path, capsys):
-    code, summary = run_json(capsys, ["train", "--dataset", "synthetic-regression", "--method", "dfa",
-                                      "--epochs", "1", "--lr", "0.01", "--out-dir", str(tmp_path / "r"),
-                                      "--json", *QUICK])
+    code, summary = run_json(
+        capsys,
+        [
+            "train",
+            "--dataset",
+            "synthetic-regression",
+            "--method",
+            "dfa",
+            "--epochs",
+            "1",
+            "--lr",
+            "0.01",
+            "--out-dir",
+            str(tmp_path / "r"),
+            "--json",
+            *QUICK,
+        ],
+    )
     assert code == 0 and summary["final_test_acc"] is None and summary["model"] == "drtp-reg"
     assert summary["final_test_loss"] < 1.0
 
@@ -360,8 +533,23 @@ def test_progress_bar_shows_loss_and_accuracy(tmp_path, capsys):
 
 
 def test_compare_checks_every_method_before_training(tmp_path, capsys):
-    assert main(["compare", "--methods", "sdfa,ssdfa", "--sparsity", "0.5", "--seeds", "1",
-                 "--out-dir", str(tmp_path / "c"), *QUICK]) == 2
+    assert (
+        main(
+            [
+                "compare",
+                "--methods",
+                "sdfa,ssdfa",
+                "--sparsity",
+                "0.5",
+                "--seeds",
+                "1",
+                "--out-dir",
+                str(tmp_path / "c"),
+                *QUICK,
+            ]
+        )
+        == 2
+    )
     assert "ssdfa: method 'ssdfa' does not take sparsity" in capsys.readouterr().err
     assert not (tmp_path / "c" / "sdfa").exists()  # nothing was trained
 

@@ -24,9 +24,9 @@ import torch
 
 from ssdfa import data as D
 from ssdfa import rundir, training
-from ssdfa.training import loop as training_loop  # the loop looks these names up (monkeypatched)
 from ssdfa.checkpoint import load_checkpoint
 from ssdfa.cli import main
+from ssdfa.training import loop as training_loop  # the loop looks these names up (monkeypatched)
 
 QUICK = ["--quiet", "--limit-train", "64", "--batch-size", "32"]
 
@@ -70,8 +70,9 @@ def run_copy(finished_run, tmp_path):
 
 
 def files(run_dir) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in Path(run_dir).iterdir()
-            if p.is_file() and p.name != rundir.LOCK_NAME}
+    return {
+        p.name: p.read_bytes() for p in Path(run_dir).iterdir() if p.is_file() and p.name != rundir.LOCK_NAME
+    }
 
 
 # -- 1. no code from a data file --------------------------------------------------------------
@@ -80,9 +81,16 @@ def _global_pickle(module: str, name: str) -> bytes:
     return b"\x80\x02c" + f"{module}\n{name}\n".encode() + b")R."
 
 
-HOSTILE = [("numpy.f2py.__main__", "ndarray"), ("numpy.f2py.__main__", "main"),
-           ("numpy.distutils.setup", "ndarray"), ("numpy.testing", "ndarray"),
-           ("os", "system"), ("builtins", "eval"), ("numpy", "load"), ("numpy.lib", "_reconstruct")]
+HOSTILE = [
+    ("numpy.f2py.__main__", "ndarray"),
+    ("numpy.f2py.__main__", "main"),
+    ("numpy.distutils.setup", "ndarray"),
+    ("numpy.testing", "ndarray"),
+    ("os", "system"),
+    ("builtins", "eval"),
+    ("numpy", "load"),
+    ("numpy.lib", "_reconstruct"),
+]
 
 
 @pytest.mark.parametrize("module,name", HOSTILE)
@@ -107,8 +115,7 @@ def test_cifar_unpickler_imports_nothing_it_is_not_allowed(tmp_path, monkeypatch
 @pytest.mark.parametrize("protocol", [2, 4, 5])
 @pytest.mark.parametrize("core", ["numpy.core", "numpy._core"])
 def test_cifar_unpickler_reads_numpy1_and_numpy2_arrays(tmp_path, protocol, core):
-    batch = {b"data": np.arange(6, dtype=np.uint8).reshape(2, 3), b"labels": [1, 2],
-             b"n": np.int64(7)}
+    batch = {b"data": np.arange(6, dtype=np.uint8).reshape(2, 3), b"labels": [1, 2], b"n": np.int64(7)}
     raw = pickle.dumps(batch, protocol=protocol)
     if protocol == 2:  # GLOBAL opcodes are text: name the other numpy's module
         raw = raw.replace(b"numpy._core.", f"{core}.".encode())
@@ -126,10 +133,11 @@ def test_hostile_cifar_batch_through_the_cli(tmp_path, capsys):
     folder.mkdir()
     for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         (folder / f).write_bytes(_global_pickle("numpy.f2py.__main__", "ndarray"))
-    for command in (["train", "--out-dir", str(tmp_path / "r")],
-                    ["compare", "--methods", "bp", "--seeds", "1", "--out-dir", str(tmp_path / "c")]):
-        err = one_line_error(capsys, [*command, "--dataset", "cifar10", "--data-dir", str(tmp_path),
-                                      *QUICK])
+    for command in (
+        ["train", "--out-dir", str(tmp_path / "r")],
+        ["compare", "--methods", "bp", "--seeds", "1", "--out-dir", str(tmp_path / "c")],
+    ):
+        err = one_line_error(capsys, [*command, "--dataset", "cifar10", "--data-dir", str(tmp_path), *QUICK])
         assert "refusing to load numpy.f2py.__main__.ndarray" in err
     assert "numpy.f2py.__main__" not in sys.modules
 
@@ -146,10 +154,13 @@ def _hold_lock(path: Path) -> int:
     return fd
 
 
-@pytest.mark.parametrize("command", [
-    ["train", "--overwrite"],
-    ["compare", "--methods", "bp", "--seeds", "1"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train", "--overwrite"],
+        ["compare", "--methods", "bp", "--seeds", "1"],
+    ],
+)
 def test_a_second_writer_gets_one_line_and_exit_2(tmp_path, capsys, run_copy, command):
     before = files(run_copy)
     fd = _hold_lock(run_copy)
@@ -167,11 +178,28 @@ def test_resume_and_sweep_take_the_lock_too(tmp_path, capsys, run_copy):
     fd = _hold_lock(run_copy)
     try:
         one_line_error(capsys, ["train", "--resume", str(run_copy), "--epochs", "2", "--quiet"])
-        one_line_error(capsys, ["sweep", "--dataset", "digits", "--rank", "1", "--sparsity", "0",
-                                "--seeds", "1", "--epochs", "1", "--out", str(run_copy)])
+        one_line_error(
+            capsys,
+            [
+                "sweep",
+                "--dataset",
+                "digits",
+                "--rank",
+                "1",
+                "--sparsity",
+                "0",
+                "--seeds",
+                "1",
+                "--epochs",
+                "1",
+                "--out",
+                str(run_copy),
+            ],
+        )
         with pytest.raises(rundir.RunDirBusy):
-            training.run(training.TrainConfig(epochs=1, limit_train=64, out_dir=str(run_copy)),
-                         log=lambda m: None)
+            training.run(
+                training.TrainConfig(epochs=1, limit_train=64, out_dir=str(run_copy)), log=lambda m: None
+            )
     finally:
         os.close(fd)
 
@@ -208,8 +236,12 @@ def test_files_follow_the_umask_like_any_other_file(tmp_path):
 
 
 def test_stale_temporary_files_of_a_killed_writer_are_removed(capsys, run_copy):
-    stale = [run_copy / "checkpoint.pt.abc123.tmp", run_copy / ".checkpoint.pt.x.tmp",
-             run_copy / ".metrics.csv.k2.tmp", run_copy / "metrics.csv.tmp"]
+    stale = [
+        run_copy / "checkpoint.pt.abc123.tmp",
+        run_copy / ".checkpoint.pt.x.tmp",
+        run_copy / ".metrics.csv.k2.tmp",
+        run_copy / "metrics.csv.tmp",
+    ]
     for p in stale:
         p.write_bytes(b"half")
     mine = run_copy / "notes.tmp"
@@ -231,16 +263,18 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path, capsys, run_cop
     assert "belongs to another run" in err
 
 
-def test_overwrite_stopped_before_its_first_epoch_leaves_nothing_to_resume(capsys, monkeypatch,
-                                                                           run_copy):
+def test_overwrite_stopped_before_its_first_epoch_leaves_nothing_to_resume(capsys, monkeypatch, run_copy):
     def interrupt(cfg, data):
         def loss(out, y):
             raise KeyboardInterrupt
+
         return loss
 
     monkeypatch.setattr(training_loop, "make_loss", interrupt)
-    assert call(["train", "--overwrite", "--lr", "0.2", "--epochs", "1", "--out-dir",
-                 str(run_copy), *QUICK]) == 130
+    assert (
+        call(["train", "--overwrite", "--lr", "0.2", "--epochs", "1", "--out-dir", str(run_copy), *QUICK])
+        == 130
+    )
     err = capsys.readouterr().err
     assert "before the first epoch finished" in err and "--resume" not in err
     assert not (run_copy / "checkpoint.pt").exists()  # the old weights went before the new config
@@ -300,10 +334,12 @@ def test_argparse_errors_are_one_line_not_the_usage(capsys):
 
 
 def test_evaluate_refuses_bad_options(capsys, finished_run):
-    for argv, needle in ((["--batch-size", "-5"], "--batch-size must be >= 1"),
-                         (["--batch-size", "0"], "--batch-size must be >= 1"),
-                         (["--device", "meta"], "cannot train"),
-                         (["--device", "mps"], "mps")):
+    for argv, needle in (
+        (["--batch-size", "-5"], "--batch-size must be >= 1"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--device", "meta"], "cannot train"),
+        (["--device", "mps"], "mps"),
+    ):
         assert needle in one_line_error(capsys, ["evaluate", str(finished_run), *argv])
 
 
@@ -315,7 +351,7 @@ def test_cuda_without_cuda_is_one_line(capsys, finished_run):
 
 def _truncate(p):
     raw = p.read_bytes()
-    p.write_bytes(raw[:len(raw) // 2])
+    p.write_bytes(raw[: len(raw) // 2])
 
 
 def _drop_key(key):
@@ -323,6 +359,7 @@ def _drop_key(key):
         ckpt = torch.load(p, weights_only=True)
         del ckpt[key]
         torch.save(ckpt, p)
+
     return damage
 
 
@@ -337,8 +374,7 @@ CHECKPOINT_DAMAGE = {
     "truncated": (_truncate, "not a readable checkpoint"),
     "empty": (lambda p: p.write_bytes(b""), "not a readable checkpoint"),
     "garbage": (lambda p: p.write_bytes(os.urandom(4096)), "not a readable checkpoint"),
-    "hostile pickle": (lambda p: p.write_bytes(_global_pickle("os", "system")),
-                       "not a readable checkpoint"),
+    "hostile pickle": (lambda p: p.write_bytes(_global_pickle("os", "system")), "not a readable checkpoint"),
     "a list": (lambda p: torch.save([1, 2], p), "not an ssdfa checkpoint"),
     "missing optimizer": (_drop_key("optimizer"), "lacks optimizer"),
     "missing model": (_drop_key("model"), "lacks model"),
@@ -367,17 +403,22 @@ def test_another_architectures_checkpoint_is_one_line(tmp_path, capsys, run_copy
     assert "model 'mlp-800'" in one_line_error(capsys, ["evaluate", str(run_copy)])
 
 
-@pytest.mark.parametrize("text,needle", [
-    ('{"lr": 0.1,', "is not valid JSON"),
-    ("\xff\xfe garbage", "is not valid JSON"),
-    ("[1, 2]", "expected a table of options"),
-    ('{"lr": "fast"}', "lr = 'fast' should be float"),
-    ('{"learning_rate": 1}', "unknown key(s) learning_rate"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ('{"lr": 0.1,', "is not valid JSON"),
+        ("\xff\xfe garbage", "is not valid JSON"),
+        ("[1, 2]", "expected a table of options"),
+        ('{"lr": "fast"}', "lr = 'fast' should be float"),
+        ('{"learning_rate": 1}', "unknown key(s) learning_rate"),
+    ],
+)
 def test_a_broken_config_json_is_one_line(capsys, run_copy, text, needle):
     (run_copy / "config.json").write_bytes(text.encode("latin-1"))
-    for argv in (["train", "--resume", str(run_copy), "--epochs", "2", "--quiet"],
-                 ["evaluate", str(run_copy)]):
+    for argv in (
+        ["train", "--resume", str(run_copy), "--epochs", "2", "--quiet"],
+        ["evaluate", str(run_copy)],
+    ):
         assert needle in one_line_error(capsys, argv)
 
 
@@ -389,13 +430,15 @@ def test_config_files_that_are_not_toml_or_hold_the_wrong_types(tmp_path, capsys
     folder.mkdir()
     assert "not found" in one_line_error(capsys, ["train", "--config", str(folder)])
     bad = tmp_path / "m.toml"
-    for text, needle in (("methods = 5\n", "methods = 5 should be"),
-                         ('methods = ["bp", 3]\n', "should be a comma-separated string"),
-                         ("seeds = true\n", "--seeds must be a positive"),
-                         ("seeds = 0\n", "--seeds must be a positive"),
-                         ("lr = nan\n", "lr must be"),
-                         ('lr = "0.1"\n', "should be float"),
-                         ("momentum = [1]\n", "should be float")):
+    for text, needle in (
+        ("methods = 5\n", "methods = 5 should be"),
+        ('methods = ["bp", 3]\n', "should be a comma-separated string"),
+        ("seeds = true\n", "--seeds must be a positive"),
+        ("seeds = 0\n", "--seeds must be a positive"),
+        ("lr = nan\n", "lr must be"),
+        ('lr = "0.1"\n', "should be float"),
+        ("momentum = [1]\n", "should be float"),
+    ):
         bad.write_text(text)
         assert needle in one_line_error(capsys, ["compare", "--config", str(bad), *QUICK])
 
@@ -413,12 +456,11 @@ def test_an_idx_header_whose_size_overflows_is_named(tmp_path, capsys):
 def test_out_dir_on_or_under_a_file(tmp_path, capsys):
     f = tmp_path / "afile"
     f.write_text("keep me")
-    assert "is a file, not a directory" in one_line_error(
-        capsys, ["train", "--out-dir", str(f), *QUICK])
-    assert "afile is a file" in one_line_error(
-        capsys, ["train", "--out-dir", str(f / "sub" / "run"), *QUICK])
+    assert "is a file, not a directory" in one_line_error(capsys, ["train", "--out-dir", str(f), *QUICK])
+    assert "afile is a file" in one_line_error(capsys, ["train", "--out-dir", str(f / "sub" / "run"), *QUICK])
     assert "is a file" in one_line_error(
-        capsys, ["compare", "--methods", "bp", "--seeds", "1", "--out-dir", str(f), *QUICK])
+        capsys, ["compare", "--methods", "bp", "--seeds", "1", "--out-dir", str(f), *QUICK]
+    )
     assert f.read_text() == "keep me"
 
 
@@ -458,8 +500,7 @@ def test_a_full_disk_says_so_and_keeps_the_last_checkpoint(capsys, monkeypatch, 
 
     monkeypatch.setattr(rundir.tempfile, "mkstemp", to_dev_full)
     monkeypatch.setattr(os, "fchmod", lambda fd, mode: None)  # /dev/full is not ours to chmod
-    err = one_line_error(capsys, ["train", "--resume", str(run_copy), "--epochs", "2", "--quiet"],
-                         code=1)
+    err = one_line_error(capsys, ["train", "--resume", str(run_copy), "--epochs", "2", "--quiet"], code=1)
     assert "the disk is full" in err and "--resume" in err
     assert (run_copy / "checkpoint.pt").read_bytes() == before
     assert not [p for p in run_copy.iterdir() if p.name.endswith(".tmp")]
@@ -502,10 +543,26 @@ def test_metrics_never_run_ahead_of_the_checkpoint(tmp_path, capsys, monkeypatch
 
 def test_resume_accepts_settings_repeated_with_the_same_value(capsys, run_copy):
     saved = json.loads((run_copy / "config.json").read_text())
-    assert call(["train", "--resume", str(run_copy), "--epochs", "2", "--threads", "1",
-                 "--lr", str(saved["lr"]), "--method", saved["method"].upper(), "--quiet"]) == 0
-    assert "cannot change lr" in one_line_error(capsys, ["train", "--resume", str(run_copy),
-                                                          "--lr", "0.5"])
+    assert (
+        call(
+            [
+                "train",
+                "--resume",
+                str(run_copy),
+                "--epochs",
+                "2",
+                "--threads",
+                "1",
+                "--lr",
+                str(saved["lr"]),
+                "--method",
+                saved["method"].upper(),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert "cannot change lr" in one_line_error(capsys, ["train", "--resume", str(run_copy), "--lr", "0.5"])
 
 
 def test_resume_cannot_shorten_a_run_or_stretch_a_cosine_schedule(tmp_path, capsys, run_copy):
@@ -539,8 +596,21 @@ def test_corrupt_image_is_found_before_training(tmp_path, capsys):
                 Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(root / split / cls / f"{i}.png")
     (root / "train" / "b" / "9.jpg").write_bytes(b"not an image at all")
     out = tmp_path / "r"
-    err = one_line_error(capsys, ["train", "--dataset", "imagefolder", "--data-dir", str(tmp_path),
-                                  "--model", "mlp-800", "--out-dir", str(out), *QUICK])
+    err = one_line_error(
+        capsys,
+        [
+            "train",
+            "--dataset",
+            "imagefolder",
+            "--data-dir",
+            str(tmp_path),
+            "--model",
+            "mlp-800",
+            "--out-dir",
+            str(out),
+            *QUICK,
+        ],
+    )
     assert "9.jpg: cannot be read as an image" in err
     assert not (out / "config.json").exists()
 

@@ -43,9 +43,12 @@ from ssdfa import rundir
 from ssdfa.cli import main
 
 QUICK = ["--quiet", "--limit-train", "64", "--batch-size", "32", "--threads", "1"]
-HYP = settings(max_examples=20, deadline=None, derandomize=True,
-               suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                      HealthCheck.too_slow])
+HYP = settings(
+    max_examples=20,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -107,38 +110,80 @@ def run_copy(finished, tmp_path):
 
 
 # == A. every option checked before anything is touched =========================================
-BAD_SWEEP = st.sampled_from([
-    ["--epochs", "0"], ["--epochs", "-3"], ["--lr", "-1"], ["--lr", "nan"], ["--lr", "inf"],
-    ["--lr", "1e39"], ["--optimizer", "bogus"], ["--batch-size", "0"], ["--alignment", "-1"],
-    ["--seeds", "0"], ["--rank", "x"], ["--sparsity", "a,b"], ["--device", "tpu"],
-    ["--limit-train", "0"], ["--method", "bp"]])
+BAD_SWEEP = st.sampled_from(
+    [
+        ["--epochs", "0"],
+        ["--epochs", "-3"],
+        ["--lr", "-1"],
+        ["--lr", "nan"],
+        ["--lr", "inf"],
+        ["--lr", "1e39"],
+        ["--optimizer", "bogus"],
+        ["--batch-size", "0"],
+        ["--alignment", "-1"],
+        ["--seeds", "0"],
+        ["--rank", "x"],
+        ["--sparsity", "a,b"],
+        ["--device", "tpu"],
+        ["--limit-train", "0"],
+        ["--method", "bp"],
+    ]
+)
 
 
 @HYP
 @given(bad=BAD_SWEEP, extra=st.sampled_from([[], ["--epochs", "1"], ["--rank", "2,10"]]))
 def test_sweep_checks_every_option_before_its_directory_exists(capsys, tmp_path, bad, extra):
     out = tmp_path / f"sw-{uuid.uuid4().hex}"
-    refused(capsys, ["sweep", "--dataset", "digits", "--sparsity", "0", *extra, *bad,
-                     "--out", out])
+    refused(capsys, ["sweep", "--dataset", "digits", "--sparsity", "0", *extra, *bad, "--out", out])
     assert not out.exists()
 
 
 def test_sweep_and_reproduce_refuse_seeds_past_int64_before_training(capsys, tmp_path):
     out = tmp_path / "s"
-    refused(capsys, ["sweep", "--dataset", "digits", "--rank", "10", "--sparsity", "0",
-                     "--seeds", str(2**64), "--out", out])
-    refused(capsys, ["reproduce", "ssdfa-rank", "--quick", "--seed", 2**63 - 2, "--seeds", 3,
-                     "--out-dir", out], needle="2**63")
+    refused(
+        capsys,
+        [
+            "sweep",
+            "--dataset",
+            "digits",
+            "--rank",
+            "10",
+            "--sparsity",
+            "0",
+            "--seeds",
+            str(2**64),
+            "--out",
+            out,
+        ],
+    )
+    refused(
+        capsys,
+        ["reproduce", "ssdfa-rank", "--quick", "--seed", 2**63 - 2, "--seeds", 3, "--out-dir", out],
+        needle="2**63",
+    )
     assert not out.exists()
 
 
 BAD_PIPELINE = st.one_of(
-    st.sampled_from([["--lr", "nan"], ["--lr", "-5"], ["--lr", "inf"], ["--lr", "0"],
-                     ["--threads", "100000000"], ["--seed", str(10**20)], ["--seed", "-1"],
-                     ["--dataset", "synthetic-regression"], ["--dataset", "nope"],
-                     ["--methods", "sdfa,nope"], ["--stages", "0"]]),
+    st.sampled_from(
+        [
+            ["--lr", "nan"],
+            ["--lr", "-5"],
+            ["--lr", "inf"],
+            ["--lr", "0"],
+            ["--threads", "100000000"],
+            ["--seed", str(10**20)],
+            ["--seed", "-1"],
+            ["--dataset", "synthetic-regression"],
+            ["--dataset", "nope"],
+            ["--methods", "sdfa,nope"],
+            ["--stages", "0"],
+        ]
+    ),
     st.floats(allow_nan=True).filter(lambda v: not 0 < v <= 3.4e38).map(lambda v: ["--lr", repr(v)]),
-    st.integers(min_value=1025, max_value=2**40).map(lambda v: ["--threads", str(v)]))
+    st.integers(min_value=1025, max_value=2**40).map(lambda v: ["--threads", str(v)]),
+)
 
 
 @HYP
@@ -162,49 +207,92 @@ SHAPE = st.lists(st.integers(min_value=-5, max_value=10**10), min_size=0, max_si
 @HYP
 @given(shape=SHAPE, classes=st.integers(min_value=-10, max_value=10**8))
 def test_cost_refuses_impossible_shapes_and_class_counts_in_one_line(capsys, shape, classes):
-    ok_shape = 1 <= len(shape) <= 3 and all(1 <= d <= 2**20 for d in shape) \
-        and np.prod(shape, dtype=object) <= 2**28
+    ok_shape = (
+        1 <= len(shape) <= 3 and all(1 <= d <= 2**20 for d in shape) and np.prod(shape, dtype=object) <= 2**28
+    )
     if ok_shape and 1 <= classes <= 2**20:
         return  # a possible input: counted, not refused (mlp-800 may still not fit; below)
-    refused(capsys, ["cost", "--model", "mnist-fc", f"--input-shape={','.join(map(str, shape))}",
-                     "--num-classes", classes])
+    refused(
+        capsys,
+        [
+            "cost",
+            "--model",
+            "mnist-fc",
+            f"--input-shape={','.join(map(str, shape))}",
+            "--num-classes",
+            classes,
+        ],
+    )
 
 
 def test_nproc_is_bounded_and_its_data_checked_before_any_worker(capsys, tmp_path):
     out = tmp_path / "d"
     t0 = time.perf_counter()
     refused(capsys, ["train", "--nproc", 1000, "--out-dir", out, *QUICK], needle="core")
-    refused(capsys, ["train", "--nproc", 2, "--limit-train", 1, "--out-dir", out, "--quiet"],
-            needle="cannot be shared by 2")
+    refused(
+        capsys,
+        ["train", "--nproc", 2, "--limit-train", 1, "--out-dir", out, "--quiet"],
+        needle="cannot be shared by 2",
+    )
     assert time.perf_counter() - t0 < 30 and not out.exists()
 
 
 # == B. never write outside your own run directory ===============================================
 def test_commands_refuse_each_others_directories(capsys, tmp_path, run_copy):
     table = tmp_path / "table"
-    assert call(["compare", "--methods", "bp", "--seeds", 1, "--epochs", 1, "--out-dir", table,
-                 *QUICK]) == 0
-    refused(capsys, ["train", "--epochs", 1, "--out-dir", table, "--overwrite", *QUICK], table,
-            needle="tables")
-    refused(capsys, ["sweep", "--dataset", "digits", "--rank", "10", "--sparsity", "0",
-                     "--seeds", 1, "--epochs", 1, "--out", table], table, needle="tables")
+    assert call(["compare", "--methods", "bp", "--seeds", 1, "--epochs", 1, "--out-dir", table, *QUICK]) == 0
+    refused(
+        capsys, ["train", "--epochs", 1, "--out-dir", table, "--overwrite", *QUICK], table, needle="tables"
+    )
+    refused(
+        capsys,
+        [
+            "sweep",
+            "--dataset",
+            "digits",
+            "--rank",
+            "10",
+            "--sparsity",
+            "0",
+            "--seeds",
+            1,
+            "--epochs",
+            1,
+            "--out",
+            table,
+        ],
+        table,
+        needle="tables",
+    )
     sweep = tmp_path / "sweep"
     sweep.mkdir()
     (sweep / "sweep.json").write_text("{}")
-    refused(capsys, ["compare", "--methods", "bp", "--seeds", 1, "--epochs", 1, "--out-dir",
-                     sweep, *QUICK], sweep, needle="sweep")
+    refused(
+        capsys,
+        ["compare", "--methods", "bp", "--seeds", 1, "--epochs", 1, "--out-dir", sweep, *QUICK],
+        sweep,
+        needle="sweep",
+    )
 
 
 def test_resume_stays_in_its_directory_and_reads_every_config_key(capsys, tmp_path, run_copy):
     other = tmp_path / "elsewhere"
-    refused(capsys, ["train", "--resume", run_copy, "--out-dir", other, "--epochs", 2, *QUICK],
-            run_copy, needle="--out-dir")
+    refused(
+        capsys,
+        ["train", "--resume", run_copy, "--out-dir", other, "--epochs", 2, *QUICK],
+        run_copy,
+        needle="--out-dir",
+    )
     assert not other.exists()
-    for text in ('lr = 0.01\n', 'method = "ssdfa"\nlr = 0.01\n', 'method = "dfa"\n'):
+    for text in ("lr = 0.01\n", 'method = "ssdfa"\nlr = 0.01\n', 'method = "dfa"\n'):
         f = tmp_path / "c.toml"  # lr 0.01 is the default: it used to be taken as "not given"
         f.write_text(text)
-        refused(capsys, ["train", "--resume", run_copy, "--config", f, "--epochs", 2, *QUICK],
-                run_copy, needle="cannot change")
+        refused(
+            capsys,
+            ["train", "--resume", run_copy, "--config", f, "--epochs", 2, *QUICK],
+            run_copy,
+            needle="cannot change",
+        )
     f.write_text("lr = 0.05\nepochs = 2\n")  # the saved lr, repeated: accepted
     assert call(["train", "--resume", run_copy, "--config", f, *QUICK]) == 0
 
@@ -248,8 +336,7 @@ def test_a_full_disk_hint_fits_the_command(capsys, monkeypatch, tmp_path):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))
 
     monkeypatch.setattr(compare, "_compare", full)
-    err = refused(capsys, ["compare", "--methods", "bp", "--out-dir", tmp_path / "c", *QUICK],
-                  code=1)
+    err = refused(capsys, ["compare", "--methods", "bp", "--out-dir", tmp_path / "c", *QUICK], code=1)
     assert "--resume" not in err and "same command again" in err
 
 
@@ -261,12 +348,16 @@ def _mutate(run_dir: Path, change):
     torch.save(ckpt, path)
 
 
-JUNK = st.one_of(st.text(max_size=6), st.booleans(), st.none(), st.floats(),
-                 st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3),
-                                                                     st.integers(), max_size=2),
-                 st.just("tensor"))
-NOT_A_FRACTION = st.one_of(st.text(max_size=4), st.booleans(),
-                           st.floats().filter(lambda v: not 0 <= v <= 1))
+JUNK = st.one_of(
+    st.text(max_size=6),
+    st.booleans(),
+    st.none(),
+    st.floats(),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.just("tensor"),
+)
+NOT_A_FRACTION = st.one_of(st.text(max_size=4), st.booleans(), st.floats().filter(lambda v: not 0 <= v <= 1))
 
 
 def _value(v):
@@ -275,19 +366,26 @@ def _value(v):
 
 DAMAGE = st.one_of(
     JUNK.filter(lambda v: v != 1 or isinstance(v, bool)).map(
-        lambda v: ("epoch", lambda c: c.__setitem__("epoch", _value(v)))),
+        lambda v: ("epoch", lambda c: c.__setitem__("epoch", _value(v)))
+    ),
     JUNK.filter(lambda v: not isinstance(v, list) or v).map(
-        lambda v: ("history", lambda c: c.__setitem__("history", _value(v)))),
+        lambda v: ("history", lambda c: c.__setitem__("history", _value(v)))
+    ),
     JUNK.filter(lambda v: not isinstance(v, dict)).map(
-        lambda v: ("row", lambda c: c["history"].__setitem__(0, _value(v)))),
+        lambda v: ("row", lambda c: c["history"].__setitem__(0, _value(v)))
+    ),
     NOT_A_FRACTION.map(lambda v: ("test_acc", lambda c: c["history"][0].__setitem__("test_acc", v))),
-    st.one_of(st.text(max_size=4), st.booleans(), st.floats(allow_nan=True).filter(
-        lambda v: v != v or abs(v) == float("inf"))).map(
-        lambda v: ("train_loss", lambda c: c["history"][0].__setitem__("train_loss", v))),
+    st.one_of(
+        st.text(max_size=4),
+        st.booleans(),
+        st.floats(allow_nan=True).filter(lambda v: v != v or abs(v) == float("inf")),
+    ).map(lambda v: ("train_loss", lambda c: c["history"][0].__setitem__("train_loss", v))),
     st.one_of(st.integers(max_value=-1), st.integers(min_value=10, max_value=2**40)).map(
-        lambda v: ("index", lambda c: c["model"]["feedback.0.index"].view(-1).__setitem__(3, v))),
+        lambda v: ("index", lambda c: c["model"]["feedback.0.index"].view(-1).__setitem__(3, v))
+    ),
     JUNK.filter(lambda v: not isinstance(v, dict)).map(
-        lambda v: ("config", lambda c: c.__setitem__("config", _value(v)))),
+        lambda v: ("config", lambda c: c.__setitem__("config", _value(v)))
+    ),
 )
 
 
@@ -321,18 +419,20 @@ class FakeCells:
             raise Diverged("training diverged: loss is nan at epoch 2")
         acc = 0.5 + 0.1 * fields["seed"]
         (d / "metrics.json").write_text(json.dumps([{"epoch": 1, "angle/eq14/p0": 40.0}]))
-        summary = {"status": "finished", "final_test_acc": acc, "best_test_acc": acc,
-                   "epochs": fields["epochs"]}
+        summary = {
+            "status": "finished",
+            "final_test_acc": acc,
+            "best_test_acc": acc,
+            "epochs": fields["epochs"],
+        }
         (d / "summary.json").write_text(json.dumps(summary))
         return summary
 
 
-SWEEP = ["sweep", "--dataset", "digits", "--rank", "10", "--sparsity", "0", "--seeds", "2",
-         "--epochs", "1"]
+SWEEP = ["sweep", "--dataset", "digits", "--rank", "10", "--sparsity", "0", "--seeds", "2", "--epochs", "1"]
 
 
-def test_a_diverged_cell_is_never_a_result_however_often_the_sweep_runs(capsys, monkeypatch,
-                                                                        tmp_path):
+def test_a_diverged_cell_is_never_a_result_however_often_the_sweep_runs(capsys, monkeypatch, tmp_path):
     import ssdfa.sweep as sweep_mod
 
     fake = FakeCells(diverge=True)
@@ -349,9 +449,27 @@ def test_a_diverged_cell_is_never_a_result_however_often_the_sweep_runs(capsys, 
 @pytest.mark.slow
 def test_the_issue_sweep_with_a_diverging_lr_exits_3_every_time(capsys, tmp_path):
     """The issue's command, real training (about 20 s): ``pytest -m slow -k diverging_lr``."""
-    argv = ["sweep", "--rank", "10", "--sparsity", "0", "--seeds", "2", "--dataset", "digits",
-            "--epochs", "4", "--lr", "3e33", "--optimizer", "adam", "--limit-train", "200",
-            "--out", tmp_path / "S"]
+    argv = [
+        "sweep",
+        "--rank",
+        "10",
+        "--sparsity",
+        "0",
+        "--seeds",
+        "2",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "4",
+        "--lr",
+        "3e33",
+        "--optimizer",
+        "adam",
+        "--limit-train",
+        "200",
+        "--out",
+        tmp_path / "S",
+    ]
     for _ in range(3):
         assert call(argv) == 3
     (cell,) = json.loads((tmp_path / "S" / "sweep.json").read_text())["cells"]
@@ -359,22 +477,45 @@ def test_the_issue_sweep_with_a_diverging_lr_exits_3_every_time(capsys, tmp_path
 
 
 CELL_DAMAGE = st.one_of(
-    st.sampled_from([b"\x00\xff garbage", b"", b"[1, 2]", b"null", b'"text"', b"{",
-                     b'{"status": "running"}', b'{"status": "finished", "epochs": 7}']).map(
-        lambda raw: ("summary.json", raw)),
-    st.one_of(st.text(max_size=4), st.booleans(), st.floats(allow_nan=False).filter(
-        lambda v: not 0 <= v <= 100), st.lists(st.integers(), max_size=2)).map(
-        lambda v: ("summary.json", json.dumps({"status": "finished", "final_test_acc": v,
-                                               "epochs": 1}).encode())),
-    st.sampled_from([b"{}", b"7", b"[1]", b'[{"epoch": 1, "angle/eq14/p0": "wide"}]',
-                     b'[{"epoch": 1, "angle/eq14/p0": {"a": 1}}]', b"\xff"]).map(
-        lambda raw: ("metrics.json", raw)))
+    st.sampled_from(
+        [
+            b"\x00\xff garbage",
+            b"",
+            b"[1, 2]",
+            b"null",
+            b'"text"',
+            b"{",
+            b'{"status": "running"}',
+            b'{"status": "finished", "epochs": 7}',
+        ]
+    ).map(lambda raw: ("summary.json", raw)),
+    st.one_of(
+        st.text(max_size=4),
+        st.booleans(),
+        st.floats(allow_nan=False).filter(lambda v: not 0 <= v <= 100),
+        st.lists(st.integers(), max_size=2),
+    ).map(
+        lambda v: (
+            "summary.json",
+            json.dumps({"status": "finished", "final_test_acc": v, "epochs": 1}).encode(),
+        )
+    ),
+    st.sampled_from(
+        [
+            b"{}",
+            b"7",
+            b"[1]",
+            b'[{"epoch": 1, "angle/eq14/p0": "wide"}]',
+            b'[{"epoch": 1, "angle/eq14/p0": {"a": 1}}]',
+            b"\xff",
+        ]
+    ).map(lambda raw: ("metrics.json", raw)),
+)
 
 
 @HYP
 @given(damage=CELL_DAMAGE)
-def test_a_tampered_sweep_cell_is_refused_before_any_file_is_rewritten(capsys, monkeypatch,
-                                                                       tmp_path, damage):
+def test_a_tampered_sweep_cell_is_refused_before_any_file_is_rewritten(capsys, monkeypatch, tmp_path, damage):
     import ssdfa.sweep as sweep_mod
 
     monkeypatch.setattr(sweep_mod, "_train_with_api", FakeCells())
@@ -406,10 +547,18 @@ def _self_containing():
 
 BAD_LABELS = st.one_of(
     st.lists(st.text(max_size=3), min_size=3, max_size=3),
-    st.just({"a": 1}), st.just([float("nan")] * 3), st.just([2**70, 0, 1]), st.just([1.5, 0.0, 2.0]),
-    st.just([True, False, True]), st.just([[0, 1, 2]]), st.just(np.zeros((3, 1), np.int64)),
-    st.just(np.array([0.0, 1.0, 2.0])), st.just(_self_containing()), st.just("012"),
-    st.lists(st.floats(), min_size=3, max_size=3))
+    st.just({"a": 1}),
+    st.just([float("nan")] * 3),
+    st.just([2**70, 0, 1]),
+    st.just([1.5, 0.0, 2.0]),
+    st.just([True, False, True]),
+    st.just([[0, 1, 2]]),
+    st.just(np.zeros((3, 1), np.int64)),
+    st.just(np.array([0.0, 1.0, 2.0])),
+    st.just(_self_containing()),
+    st.just("012"),
+    st.lists(st.floats(), min_size=3, max_size=3),
+)
 
 
 @HYP
@@ -417,13 +566,30 @@ BAD_LABELS = st.one_of(
 def test_cifar_labels_that_are_not_integers_are_one_line(capsys, labels):
     with tempfile.TemporaryDirectory() as tmp:
         folder = _cifar10(Path(tmp), labels)
-        refused(capsys, ["train", "--dataset", "cifar10", "--data-dir", folder, "--epochs", 1,
-                         "--out-dir", Path(tmp) / "out", *QUICK], folder)
+        refused(
+            capsys,
+            [
+                "train",
+                "--dataset",
+                "cifar10",
+                "--data-dir",
+                folder,
+                "--epochs",
+                1,
+                "--out-dir",
+                Path(tmp) / "out",
+                *QUICK,
+            ],
+            folder,
+        )
 
 
 def _idx(array: np.ndarray) -> bytes:
-    return struct.pack(">HBB", 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) \
+    return (
+        struct.pack(">HBB", 0, 8, array.ndim)
+        + struct.pack(f">{array.ndim}I", *array.shape)
         + array.astype(np.uint8).tobytes()
+    )
 
 
 @pytest.mark.parametrize("case", ["zero-height", "empty-test", "zero-width-test"])
@@ -438,19 +604,40 @@ def test_idx_sets_with_a_zero_size_are_one_line(capsys, tmp_path, case):
         xte, yte = np.zeros((0, 28, 28)), np.zeros(0)
     else:
         xte = np.zeros((4, 28, 0))
-    for name, arr in zip(("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                          "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-                         (xtr, ytr, xte, yte)):
+    for name, arr in zip(
+        (
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+        ),
+        (xtr, ytr, xte, yte),
+    ):
         (folder / name).write_bytes(_idx(arr))
-    refused(capsys, ["train", "--dataset", "mnist", "--data-dir", folder, "--epochs", 1,
-                     "--out-dir", tmp_path / "out", *QUICK], folder)
+    refused(
+        capsys,
+        [
+            "train",
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            folder,
+            "--epochs",
+            1,
+            "--out-dir",
+            tmp_path / "out",
+            *QUICK,
+        ],
+        folder,
+    )
 
 
 def _png(width: int, height: int) -> bytes:
     """A tiny RGB PNG whose header claims ``width`` x ``height`` pixels."""
+    import io
+
     from PIL import Image
 
-    import io
     buf = io.BytesIO()
     Image.new("RGB", (4, 4)).save(buf, "PNG")
     raw = bytearray(buf.getvalue())
@@ -478,8 +665,24 @@ def test_image_folders_that_cannot_train_are_one_line(capsys, tmp_path, case):
         shutil.rmtree(root / "val")
         (root / "val" / "images").mkdir(parents=True)
         (root / "val" / "val_annotations.txt").write_bytes(b"0.png\t\xff\xfea\n")
-    refused(capsys, ["train", "--dataset", "imagefolder", "--data-dir", root, "--epochs", 1,
-                     "--model", "mlp-800", "--out-dir", tmp_path / "out", *QUICK], root)
+    refused(
+        capsys,
+        [
+            "train",
+            "--dataset",
+            "imagefolder",
+            "--data-dir",
+            root,
+            "--epochs",
+            1,
+            "--model",
+            "mlp-800",
+            "--out-dir",
+            tmp_path / "out",
+            *QUICK,
+        ],
+        root,
+    )
 
 
 # -- transfer runs and their init_from ---------------------------------------------------------
@@ -496,12 +699,35 @@ def test_transfer_runs_follow_their_init_from(capsys, tmp_path):
 
     pre, row = tmp_path / "pre", tmp_path / "row"
     assert call(["train", "--method", "bp", "--out-dir", pre, *TRANSFER]) == 0
-    assert call(["train", "--method", "dfa", "--out-dir", row, "--init-from", pre,
-                 "--train-only", "fc", *TRANSFER]) == 0
+    assert (
+        call(
+            [
+                "train",
+                "--method",
+                "dfa",
+                "--out-dir",
+                row,
+                "--init-from",
+                pre,
+                "--train-only",
+                "fc",
+                *TRANSFER,
+            ]
+        )
+        == 0
+    )
     assert call(["train", "--resume", pre, "--epochs", 2, *QUICK]) == 0  # the pretrain goes on
     refused(capsys, ["train", "--resume", row, "--epochs", 2, *QUICK], row, needle="init_from")
-    base = TrainConfig(dataset="digits", model="drtp-conv", epochs=1, limit_train=64,
-                       batch_size=32, threads=1, train_only="fc", init_from=str(pre))
+    base = TrainConfig(
+        dataset="digits",
+        model="drtp-conv",
+        epochs=1,
+        limit_train=64,
+        batch_size=32,
+        threads=1,
+        train_only="fc",
+        init_from=str(pre),
+    )
     quiet = lambda msg: None  # noqa: E731
     shutil.copytree(row, tmp_path / "rows" / "dfa" / "seed0")
     got, _ = train_all(base, ["dfa"], 1, 0, tmp_path / "rows", quiet, retrain_changed_init=True)
@@ -534,10 +760,32 @@ def test_kill_9_of_the_nproc_launcher_leaves_no_rank_and_one_run(tmp_path):
     out = tmp_path / "D"
     mark = uuid.uuid4().hex
     env = dict(os.environ, SSDFA_TEST_MARK=mark, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "ssdfa", "train", "--nproc", "2", "--method",
-                             "dfa", "--epochs", "100000", "--out-dir", str(out), "--threads", "1",
-                             "--limit-train", "128", "--batch-size", "16"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ssdfa",
+            "train",
+            "--nproc",
+            "2",
+            "--method",
+            "dfa",
+            "--epochs",
+            "100000",
+            "--out-dir",
+            str(out),
+            "--threads",
+            "1",
+            "--limit-train",
+            "128",
+            "--batch-size",
+            "16",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 120
         for line in proc.stderr:
@@ -554,8 +802,9 @@ def test_kill_9_of_the_nproc_launcher_leaves_no_rank_and_one_run(tmp_path):
         for pid in _marked(mark):
             os.kill(pid, 9)
         proc.stderr.close()
-    assert main(["train", "--out-dir", str(out), "--overwrite", "--method", "bp", "--epochs", "2",
-                 *QUICK]) == 0
+    assert (
+        main(["train", "--out-dir", str(out), "--overwrite", "--method", "bp", "--epochs", "2", *QUICK]) == 0
+    )
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["config"]["method"] == "bp" and ckpt["epoch"] == 2
     assert json.loads((out / "config.json").read_text())["method"] == "bp"
@@ -567,12 +816,14 @@ def test_kill_9_of_the_nproc_launcher_leaves_no_rank_and_one_run(tmp_path):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_die_with_parent_kills_a_worker_whose_launcher_is_killed(tmp_path):
     mark = uuid.uuid4().hex
-    child = ("import os, subprocess, sys, time\n"
-             "env = dict(os.environ, SSDFA_LAUNCHER_PID=str(os.getpid()))\n"
-             "subprocess.Popen([sys.executable, '-c', 'from ssdfa.distributed import "
-             "die_with_parent; die_with_parent(); print(1, flush=True); import time; "
-             "time.sleep(60)'], env=env)\n"
-             "time.sleep(60)\n")
+    child = (
+        "import os, subprocess, sys, time\n"
+        "env = dict(os.environ, SSDFA_LAUNCHER_PID=str(os.getpid()))\n"
+        "subprocess.Popen([sys.executable, '-c', 'from ssdfa.distributed import "
+        "die_with_parent; die_with_parent(); print(1, flush=True); import time; "
+        "time.sleep(60)'], env=env)\n"
+        "time.sleep(60)\n"
+    )
     env = dict(os.environ, SSDFA_TEST_MARK=mark, PYTHONPATH=str(ROOT / "src"))
     launcher = subprocess.Popen([sys.executable, "-c", child], env=env)
     try:
@@ -598,8 +849,19 @@ def test_a_train_refused_before_writing_leaves_no_directory(tmp_path, no_real_da
     from ssdfa.cli import main
 
     out = tmp_path / "run"
-    argv = ["train", "--dataset", "mnist", "--data-dir", str(tmp_path / "none"), "--epochs", "1",
-            "--threads", "1", "--out-dir", str(out)]
+    argv = [
+        "train",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        str(tmp_path / "none"),
+        "--epochs",
+        "1",
+        "--threads",
+        "1",
+        "--out-dir",
+        str(out),
+    ]
     assert main(argv) == 2
     assert not out.exists()
     out.mkdir()
@@ -615,8 +877,27 @@ def test_evaluate_refuses_a_checkpoint_or_config_that_is_not_a_table(tmp_path, c
     from ssdfa.cli import main
 
     run = tmp_path / "r"
-    assert main(["train", "--method", "dfa", "--dataset", "digits", "--epochs", "1", "--threads",
-                 "1", "--limit-train", "64", "--out-dir", str(run), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--method",
+                "dfa",
+                "--dataset",
+                "digits",
+                "--epochs",
+                "1",
+                "--threads",
+                "1",
+                "--limit-train",
+                "64",
+                "--out-dir",
+                str(run),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     ck = torch.load(run / "checkpoint.pt", weights_only=False)
     ck["config"] = bad
     torch.save(ck, run / "checkpoint.pt")

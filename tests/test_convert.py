@@ -5,25 +5,33 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from kinds import paper_signal
 from torch import nn
 
 import ssdfa
+from kinds import paper_signal
 from ssdfa.reference import check_gradients
 
 
 def mlp():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 9), nn.Tanh(), nn.Linear(9, 7), nn.ReLU(),
-                         nn.Linear(7, 5), nn.Sigmoid(), nn.Linear(5, 4))
+    return nn.Sequential(
+        nn.Linear(6, 9), nn.Tanh(), nn.Linear(9, 7), nn.ReLU(), nn.Linear(7, 5), nn.Sigmoid(), nn.Linear(5, 4)
+    )
 
 
 def cnn():
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(2, 3, 3), nn.ReLU(), nn.MaxPool2d(2),  # (3, 4, 4) -> (3, 2, 2)
-        nn.Conv2d(3, 4, 2, bias=False), nn.Tanh(), nn.Flatten(),  # (4, 1, 1) -> 4
-        nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 4))
+        nn.Conv2d(2, 3, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # (3, 4, 4) -> (3, 2, 2)
+        nn.Conv2d(3, 4, 2, bias=False),
+        nn.Tanh(),
+        nn.Flatten(),  # (4, 1, 1) -> 4
+        nn.Linear(4, 6),
+        nn.Tanh(),
+        nn.Linear(6, 4),
+    )
 
 
 def output_error(out, y):
@@ -40,7 +48,9 @@ def grads_of(model, x, y):
 @pytest.mark.rules("direct")
 def test_mlp_gradients_match_the_papers_equations(method):
     net = mlp()
-    model = ssdfa.convert(net, method, num_classes=4, seed=1, **({"connections": 2, "rank": 2} if method == "sdfa" else {}))
+    model = ssdfa.convert(
+        net, method, num_classes=4, seed=1, **({"connections": 2, "rank": 2} if method == "sdfa" else {})
+    )
     B1, B2, B3 = ssdfa.feedback_matrices(model).values()
     x, y = torch.randn(5, 6), torch.tensor([0, 1, 2, 3, 1])
     got = grads_of(model, x, y)
@@ -55,11 +65,17 @@ def test_mlp_gradients_match_the_papers_equations(method):
         s = paper_signal(method, e, y)  # e for dfa, sdfa, ssdfa, dkp
         d3 = (s @ B3) * a3 * (1 - a3)  # Eq. 8-9: δ_l = (e·B_l) ⊙ f'(a_l)
         d2 = (s @ B2) * (z2 > 0)
-        d1 = (s @ B1) * (1 - a1 ** 2)
-    expected = {"6.weight": e.T @ a3, "6.bias": e.sum(0),  # output layer: true gradient
-                "4.weight": d3.T @ a2, "4.bias": d3.sum(0),  # ∂W_l = δ_lᵀ a_{l-1}
-                "2.weight": d2.T @ a1, "2.bias": d2.sum(0),
-                "0.weight": d1.T @ x, "0.bias": d1.sum(0)}
+        d1 = (s @ B1) * (1 - a1**2)
+    expected = {
+        "6.weight": e.T @ a3,
+        "6.bias": e.sum(0),  # output layer: true gradient
+        "4.weight": d3.T @ a2,
+        "4.bias": d3.sum(0),  # ∂W_l = δ_lᵀ a_{l-1}
+        "2.weight": d2.T @ a1,
+        "2.bias": d2.sum(0),
+        "0.weight": d1.T @ x,
+        "0.bias": d1.sum(0),
+    }
     for name, g in expected.items():
         torch.testing.assert_close(got[name], g, rtol=1e-5, atol=1e-7, msg=name)
 
@@ -71,7 +87,7 @@ def test_bp_equals_plain_autograd():
     x, y = torch.randn(5, 6), torch.tensor([0, 1, 2, 3, 1])
     got = grads_of(model, x, y)
     F.cross_entropy(ref(x), y).backward()
-    for (name, p) in ref.named_parameters():
+    for name, p in ref.named_parameters():
         assert torch.equal(got[name], p.grad), name
 
 
@@ -96,13 +112,15 @@ def test_cnn_gradients_match_the_papers_equations(method):
         out = a3 @ l2.weight.T + l2.bias
         e = output_error(out, y)
         s = paper_signal(method, e, y)
-        d3 = (s @ B3) * (1 - a3 ** 2)
-        d2 = (s @ B2) * (1 - a2 ** 2)
+        d3 = (s @ B3) * (1 - a3**2)
+        d2 = (s @ B2) * (1 - a2**2)
         g1 = (s @ B1).view(3, 3, 2, 2)  # signal at the pooled output
         d1 = F.max_unpool2d(g1, idx, 2, output_size=(4, 4)) * (z1 > 0)  # pool routes, f' = relu'
     expected = {
-        "8.weight": e.T @ a3, "8.bias": e.sum(0),
-        "6.weight": d3.T @ a2, "6.bias": d3.sum(0),
+        "8.weight": e.T @ a3,
+        "8.bias": e.sum(0),
+        "6.weight": d3.T @ a2,
+        "6.bias": d3.sum(0),
         "3.weight": torch.einsum("bo,bkp->ok", d2, p1).view_as(c2.weight),
         "0.weight": torch.einsum("bop,bkp->ok", d1.view(3, 3, 16), p0).view_as(c1.weight),
         "0.bias": d1.sum((0, 2, 3)),
@@ -115,8 +133,17 @@ def test_cnn_gradients_match_the_papers_equations(method):
 @pytest.mark.rules("backprop", "direct")
 @pytest.mark.parametrize("batch", [1, 7])
 def test_public_reference_checker_agrees(method, batch):
-    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.AvgPool2d(2),
-                        nn.Flatten(), nn.Linear(8, 10), nn.Dropout(0.0), nn.ReLU(), nn.Linear(10, 3))
+    net = nn.Sequential(
+        nn.Conv2d(1, 2, 3),
+        nn.BatchNorm2d(2),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(8, 10),
+        nn.Dropout(0.0),
+        nn.ReLU(),
+        nn.Linear(10, 3),
+    )
     model = ssdfa.convert(net, method, input_shape=(1, 6, 6), seed=0)
     check_gradients(model, torch.randn(batch, 1, 6, 6), torch.randint(0, 3, (batch,)))
 
@@ -168,9 +195,21 @@ def test_state_dict_round_trip_reproduces_the_next_step_exactly():
     step(a, opt_a)
 
     torch.manual_seed(123)
-    b = ssdfa.convert(nn.Sequential(nn.Linear(6, 9), nn.Tanh(), nn.Linear(9, 7), nn.ReLU(),
-                                    nn.Linear(7, 5), nn.Sigmoid(), nn.Linear(5, 4)),
-                      "sdfa", seed=99, connections=2, rank=3)  # other weights, other B
+    b = ssdfa.convert(
+        nn.Sequential(
+            nn.Linear(6, 9),
+            nn.Tanh(),
+            nn.Linear(9, 7),
+            nn.ReLU(),
+            nn.Linear(7, 5),
+            nn.Sigmoid(),
+            nn.Linear(5, 4),
+        ),
+        "sdfa",
+        seed=99,
+        connections=2,
+        rank=3,
+    )  # other weights, other B
     b.load_state_dict(saved_model)
     opt_b = torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9)
     opt_b.load_state_dict(saved_opt)
@@ -182,8 +221,14 @@ def test_state_dict_round_trip_reproduces_the_next_step_exactly():
 def test_state_dict_holds_everything_needed_to_rebuild_B():
     model = ssdfa.convert(mlp(), "ssdfa", seed=0)
     keys = [k for k in model.state_dict() if k.startswith("feedback.")]
-    assert keys == ["feedback.0.index", "feedback.0.value", "feedback.1.index",
-                    "feedback.1.value", "feedback.2.index", "feedback.2.value"]
+    assert keys == [
+        "feedback.0.index",
+        "feedback.0.value",
+        "feedback.1.index",
+        "feedback.1.value",
+        "feedback.2.index",
+        "feedback.2.value",
+    ]
 
 
 def test_seed_fixes_B_and_points_are_independent():
@@ -196,8 +241,7 @@ def test_seed_fixes_B_and_points_are_independent():
     # no global B shared across layers, and no random stream shared between points: points of
     # different widths (here 9, 7, 5 neurons) would then hold the same numbers, up to their
     # scale, at the same flat positions (and every point of one width the same matrix)
-    wide = nn.Sequential(nn.Linear(6, 400), nn.Tanh(), nn.Linear(400, 300), nn.Tanh(),
-                         nn.Linear(300, 4))
+    wide = nn.Sequential(nn.Linear(6, 400), nn.Tanh(), nn.Linear(400, 300), nn.Tanh(), nn.Linear(300, 4))
     b1, b2 = ssdfa.feedback_matrices(ssdfa.convert(wide, "dfa", seed=7)).values()
     for x, y in ((b1.flatten()[:1200], b2.flatten()), (b1[:, :300], b2)):
         x, y = x.flatten() / x.std(), y.flatten() / y.std()
@@ -232,8 +276,12 @@ def test_backprop_context_gives_exact_bp_gradients():
 
 
 def test_sparse_feedback_scales_to_a_1000_class_conv_net():
-    net = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(),  # 64*32*32 = 65536 neurons
-                        nn.Flatten(), nn.Linear(65536, 1000))
+    net = nn.Sequential(
+        nn.Conv2d(3, 64, 3, padding=1),
+        nn.ReLU(),  # 64*32*32 = 65536 neurons
+        nn.Flatten(),
+        nn.Linear(65536, 1000),
+    )
     model = ssdfa.convert(net, "ssdfa", input_shape=(3, 32, 32), seed=0)
     fb = model.feedback[0]
     stored_bytes = sum(t.numel() * t.element_size() for t in fb.buffers())
@@ -267,7 +315,7 @@ def test_custom_model_with_markers():
         t2 = torch.tanh(net.fc2(h1))
         e = output_error(net.out(t2 * 2), y)
         d1 = (e @ B1) * (h1 > 0)
-        d2 = (e @ B2) * 2 * (1 - t2 ** 2)
+        d2 = (e @ B2) * 2 * (1 - t2**2)
     torch.testing.assert_close(net.fc1.weight.grad, d1.T @ x)
     torch.testing.assert_close(net.fc2.weight.grad, d2.T @ h1)
 
@@ -309,8 +357,8 @@ def test_each_point_keeps_its_own_B_when_points_fire_in_another_order(method, b_
     with torch.no_grad():
         ha, hb = torch.tanh(net.a(x)), torch.tanh(net.b(x))
         e = output_error(net.out(torch.cat([ha, hb], 1)), y)
-    torch.testing.assert_close(net.a.weight.grad, ((e @ B["pa"]) * (1 - ha ** 2)).T @ x)
-    torch.testing.assert_close(net.b.weight.grad, ((e @ B["pb"]) * (1 - hb ** 2)).T @ x)
+    torch.testing.assert_close(net.a.weight.grad, ((e @ B["pa"]) * (1 - ha**2)).T @ x)
+    torch.testing.assert_close(net.b.weight.grad, ((e @ B["pb"]) * (1 - hb**2)).T @ x)
     if method == "dkp":  # ∂B_l = eᵀh_l with h_l the output of l's own point
         fb = dict(zip(model.point_names, model.feedback))
         torch.testing.assert_close(fb["pa"].matrix.grad, e.T @ ha)
@@ -333,8 +381,7 @@ def test_traced_chain_model_gets_points_automatically():
 
 
 def test_unsupported_modules_are_all_reported_at_once():
-    net = nn.Sequential(nn.Linear(4, 4), nn.Embedding(3, 4), nn.Sequential(nn.LSTM(4, 4)),
-                        nn.Linear(4, 2))
+    net = nn.Sequential(nn.Linear(4, 4), nn.Embedding(3, 4), nn.Sequential(nn.LSTM(4, 4)), nn.Linear(4, 2))
     with pytest.raises(ssdfa.UnsupportedModelError) as err:
         ssdfa.convert(net, "dfa")
     msg = str(err.value)
@@ -355,15 +402,18 @@ def test_skip_connections_are_rejected_with_a_way_out():
         ssdfa.convert(Res(), "dfa")
 
 
-@pytest.mark.parametrize("call,exc,match", [
-    (lambda: ssdfa.convert(mlp(), "dfaa"), KeyError, "choose one of: bp, dfa"),
-    (lambda: ssdfa.convert(mlp(), "dfa", sparsity=0.5), ValueError, "does not take sparsity"),
-    (lambda: ssdfa.convert(mlp(), "ssdfa", rank=2), ValueError, "does not take rank"),
-    (lambda: ssdfa.convert(mlp(), "sdfa", connections=1, rank=2), ValueError, "never be fed back"),
-    (lambda: ssdfa.convert(mlp(), "dfa", num_classes=10), ValueError, "outputs 4 values"),
-    (lambda: ssdfa.convert(cnn(), "dfa", input_shape=(2, 3, 3)), ValueError, "test forward pass"),
-    (lambda: ssdfa.convert("model", "dfa"), TypeError, "torch.nn.Module"),
-])
+@pytest.mark.parametrize(
+    "call,exc,match",
+    [
+        (lambda: ssdfa.convert(mlp(), "dfaa"), KeyError, "choose one of: bp, dfa"),
+        (lambda: ssdfa.convert(mlp(), "dfa", sparsity=0.5), ValueError, "does not take sparsity"),
+        (lambda: ssdfa.convert(mlp(), "ssdfa", rank=2), ValueError, "does not take rank"),
+        (lambda: ssdfa.convert(mlp(), "sdfa", connections=1, rank=2), ValueError, "never be fed back"),
+        (lambda: ssdfa.convert(mlp(), "dfa", num_classes=10), ValueError, "outputs 4 values"),
+        (lambda: ssdfa.convert(cnn(), "dfa", input_shape=(2, 3, 3)), ValueError, "test forward pass"),
+        (lambda: ssdfa.convert("model", "dfa"), TypeError, "torch.nn.Module"),
+    ],
+)
 def test_bad_input_gets_a_clear_message(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
@@ -377,6 +427,7 @@ def test_method_names_are_forgiving_and_listed():
 def _digits():
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
+
     x, y = load_digits(return_X_y=True)
     x, y = torch.tensor(x / 16.0, dtype=torch.float32), torch.tensor(y)
     return train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
@@ -390,13 +441,14 @@ def _digits_accuracy(method):
     would pass a bare accuracy bar."""
     xtr, xte, ytr, yte = _digits()
     torch.manual_seed(0)
-    model = ssdfa.convert(nn.Sequential(nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 10)),
-                          method, num_classes=10, seed=0)
+    model = ssdfa.convert(
+        nn.Sequential(nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 10)), method, num_classes=10, seed=0
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     for _ in range(12):
         perm = torch.randperm(len(xtr))
         for i in range(0, len(xtr), 32):  # the last batch is ragged
-            idx = perm[i:i + 32]
+            idx = perm[i : i + 32]
             opt.zero_grad()
             F.cross_entropy(model(xtr[idx]), ytr[idx]).backward()
             opt.step()

@@ -23,12 +23,13 @@ import ssdfa
 from test_wrapper_first_call import assert_same, image_data, rule_gradients, tiny_cnn
 
 
-
 def need(name):
     """The package, or a skip outside CI; in CI (CI sets CI=true; SSDFA_CI=1 does the same by hand) missing is a failure."""
     if os.environ.get("SSDFA_CI") or os.environ.get("CI"):
         return importlib.import_module(name)
-    return pytest.importorskip(name, reason=f"{name} is in the integrations extra: pip install -e '.[integrations]'")
+    return pytest.importorskip(
+        name, reason=f"{name} is in the integrations extra: pip install -e '.[integrations]'"
+    )
 
 
 transformers = need("transformers")
@@ -40,17 +41,34 @@ BLOCKS = ["transformer.h.0", "transformer.h.1"]
 
 def tiny_gpt2(seed=0):
     torch.manual_seed(seed)
-    cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=VOCAB, n_positions=16,
-                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                                  bos_token_id=0, eos_token_id=0)
+    cfg = transformers.GPT2Config(
+        n_layer=2,
+        n_embd=32,
+        n_head=4,
+        vocab_size=VOCAB,
+        n_positions=16,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     return transformers.GPT2LMHeadModel(cfg)
 
 
 def tiny_llama(seed=0):
     torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB,
-                                   max_position_embeddings=16, bos_token_id=0, eos_token_id=0)
+    cfg = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=16,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     return transformers.LlamaForCausalLM(cfg)
 
 
@@ -83,9 +101,11 @@ def dfa_gradients(net, matrices, ids, error):
     cut, plus, per block output h_l (batch, seq, d), the VJP of e_t·B_l (B_l: (vocab, d))."""
     outs, handles = [], []
     for name in BLOCKS:
+
         def cut(mod, inp, out):
             outs.append(out)
             return out.detach()
+
         handles.append(net.get_submodule(name).register_forward_hook(cut))
     try:
         z = net(input_ids=ids).logits
@@ -94,11 +114,11 @@ def dfa_gradients(net, matrices, ids, error):
             h.remove()
     params = dict(net.named_parameters())
     e = error(z.detach(), ids)  # (batch, seq, vocab)
-    total = dict(zip(params, torch.autograd.grad(z, list(params.values()), e, allow_unused=True,
-                                                 retain_graph=True)))
+    total = dict(
+        zip(params, torch.autograd.grad(z, list(params.values()), e, allow_unused=True, retain_graph=True))
+    )
     for h, b in zip(outs, matrices):
-        grads = torch.autograd.grad(h, list(params.values()), e @ b, allow_unused=True,
-                                    retain_graph=True)
+        grads = torch.autograd.grad(h, list(params.values()), e @ b, allow_unused=True, retain_graph=True)
         for n, g in zip(params, grads):
             if g is not None:
                 total[n] = g if total[n] is None else total[n] + g
@@ -122,13 +142,24 @@ def trainer_for(model, tmp_path, **kwargs):
     """Trainer with its default arguments but for: one step on the whole set (so the batch is
     known), plain SGD, no clipping (so the gradient applied is the one computed), CPU, quiet."""
     args = transformers.TrainingArguments(
-        str(tmp_path), per_device_train_batch_size=ROWS, per_device_eval_batch_size=ROWS,
-        max_steps=1, optim="sgd", learning_rate=0.1, lr_scheduler_type="constant",
-        max_grad_norm=0.0, use_cpu=True, report_to=[], save_strategy="no", disable_tqdm=True)
+        str(tmp_path),
+        per_device_train_batch_size=ROWS,
+        per_device_eval_batch_size=ROWS,
+        max_steps=1,
+        optim="sgd",
+        learning_rate=0.1,
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+    )
     data, _ = lm_data()
     grads = _Grads(model)
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=data, eval_dataset=data,
-                                   callbacks=[grads], **kwargs)
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=data, eval_dataset=data, callbacks=[grads], **kwargs
+    )
     return trainer, grads
 
 
@@ -191,8 +222,9 @@ def test_trainer_defaults_train_dfa_with_the_models_own_loss(tmp_path):
     # loss it trains on is sum / (B·T): (T-1)/T of the model's own mean (the plain GPT-2 under
     # the same Trainer gets exactly that too); e follows the loss the Trainer really computed
     T = ids.shape[1]
-    assert_same(grads.grads, dfa_gradients(reference, matrices, ids,
-                                           lambda z, i: shifted_error(z, i) * (T - 1) / T))
+    assert_same(
+        grads.grads, dfa_gradients(reference, matrices, ids, lambda z, i: shifted_error(z, i) * (T - 1) / T)
+    )
     with torch.no_grad():  # evaluate() hands num_items_in_batch over as well
         want = model.net(input_ids=ids, labels=ids).loss.item() * (T - 1) / T
     assert trainer.evaluate()["eval_loss"] == pytest.approx(want, rel=1e-5)
@@ -219,18 +251,29 @@ class LitClassifier(lightning.LightningModule):
 
     def on_before_optimizer_step(self, optimizer):
         if self.first is None:
-            self.first = ({n.replace(".layer.", "."): p.grad.clone()
-                           for n, p in self.model.net.named_parameters()
-                           if p.grad is not None and not n.endswith("feedback")},
-                          self.model.feedback_matrices())
+            self.first = (
+                {
+                    n.replace(".layer.", "."): p.grad.clone()
+                    for n, p in self.model.net.named_parameters()
+                    if p.grad is not None and not n.endswith("feedback")
+                },
+                self.model.feedback_matrices(),
+            )
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
 def _lightning_trainer(root):
-    return lightning.Trainer(default_root_dir=str(root), max_epochs=1, accelerator="cpu", devices=1,
-                             logger=False, enable_progress_bar=False, enable_model_summary=False)
+    return lightning.Trainer(
+        default_root_dir=str(root),
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
 
 
 @pytest.mark.parametrize("method", sorted(ssdfa.rules.RULES))

@@ -44,20 +44,36 @@ def _lm_loss(out, y):
 
 
 CASES = {
-    "resnet18": (small_resnet, lambda g: torch.randn(4, 3, 32, 32, generator=g),
-                 lambda g: torch.randint(0, 10, (4,), generator=g), F.cross_entropy),
-    "resnet-bottleneck": (lambda: small_resnet(block="bottleneck"),
-                          lambda g: torch.randn(3, 3, 32, 32, generator=g),
-                          lambda g: torch.randint(0, 10, (3,), generator=g), F.cross_entropy),
-    "examples-net": (lambda: (torch.manual_seed(0), ExamplesNet())[1],
-                     lambda g: torch.randn(3, 1, 28, 28, generator=g),
-                     lambda g: torch.randint(0, 10, (3,), generator=g), F.nll_loss),
-    "transformer": (lambda: (torch.manual_seed(0), TransformerClassifier())[1],
-                    lambda g: torch.randint(0, 50, (4, 12), generator=g),
-                    lambda g: torch.randint(0, 5, (4,), generator=g), F.cross_entropy),
-    "gpt": (lambda: (torch.manual_seed(0), GPT(vocab=32))[1],
-            lambda g: torch.randint(0, 32, (3, 10), generator=g),
-            lambda g: torch.randint(0, 32, (3, 10), generator=g), _lm_loss),
+    "resnet18": (
+        small_resnet,
+        lambda g: torch.randn(4, 3, 32, 32, generator=g),
+        lambda g: torch.randint(0, 10, (4,), generator=g),
+        F.cross_entropy,
+    ),
+    "resnet-bottleneck": (
+        lambda: small_resnet(block="bottleneck"),
+        lambda g: torch.randn(3, 3, 32, 32, generator=g),
+        lambda g: torch.randint(0, 10, (3,), generator=g),
+        F.cross_entropy,
+    ),
+    "examples-net": (
+        lambda: (torch.manual_seed(0), ExamplesNet())[1],
+        lambda g: torch.randn(3, 1, 28, 28, generator=g),
+        lambda g: torch.randint(0, 10, (3,), generator=g),
+        F.nll_loss,
+    ),
+    "transformer": (
+        lambda: (torch.manual_seed(0), TransformerClassifier())[1],
+        lambda g: torch.randint(0, 50, (4, 12), generator=g),
+        lambda g: torch.randint(0, 5, (4,), generator=g),
+        F.cross_entropy,
+    ),
+    "gpt": (
+        lambda: (torch.manual_seed(0), GPT(vocab=32))[1],
+        lambda g: torch.randint(0, 32, (3, 10), generator=g),
+        lambda g: torch.randint(0, 32, (3, 10), generator=g),
+        _lm_loss,
+    ),
 }
 
 
@@ -89,10 +105,12 @@ def reference_grads(model, x, y, loss_fn, method):
     matrices = list(ssdfa.feedback_matrices(model).values())
     outs, handles = [], []
     for name in names:
+
         def cut(mod, inp, out):
             h = out[0] if isinstance(out, tuple) else out
             outs.append(h)
             return h.detach()
+
         handles.append(net.get_submodule(name).register_forward_hook(cut))
     try:
         torch.manual_seed(123)
@@ -102,8 +120,9 @@ def reference_grads(model, x, y, loss_fn, method):
             h.remove()
     params = dict(net.named_parameters())
     loss = loss_fn(out, y)
-    total = dict(zip(params, torch.autograd.grad(loss, list(params.values()), allow_unused=True,
-                                                 retain_graph=True)))
+    total = dict(
+        zip(params, torch.autograd.grad(loss, list(params.values()), allow_unused=True, retain_graph=True))
+    )
     e = output_error(out.detach(), y, loss_fn)  # (rows, M)
     for h, b in zip(outs, matrices):
         token = h.dim() == 3 and out.dim() == 3
@@ -117,8 +136,7 @@ def reference_grads(model, x, y, loss_fn, method):
         # a (batch, classes) output and (batch, seq, d) points: every position gets e·B, B (M, d)
         broadcast = h.dim() == 3 and out.dim() == 2 and b.shape[1] == h.shape[-1]
         grad_h = (sig @ b)[:, None, :].expand_as(h) if broadcast else (sig @ b).view_as(h)
-        grads = torch.autograd.grad(h, list(params.values()), grad_h,
-                                    allow_unused=True, retain_graph=True)
+        grads = torch.autograd.grad(h, list(params.values()), grad_h, allow_unused=True, retain_graph=True)
         for n, g in zip(params, grads):
             if g is not None:
                 total[n] = g if total[n] is None else total[n] + g
@@ -264,15 +282,21 @@ def test_a_branching_model_without_residual_blocks_is_refused_with_every_problem
 
 def test_sequence_first_layout_is_refused_at_the_points_it_breaks():
     model = ssdfa.convert(TransformerClassifier(batch_first=False), "dfa")
-    with pytest.raises(ssdfa.UnsupportedModelError, match=r"encoder.layers.0.*\(12, 3, 32\).*"
-                       r"does not hold the batch in dimension 0.*batch_first=True"):
+    with pytest.raises(
+        ssdfa.UnsupportedModelError,
+        match=r"encoder.layers.0.*\(12, 3, 32\).*"
+        r"does not hold the batch in dimension 0.*batch_first=True",
+    ):
         model(torch.randint(0, 50, (3, 12)))
 
 
 def test_another_input_size_is_a_clear_error_not_a_reshape_crash():
     model = ssdfa.convert(small_resnet(), "ssdfa", seed=0, input_shape=(3, 32, 32))
-    with pytest.raises(ValueError, match="'layer1.0' got activations of shape .*drawn for "
-                       r"\(batch, 4, 8, 8\).*size it was converted with"):
+    with pytest.raises(
+        ValueError,
+        match="'layer1.0' got activations of shape .*drawn for "
+        r"\(batch, 4, 8, 8\).*size it was converted with",
+    ):
         model(torch.randn(2, 3, 16, 16))
 
 
@@ -291,8 +315,11 @@ def test_shapes_are_found_at_the_first_forward_and_dkp_asks_for_them():
     assert len(model.feedback) == 0 and not model.built
     with torch.no_grad():
         model(torch.randn(2, 1, 28, 28))  # an evaluation call builds too
-    assert [tuple(b.shape) for b in ssdfa.feedback_matrices(model).values()] == \
-        [(10, 21632), (10, 9216), (10, 128)]
+    assert [tuple(b.shape) for b in ssdfa.feedback_matrices(model).values()] == [
+        (10, 21632),
+        (10, 9216),
+        (10, 128),
+    ]
     with pytest.raises(ValueError, match="dkp.*input_shape=.*example_input"):
         ssdfa.convert(ExamplesNet(), "dkp")
     with pytest.raises(ValueError, match="num_classes=7 but the model outputs 10"):
@@ -319,8 +346,9 @@ def test_a_deep_copy_of_a_hooked_model_uses_its_own_points():
     x, y, _ = batch("resnet18")
     model(x)
     clone = copy.deepcopy(model)
-    assert_same(library_grads(clone, x, y, F.cross_entropy),
-                reference_grads(clone, x, y, F.cross_entropy, "dfa"))
+    assert_same(
+        library_grads(clone, x, y, F.cross_entropy), reference_grads(clone, x, y, F.cross_entropy, "dfa")
+    )
     assert all(p.grad is None for p in model.parameters())
 
 
@@ -340,14 +368,15 @@ def test_fp16_autocast_with_grad_scaler_gives_the_fp32_gradients(method, device)
     ref = ssdfa.convert(amp_mlp().to(device), method, seed=0)
     F.cross_entropy(ref(x, target=y) if ref.rule.direct else ref(x), y).backward()
     scaler = torch.amp.GradScaler(device)
-    model = ssdfa.convert(amp_mlp().to(device), method, seed=0,
-                          **({"grad_scaler": scaler} if ref.rule.direct else {}))
+    model = ssdfa.convert(
+        amp_mlp().to(device), method, seed=0, **({"grad_scaler": scaler} if ref.rule.direct else {})
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with torch.autocast(device, dtype=torch.float16):
         loss = F.cross_entropy(model(x, target=y) if ref.rule.direct else model(x), y)
     scaler.scale(loss).backward()
     scaler.unscale_(opt)
-    assert scaler.get_scale() == 2.0 ** 16
+    assert scaler.get_scale() == 2.0**16
     for (n, p), q in zip(model.named_parameters(), ref.parameters()):
         if q.grad is None:
             assert p.grad is None, n
@@ -391,8 +420,9 @@ def test_compile_traces_the_converted_forward_without_graph_breaks(case):
     assert explained.graph_break_count <= 1, explained.break_reasons
 
 
-@pytest.mark.parametrize("backend,device", [("aot_eager", "cpu"),
-                                            pytest.param("inductor", "cuda", marks=CUDA)])
+@pytest.mark.parametrize(
+    "backend,device", [("aot_eager", "cpu"), pytest.param("inductor", "cuda", marks=CUDA)]
+)
 @pytest.mark.parametrize("method", ["dfa", "drtp"])
 def test_compiled_training_matches_eager(method, backend, device):
     x, y, _ = batch("resnet18")
@@ -409,8 +439,9 @@ def test_compiled_training_matches_eager(method, backend, device):
             opt.step()
         finals.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*finals):  # inductor fuses and reorders float sums: 1e-3 on GPU
-        torch.testing.assert_close(a, b, rtol=1e-4 if device == "cpu" else 1e-3,
-                                   atol=1e-5 if device == "cpu" else 1e-3)
+        torch.testing.assert_close(
+            a, b, rtol=1e-4 if device == "cpu" else 1e-3, atol=1e-5 if device == "cpu" else 1e-3
+        )
 
 
 # -- DistributedDataParallel -------------------------------------------------------------------
@@ -433,7 +464,7 @@ def _ddp_worker(rank, port, out):
         ddp = nn.parallel.DistributedDataParallel(model)  # default arguments
         opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
         for x, y in zip(xs, ys):
-            xr, yr = x[rank * 8:(rank + 1) * 8], y[rank * 8:(rank + 1) * 8]  # this rank's shard
+            xr, yr = x[rank * 8 : (rank + 1) * 8], y[rank * 8 : (rank + 1) * 8]  # this rank's shard
             opt.zero_grad()
             F.cross_entropy(ddp(xr, target=yr) if model.rule.direct else ddp(xr), yr).backward()
             opt.step()
@@ -491,15 +522,14 @@ def test_tuple_and_logits_outputs_keep_their_structure():
     class WithLogits(Tupled):
         def forward(self, x, labels=None):
             logits = self.net(x)
-            return {"logits": logits,
-                    "loss": None if labels is None else F.cross_entropy(logits, labels)}
+            return {"logits": logits, "loss": None if labels is None else F.cross_entropy(logits, labels)}
 
     x, y = torch.randn(5, 6), torch.tensor([0, 1, 2, 3, 0])
     plain = ssdfa.convert(amp_mlp(), "dfa", seed=0)
     want = library_grads(plain, x, y, F.cross_entropy)
     for cls, first in ((Tupled, lambda o: o[0]), (WithLogits, lambda o: o["logits"])):
         model = ssdfa.convert(cls(), "dfa", seed=0, points=["net.1", "net.3"])  # as plain's
-        got = library_grads(model, x, y, lambda o, t: F.cross_entropy(first(o), t))
+        got = library_grads(model, x, y, lambda o, t: F.cross_entropy(first(o), t))  # noqa: B023  (called within this iteration)
         assert_same({k.removeprefix("net."): v for k, v in got.items()}, want)
     # the loss computed inside forward (labels=) now reaches the feedback: e is taken where the
     # logits are produced (issue 17, item 1); it used to be refused
@@ -523,8 +553,11 @@ def test_torchvision_resnet18_where_torchvision_loads():
 def test_hugging_face_models_from_a_config_where_transformers_installs(arch):
     import importlib
 
-    transformers = (importlib.import_module("transformers") if os.environ.get("SSDFA_CI") or os.environ.get("CI")  # CI
-                    else pytest.importorskip("transformers"))  # the integrations extra
+    transformers = (
+        importlib.import_module("transformers")
+        if os.environ.get("SSDFA_CI") or os.environ.get("CI")  # CI
+        else pytest.importorskip("transformers")
+    )  # the integrations extra
     torch.manual_seed(0)
     if arch == "gpt2":
         cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=32, n_positions=16)
@@ -532,8 +565,14 @@ def test_hugging_face_models_from_a_config_where_transformers_installs(arch):
         x, y = torch.randint(0, 32, (3, 10)), torch.randint(0, 32, (3, 10))
         loss_fn = _lm_loss
     else:
-        cfg = transformers.BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
-                                      intermediate_size=64, vocab_size=40, num_labels=5)
+        cfg = transformers.BertConfig(
+            num_hidden_layers=2,
+            hidden_size=32,
+            num_attention_heads=4,
+            intermediate_size=64,
+            vocab_size=40,
+            num_labels=5,
+        )
         net = transformers.BertForSequenceClassification(cfg)
         blocks = ["bert.encoder.layer.0", "bert.encoder.layer.1"]
         x, y = torch.randint(0, 40, (4, 12)), torch.randint(0, 5, (4,))
@@ -601,7 +640,8 @@ def test_public_checker_catches_a_wrong_signal_on_a_hooked_model(monkeypatch):
     model = ssdfa.convert(small_resnet(), "dfa", seed=0, example_input=x)
     model.eval()
     honest = type(model.rule).point_signals
-    monkeypatch.setattr(type(model.rule), "point_signals",
-                        lambda self, *a: [s * 1.5 for s in honest(self, *a)])
+    monkeypatch.setattr(
+        type(model.rule), "point_signals", lambda self, *a: [s * 1.5 for s in honest(self, *a)]
+    )
     with pytest.raises(AssertionError, match="layer1.0.conv1.weight"):
         check_gradients(model, x, y)

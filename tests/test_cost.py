@@ -32,14 +32,21 @@ def test_two_layer_net_counted_by_hand():
     layers = layer_shapes(_two_layer(), (4,))
     res = count_costs(layers, ("bp", "dfa", "sdfa", "ssdfa"), connections=1)
     # BP, Table I: reads |W|+|A|, writes |W|, MACs 2|W|, movement |W|+|A|+|E|
-    assert _totals(res, "bp") == dict(macs=2 * 12 + 2 * 6, reads=(15 + 4) + (8 + 3),
-                                      writes=15 + 8, movement=(15 + 4 + 3) + (8 + 3 + 2), feedback=0)
+    assert _totals(res, "bp") == dict(
+        macs=2 * 12 + 2 * 6,
+        reads=(15 + 4) + (8 + 3),
+        writes=15 + 8,
+        movement=(15 + 4 + 3) + (8 + 3 + 2),
+        feedback=0,
+    )
     # DFA: hidden layer |B| = M·N = 2·3 = 6; output layer gets its own error, one per neuron
-    assert _totals(res, "dfa") == dict(macs=(12 + 6) + 6, reads=(15 + 6) + 8, writes=15 + 8,
-                                       movement=6 + 2, feedback=6)
+    assert _totals(res, "dfa") == dict(
+        macs=(12 + 6) + 6, reads=(15 + 6) + 8, writes=15 + 8, movement=6 + 2, feedback=6
+    )
     # SSDFA: |b| = 1·3
-    assert _totals(res, "ssdfa") == dict(macs=(12 + 3) + 6, reads=(15 + 3) + 8, writes=15 + 8,
-                                         movement=3 + 2, feedback=3)
+    assert _totals(res, "ssdfa") == dict(
+        macs=(12 + 3) + 6, reads=(15 + 3) + 8, writes=15 + 8, movement=3 + 2, feedback=3
+    )
     assert _totals(res, "sdfa") == _totals(res, "ssdfa")  # S = 1
     # per-layer rows, and the exact count without the unused error at the input
     assert [r["macs"] for r in res["bp"]["layers"]] == [24, 12]
@@ -83,8 +90,7 @@ def test_extensions_counted_by_hand():
     res = count_costs(layers, ("fa", "kp", "dkp", "drtp", "shallow", "sign_dfa"))
     fa = _totals(res, "fa")
     # FA: as BP's MACs, B shaped like W stored beside it, one word received per connection
-    assert fa == dict(macs=36, reads=(15 + 12) + (8 + 6), writes=23, movement=12 + (6 + 2),
-                      feedback=18)
+    assert fa == dict(macs=36, reads=(15 + 12) + (8 + 6), writes=23, movement=12 + (6 + 2), feedback=18)
     assert _totals(res, "kp")["writes"] == 23 + 18
     dkp = _totals(res, "dkp")
     assert dkp["macs"] == (12 + 6 + 6) + 6 and dkp["writes"] == 23 + 6
@@ -92,8 +98,9 @@ def test_extensions_counted_by_hand():
     assert drtp == dict(macs=12 + 6, reads=(15 + 3) + 8, writes=23, movement=3 + 2, feedback=6)
     assert _totals(res, "shallow") == dict(macs=6, reads=8, writes=8, movement=2, feedback=0)
     # sign-DFA: DFA's counts, M = 2 errors (their signs) per hidden neuron, |B| = 2·3
-    assert _totals(res, "sign_dfa") == dict(macs=(12 + 6) + 6, reads=(15 + 6) + 8, writes=23,
-                                            movement=6 + 2, feedback=6)
+    assert _totals(res, "sign_dfa") == dict(
+        macs=(12 + 6) + 6, reads=(15 + 6) + 8, writes=23, movement=6 + 2, feedback=6
+    )
     assert set(COST_RULES) >= {"bp", "dfa", "sdfa", "ssdfa", "fa", "kp", "dkp", "drtp"}
 
 
@@ -110,8 +117,11 @@ def test_errors_are_clear():
 
 def _ratios(res):
     t = {m: res[m]["totals"] for m in res}
-    return (t["bp"]["movement"] / t["ssdfa"]["movement"], t["dfa"]["movement"] / t["ssdfa"]["movement"],
-            t["bp"]["macs"] / t["ssdfa"]["macs"])
+    return (
+        t["bp"]["movement"] / t["ssdfa"]["movement"],
+        t["dfa"]["movement"] / t["ssdfa"]["movement"],
+        t["bp"]["macs"] / t["ssdfa"]["macs"],
+    )
 
 
 def test_fig8_imagenet_alexnet_claims():
@@ -125,8 +135,9 @@ def test_fig8_imagenet_alexnet_claims():
     assert 850 < dfa_ss <= 1000
     assert 1.9 < macs <= 2.0
     # all layers trained, feedback to every conv position: still ~2x MACs, DFA/SSDFA ~M
-    bp_ss_all, dfa_ss_all, macs_all = _ratios(count_costs(layers, ("bp", "dfa", "ssdfa"),
-                                                          train="all", input_error=False))
+    bp_ss_all, dfa_ss_all, macs_all = _ratios(
+        count_costs(layers, ("bp", "dfa", "ssdfa"), train="all", input_error=False)
+    )
     assert 200 < bp_ss_all < 300 and 990 < dfa_ss_all <= 1000 and 1.85 < macs_all < 2.0
 
 
@@ -143,8 +154,10 @@ def test_cifar100_advantage_is_smaller():
 
 
 def test_cost_cli_json(capsys):
-    assert main(["cost", "--model", "alexnet", "--dataset", "imagenet",
-                 "--methods", "bp,dfa,ssdfa", "--json"]) == 0
+    assert (
+        main(["cost", "--model", "alexnet", "--dataset", "imagenet", "--methods", "bp,dfa,ssdfa", "--json"])
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)
     assert set(res) == {"bp", "dfa", "ssdfa"}
     for m in res:
@@ -165,12 +178,14 @@ def test_cost_cli_text_and_errors(capsys):
 
 def test_every_registered_method_has_a_cost_model():
     import ssdfa
+
     missing = [m for m in ssdfa.METHODS if m not in COST_RULES]
     assert not missing, f"add a @cost_rule for {missing} in ssdfa/cost.py"
 
 
 def test_shapes_with_batchnorm_and_converted_models():
     import ssdfa
+
     net = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 2))
     assert [lay.neurons for lay in layer_shapes(net, (4,))] == [6, 2]
     assert net.training  # restored
@@ -181,12 +196,16 @@ def test_shapes_with_batchnorm_and_converted_models():
 
 # -- the paper networks live once, in ssdfa.models -------------------------------------------------
 def _layer_tuples(net, shape):
-    return [(s.kind, s.weights, s.biases, s.positions, s.inputs, s.outputs, s.neurons)
-            for s in layer_shapes(net, shape)]
+    return [
+        (s.kind, s.weights, s.biases, s.positions, s.inputs, s.outputs, s.neurons)
+        for s in layer_shapes(net, shape)
+    ]
 
 
-@pytest.mark.parametrize("name, dataset", [("alexnet", "imagenet"), ("cifar-cnn", "cifar100"),
-                                           ("cifar-fc", "cifar10"), ("mnist-fc", "mnist")])
+@pytest.mark.parametrize(
+    "name, dataset",
+    [("alexnet", "imagenet"), ("cifar-cnn", "cifar100"), ("cifar-fc", "cifar10"), ("mnist-fc", "mnist")],
+)
 def test_cost_counts_the_models_registrys_paper_networks(name, dataset, capsys):
     """``cost.reference_architecture`` and ``ssdfa cost --reference`` build the network of
     ``models.paper_network``, sized from the data registry; the totals are those of the
@@ -202,8 +221,9 @@ def test_cost_counts_the_models_registrys_paper_networks(name, dataset, capsys):
     assert _layer_tuples(old, shape) == _layer_tuples(net, shape)
     linear = [lay.weights for lay in layer_shapes(net, shape) if lay.kind == "linear"]
     flat = {"alexnet": 256 * 6 * 6, "cifar-cnn": 256 * 4 * 4, "cifar-fc": 3072, "mnist-fc": 784}[name]
-    hidden = {"alexnet": [4096, 4096], "cifar-cnn": [2048, 2048], "cifar-fc": [1000] * 3,
-              "mnist-fc": [400]}[name]
+    hidden = {"alexnet": [4096, 4096], "cifar-cnn": [2048, 2048], "cifar-fc": [1000] * 3, "mnist-fc": [400]}[
+        name
+    ]
     widths = [flat, *hidden, m]
     assert linear == [a * b for a, b in zip(widths, widths[1:])]
     assert main(["cost", "--model", name, "--dataset", dataset, "--reference", "--json"]) == 0
@@ -219,10 +239,16 @@ def test_paper_alexnet_is_krizhevskys_one_device_net_not_the_registrys():
 
     shape, m = dataset_shape("imagenet")
     with torch.device("meta"):
-        paper = [s.outputs // s.positions for s in layer_shapes(paper_network("alexnet", shape, m), shape)
-                 if s.kind == "conv"]
-        registry = [s.outputs // s.positions for s in layer_shapes(create_model("alexnet", shape, m), shape)
-                    if s.kind == "conv"]
+        paper = [
+            s.outputs // s.positions
+            for s in layer_shapes(paper_network("alexnet", shape, m), shape)
+            if s.kind == "conv"
+        ]
+        registry = [
+            s.outputs // s.positions
+            for s in layer_shapes(create_model("alexnet", shape, m), shape)
+            if s.kind == "conv"
+        ]
     assert paper == [96, 256, 384, 384, 256] and registry == [64, 192, 384, 256, 256]
     with pytest.raises(KeyError, match="no paper network"):
         paper_network("vgg16", shape, m)

@@ -23,8 +23,22 @@ import torch
 from ssdfa.checkpoint import load_checkpoint
 from ssdfa.cli import main
 
-RUN = ["--method", "dfa", "--optimizer", "adam", "--lr", "0.003", "--schedule", "cosine",
-       "--limit-train", "256", "--batch-size", "32", "--threads", "1"]
+RUN = [
+    "--method",
+    "dfa",
+    "--optimizer",
+    "adam",
+    "--lr",
+    "0.003",
+    "--schedule",
+    "cosine",
+    "--limit-train",
+    "256",
+    "--batch-size",
+    "32",
+    "--threads",
+    "1",
+]
 
 CHILD = r"""
 import io, os, sys, time
@@ -65,8 +79,14 @@ sys.exit(main(sys.argv[1:]))
 
 def _child(argv, cwd, kind="none", at=0):
     env = dict(os.environ, CRASH_KIND=kind, CRASH_AT=str(at), PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-c", CHILD, *argv], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, *argv],
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _wait_for(proc, marker: str, stream="stdout", limit=120.0) -> bool:
@@ -98,7 +118,7 @@ def _check_consistent(run_dir: Path):
     if (run_dir / "metrics.json").exists():
         rows = json.loads((run_dir / "metrics.json").read_text())
         assert ckpt["epoch"] - 1 <= len(rows) <= ckpt["epoch"]
-        assert rows == ckpt["history"][:len(rows)]
+        assert rows == ckpt["history"][: len(rows)]
 
 
 def _crash_cycles(tmp_path, kinds, epochs):
@@ -127,8 +147,11 @@ def _crash_cycles(tmp_path, kinds, epochs):
                 assert tmps, "the kill should land with a temporary checkpoint on disk"
             _kill(proc)
         _check_consistent(cut)
-    argv = (["train", "--resume", str(cut), "--quiet"] if (cut / "checkpoint.pt").exists()
-            else ["train", *RUN, "--epochs", str(epochs), "--out-dir", str(cut), "--quiet"])
+    argv = (
+        ["train", "--resume", str(cut), "--quiet"]
+        if (cut / "checkpoint.pt").exists()
+        else ["train", *RUN, "--epochs", str(epochs), "--out-dir", str(cut), "--quiet"]
+    )
     assert main(argv) == 0
     a, b = load_checkpoint(whole / "checkpoint.pt"), load_checkpoint(cut / "checkpoint.pt")
     assert a["model"].keys() == b["model"].keys()
@@ -154,13 +177,32 @@ def test_kill_9_at_random_moments_over_many_cycles(tmp_path):
 
 def test_two_trains_into_one_directory_the_second_is_refused(tmp_path):
     out = tmp_path / "run"
-    first = _child(["train", "--epochs", "100000", "--limit-train", "64", "--out-dir", str(out),
-                    "--lr", "0.05"], tmp_path)
+    first = _child(
+        ["train", "--epochs", "100000", "--limit-train", "64", "--out-dir", str(out), "--lr", "0.05"],
+        tmp_path,
+    )
     try:
         assert _wait_for(first, "run directory", stream="stderr")  # locked, config written
-        second = subprocess.run([sys.executable, "-m", "ssdfa", "train", "--overwrite", "--epochs",
-                                 "1", "--lr", "0.2", "--out-dir", str(out), "--quiet"],
-                                cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        second = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ssdfa",
+                "train",
+                "--overwrite",
+                "--epochs",
+                "1",
+                "--lr",
+                "0.2",
+                "--out-dir",
+                str(out),
+                "--quiet",
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert first.poll() is None, "the first run should still hold the directory"
     finally:
         _kill(first)
@@ -169,5 +211,9 @@ def test_two_trains_into_one_directory_the_second_is_refused(tmp_path):
     assert len(lines) == 1 and f"in use by another ssdfa process (pid {first.pid})" in lines[0]
     assert json.loads((out / "config.json").read_text())["lr"] == 0.05  # the first run's, unmixed
     # the killed holder's lock went with it: the directory is usable at once
-    assert main(["train", "--overwrite", "--epochs", "1", "--limit-train", "64", "--out-dir",
-                 str(out), "--quiet"]) == 0
+    assert (
+        main(
+            ["train", "--overwrite", "--epochs", "1", "--limit-train", "64", "--out-dir", str(out), "--quiet"]
+        )
+        == 0
+    )

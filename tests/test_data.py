@@ -15,7 +15,6 @@ import torch
 
 from ssdfa import data as D
 
-
 pytestmark = pytest.mark.usefixtures("no_real_data")
 
 
@@ -73,6 +72,7 @@ def test_lookup_order_data_dir_then_env_then_cache_then_system(tmp_path, monkeyp
     monkeypatch.delenv("SSDFA_DATA")
     assert len(D.load_dataset("fashion-mnist").train) == 5
     import shutil
+
     shutil.rmtree(tmp_path / "cache")
     ds = D.load_dataset("fashion-mnist")
     assert len(ds.train) == 6 and ds.source == str(tmp_path / "system" / "fashion-mnist")
@@ -82,8 +82,15 @@ def test_missing_dataset_names_files_places_and_remedy(tmp_path):
     with pytest.raises(D.DatasetNotFound) as info:
         D.load_dataset("fashion-mnist", data_dir=tmp_path / "nowhere")
     msg = str(info.value)
-    for needed in ("train-images-idx3-ubyte", "t10k-labels-idx1-ubyte", str(tmp_path / "nowhere"),
-                   str(tmp_path / "system"), "dataset-fashion-mnist", "--download", "SSDFA_DATA"):
+    for needed in (
+        "train-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+        str(tmp_path / "nowhere"),
+        str(tmp_path / "system"),
+        "dataset-fashion-mnist",
+        "--download",
+        "SSDFA_DATA",
+    ):
         assert needed in msg
 
 
@@ -139,8 +146,10 @@ def write_cifar10(root, n=3, seed=0):
     folder.mkdir(parents=True)
     batches = {}
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"data": rng.integers(0, 256, (n, 3072)).astype(np.uint8),
-                 b"labels": rng.integers(0, 10, n).tolist()}
+        batch = {
+            b"data": rng.integers(0, 256, (n, 3072)).astype(np.uint8),
+            b"labels": rng.integers(0, 10, n).tolist(),
+        }
         with open(folder / name, "wb") as f:
             pickle.dump(batch, f)
         batches[name] = batch
@@ -164,8 +173,14 @@ def test_cifar100_fine_labels(tmp_path):
     rng = np.random.default_rng(1)
     for name, n in (("train", 4), ("test", 2)):
         with open(folder / name, "wb") as f:
-            pickle.dump({b"data": rng.integers(0, 256, (n, 3072)).astype(np.uint8),
-                         b"fine_labels": [99, 0, 5, 7][:n], b"coarse_labels": [1] * n}, f)
+            pickle.dump(
+                {
+                    b"data": rng.integers(0, 256, (n, 3072)).astype(np.uint8),
+                    b"fine_labels": [99, 0, 5, 7][:n],
+                    b"coarse_labels": [1] * n,
+                },
+                f,
+            )
     ds = D.load_dataset("cifar100", data_dir=tmp_path)
     assert ds.num_classes == 100 and ds.train.y.tolist() == [99, 0, 5, 7]
 
@@ -213,9 +228,17 @@ def test_drtp_synthetic_classification_matches_sklearn_recipe():
 
     ds = D.load_dataset("synthetic-classification")
     assert (len(ds.train), len(ds.test), ds.input_shape, ds.num_classes) == (25000, 5000, (1, 16, 16), 10)
-    x, y = make_classification(n_samples=30000, n_features=256, n_informative=128, n_redundant=0,
-                               n_repeated=0, n_classes=10, n_clusters_per_class=5,
-                               class_sep=4.5, random_state=0)
+    x, y = make_classification(
+        n_samples=30000,
+        n_features=256,
+        n_informative=128,
+        n_redundant=0,
+        n_repeated=0,
+        n_classes=10,
+        n_clusters_per_class=5,
+        class_sep=4.5,
+        random_state=0,
+    )
     xb, yb = ds.test.batch(torch.arange(3))
     torch.testing.assert_close(xb.view(3, -1), torch.tensor(x[25000:25003], dtype=torch.float32))
     assert yb.tolist() == y[25000:25003].tolist()
@@ -305,8 +328,9 @@ def _write_cifar100(root, n=2):
     rng = np.random.default_rng(2)
     for name in ("train", "test"):
         with open(folder / name, "wb") as f:
-            pickle.dump({b"data": rng.integers(0, 256, (n, 3072)).astype(np.uint8),
-                         b"fine_labels": [99, 3][:n]}, f)
+            pickle.dump(
+                {b"data": rng.integers(0, 256, (n, 3072)).astype(np.uint8), b"fine_labels": [99, 3][:n]}, f
+            )
 
 
 def _load_small(name, tmp_path):
@@ -327,12 +351,10 @@ def test_every_entry_states_what_its_loader_produces(tmp_path, name):
     cost model's look-up (``dataset_shape``) reads that entry, under every spelling."""
     entry = D.dataset_entry(name)
     ds = _load_small(name, tmp_path)
-    assert (ds.input_shape, ds.num_classes, ds.task) == (entry.input_shape, entry.num_classes,
-                                                         entry.task)
+    assert (ds.input_shape, ds.num_classes, ds.task) == (entry.input_shape, entry.num_classes, entry.task)
     x, _ = ds.train.batch(torch.arange(1))
     assert tuple(x.shape[1:]) == entry.input_shape
-    for spelling in (name, name.upper(), name.replace("-", "_"), name.replace("-", ""),
-                     *entry.aliases):
+    for spelling in (name, name.upper(), name.replace("-", "_"), name.replace("-", ""), *entry.aliases):
         assert D.dataset_shape(spelling) == (entry.input_shape, entry.num_classes), spelling
 
 
@@ -367,8 +389,9 @@ def test_shapes_classes_and_default_model_are_read_from_the_entry(monkeypatch):
     from ssdfa.models import default_model
 
     assert not hasattr(cost, "DATASET_SHAPES")
-    changed = dataclasses.replace(registry._REGISTRY["mnist"], input_shape=(1, 9, 9),
-                                  num_classes=7, default_model="mlp-800")
+    changed = dataclasses.replace(
+        registry._REGISTRY["mnist"], input_shape=(1, 9, 9), num_classes=7, default_model="mlp-800"
+    )
     monkeypatch.setitem(registry._REGISTRY, "mnist", changed)
     assert cost.dataset_shape("MNIST") == ((1, 9, 9), 7) == D.dataset_shape("mnist")
     assert default_model("mnist", ()) == "mlp-800"

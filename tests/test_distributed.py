@@ -20,13 +20,36 @@ import torch
 from ssdfa import cli
 
 # 320 = 10 global batches of 32: every shard holds 16 examples, the last batch too
-COMMON = ["--dataset", "digits", "--device", "cpu", "--limit-train", "320", "--threads", "1", "--quiet", "--seed", "3"]
+COMMON = [
+    "--dataset",
+    "digits",
+    "--device",
+    "cpu",
+    "--limit-train",
+    "320",
+    "--threads",
+    "1",
+    "--quiet",
+    "--seed",
+    "3",
+]
 TOLERANCE = 1e-6
 
 
 def _train(out, method, *extra, nproc=1, batch=32, epochs=2):
-    args = ["train", "--method", method, *COMMON, "--epochs", str(epochs), "--batch-size",
-            str(batch), "--out-dir", str(out), *extra]
+    args = [
+        "train",
+        "--method",
+        method,
+        *COMMON,
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        str(batch),
+        "--out-dir",
+        str(out),
+        *extra,
+    ]
     if nproc > 1:
         args += ["--nproc", str(nproc)]
     assert cli.main(args) == 0
@@ -58,8 +81,9 @@ def test_a_resumed_two_process_dfa_run_continues_as_one_process_would(tmp_path, 
     ddp, one = tmp_path / "ddp", tmp_path / "one"
     _train(ddp, "dfa", nproc=2, batch=16, epochs=1)
     assert json.loads((ddp / "summary.json").read_text())["epochs"] == 1
-    assert cli.main(["train", "--resume", str(ddp), "--epochs", "2", "--nproc", "2", "--quiet",
-                     "--json"]) == 0
+    assert (
+        cli.main(["train", "--resume", str(ddp), "--epochs", "2", "--nproc", "2", "--quiet", "--json"]) == 0
+    )
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["epochs"] == 2 and summary["world_size"] == 2
     assert [r["epoch"] for r in json.loads((ddp / "metrics.json").read_text())] == [1, 2]
@@ -77,8 +101,28 @@ def test_nproc_is_checked_before_any_worker_starts(tmp_path, capsys):
 @pytest.mark.slow  # one more launch of two workers (~8 s); the CI file stays under ~40 s
 def test_compare_passes_nproc_to_every_run(tmp_path, capsys):
     out = tmp_path / "cmp"
-    assert cli.main(["compare", "--methods", "dfa", "--seeds", "1", *COMMON, "--epochs", "1",
-                     "--batch-size", "16", "--nproc", "2", "--out-dir", str(out), "--json"]) == 0
+    assert (
+        cli.main(
+            [
+                "compare",
+                "--methods",
+                "dfa",
+                "--seeds",
+                "1",
+                *COMMON,
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+                "--nproc",
+                "2",
+                "--out-dir",
+                str(out),
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["methods"]["dfa"]["runs_finished"] == 1
     run = json.loads((out / "dfa" / "seed3" / "summary.json").read_text())
     assert run["world_size"] == 2 and run["global_batch_size"] == 32
@@ -87,8 +131,27 @@ def test_compare_passes_nproc_to_every_run(tmp_path, capsys):
 @pytest.mark.slow  # one more launch of two workers (~8 s)
 def test_every_rank_stops_alike_when_the_loss_diverges(tmp_path, capsys):
     out = tmp_path / "dv"
-    assert cli.main(["train", "--method", "bp", "--lr", "3e38", *COMMON, "--epochs", "2",
-                     "--batch-size", "16", "--nproc", "2", "--out-dir", str(out)]) == 3
+    assert (
+        cli.main(
+            [
+                "train",
+                "--method",
+                "bp",
+                "--lr",
+                "3e38",
+                *COMMON,
+                "--epochs",
+                "2",
+                "--batch-size",
+                "16",
+                "--nproc",
+                "2",
+                "--out-dir",
+                str(out),
+            ]
+        )
+        == 3
+    )
     assert "training diverged" in capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["world_size"] == 2
@@ -102,9 +165,26 @@ def test_torchrun_starts_ssdfa_train_itself(tmp_path):
     import sys
 
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           "-m", "ssdfa", "train", "--method", "dfa", *COMMON, "--epochs", "1", "--batch-size",
-           "16", "--out-dir", str(tmp_path / "ddp"), "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "ssdfa",
+        "train",
+        "--method",
+        "dfa",
+        *COMMON,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--out-dir",
+        str(tmp_path / "ddp"),
+        "--json",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1])["world_size"] == 2  # rank 0 prints

@@ -15,29 +15,60 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
+from figdirs import fake_reproduction
 from ssdfa import plots, rundata
 from ssdfa.cli import main
-from figdirs import fake_reproduction
 from ssdfa.experiments import get
 
-FAST = ["--dataset", "digits", "--epochs", "3", "--limit-train", "300", "--threads", "1",
-        "--quiet", "--alignment", "1"]
+FAST = [
+    "--dataset",
+    "digits",
+    "--epochs",
+    "3",
+    "--limit-train",
+    "300",
+    "--threads",
+    "1",
+    "--quiet",
+    "--alignment",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")
 def compare_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("cmp") / "C"
-    assert main(["compare", "--methods", "bp,dfa,ssdfa", "--seeds", "3", *FAST,
-                 "--out-dir", str(out)]) == 0
+    assert main(["compare", "--methods", "bp,dfa,ssdfa", "--seeds", "3", *FAST, "--out-dir", str(out)]) == 0
     return out
 
 
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("sw") / "S"
-    assert main(["sweep", "--rank", "1,10", "--sparsity", "0,0.5", "--seeds", "2", "--method",
-                 "sdfa", "--dataset", "digits", "--epochs", "2", "--limit-train", "200",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "--rank",
+                "1,10",
+                "--sparsity",
+                "0,0.5",
+                "--seeds",
+                "2",
+                "--method",
+                "sdfa",
+                "--dataset",
+                "digits",
+                "--epochs",
+                "2",
+                "--limit-train",
+                "200",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -93,21 +124,28 @@ def test_compare_figures_named_and_only_those(compare_dir, tmp_path):
     assert names == ["angles_bp.png", "angles_dfa.png", "angles_ssdfa.png", "training_curves.png"]
     one = compare_dir / "dfa" / "seed0"
     assert main(["plot", str(one), "--out", str(tmp_path / "q"), "--cost"]) == 0
-    assert sorted(p.name for p in (tmp_path / "q").iterdir()) == \
-        ["angles_seed0.png", "cost_fig8.png", "training_curves.png"]
+    assert sorted(p.name for p in (tmp_path / "q").iterdir()) == [
+        "angles_seed0.png",
+        "cost_fig8.png",
+        "training_curves.png",
+    ]
 
 
 def test_compare_legend_one_entry_per_method_with_seed_count(cmp_figs):
     fig = cmp_figs["training_curves"]
     (legend,) = fig.legends
-    assert [t.get_text() for t in legend.get_texts()] == \
-        ["bp (3 seeds)", "dfa (3 seeds)", "ssdfa (3 seeds)"]
+    assert [t.get_text() for t in legend.get_texts()] == ["bp (3 seeds)", "dfa (3 seeds)", "ssdfa (3 seeds)"]
 
 
-@pytest.mark.parametrize("key,title,scale", [("test_acc", "test accuracy", 100.0),
-                                             ("train_loss", "train loss", 1.0),
-                                             ("train_acc", "train accuracy", 100.0),
-                                             ("test_loss", "test loss", 1.0)])
+@pytest.mark.parametrize(
+    "key,title,scale",
+    [
+        ("test_acc", "test accuracy", 100.0),
+        ("train_loss", "train loss", 1.0),
+        ("train_acc", "train accuracy", 100.0),
+        ("test_loss", "test loss", 1.0),
+    ],
+)
 def test_compare_band_is_the_std_of_the_seeds(compare_dir, cmp_figs, key, title, scale):
     fig = cmp_figs["training_curves"]
     ax = panel(fig, title)
@@ -155,10 +193,23 @@ def test_single_runs_of_one_method_labelled_by_seed_names_unique(compare_dir, tm
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["dfa seed 0", "dfa seed 1"]
     # issue 18 item 6: two runs called seed0 lose no figure
     out = tmp_path / "p"
-    assert main(["plot", str(compare_dir / "dfa" / "seed0"), str(compare_dir / "ssdfa" / "seed0"),
-                 "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == \
-        ["angles_dfa_seed0.png", "angles_ssdfa_seed0.png", "training_curves.png"]
+    assert (
+        main(
+            [
+                "plot",
+                str(compare_dir / "dfa" / "seed0"),
+                str(compare_dir / "ssdfa" / "seed0"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "angles_dfa_seed0.png",
+        "angles_ssdfa_seed0.png",
+        "training_curves.png",
+    ]
 
 
 def test_colours_fixed_per_rule_across_figures(compare_dir, cmp_figs):
@@ -185,8 +236,10 @@ def test_two_compares_prefix_their_figures(compare_dir, tmp_path):
     shutil.copytree(compare_dir, other)
     names = set(figures([compare_dir, other]))
     assert len(names) == 8
-    assert {n for n in names if n.endswith("training_curves")} == \
-        {"cmp0_C_training_curves", "x_C_training_curves"}
+    assert {n for n in names if n.endswith("training_curves")} == {
+        "cmp0_C_training_curves",
+        "x_C_training_curves",
+    }
 
 
 @pytest.mark.parametrize("fmt", ["svg", "pdf"])
@@ -218,8 +271,9 @@ def test_reproduction_figure_paper_vs_ours(tmp_path):
         v = 100 * np.array(vals)
         (bars,) = [c for c in ax.collections if c.get_gid() == f"band:{method}"]
         (seg,) = bars.get_segments()
-        np.testing.assert_allclose(sorted(seg[:, 1]), [v.mean() - v.std(ddof=1),
-                                                       v.mean() + v.std(ddof=1)], rtol=1e-9)
+        np.testing.assert_allclose(
+            sorted(seg[:, 1]), [v.mean() - v.std(ddof=1), v.mean() + v.std(ddof=1)], rtol=1e-9
+        )
         diamonds = [ln for ln in ax.lines if ln.get_marker() == "D"]
         assert diamonds[i].get_ydata()[0] == paper[method]
         assert diamonds[i].get_markeredgecolor() == plots.RULE_COLORS[method]
@@ -227,8 +281,12 @@ def test_reproduction_figure_paper_vs_ours(tmp_path):
     heights = sorted(round(p.get_height(), 6) for p in gx.patches)
     ours_gap = 100 * (np.mean(accs["dfa"]) - np.mean(accs["bp"]))
     assert heights == sorted([round(paper["dfa"] - paper["bp"], 6), round(ours_gap, 6)])
-    assert [t.get_text() for t in fig.legends[0].get_texts()] == \
-        ["paper", "ours: mean ± std over seeds", "paper's gap", "our gap"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "paper",
+        "ours: mean ± std over seeds",
+        "paper's gap",
+        "our gap",
+    ]
 
 
 # -- sweep ------------------------------------------------------------------------------------------
@@ -262,5 +320,8 @@ def test_sweep_figure_bands_from_the_cells(sweep_dir):
 def test_run_and_sweep_together(compare_dir, sweep_dir, tmp_path):
     out = tmp_path / "p"
     assert main(["plot", str(compare_dir / "bp" / "seed0"), str(sweep_dir), "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == \
-        ["runs_angles_seed0.png", "runs_training_curves.png", "sweep_S.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "runs_angles_seed0.png",
+        "runs_training_curves.png",
+        "sweep_S.png",
+    ]

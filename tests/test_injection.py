@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from zoo import GPT, TransformerClassifier, resnet18
 
 import ssdfa
 from ssdfa.feedback import DenseFeedback, FeedbackGroup, SparseFeedback, make_feedback
 from ssdfa.rules import RULES
+from zoo import GPT, TransformerClassifier, resnet18
 
 
 def injecting_rules():
@@ -31,8 +31,14 @@ def injecting_rules():
 class TwoHeads(nn.Module):
     def __init__(self):
         super().__init__()
-        self.body = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), ssdfa.FeedbackPoint(),
-                                  nn.Linear(16, 12), nn.ReLU(), ssdfa.FeedbackPoint())
+        self.body = nn.Sequential(
+            nn.Linear(6, 16),
+            nn.Tanh(),
+            ssdfa.FeedbackPoint(),
+            nn.Linear(16, 12),
+            nn.ReLU(),
+            ssdfa.FeedbackPoint(),
+        )
         self.a, self.b = nn.Linear(12, 4), nn.Linear(12, 3)
 
     def forward(self, x):
@@ -41,13 +47,26 @@ class TwoHeads(nn.Module):
 
 
 def _mlp():
-    return nn.Sequential(nn.Linear(6, 20), nn.Tanh(), nn.Linear(20, 16), nn.ReLU(),
-                         nn.Linear(16, 12), nn.Sigmoid(), nn.Linear(12, 4))
+    return nn.Sequential(
+        nn.Linear(6, 20),
+        nn.Tanh(),
+        nn.Linear(20, 16),
+        nn.ReLU(),
+        nn.Linear(16, 12),
+        nn.Sigmoid(),
+        nn.Linear(12, 4),
+    )
 
 
 def _cnn():
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, stride=2),
-                         nn.ReLU(), nn.Flatten(), nn.Linear(6 * 3 * 3, 4))
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 3, stride=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 3 * 3, 4),
+    )
 
 
 def _log_softmax_mlp():
@@ -58,16 +77,31 @@ torch.manual_seed(0)
 CASES = {  # name: (model factory, input, labels, loss)
     "mlp": (_mlp, torch.randn(5, 6), torch.tensor([0, 1, 2, 3, 1]), F.cross_entropy),
     "cnn": (_cnn, torch.randn(3, 1, 7, 7), torch.tensor([0, 3, 1]), F.cross_entropy),
-    "resnet": (lambda: resnet18(num_classes=4, in_channels=1, width=4), torch.randn(2, 1, 16, 16),
-               torch.tensor([1, 3]), F.cross_entropy),
-    "broadcast": (lambda: TransformerClassifier(d=16, heads=2, layers=2, num_classes=4, seq=6),
-                  torch.randint(0, 50, (3, 6)), torch.tensor([0, 2, 3]), F.cross_entropy),
-    "token": (lambda: GPT(vocab=11, d=16, heads=2, layers=2, block_size=8),
-              torch.randint(0, 11, (2, 8)), torch.randint(0, 11, (2, 8)),
-              lambda out, y: F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))),
+    "resnet": (
+        lambda: resnet18(num_classes=4, in_channels=1, width=4),
+        torch.randn(2, 1, 16, 16),
+        torch.tensor([1, 3]),
+        F.cross_entropy,
+    ),
+    "broadcast": (
+        lambda: TransformerClassifier(d=16, heads=2, layers=2, num_classes=4, seq=6),
+        torch.randint(0, 50, (3, 6)),
+        torch.tensor([0, 2, 3]),
+        F.cross_entropy,
+    ),
+    "token": (
+        lambda: GPT(vocab=11, d=16, heads=2, layers=2, block_size=8),
+        torch.randint(0, 11, (2, 8)),
+        torch.randint(0, 11, (2, 8)),
+        lambda out, y: F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1)),
+    ),
     "log_softmax": (_log_softmax_mlp, torch.randn(4, 6), torch.tensor([0, 1, 2, 3]), F.nll_loss),
-    "two_heads": (TwoHeads, torch.randn(4, 6), torch.tensor([0, 1, 2, 3]),
-                  lambda out, y: F.cross_entropy(out[0], y) + 0.5 * F.cross_entropy(out[1], y % 3)),
+    "two_heads": (
+        TwoHeads,
+        torch.randn(4, 6),
+        torch.tensor([0, 1, 2, 3]),
+        lambda out, y: F.cross_entropy(out[0], y) + 0.5 * F.cross_entropy(out[1], y % 3),
+    ),
 }
 
 
@@ -97,8 +131,13 @@ def test_at_once_equals_one_block_at_a_time(method, case):
     hidden = [n for n in at_once if n.startswith("net.") and at_once[n].abs().sum() > 0]
     assert len(hidden) >= 2, hidden  # the comparison covers hidden layers, not just the head
     for name in at_once:
-        torch.testing.assert_close(at_once[name], per_block[name], rtol=1e-6, atol=1e-6,
-                                   msg=lambda m, name=name: f"{method} {case} {name}: {m}")
+        torch.testing.assert_close(
+            at_once[name],
+            per_block[name],
+            rtol=1e-6,
+            atol=1e-6,
+            msg=lambda m, name=name: f"{method} {case} {name}: {m}",
+        )
 
 
 def test_at_once_forms_every_signal_in_one_call(monkeypatch):
@@ -120,9 +159,12 @@ def test_at_once_forms_every_signal_in_one_call(monkeypatch):
 def test_group_projection_equals_each_module_and_follows_changes(kind):
     """e·[B_1 … B_L] split per module equals each e·B_l, also after a B changes in place."""
     g = torch.Generator().manual_seed(0)
-    specs = {"dense": [ssdfa.FeedbackSpec()] * 3, "sparse1": [ssdfa.FeedbackSpec(connections=1)] * 3,
-             "sparse3": [ssdfa.FeedbackSpec(connections=3)] * 3,
-             "mixed": [ssdfa.FeedbackSpec(), ssdfa.FeedbackSpec(connections=2), ssdfa.FeedbackSpec()]}
+    specs = {
+        "dense": [ssdfa.FeedbackSpec()] * 3,
+        "sparse1": [ssdfa.FeedbackSpec(connections=1)] * 3,
+        "sparse3": [ssdfa.FeedbackSpec(connections=3)] * 3,
+        "mixed": [ssdfa.FeedbackSpec(), ssdfa.FeedbackSpec(connections=2), ssdfa.FeedbackSpec()],
+    }
     fbs = [make_feedback(5, n, spec, generator=g) for n, spec in zip((7, 5, 9), specs[kind])]
     group = FeedbackGroup(fbs)
     e = torch.randn(6, 5, generator=g)

@@ -19,10 +19,18 @@ from ssdfa.models import create_model, list_models
 
 # each model on the shape of the dataset it was written for (small variants for the big nets)
 NATURAL_SHAPE = {
-    "digits-fc": (1, 8, 8), "mnist-fc": (1, 28, 28), "mnist-cnn": (1, 28, 28),
-    "cifar-fc": (3, 32, 32), "cifar-cnn": (3, 32, 32), "alexnet": (3, 16, 16),
-    "vgg16": (3, 16, 16), "dkp-cnn": (1, 28, 28), "dkp-alexnet": (3, 16, 16),
-    "drtp-conv": (1, 28, 28), "drtp-reg": (256,), "mlp-800": (1, 28, 28),
+    "digits-fc": (1, 8, 8),
+    "mnist-fc": (1, 28, 28),
+    "mnist-cnn": (1, 28, 28),
+    "cifar-fc": (3, 32, 32),
+    "cifar-cnn": (3, 32, 32),
+    "alexnet": (3, 16, 16),
+    "vgg16": (3, 16, 16),
+    "dkp-cnn": (1, 28, 28),
+    "dkp-alexnet": (3, 16, 16),
+    "drtp-conv": (1, 28, 28),
+    "drtp-reg": (256,),
+    "mlp-800": (1, 28, 28),
     "dkp-code-cnn": (3, 32, 32),
 }
 
@@ -47,6 +55,7 @@ def _net(name, shape, classes):
         torch.manual_seed(0)
         _NETS[key] = create_model(name, shape, classes)
     import copy
+
     return copy.deepcopy(_NETS[key])
 
 
@@ -195,8 +204,19 @@ def test_dkp_code_cnn_is_the_dkp_repositorys_cifar_net():
     FC 6272-128 ReLU, FC 10."""
     net = create_model("dkp-code-cnn", (3, 32, 32), 10)
     kinds = [type(m).__name__ for m in net]
-    assert kinds == ["Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d",
-                     "Flatten", "Linear", "ReLU", "Linear"]
+    assert kinds == [
+        "Conv2d",
+        "BatchNorm2d",
+        "ReLU",
+        "Conv2d",
+        "BatchNorm2d",
+        "ReLU",
+        "MaxPool2d",
+        "Flatten",
+        "Linear",
+        "ReLU",
+        "Linear",
+    ]
     assert net[0].padding == (0, 0) and net[8].in_features == 6272 and net[8].out_features == 128
 
 
@@ -215,8 +235,12 @@ def test_activation_replaces_every_hidden_activation_and_nothing_else(name, act)
     torch.manual_seed(0)
     net = create_model(name, shape, 10, activation=act)
     last = max(i for i, m in enumerate(plain) if isinstance(m, (nn.Linear, nn.Conv2d)))
-    want = nn.Sequential(*[ACTIVATIONS[act]() if i < last and isinstance(m, (nn.ReLU, nn.Tanh))
-                           else m for i, m in enumerate(plain)]).eval()
+    want = nn.Sequential(
+        *[
+            ACTIVATIONS[act]() if i < last and isinstance(m, (nn.ReLU, nn.Tanh)) else m
+            for i, m in enumerate(plain)
+        ]
+    ).eval()
     net.eval()
     assert [type(m) for m in net] == [type(m) for m in want]
     x = torch.randn(2, *shape)
@@ -228,8 +252,20 @@ def test_activation_replaces_every_hidden_activation_and_nothing_else(name, act)
 def test_dropout_sits_before_every_weight_layer_but_the_first():
     net = create_model("mnist-cnn", (1, 28, 28), 10, dropout=0.25)
     kinds = [type(m).__name__ for m in net]
-    assert kinds == ["Conv2d", "ReLU", "Dropout", "Conv2d", "ReLU", "MaxPool2d", "Flatten",
-                     "Dropout", "Linear", "ReLU", "Dropout", "Linear"]
+    assert kinds == [
+        "Conv2d",
+        "ReLU",
+        "Dropout",
+        "Conv2d",
+        "ReLU",
+        "MaxPool2d",
+        "Flatten",
+        "Dropout",
+        "Linear",
+        "ReLU",
+        "Dropout",
+        "Linear",
+    ]
     assert all(m.p == 0.25 for m in net if isinstance(m, nn.Dropout))
     # the model's own dropout is replaced, p = 0 removes it
     vgg = create_model("vgg16", (3, 16, 16), 10, dropout=0.0)

@@ -27,13 +27,22 @@ from ssdfa.cli import main
 
 def write_run(d: Path, method="dfa", seed=0, conv=False) -> Path:
     d.mkdir(parents=True)
-    rows = [{"epoch": e, "train_loss": 1.0 / e, "train_acc": 0.5 + 0.1 * e, "test_loss": 1.2 / e,
-             "test_acc": 0.5 + 0.1 * e + 0.01 * seed, "angle/eq14/point0": 80.0 - e}
-            for e in (1, 2)]
+    rows = [
+        {
+            "epoch": e,
+            "train_loss": 1.0 / e,
+            "train_acc": 0.5 + 0.1 * e,
+            "test_loss": 1.2 / e,
+            "test_acc": 0.5 + 0.1 * e + 0.01 * seed,
+            "angle/eq14/point0": 80.0 - e,
+        }
+        for e in (1, 2)
+    ]
     (d / "metrics.json").write_text(json.dumps(rows))
     (d / "config.json").write_text(json.dumps({"method": method, "seed": seed, "dataset": "digits"}))
-    (d / "summary.json").write_text(json.dumps({"status": "finished", "final_test_acc": 0.7,
-                                                "best_test_acc": 0.7, "epochs": 2}))
+    (d / "summary.json").write_text(
+        json.dumps({"status": "finished", "final_test_acc": 0.7, "best_test_acc": 0.7, "epochs": 2})
+    )
     if conv:
         torch.save({"model": {"0.weight": torch.randn(4, 1, 3, 3)}}, d / "checkpoint.pt")
     return d
@@ -43,18 +52,39 @@ def write_compare(root: Path) -> Path:
     for m in ("bp", "dfa"):
         for s in (0, 1):
             write_run(root / m / f"seed{s}", m, s, conv=False)
-    (root / "results.json").write_text(json.dumps({"title": "t", "methods": {"bp": {}, "dfa": {}},
-                                                   "config": {"dataset": "digits"}}))
+    (root / "results.json").write_text(
+        json.dumps({"title": "t", "methods": {"bp": {}, "dfa": {}}, "config": {"dataset": "digits"}})
+    )
     return root
 
 
 def write_sweep(root: Path) -> Path:
     root.mkdir(parents=True)
-    cells = [{"rank": r, "sparsity": s, "n": 2, "test_acc_mean": 0.8, "test_acc_std": 0.01,
-              "angle_eq14_mean": 70.0, "angle_eq14_std": 1.0} for r in (1, 10) for s in (0.0, 0.5)]
-    (root / "sweep.json").write_text(json.dumps({"base": {"method": "sdfa", "dataset": "digits"},
-                                                 "ranks": [1, 10], "sparsities": [0.0, 0.5],
-                                                 "seeds": [0, 1], "skipped": [], "cells": cells}))
+    cells = [
+        {
+            "rank": r,
+            "sparsity": s,
+            "n": 2,
+            "test_acc_mean": 0.8,
+            "test_acc_std": 0.01,
+            "angle_eq14_mean": 70.0,
+            "angle_eq14_std": 1.0,
+        }
+        for r in (1, 10)
+        for s in (0.0, 0.5)
+    ]
+    (root / "sweep.json").write_text(
+        json.dumps(
+            {
+                "base": {"method": "sdfa", "dataset": "digits"},
+                "ranks": [1, 10],
+                "sparsities": [0.0, 0.5],
+                "seeds": [0, 1],
+                "skipped": [],
+                "cells": cells,
+            }
+        )
+    )
     return root
 
 
@@ -156,8 +186,10 @@ def test_disk_full_says_so_without_resume_and_keeps_the_old_report(tmp_path, mon
         yield
 
     monkeypatch.setattr(rundir, "open_atomic", full)
-    for argv, command in ((("report", r1, "--out", rep), "report"),
-                          (("plot", r1, "--out", tmp_path / "p"), "plot")):
+    for argv, command in (
+        (("report", r1, "--out", rep), "report"),
+        (("plot", r1, "--out", tmp_path / "p"), "plot"),
+    ):
         rc, err, _ = cli(*argv)
         assert rc == 1
         (line,) = err.strip().splitlines()
@@ -167,10 +199,12 @@ def test_disk_full_says_so_without_resume_and_keeps_the_old_report(tmp_path, mon
 
 # -- item 15: damaged run files ------------------------------------------------------------------
 def json_values():
-    leaf = (st.none() | st.booleans() | st.integers(-3, 3) | st.floats(allow_nan=True)
-            | st.text(max_size=4))
-    return st.recursive(leaf, lambda c: st.lists(c, max_size=3)
-                        | st.dictionaries(st.text(max_size=4), c, max_size=3), max_leaves=6)
+    leaf = st.none() | st.booleans() | st.integers(-3, 3) | st.floats(allow_nan=True) | st.text(max_size=4)
+    return st.recursive(
+        leaf,
+        lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c, max_size=3),
+        max_leaves=6,
+    )
 
 
 def mutate(obj, data):
@@ -180,7 +214,7 @@ def mutate(obj, data):
         return obj | {k: mutate(obj[k], data)}
     if isinstance(obj, list) and obj and data.draw(st.booleans()):
         i = data.draw(st.integers(0, len(obj) - 1))
-        return obj[:i] + [mutate(obj[i], data)] + obj[i + 1:]
+        return obj[:i] + [mutate(obj[i], data)] + obj[i + 1 :]
     return data.draw(json_values())
 
 
@@ -200,10 +234,11 @@ def check_damage(make, rel: str, data, command="plot"):
         root = make(Path(tmp) / "in")
         target = root / rel
         if rel == "checkpoint.pt":
-            content = data.draw(st.binary(max_size=64) | st.just(pickle.dumps({1, 2}))
-                                | st.just(b"PK\x03\x04" + bytes(40)))
+            content = data.draw(
+                st.binary(max_size=64) | st.just(pickle.dumps({1, 2})) | st.just(b"PK\x03\x04" + bytes(40))
+            )
         elif rel.endswith(".csv"):
-            content = data.draw(st.text(alphabet="ab1.,\n\"", max_size=40)).encode()
+            content = data.draw(st.text(alphabet='ab1.,\n"', max_size=40)).encode()
         else:
             content = damaged(target.read_bytes(), data)
         target.write_bytes(content)
@@ -217,8 +252,9 @@ def check_damage(make, rel: str, data, command="plot"):
             assert not out.exists()
 
 
-SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow],
-                    database=None)
+SETTINGS = settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
+)
 
 
 def csv_run(d: Path) -> Path:
@@ -254,10 +290,17 @@ def test_damaged_compare_files_in_report(rel, data):
     check_damage(write_compare, rel, data, command="report")
 
 
-@pytest.mark.parametrize("content,says", [
-    (b"\xff\xfe\x00binary", "not UTF-8"), (b"null", "not a list of epochs"),
-    (b'{"epoch": 1}', "not a list of epochs"), (b'[{"epoch": 1, "test_acc": "high"}]', "not a number"),
-    (b"[1, 2]", "row 1 is int"), (b"[" * 100000, "not valid JSON")])
+@pytest.mark.parametrize(
+    "content,says",
+    [
+        (b"\xff\xfe\x00binary", "not UTF-8"),
+        (b"null", "not a list of epochs"),
+        (b'{"epoch": 1}', "not a list of epochs"),
+        (b'[{"epoch": 1, "test_acc": "high"}]', "not a number"),
+        (b"[1, 2]", "row 1 is int"),
+        (b"[" * 100000, "not valid JSON"),
+    ],
+)
 def test_damaged_metrics_named_in_one_line(tmp_path, content, says):
     d = write_run(tmp_path / "R")
     (d / "metrics.json").write_bytes(content)

@@ -35,9 +35,18 @@ def need_browser():
 
 
 def chromium(tmp_path, *args, timeout=120):
-    cmd = [need_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-           "--no-first-run", "--disable-extensions", "--mute-audio",
-           f"--user-data-dir={tmp_path / 'profile'}", *args]
+    cmd = [
+        need_browser(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--no-first-run",
+        "--disable-extensions",
+        "--mute-audio",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        *args,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc
@@ -47,9 +56,31 @@ def chromium(tmp_path, *args, timeout=120):
 def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("inputs")
     c = root / "C"
-    assert main(["compare", "--methods", "bp,dfa", "--seeds", "2", "--dataset", "digits",
-                 "--epochs", "2", "--limit-train", "200", "--threads", "1", "--quiet",
-                 "--alignment", "1", "--out-dir", str(c)]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--methods",
+                "bp,dfa",
+                "--seeds",
+                "2",
+                "--dataset",
+                "digits",
+                "--epochs",
+                "2",
+                "--limit-train",
+                "200",
+                "--threads",
+                "1",
+                "--quiet",
+                "--alignment",
+                "1",
+                "--out-dir",
+                str(c),
+            ]
+        )
+        == 0
+    )
     r = fake_reproduction(root / "R", {"bp": [0.9, 0.93, 0.95], "dfa": [0.8, 0.86, 0.83]})
 
     def fake(fields):
@@ -57,8 +88,16 @@ def inputs(tmp_path_factory):
         return {"final_test_acc": acc, "best_test_acc": acc}
 
     s = root / "S"
-    run_sweep(s, {"method": "sdfa", "dataset": "digits"}, [1, 2, 10], [0.0, 0.5], [0, 1], 10,
-              train=fake, log=lambda m: None)
+    run_sweep(
+        s,
+        {"method": "sdfa", "dataset": "digits"},
+        [1, 2, 10],
+        [0.0, 0.5],
+        [0, 1],
+        10,
+        train=fake,
+        log=lambda m: None,
+    )
     return [c, r, s]
 
 
@@ -158,7 +197,7 @@ def test_planted_broken_image_is_caught(page, tmp_path):
     broken = tmp_path / "broken.html"
     text = page.read_text()
     i = text.index("base64,") + len("base64,")
-    broken.write_text(text[:i] + "AAAA" + text[i + 4:])
+    broken.write_text(text[:i] + "AAAA" + text[i + 4 :])
     res = browser_check(broken, tmp_path)
     assert res["images"].count("fail") == 1
 

@@ -7,7 +7,6 @@ import math
 import re
 
 import pytest
-
 import torch
 
 from ssdfa import experiments as E
@@ -57,8 +56,15 @@ def test_list_names_every_experiment(capsys):
 def test_registry_holds_the_papers_numbers():
     """The numbers as the papers print them (checked against shared/papers/)."""
     assert E.get("ssdfa-fc").paper() == {"bp": 98.2, "dfa": 97.8, "ssdfa": 97.5}
-    assert E.get("dkp-table1").paper() == {"bp": 92.18, "fa": 91.12, "kp": 91.25, "dfa": 91.54,
-                                           "dkp": 91.66, "drtp": 89.58, "bp-fc-only": 91.33}
+    assert E.get("dkp-table1").paper() == {
+        "bp": 92.18,
+        "fa": 91.12,
+        "kp": 91.25,
+        "dfa": 91.54,
+        "dkp": 91.66,
+        "drtp": 89.58,
+        "bp-fc-only": 91.33,
+    }
     assert E.get("ssdfa-cnn").paper() == {"bp": 99.1, "dfa": 98.9, "ssdfa": 98.8}
     assert E.get("ssdfa-cnn-cifar10").paper() == {"bp": 79.6, "dfa": 72.3, "ssdfa": 73.1}
     assert E.get("ssdfa-cnn-cifar100").paper() == {"bp": 51.0, "dfa": 43.7, "ssdfa": 41.8}
@@ -68,8 +74,13 @@ def test_registry_holds_the_papers_numbers():
     assert E.get("dfa-mlp").paper() == {"bp": 92.10, "dfa": 92.46}
     drtp = E.get("drtp-classification")
     assert drtp.paper() == {"bp": 1.85, "fa": 1.81, "dfa": 3.48, "sign_dfa": 4.07, "shallow": 9.57}
-    assert (drtp.metric, drtp.optimizer, drtp.lr, drtp.batch_size, drtp.loss) == \
-        ("error", "adam", 5e-4, 50, "bce")
+    assert (drtp.metric, drtp.optimizer, drtp.lr, drtp.batch_size, drtp.loss) == (
+        "error",
+        "adam",
+        5e-4,
+        50,
+        "bce",
+    )
     dkp = E.get("dkp-table1")
     assert (dkp.optimizer, dkp.lr, dkp.momentum, dkp.model) == ("nesterov", 0.01, 0.9, "dkp-cnn")
     for exp in E.EXPERIMENTS.values():
@@ -119,12 +130,14 @@ def _check_table(exp_name: str, payload: dict, out_dir) -> None:
         mean, std = (float(v) for v in ours.split(" ± "))
         assert 0 <= mean <= 100 and std == 0.0  # one seed
         if exp.metric == "error":
-            assert mean == pytest.approx(
-                100 - 100 * payload_acc(payload, method), abs=0.006)
+            assert mean == pytest.approx(100 - 100 * payload_acc(payload, method), abs=0.006)
     saved = json.loads((out_dir / "results.json").read_text())
     assert saved["rows"] == payload["rows"]
-    assert {r["method"]: r["paper"] for r in saved["rows"]
-            if r["method"] not in pretrain and r["paper"] is not None} == exp.paper()
+    assert {
+        r["method"]: r["paper"]
+        for r in saved["rows"]
+        if r["method"] not in pretrain and r["paper"] is not None
+    } == exp.paper()
     bp = next(r for r in saved["rows"] if r["method"] == "bp")
     for r in saved["rows"]:
         if r["method"] != "bp":
@@ -152,8 +165,7 @@ def test_drtp_classification_quick_table_and_reuse(tmp_path, capsys):
 
 def test_fashion_mnist_stands_in_for_mnist_and_says_so(tmp_path, capsys, fake_fashion):
     out = tmp_path / "fc"
-    code, payload = _reproduce(capsys, ["ssdfa-fc", "--out-dir", str(out),
-                                        "--data-dir", str(fake_fashion)])
+    code, payload = _reproduce(capsys, ["ssdfa-fc", "--out-dir", str(out), "--data-dir", str(fake_fashion)])
     assert code == 0 and payload["dataset"] == "fashion-mnist"
     assert "fashion-mnist stands in" in payload["stand_in"]
     assert "fashion-mnist stands in" in (out / "results.md").read_text()
@@ -162,13 +174,17 @@ def test_fashion_mnist_stands_in_for_mnist_and_says_so(tmp_path, capsys, fake_fa
 
 def test_dkp_table1_quick(tmp_path, capsys, fake_fashion):
     out = tmp_path / "dkp"
-    code, payload = _reproduce(capsys, ["dkp-table1", "--out-dir", str(out),
-                                        "--data-dir", str(fake_fashion)])
+    code, payload = _reproduce(capsys, ["dkp-table1", "--out-dir", str(out), "--data-dir", str(fake_fashion)])
     assert code == 0 and payload["stand_in"] is None
     _check_table("dkp-table1", payload, out)
     cfg = json.loads((out / "dkp" / "seed0" / "config.json").read_text())
-    assert (cfg["optimizer"], cfg["lr"], cfg["weight_decay"], cfg["feedback_lr"], cfg["model"]) == \
-        ("nesterov", 0.01, 1e-6, 1e-4, "dkp-cnn")
+    assert (cfg["optimizer"], cfg["lr"], cfg["weight_decay"], cfg["feedback_lr"], cfg["model"]) == (
+        "nesterov",
+        0.01,
+        1e-6,
+        1e-4,
+        "dkp-cnn",
+    )
     # 'BP (FC only)': BP on the FC layers, the conv layers frozen at their seed-0 initial values
     fc_only = out / "bp-fc-only" / "bp" / "seed0"
     cfg = json.loads((fc_only / "config.json").read_text())
@@ -185,8 +201,23 @@ def test_dkp_table1_quick(tmp_path, capsys, fake_fashion):
 
 def test_transfer_trains_fc_rows_on_each_seeds_bp_conv_layers(tmp_path, capsys, fake_fashion):
     out = tmp_path / "tr"
-    code = main(["reproduce", "ssdfa-transfer", "--quick", "--seeds", "2", "--threads", "1",
-                 "--quiet", "--json", "--out-dir", str(out), "--data-dir", str(fake_fashion)])
+    code = main(
+        [
+            "reproduce",
+            "ssdfa-transfer",
+            "--quick",
+            "--seeds",
+            "2",
+            "--threads",
+            "1",
+            "--quiet",
+            "--json",
+            "--out-dir",
+            str(out),
+            "--data-dir",
+            str(fake_fashion),
+        ]
+    )
     payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0
     assert [r["method"] for r in payload["rows"]] == [RP.PRETRAIN_ROW, "bp", "dfa", "ssdfa"]
@@ -201,16 +232,16 @@ def test_transfer_trains_fc_rows_on_each_seeds_bp_conv_layers(tmp_path, capsys, 
             got = load_checkpoint(run_dir / "checkpoint.pt")["model"]
             torch.testing.assert_close(got["net.frozen.0.weight"], conv, rtol=0, atol=0)
     other = load_checkpoint(out / "pretrain" / "bp" / "seed1" / "checkpoint.pt")["model"]
-    assert not torch.equal(other["net.0.weight"],
-                           load_checkpoint(out / "dfa" / "seed0" / "checkpoint.pt")["model"]
-                           ["net.frozen.0.weight"])  # seed 0's rows are not on seed 1's layers
+    assert not torch.equal(
+        other["net.0.weight"],
+        load_checkpoint(out / "dfa" / "seed0" / "checkpoint.pt")["model"]["net.frozen.0.weight"],
+    )  # seed 0's rows are not on seed 1's layers
 
 
 def test_rank_sweep_table_trend_and_no_mixing(tmp_path, capsys, fake_fashion):
     out = tmp_path / "rank"
     exp = E.get("ssdfa-rank")
-    code, payload = _reproduce(capsys, ["ssdfa-rank", "--out-dir", str(out),
-                                        "--data-dir", str(fake_fashion)])
+    code, payload = _reproduce(capsys, ["ssdfa-rank", "--out-dir", str(out), "--data-dir", str(fake_fashion)])
     assert code == 0 and payload["dataset"] == "fashion-mnist"
     from ssdfa.sweep import cell_problem
 
@@ -225,8 +256,24 @@ def test_rank_sweep_table_trend_and_no_mixing(tmp_path, capsys, fake_fashion):
     cfg = json.loads((out / "cells" / "r2_s0.5_seed0" / "config.json").read_text())
     assert (cfg["method"], cfg["rank"], cfg["sparsity"], cfg["alignment"]) == ("sdfa", 2, 0.5, 1)
     # other settings into the same directory: refused, nothing retrained or mixed
-    code = main(["reproduce", "ssdfa-rank", "--quick", "--seeds", "1", "--epochs", "2", "--quiet",
-                 "--threads", "1", "--out-dir", str(out), "--data-dir", str(fake_fashion)])
+    code = main(
+        [
+            "reproduce",
+            "ssdfa-rank",
+            "--quick",
+            "--seeds",
+            "1",
+            "--epochs",
+            "2",
+            "--quiet",
+            "--threads",
+            "1",
+            "--out-dir",
+            str(out),
+            "--data-dir",
+            str(fake_fashion),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "trained with other settings" in err
 
@@ -266,26 +313,54 @@ def test_unknown_name_is_one_line_exit_2(capsys):
 def test_readme_names_only_registered_experiments():
     from test_cli import readme_commands
 
-    used = [c.split()[1] for c in readme_commands()
-            if c.startswith("reproduce ") and not c.split()[1].startswith("-")]
+    used = [
+        c.split()[1]
+        for c in readme_commands()
+        if c.startswith("reproduce ") and not c.split()[1].startswith("-")
+    ]
     assert used and set(used) <= set(E.names())
 
 
 def test_cifar_rows_need_their_data(tmp_path, capsys):
     assert E.get("ssdfa-fc-cifar100").paper() == {"bp": 33.1, "dfa": 29.4, "ssdfa": 28.8}
     assert E.get("ssdfa-fc-cifar10").paper() == {"bp": 59.9, "dfa": 58.9, "ssdfa": 58.6}
-    assert main(["reproduce", "ssdfa-fc-cifar10", "--quick", "--seeds", "1", "--quiet",
-                 "--out-dir", str(tmp_path / "c")]) == 2
+    assert (
+        main(
+            [
+                "reproduce",
+                "ssdfa-fc-cifar10",
+                "--quick",
+                "--seeds",
+                "1",
+                "--quiet",
+                "--out-dir",
+                str(tmp_path / "c"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "dataset 'cifar10' not found" in err
 
 
-_COVERED = {"drtp-classification", "ssdfa-fc", "dkp-table1", "ssdfa-transfer", "ssdfa-rank",
-            "drtp-regression"}  # run above with extra checks
+_COVERED = {
+    "drtp-classification",
+    "ssdfa-fc",
+    "dkp-table1",
+    "ssdfa-transfer",
+    "ssdfa-rank",
+    "drtp-regression",
+}  # run above with extra checks
 
 
-@pytest.mark.parametrize("name", [n for n in E.names() if E.get(n).kind in ("train", "transfer")
-                                  and n not in _COVERED and "cifar" not in n])
+@pytest.mark.parametrize(
+    "name",
+    [
+        n
+        for n in E.names()
+        if E.get(n).kind in ("train", "transfer") and n not in _COVERED and "cifar" not in n
+    ],
+)
 def test_every_runnable_experiment_quick(name, tmp_path, capsys, fake_fashion):
     """Generated from the registry: every experiment whose data can be present here runs its
     quick budget end to end and tabulates each of its rows."""
@@ -300,36 +375,72 @@ def test_every_runnable_experiment_quick(name, tmp_path, capsys, fake_fashion):
 # (epochs, batch, lr, eps, activation, bias init, dropout, weight init) of BP, DFA, sparse DFA;
 # and "Inputs": the standardisation per network. Every SSDFA run is Adam, B dense U(±1/√n).
 _MD_SSDFA = {
-    "mnist_fc": ((300, 32, 0.01, 1.0, "relu", 0, 0, "glorot"),
-                 (300, 32, 0.01, 1.0, "tanh", 0, 0, "zero"), None, "per-image"),
-    "cifar10_fc": ((300, 64, 3e-5, 1e-6, "relu", 0.1, 0.25, "sqrt-fan-in"),
-                   (300, 64, 1e-4, 1e-6, "relu", 0.1, 0.25, "zero"),
-                   (500, 64, 1e-4, 1e-4, "relu", 0.1, 0.25, "zero"), "per-pixel"),
-    "cifar100_fc": ((300, 64, 1e-5, 1e-4, "relu", 0.1, 0.25, "sqrt-fan-in"),
-                    (300, 64, 3e-5, 1e-6, "relu", 0.1, 0.25, "zero"),
-                    (500, 64, 3e-5, 1e-5, "relu", 0.1, 0.25, "zero"), "per-pixel"),
-    "mnist_conv": ((300, 64, 0.005, 1.0, "relu", 0, 0.25, "glorot"),
-                   (300, 64, 0.01, 1.0, "tanh", 0, 0.25, "zero"), None, "per-image"),
-    "cifar10_conv": ((100, 64, 1e-4, 1e-4, "relu", 0.1, 0.5, "glorot"),
-                     (500, 64, 3e-5, 3e-5, "relu", 0.1, 0.25, "zero"),
-                     (500, 64, 1e-5, 3e-5, "relu", 0.1, 0.25, "zero"), "per-pixel"),
-    "cifar100_conv": ((100, 64, 1e-5, 1e-5, "relu", 0, 0.5, "glorot"),
-                      (100, 64, 1e-5, 1e-5, "tanh", 0, 0.25, "zero"),
-                      (200, 64, 1e-5, 1e-5, "tanh", 0.1, 0.1, "zero"), "per-image"),
+    "mnist_fc": (
+        (300, 32, 0.01, 1.0, "relu", 0, 0, "glorot"),
+        (300, 32, 0.01, 1.0, "tanh", 0, 0, "zero"),
+        None,
+        "per-image",
+    ),
+    "cifar10_fc": (
+        (300, 64, 3e-5, 1e-6, "relu", 0.1, 0.25, "sqrt-fan-in"),
+        (300, 64, 1e-4, 1e-6, "relu", 0.1, 0.25, "zero"),
+        (500, 64, 1e-4, 1e-4, "relu", 0.1, 0.25, "zero"),
+        "per-pixel",
+    ),
+    "cifar100_fc": (
+        (300, 64, 1e-5, 1e-4, "relu", 0.1, 0.25, "sqrt-fan-in"),
+        (300, 64, 3e-5, 1e-6, "relu", 0.1, 0.25, "zero"),
+        (500, 64, 3e-5, 1e-5, "relu", 0.1, 0.25, "zero"),
+        "per-pixel",
+    ),
+    "mnist_conv": (
+        (300, 64, 0.005, 1.0, "relu", 0, 0.25, "glorot"),
+        (300, 64, 0.01, 1.0, "tanh", 0, 0.25, "zero"),
+        None,
+        "per-image",
+    ),
+    "cifar10_conv": (
+        (100, 64, 1e-4, 1e-4, "relu", 0.1, 0.5, "glorot"),
+        (500, 64, 3e-5, 3e-5, "relu", 0.1, 0.25, "zero"),
+        (500, 64, 1e-5, 3e-5, "relu", 0.1, 0.25, "zero"),
+        "per-pixel",
+    ),
+    "cifar100_conv": (
+        (100, 64, 1e-5, 1e-5, "relu", 0, 0.5, "glorot"),
+        (100, 64, 1e-5, 1e-5, "tanh", 0, 0.25, "zero"),
+        (200, 64, 1e-5, 1e-5, "tanh", 0.1, 0.1, "zero"),
+        "per-image",
+    ),
 }
-_SSDFA_NET = {"ssdfa-fc": "mnist_fc", "ssdfa-fc-cifar10": "cifar10_fc",
-              "ssdfa-fc-cifar100": "cifar100_fc", "ssdfa-cnn": "mnist_conv",
-              "ssdfa-cnn-cifar10": "cifar10_conv", "ssdfa-cnn-cifar100": "cifar100_conv",
-              "ssdfa-transfer": "mnist_conv", "ssdfa-transfer-cifar10": "cifar10_conv",
-              "ssdfa-transfer-cifar100": "cifar100_conv", "ssdfa-rank": "mnist_fc"}
+_SSDFA_NET = {
+    "ssdfa-fc": "mnist_fc",
+    "ssdfa-fc-cifar10": "cifar10_fc",
+    "ssdfa-fc-cifar100": "cifar100_fc",
+    "ssdfa-cnn": "mnist_conv",
+    "ssdfa-cnn-cifar10": "cifar10_conv",
+    "ssdfa-cnn-cifar100": "cifar100_conv",
+    "ssdfa-transfer": "mnist_conv",
+    "ssdfa-transfer-cifar10": "cifar10_conv",
+    "ssdfa-transfer-cifar100": "cifar100_conv",
+    "ssdfa-rank": "mnist_fc",
+}
 # DKP, CIFAR-10 net: W Nesterov SGD momentum 0.9, weight decay 1e-6, lr 5e-4; B Adam lr 1e-4 with
 # StepLR(1, 0.8); 50 epochs (README), batch 50, Normalize(0.5, 0.5), B Kaiming-uniform; README:
 # BP 70.47, DKP 67.52, DFA 61.02.  DRTP: Nesterov SGD momentum 0.9 by default, B Kaiming-uniform,
 # MNIST inputs ToTensor only.  The student report's CIFAR CNN (its text): tanh, lr 1e-4, batch 64,
 # 50 epochs, BP 73.53, DFA 79.97, SSDFA 78.94.
-_MD_DKP_CIFAR = {"optimizer": "nesterov", "momentum": 0.9, "weight_decay": 1e-6, "lr": 5e-4,
-                 "feedback_lr": 1e-4, "feedback_gamma": 0.8, "epochs": 50, "batch_size": 50,
-                 "normalization": "mean-std:0.5,0.5", "feedback_init": "kaiming-uniform"}
+_MD_DKP_CIFAR = {
+    "optimizer": "nesterov",
+    "momentum": 0.9,
+    "weight_decay": 1e-6,
+    "lr": 5e-4,
+    "feedback_lr": 1e-4,
+    "feedback_gamma": 0.8,
+    "epochs": 50,
+    "batch_size": 50,
+    "normalization": "mean-std:0.5,0.5",
+    "feedback_init": "kaiming-uniform",
+}
 
 
 def _resolved(exp, label, setup="authors"):
@@ -356,11 +467,25 @@ def test_recorded_setups_match_authors_code_setups_md(name):
             if exp.kind == "transfer":  # the code has no such script: relu, Glorot (notes say so)
                 act, init = "relu", "glorot"
                 assert "transfer script" in exp.authors_notes
-            got = (cfg.epochs, cfg.batch_size, cfg.lr, cfg.adam_eps, cfg.activation,
-                   cfg.bias_init, cfg.dropout, cfg.weight_init)
+            got = (
+                cfg.epochs,
+                cfg.batch_size,
+                cfg.lr,
+                cfg.adam_eps,
+                cfg.activation,
+                cfg.bias_init,
+                cfg.dropout,
+                cfg.weight_init,
+            )
             assert got == (epochs, batch, lr, eps, act, bias, dropout, init), (label, got)
-            assert (cfg.optimizer, cfg.adam_beta1, cfg.adam_beta2, cfg.normalization,
-                    cfg.schedule, cfg.weight_decay) == ("adam", 0.9, 0.999, norm, "none", 0.0)
+            assert (
+                cfg.optimizer,
+                cfg.adam_beta1,
+                cfg.adam_beta2,
+                cfg.normalization,
+                cfg.schedule,
+                cfg.weight_decay,
+            ) == ("adam", 0.9, 0.999, norm, "none", 0.0)
             assert cfg.feedback_init == ("ours" if label == "bp" else "uniform:1/sqrt(n)")
     elif name == "dkp-cifar10":
         assert exp.paper() == {"bp": 70.47, "dkp": 67.52, "dfa": 61.02}
@@ -387,16 +512,26 @@ def test_recorded_setups_match_authors_code_setups_md(name):
         assert exp.paper() == {"bp": 73.53, "dfa": 79.97, "ssdfa": 78.94}
         for label in exp.labels():
             cfg = _resolved(exp, label)
-            assert (cfg.activation, cfg.lr, cfg.batch_size, cfg.epochs, cfg.model) == \
-                ("tanh", 1e-4, 64, 50, "cifar-cnn")
+            assert (cfg.activation, cfg.lr, cfg.batch_size, cfg.epochs, cfg.model) == (
+                "tanh",
+                1e-4,
+                64,
+                50,
+                "cifar-cnn",
+            )
     else:  # no public code for this half (DKP's Fashion-MNIST, the student report's MLP)
         assert name in ("dkp-table1", "dfa-mlp")
         assert "cannot be recovered" in exp.authors_notes or "not public" in exp.authors_notes
     # the uniform setup is this project's one setup for every row
     for label in exp.labels():
         cfg = _resolved(exp, label, "uniform")
-        assert (cfg.optimizer, cfg.lr, cfg.weight_init, cfg.normalization, cfg.activation) == \
-            (exp.optimizer, exp.lr, "default", "mean-std", None)
+        assert (cfg.optimizer, cfg.lr, cfg.weight_init, cfg.normalization, cfg.activation) == (
+            exp.optimizer,
+            exp.lr,
+            "default",
+            "mean-std",
+            None,
+        )
 
 
 def _fake_data(exp):
@@ -411,8 +546,9 @@ def _fake_data(exp):
     x = torch.randint(0, 256, (6, *shape), generator=gen, dtype=torch.uint8)
     y = torch.arange(6) % classes
     mean, std = torch.full((shape[0], 1, 1), 0.5), torch.full((shape[0], 1, 1), 0.25)
-    return Dataset(exp.dataset, TensorSplit(x, y, mean, std), TensorSplit(x.clone(), y, mean, std),
-                   tuple(shape), classes)
+    return Dataset(
+        exp.dataset, TensorSplit(x, y, mean, std), TensorSplit(x.clone(), y, mean, std), tuple(shape), classes
+    )
 
 
 @pytest.mark.parametrize("name", [n for n in E.names() if E.get(n).kind in ("train", "transfer")])
@@ -471,12 +607,16 @@ def test_every_authors_setting_reaches_the_model_optimizer_and_dataset(name):
         if not exp.dataset.startswith("synthetic"):
             x, _ = data.train.batch(torch.arange(6))
             raw = data.train.x.float()
-            want = {"none": raw / 255, "mean-std": (raw / 255 - 0.5) / 0.25,
-                    "mean-std:0.5,0.5": (raw / 255 - 0.5) / 0.5}.get(cfg.normalization)
+            want = {
+                "none": raw / 255,
+                "mean-std": (raw / 255 - 0.5) / 0.25,
+                "mean-std:0.5,0.5": (raw / 255 - 0.5) / 0.5,
+            }.get(cfg.normalization)
             if cfg.normalization == "per-image":
                 flat = raw.flatten(1)
-                want = ((flat - flat.mean(1, keepdim=True))
-                        / flat.std(1, correction=0, keepdim=True)).view_as(raw)
+                want = (
+                    (flat - flat.mean(1, keepdim=True)) / flat.std(1, correction=0, keepdim=True)
+                ).view_as(raw)
             elif cfg.normalization == "per-pixel":
                 want = (raw / 255 - (raw / 255).mean(0)) / (raw / 255).std(0, correction=0)
             torch.testing.assert_close(x, want, rtol=1e-4, atol=1e-4)
@@ -487,33 +627,65 @@ def test_json_names_each_rows_settings_and_the_setups_differ(tmp_path, capsys, f
     setup from torch's default init, and it says why; --setup authors keeps zero init,
     --setup uniform this project's SGD."""
     out = tmp_path / "cnn"
-    code, payload = _reproduce(capsys, ["ssdfa-cnn", "--out-dir", str(out),
-                                        "--data-dir", str(fake_fashion)])
+    code, payload = _reproduce(capsys, ["ssdfa-cnn", "--out-dir", str(out), "--data-dir", str(fake_fashion)])
     assert code == 0 and payload["setup"] == "authors-default-init" and payload["setup_why"]
     assert payload["reported"] == "best"
     text = (out / "results.md").read_text()
     assert "authors-default-init" in text and "best epoch" in text
     rows = {r["method"]: r for r in payload["rows"]}
-    want = {"bp": ("adam", 0.005, 1.0, "relu", "glorot", 0.25, "per-image"),
-            "dfa": ("adam", 0.01, 1.0, "tanh", "default", 0.25, "per-image")}
+    want = {
+        "bp": ("adam", 0.005, 1.0, "relu", "glorot", 0.25, "per-image"),
+        "dfa": ("adam", 0.01, 1.0, "tanh", "default", 0.25, "per-image"),
+    }
     for method, (opt, lr, eps, act, init, drop, norm) in want.items():
         s = rows[method]["settings"]
-        assert (s["optimizer"], s["lr"], s["adam_eps"], s["activation"], s["weight_init"],
-                s["dropout"], s["normalization"]) == (opt, lr, eps, act, init, drop, norm)
+        assert (
+            s["optimizer"],
+            s["lr"],
+            s["adam_eps"],
+            s["activation"],
+            s["weight_init"],
+            s["dropout"],
+            s["normalization"],
+        ) == (opt, lr, eps, act, init, drop, norm)
         cfg = json.loads((out / method / "seed0" / "config.json").read_text())
         assert {k: cfg[k] for k in s} == s  # what ran is what the table says
         r = rows[method]
         assert r["ours_best_mean"] == pytest.approx(max(r["curves"][0]))
         assert r["ours_mean"] == pytest.approx(r["curves"][0][-1])
-    code, zero = _reproduce(capsys, ["ssdfa-cnn", "--setup", "authors", "--out-dir",
-                                     str(tmp_path / "zero"), "--data-dir", str(fake_fashion)])
+    code, zero = _reproduce(
+        capsys,
+        [
+            "ssdfa-cnn",
+            "--setup",
+            "authors",
+            "--out-dir",
+            str(tmp_path / "zero"),
+            "--data-dir",
+            str(fake_fashion),
+        ],
+    )
     assert code == 0 and zero["setup"] == "authors" and zero["setup_why"] is None
-    assert {r["method"]: r["settings"]["weight_init"] for r in zero["rows"]} == \
-        {"bp": "glorot", "dfa": "zero", "ssdfa": "zero"}
-    code, uni = _reproduce(capsys, ["ssdfa-cnn", "--setup", "uniform", "--out-dir",
-                                    str(tmp_path / "uni"), "--data-dir", str(fake_fashion)])
-    assert code == 0 and all((r["settings"]["optimizer"], r["settings"]["lr"]) == ("sgd", 0.01)
-                             for r in uni["rows"])
+    assert {r["method"]: r["settings"]["weight_init"] for r in zero["rows"]} == {
+        "bp": "glorot",
+        "dfa": "zero",
+        "ssdfa": "zero",
+    }
+    code, uni = _reproduce(
+        capsys,
+        [
+            "ssdfa-cnn",
+            "--setup",
+            "uniform",
+            "--out-dir",
+            str(tmp_path / "uni"),
+            "--data-dir",
+            str(fake_fashion),
+        ],
+    )
+    assert code == 0 and all(
+        (r["settings"]["optimizer"], r["settings"]["lr"]) == ("sgd", 0.01) for r in uni["rows"]
+    )
 
 
 @pytest.mark.parametrize("name", ["dkp-cifar10", "dfa-cnn-cifar10"])
@@ -524,8 +696,7 @@ def test_the_cifar10_tables_run_with_cifar_files(name, tmp_path, capsys):
 
     write_cifar10(tmp_path / "data", n=8)
     out = tmp_path / name
-    code, payload = _reproduce(capsys, [name, "--out-dir", str(out), "--data-dir",
-                                        str(tmp_path / "data")])
+    code, payload = _reproduce(capsys, [name, "--out-dir", str(out), "--data-dir", str(tmp_path / "data")])
     assert code == 0 and payload["dataset"] == "cifar10" and payload["setup"] == "authors"
     _check_table(name, payload, out)
     for r in payload["rows"]:

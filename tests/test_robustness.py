@@ -92,18 +92,38 @@ def test_bad_attack_settings_are_refused():
 
 def test_evaluate_cli_reports_clean_and_adversarial_accuracy(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--method", "usf", "--epochs", "1", "--limit-train", "256",
-                 "--threads", "1", "--out-dir", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--method",
+                "usf",
+                "--epochs",
+                "1",
+                "--limit-train",
+                "256",
+                "--threads",
+                "1",
+                "--out-dir",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert main(["evaluate", str(out), "--attack", "pgd", "--epsilon", "0.3", "--steps", "3",
-                 "--json"]) == 0
+    assert main(["evaluate", str(out), "--attack", "pgd", "--epsilon", "0.3", "--steps", "3", "--json"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["attack"] == "pgd" and res["steps"] == 3 and res["epsilon"] == 0.3
     assert res["clean_acc"] == pytest.approx(res["test_acc"])
     assert 0 <= res["adv_acc"] < res["clean_acc"]
     assert main(["evaluate", str(out), "--attack", "fgsm", "--epsilon", "0.1"]) == 0
     assert "adversarial accuracy" in capsys.readouterr().out
-    for bad in (["--epsilon", "0.1"], ["--attack", "fgsm"], ["--attack", "fgsm", "--epsilon", "-1"],
-                ["--attack", "pgd", "--epsilon", "0.1", "--steps", "0"]):
+    for bad in (
+        ["--epsilon", "0.1"],
+        ["--attack", "fgsm"],
+        ["--attack", "fgsm", "--epsilon", "-1"],
+        ["--attack", "pgd", "--epsilon", "0.1", "--steps", "0"],
+    ):
         assert main(["evaluate", str(out), *bad]) == 2, bad
         assert capsys.readouterr().err.count("\n") == 1

@@ -30,8 +30,13 @@ def one_thread():
 
 def mlp(bias=True, seed=0):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(8, 16, bias=bias), nn.Tanh(), nn.Linear(16, 12, bias=bias),
-                         nn.Tanh(), nn.Linear(12, 3, bias=bias))
+    return nn.Sequential(
+        nn.Linear(8, 16, bias=bias),
+        nn.Tanh(),
+        nn.Linear(16, 12, bias=bias),
+        nn.Tanh(),
+        nn.Linear(12, 3, bias=bias),
+    )
 
 
 def batch(n=7, seed=1):
@@ -59,8 +64,8 @@ def output_error(y, t):
 def direct_grads(net, x, signals):
     """DFA-style weight gradients (Eq. 3-4 of the DKP paper) given the signal at each point."""
     h1, h2, _ = manual_forward(net, x)
-    d1 = signals[0] * (1 - h1 ** 2)
-    d2 = signals[1] * (1 - h2 ** 2)
+    d1 = signals[0] * (1 - h1**2)
+    d2 = signals[1] * (1 - h2**2)
     return [d1.t() @ x, d2.t() @ h1]
 
 
@@ -91,20 +96,27 @@ def test_fa_random_b_matches_layer_by_layer():
     with torch.no_grad():
         h1, h2, y = manual_forward(net, x)
         e = output_error(y, t)
-        d2 = (e @ B[2]) * (1 - h2 ** 2)  # δ·B_3 replaces δ·W_3 (Eq. 5)
-        d1 = (d2 @ B[1]) * (1 - h1 ** 2)
+        d2 = (e @ B[2]) * (1 - h2**2)  # δ·B_3 replaces δ·W_3 (Eq. 5)
+        d1 = (d2 @ B[1]) * (1 - h1**2)
     expected = [d1.t() @ x, d1.sum(0), d2.t() @ h1, d2.sum(0), e.t() @ h2, e.sum(0)]
     for (name, p), g in zip(net.named_parameters(), expected):
         torch.testing.assert_close(p.grad, g, atol=ATOL, rtol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize("conv_kw", [dict(padding=1), dict(stride=2, bias=False),
-                                     dict(padding=1, padding_mode="reflect")])
+@pytest.mark.parametrize(
+    "conv_kw", [dict(padding=1), dict(stride=2, bias=False), dict(padding=1, padding_mode="reflect")]
+)
 def test_fa_conv_input_gradient_uses_b(conv_kw):
     torch.manual_seed(0)
     conv = nn.Conv2d(2, 3, 3, **conv_kw)
-    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Tanh(), conv, nn.Tanh(), nn.Flatten(),
-                        nn.Linear(3 * (3 if conv_kw.get("stride") else 8) ** 2, 4))
+    net = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1),
+        nn.Tanh(),
+        conv,
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(3 * (3 if conv_kw.get("stride") else 8) ** 2, 4),
+    )
     ref = copy.deepcopy(net)
     model = ssdfa.convert(net, "fa", input_shape=(1, 8, 8), seed=0)
     x = torch.randn(5, 1, 8, 8)
@@ -183,7 +195,7 @@ def test_kp_b_gets_w_update_and_converges(digits):
     for epoch in range(8):
         perm = torch.randperm(len(X), generator=g)
         for i in range(0, len(X), 20):
-            b = perm[i:i + 20]
+            b = perm[i : i + 20]
             opt.zero_grad()
             F.cross_entropy(model(X[b]), Y[b]).backward()
             if epoch == 0 and i == 0:  # B's update is W's own (B stored in W's shape)
@@ -192,9 +204,12 @@ def test_kp_b_gets_w_update_and_converges(digits):
                     torch.testing.assert_close(w.feedback.grad, w.layer.weight.grad, atol=0, rtol=0)
                 opt.step()
                 for (b0, w0), w in zip(olds, wr):  # ΔB + ηλB = ΔW + ηλW (Eq. 6)
-                    torch.testing.assert_close(w.feedback.detach() - b0 + lr * wd * b0,
-                                               w.layer.weight.detach() - w0 + lr * wd * w0,
-                                               atol=1e-6, rtol=0)
+                    torch.testing.assert_close(
+                        w.feedback.detach() - b0 + lr * wd * b0,
+                        w.layer.weight.detach() - w0 + lr * wd * w0,
+                        atol=1e-6,
+                        rtol=0,
+                    )
                 continue
             opt.step()
         angles.append([angle(w.feedback, w.layer.weight) for w in wr])
@@ -254,9 +269,11 @@ def test_signal_and_weight_gradients(method, opts):
     model = ssdfa.convert(net, method, seed=0, **opts)
     B = list(ssdfa.feedback_matrices(model).values())
     injected = {}
+
     def capture(name):
         def hook(module, inputs, out):
             out.register_hook(lambda g: injected.__setitem__(name, g))
+
         return hook
 
     for name in ("1", "3"):  # the Tanh outputs are the point values h_1, h_2
@@ -311,8 +328,7 @@ def test_shallow_leaves_hidden_weights_bit_identical():
         assert all(p.grad is None for p in list(net.parameters())[:4])
         with torch.no_grad():
             _, h2, y = manual_forward(net, x)
-        torch.testing.assert_close(net[4].weight.grad, output_error(y, t).t() @ h2, atol=ATOL,
-                                   rtol=1e-4)
+        torch.testing.assert_close(net[4].weight.grad, output_error(y, t).t() @ h2, atol=ATOL, rtol=1e-4)
         opt.step()
     for a, p in zip(hidden, list(net.parameters())[:4]):
         assert torch.equal(a, p)
@@ -330,8 +346,7 @@ def deep_mlp(depth, width=32, seed=0):
 
 def test_drtp_unlocked_equals_ordinary_after_a_step():
     nets = [deep_mlp(3), deep_mlp(3)]
-    models = [ssdfa.convert(nets[0], "drtp", seed=4),
-              ssdfa.convert(nets[1], "drtp", seed=4, unlocked=True)]
+    models = [ssdfa.convert(nets[0], "drtp", seed=4), ssdfa.convert(nets[1], "drtp", seed=4, unlocked=True)]
     x, t = batch()
     for m in models:
         opt = torch.optim.SGD(m.parameters(), lr=0.3, momentum=0.9)
@@ -392,8 +407,14 @@ def test_drtp_unlocked_memory_flat_in_depth_while_bp_grows():
 def cnn(seed=0):
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
-                      nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()),
+        nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(4, 4, 3, padding=1),
+            nn.ReLU(),
+        ),
         nn.Flatten(),
         nn.Sequential(nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 12), nn.Tanh(), nn.Linear(12, 3)),
     )
@@ -451,8 +472,6 @@ def digits():
     return X[tr], Y[tr], X[te], Y[te]
 
 
-
-
 def fit_digits(model, X, Y, Xt, Yt, epochs, lr, weight_decay=0.0) -> float:
     """SGD (momentum 0.9, batch 32, seeded order) for ``epochs``; returns test accuracy."""
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
@@ -460,7 +479,7 @@ def fit_digits(model, X, Y, Xt, Yt, epochs, lr, weight_decay=0.0) -> float:
     for _ in range(epochs):
         perm = torch.randperm(len(X), generator=g)
         for i in range(0, len(X), 32):
-            b = perm[i:i + 32]
+            b = perm[i : i + 32]
             opt.zero_grad()
             F.cross_entropy(model(X[b], target=Y[b]), Y[b]).backward()
             opt.step()
@@ -478,8 +497,9 @@ def digits_accuracy(method, digits):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 10))
     model = ssdfa.convert(net, method.replace("-unlocked", ""), seed=0, **opts)
-    return fit_digits(model, X, Y, Xt, Yt, epochs=3, lr=0.05,
-                      weight_decay=1e-3 if method in ("kp", "dkp") else 0.0)
+    return fit_digits(
+        model, X, Y, Xt, Yt, epochs=3, lr=0.05, weight_decay=1e-3 if method in ("kp", "dkp") else 0.0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -491,8 +511,9 @@ def shallow_digits(digits):
 # +1 for every wrong class whatever the output, and on digits it scores below `shallow` (0.37).
 # forward_grad's variance grows with the parameter count (Baydin et al. 2022): 3 epochs at
 # lr 0.05 leave it at chance here; tests/test_rules_forward_grad.py checks it from its formula
-@pytest.mark.parametrize("method", [m for m in ssdfa.METHODS if m not in ("sign_dfa", "forward_grad")]
-                         + ["drtp-unlocked"])
+@pytest.mark.parametrize(
+    "method", [m for m in ssdfa.METHODS if m not in ("sign_dfa", "forward_grad")] + ["drtp-unlocked"]
+)
 def test_every_method_learns_digits_and_beats_shallow(method, digits, shallow_digits):
     acc = digits_accuracy(method, digits)
     print(f"digits 64-16-10, 3 epochs: {method} test accuracy {acc:.3f}, shallow {shallow_digits:.3f}")
@@ -523,7 +544,7 @@ def drtp_task_accuracy(method, task):
     for _ in range(2):
         perm = torch.randperm(len(X), generator=g)
         for i in range(0, len(X), 50):
-            b = perm[i:i + 50]
+            b = perm[i : i + 50]
             opt.zero_grad()
             out = model(X[b], target=Y[b])
             F.binary_cross_entropy_with_logits(out, F.one_hot(Y[b], 10).float()).backward()
@@ -538,8 +559,7 @@ def shallow_drtp_task(drtp_task):
 
 
 @pytest.mark.parametrize("method", ["sign_dfa", "drtp", "dfa"])
-def test_target_and_sign_rules_beat_shallow_in_the_drtp_papers_setup(method, drtp_task,
-                                                                      shallow_drtp_task):
+def test_target_and_sign_rules_beat_shallow_in_the_drtp_papers_setup(method, drtp_task, shallow_drtp_task):
     """DRTP paper, Fig. 2: sDFA and DRTP well ahead of shallow learning (here ~0.63/0.72 vs 0.36)."""
     acc, shallow = drtp_task_accuracy(method, drtp_task), shallow_drtp_task
     print(f"DRTP synthetic task, 256-100-10: {method} {acc:.3f}, shallow {shallow:.3f}")
@@ -566,8 +586,15 @@ def test_public_reference_checker_covers_every_method(method, batch_size):
     from ssdfa.reference import check_gradients
 
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 2, 3, bias=False), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
-                        nn.Linear(8, 10), nn.Tanh(), nn.Linear(10, 3))
+    net = nn.Sequential(
+        nn.Conv2d(1, 2, 3, bias=False),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(8, 10),
+        nn.Tanh(),
+        nn.Linear(10, 3),
+    )
     model = ssdfa.convert(net, method, input_shape=(1, 6, 6), seed=0)
     check_gradients(model, torch.randn(batch_size, 1, 6, 6), torch.randint(0, 3, (batch_size,)))
 
@@ -625,22 +652,27 @@ def shallow_transfer(digits):
 def test_transfer_learning_from_a_bp_trained_conv_net(method, digits, shallow_transfer):
     """SSDFA paper, Table V: conv layers trained with BP, then only the FC part with `method`."""
     acc = transfer_accuracy(method, digits)
-    print(f"digits transfer (BP conv, {method} FC): test accuracy {acc:.3f}, "
-          f"shallow {shallow_transfer:.3f}")
+    print(f"digits transfer (BP conv, {method} FC): test accuracy {acc:.3f}, shallow {shallow_transfer:.3f}")
     assert acc > 0.7, acc  # chance is 0.1
     assert acc >= shallow_transfer + 0.08, (acc, shallow_transfer)
 
 
-@pytest.mark.parametrize("conv_kw", [dict(groups=2, dilation=2, padding=2),
-                                     dict(stride=(2, 1), padding="valid"),
-                                     dict(padding="same", bias=False),
-                                     dict(padding=1, padding_mode="circular")],
-                         ids=["groups-dilation", "stride-valid", "same-nobias", "circular"])
+@pytest.mark.parametrize(
+    "conv_kw",
+    [
+        dict(groups=2, dilation=2, padding=2),
+        dict(stride=(2, 1), padding="valid"),
+        dict(padding="same", bias=False),
+        dict(padding=1, padding_mode="circular"),
+    ],
+    ids=["groups-dilation", "stride-valid", "same-nobias", "circular"],
+)
 def test_fa_conv_with_b_equal_w_is_backprop(conv_kw):
     torch.manual_seed(0)
     x = torch.randn(3, 2, 9, 9)
-    body = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.Tanh(), nn.Conv2d(4, 4, 3, **conv_kw),
-                         nn.Tanh(), nn.Flatten())
+    body = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.Tanh(), nn.Conv2d(4, 4, 3, **conv_kw), nn.Tanh(), nn.Flatten()
+    )
     net = nn.Sequential(body, nn.Linear(body(x).shape[1], 3))
     ref = copy.deepcopy(net)
     model = ssdfa.convert(net, "fa", input_shape=(2, 9, 9))

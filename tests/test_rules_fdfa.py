@@ -116,8 +116,13 @@ def _ddp_worker(rank, port, out):
         opt.zero_grad()
         F.cross_entropy(ddp(x, target=y), y).backward()
         opt.step()
-    torch.save({"params": [p.detach().clone() for p in model.parameters()],
-                "feedback": [b.clone() for b in model.feedback_matrices().values()]}, f"{out}.{rank}")
+    torch.save(
+        {
+            "params": [p.detach().clone() for p in model.parameters()],
+            "feedback": [b.clone() for b in model.feedback_matrices().values()],
+        },
+        f"{out}.{rank}",
+    )
     dist.barrier()
     os._exit(0)
 

@@ -93,8 +93,9 @@ def test_frozen_parameters_get_nothing_and_train_only_is_refused():
 def test_angles_are_valid_and_training_state_is_untouched():
     """forward_grad's output layer gets an estimate too, so its dW angle is not 0 (unlike every
     other rule): checked here rather than by the registry-generated angle test."""
-    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(48, 8), nn.Tanh(),
-                        nn.Linear(8, 3))
+    net = nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(48, 8), nn.Tanh(), nn.Linear(8, 3)
+    )
     model = ssdfa.convert(net, "forward_grad", num_classes=3, input_shape=(1, 6, 6), seed=0)
     x, y = torch.randn(5, 1, 6, 6), torch.tensor([0, 1, 2, 0, 1])
     F.cross_entropy(model(x), y).backward()
@@ -105,7 +106,9 @@ def test_angles_are_valid_and_training_state_is_untouched():
     for k, v in res.items():
         assert math.isnan(v) or 0.0 <= v <= 180.0, (k, v)
     assert int(model.steps) == steps
-    assert all(torch.equal(p.grad, g) for p, g in zip([p for p in model.parameters() if p.grad is not None], before))
+    assert all(
+        torch.equal(p.grad, g) for p, g in zip([p for p in model.parameters() if p.grad is not None], before)
+    )
 
 
 def test_forward_gradient_descends_a_convex_problem():

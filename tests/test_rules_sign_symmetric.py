@@ -29,7 +29,7 @@ def hand_gradients(net, x, y, b2):
     p = torch.softmax(z, 1)
     e = (p - F.one_hot(y, 3).to(p)) / x.shape[0]  # ∂L/∂z for the batch-mean cross-entropy
     dh = e @ b2  # the substitute matrix: (batch, 3) @ (3, 7)
-    da = dh * (1 - h ** 2)
+    da = dh * (1 - h**2)
     return {"0.weight": da.T @ x, "0.bias": da.sum(0), "2.weight": e.T @ h, "2.bias": e.sum(0)}
 
 
@@ -112,15 +112,23 @@ def test_brsf_redraws_the_magnitudes_every_batch_reproducibly():
 @pytest.mark.parametrize("method", ["usf", "frsf", "brsf"])
 def test_conv_layers_send_delta_through_the_sign_matrix(method):
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 4, 3, padding=1),
-                        nn.Flatten(), nn.Linear(4 * 25, 2))
+    net = nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.Flatten(),
+        nn.Linear(4 * 25, 2),
+    )
     model = ssdfa.convert(net, method, seed=0, input_shape=(2, 5, 5))
     x, y = torch.randn(3, 2, 5, 5), torch.tensor([0, 1, 1])
     got = library_gradients(model, x, y)
     conv2 = layer(model, 1)
     w = net[2].weight.detach()
-    b = (math.sqrt(2.0 / (3 * 9 + 4 * 9)) * torch.sign(w) if method == "usf"
-         else conv2.feedback * torch.sign(w))
+    b = (
+        math.sqrt(2.0 / (3 * 9 + 4 * 9)) * torch.sign(w)
+        if method == "usf"
+        else conv2.feedback * torch.sign(w)
+    )
     # by hand: forward, ∂L/∂(conv2 out) through the linear layer by BP, then ∂(relu out) = δ ⋆ B
     a1 = F.conv2d(x, net[0].weight.detach(), net[0].bias.detach(), padding=1)
     h1 = a1.relu()
@@ -128,13 +136,17 @@ def test_conv_layers_send_delta_through_the_sign_matrix(method):
     z = a2.flatten(1) @ net[4].weight.detach().T + net[4].bias.detach()
     e = (torch.softmax(z, 1) - F.one_hot(y, 2)) / 3
     w_fc = net[4].weight.detach()
-    b_fc = (math.sqrt(2.0 / (100 + 2)) * torch.sign(w_fc) if method == "usf"
-            else layer(model, 2).feedback * torch.sign(w_fc))
+    b_fc = (
+        math.sqrt(2.0 / (100 + 2)) * torch.sign(w_fc)
+        if method == "usf"
+        else layer(model, 2).feedback * torch.sign(w_fc)
+    )
     d2 = (e @ b_fc).view_as(a2)  # the linear layer's ∂x goes through its own sign matrix
     dh1 = torch.nn.grad.conv2d_input(h1.shape, b, d2, padding=1)
     da1 = dh1 * (a1 > 0)
-    torch.testing.assert_close(got["0.weight"], torch.nn.grad.conv2d_weight(x, net[0].weight.shape,
-                                                                             da1, padding=1))
+    torch.testing.assert_close(
+        got["0.weight"], torch.nn.grad.conv2d_weight(x, net[0].weight.shape, da1, padding=1)
+    )
     torch.testing.assert_close(got["2.weight"], torch.nn.grad.conv2d_weight(h1, w.shape, d2, padding=1))
 
 
@@ -159,14 +171,18 @@ def test_norm_ratio_beside_the_angle_is_b_over_w():
     net = mlp()
     model = ssdfa.convert(net, "usf", seed=0)
     ratios = norm_ratios(model)
-    for key, lin, c in (("fa/0.layer.weight", net[0], math.sqrt(2 / 12)),
-                          ("fa/2.layer.weight", net[2], math.sqrt(2 / 10))):
+    for key, lin, c in (
+        ("fa/0.layer.weight", net[0], math.sqrt(2 / 12)),
+        ("fa/2.layer.weight", net[2], math.sqrt(2 / 10)),
+    ):
         w = lin.weight.detach()
         assert ratios[key] == pytest.approx(c * math.sqrt(w.numel()) / float(w.norm()), rel=1e-6)
     fa = ssdfa.convert(mlp(), "fa", seed=0)
     b = fa.feedback_matrices()["2"]
-    assert norm_ratios(fa)["fa/2.layer.weight"] == pytest.approx(float(b.norm() / fa.net[2].layer.weight.detach().norm()))
+    assert norm_ratios(fa)["fa/2.layer.weight"] == pytest.approx(
+        float(b.norm() / fa.net[2].layer.weight.detach().norm())
+    )
     dfa = ssdfa.convert(nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)), "dfa", seed=0)
-    (point, bl), = dfa.feedback_matrices().items()
+    ((point, bl),) = dfa.feedback_matrices().items()
     w_out = dfa.net[-1].weight.detach()
     assert norm_ratios(dfa)[f"eq14/{point}"] == pytest.approx(float(bl.norm() / w_out.norm()), rel=1e-6)

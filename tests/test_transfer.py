@@ -18,8 +18,15 @@ QUIET = {"log": lambda msg: None}
 
 
 def _cfg(tmp_path, name, **kw) -> TrainConfig:
-    base = dict(dataset="digits", model="mnist-cnn", epochs=1, limit_train=64, batch_size=32,
-                threads=1, out_dir=str(tmp_path / name))
+    base = dict(
+        dataset="digits",
+        model="mnist-cnn",
+        epochs=1,
+        limit_train=64,
+        batch_size=32,
+        threads=1,
+        out_dir=str(tmp_path / name),
+    )
     return TrainConfig(**(base | kw))
 
 
@@ -41,13 +48,13 @@ def test_fc_only_takes_conv_from_source_and_fc_from_a_fresh_init(tmp_path, pretr
     # the same run with 0 training steps would be the fresh init: build it by training on a
     # model whose lr is 0, so every FC weight stays at its seed-0 initial value
     run(_cfg(tmp_path, "fresh", method=method, lr=1e-30, train_only="fc"), **QUIET)
-    run(_cfg(tmp_path, "t", method=method, lr=1e-30, train_only="fc", init_from=str(pretrained)),
-        **QUIET)
+    run(_cfg(tmp_path, "t", method=method, lr=1e-30, train_only="fc", init_from=str(pretrained)), **QUIET)
     fresh, got = _weights(tmp_path / "fresh"), _weights(tmp_path / "t")
     for layer in ("0", "2"):  # the two convolutions, frozen
         for p in ("weight", "bias"):
-            torch.testing.assert_close(got[f"net.frozen.{layer}.{p}"], src[f"net.{layer}.{p}"],
-                                       rtol=0, atol=0)
+            torch.testing.assert_close(
+                got[f"net.frozen.{layer}.{p}"], src[f"net.{layer}.{p}"], rtol=0, atol=0
+            )
             assert not torch.equal(got[f"net.frozen.{layer}.{p}"], fresh[f"net.frozen.{layer}.{p}"])
     for layer in ("6", "8"):  # the FC layers: as a fresh run of the same seed, not the source's
         torch.testing.assert_close(got[f"net.{layer}.weight"], fresh[f"net.{layer}.weight"])
@@ -74,13 +81,27 @@ def test_bad_sources_are_refused_in_one_line(tmp_path, pretrained, capsys):
     with pytest.raises(ConfigError, match="does not exist"):
         run(_cfg(tmp_path, "a", method="dfa", init_from=str(tmp_path / "nowhere")), **QUIET)
     with pytest.raises(ConfigError, match="trained with model 'mnist-cnn'"):
-        run(_cfg(tmp_path, "b", method="dfa", model="digits-fc", init_from=str(pretrained)),
-            **QUIET)
+        run(_cfg(tmp_path, "b", method="dfa", model="digits-fc", init_from=str(pretrained)), **QUIET)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no checkpoint"):
         run(_cfg(tmp_path, "c", method="dfa", init_from=str(tmp_path / "empty")), **QUIET)
-    code = main(["train", "--method", "dfa", "--dataset", "digits", "--model", "digits-fc",
-                 "--init-from", str(pretrained), "--epochs", "1", "--quiet",
-                 "--out-dir", str(tmp_path / "cli")])
+    code = main(
+        [
+            "train",
+            "--method",
+            "dfa",
+            "--dataset",
+            "digits",
+            "--model",
+            "digits-fc",
+            "--init-from",
+            str(pretrained),
+            "--epochs",
+            "1",
+            "--quiet",
+            "--out-dir",
+            str(tmp_path / "cli"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "use a run of the same model" in err

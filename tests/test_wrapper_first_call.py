@@ -14,10 +14,10 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from kinds import rule_names
 from torch import nn
 
 import ssdfa
+from kinds import rule_names
 
 DIRECT = sorted(rule_names("direct", "forward_feedback"))
 
@@ -26,8 +26,15 @@ def tiny_cnn(log_softmax=False, hidden=16):
     """A conv stem: convert cannot guess its input, so it is sized at the first forward pass and
     a checkpoint is loaded into it before any call (Lightning's ``load_from_checkpoint``)."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, hidden), nn.Tanh(),
-                         nn.Linear(hidden, 3), *([nn.LogSoftmax(dim=1)] if log_softmax else []))
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(64, hidden),
+        nn.Tanh(),
+        nn.Linear(hidden, 3),
+        *([nn.LogSoftmax(dim=1)] if log_softmax else []),
+    )
 
 
 def image_data():
@@ -38,10 +45,12 @@ def image_data():
 def _substitute(layer, b):
     """layer(x) forward; backward: ∂W, ∂bias as the layer's, ∂x through B (FA, KP)."""
     op = F.linear if isinstance(layer, nn.Linear) else F.conv2d
+
     def run(x):
         own = op(x.detach(), layer.weight, layer.bias)
         through_b = op(x, b)
         return own + through_b - through_b.detach()
+
     return run
 
 
@@ -62,15 +71,22 @@ def rule_gradients(method, net, matrices, x, y):
     h0 = torch.flatten(torch.relu(conv(x)), 1)
     h1 = torch.tanh(lin1(h0.detach() if cut else h0))
     z = lin2(h1.detach() if cut else h1)
-    total = dict(zip(params, torch.autograd.grad(F.cross_entropy(z, y), list(params.values()),
-                                                 allow_unused=True, retain_graph=True)))
+    total = dict(
+        zip(
+            params,
+            torch.autograd.grad(
+                F.cross_entropy(z, y), list(params.values()), allow_unused=True, retain_graph=True
+            ),
+        )
+    )
     if method in ("bp", "shallow"):
         return {n: g for n, g in total.items() if g is not None}
     e = (z.detach().softmax(-1) - F.one_hot(y, 3).float()) / len(y)
     signal = {"sign_dfa": e.sign() / len(y), "drtp": F.one_hot(y, 3).float() / len(y)}.get(method, e)
     for h, b in zip((h0, h1), matrices.values()):
-        grads = torch.autograd.grad(h, list(params.values()), signal @ b, allow_unused=True,
-                                    retain_graph=True)
+        grads = torch.autograd.grad(
+            h, list(params.values()), signal @ b, allow_unused=True, retain_graph=True
+        )
         for n, g in zip(params, grads):
             if g is not None:
                 total[n] = g if total[n] is None else total[n] + g
@@ -93,8 +109,11 @@ def assert_same(got, want):
 def step_gradients(model, x, y, loss_fn=F.cross_entropy):
     model.zero_grad(set_to_none=True)
     loss_fn(model(x, target=y), y).backward()
-    return {n.replace(".layer.", "."): p.grad.clone() for n, p in model.net.named_parameters()
-            if p.grad is not None and not n.endswith("feedback")}
+    return {
+        n.replace(".layer.", "."): p.grad.clone()
+        for n, p in model.net.named_parameters()
+        if p.grad is not None and not n.endswith("feedback")
+    }
 
 
 # -- shallow: any output structure --------------------------------------------------------------
@@ -129,9 +148,14 @@ class WithModelOutput(Tupled):
         return _model_output(self.net(x))
 
 
-@pytest.mark.parametrize("cls,logits", [(Tupled, lambda o: o[0]), (Dicted, lambda o: o["logits"]),
-                                        (WithModelOutput, lambda o: o.logits if hasattr(o, "logits")
-                                         else o["logits"])])
+@pytest.mark.parametrize(
+    "cls,logits",
+    [
+        (Tupled, lambda o: o[0]),
+        (Dicted, lambda o: o["logits"]),
+        (WithModelOutput, lambda o: o.logits if hasattr(o, "logits") else o["logits"]),
+    ],
+)
 def test_shallow_trains_the_output_layer_alone_whatever_the_output_holds(cls, logits):
     x, y = image_data()
     model = ssdfa.convert(cls(), "shallow", points=["net.2", "net.4"])
@@ -156,7 +180,9 @@ def test_a_first_call_that_evaluates_leaves_the_model_to_train_as_the_formulas_s
     """The first call sizes the model inside ``mode``; training after it gives the rule's
     gradients, with e taken at the logits of the log_softmax head."""
     if method in ("fdfa", "forward_grad"):  # fdfa refuses a log_softmax head; forward_grad's
-        pytest.skip("its own tests")  # estimate is random (tests/test_rules_fdfa.py, test_rules_forward_grad.py)
+        pytest.skip(
+            "its own tests"
+        )  # estimate is random (tests/test_rules_fdfa.py, test_rules_forward_grad.py)
     x, y = image_data()
     shape = {"example_input": x} if method == "dkp" else {}
     model = ssdfa.convert(tiny_cnn(log_softmax=True), method, seed=0, **shape)
@@ -218,8 +244,11 @@ def test_a_checkpoint_of_another_method_is_refused_at_the_first_call():
     dfa = ssdfa.convert(tiny_cnn(), "dfa", seed=0, example_input=x)
     model = ssdfa.convert(tiny_cnn(), "ssdfa", seed=0)
     model.load_state_dict(dfa.state_dict())
-    with pytest.raises(ValueError, match="do not fit this model and method.*SparseFeedback.*"
-                       "DenseFeedback.*same model, method and options"):
+    with pytest.raises(
+        ValueError,
+        match="do not fit this model and method.*SparseFeedback.*"
+        "DenseFeedback.*same model, method and options",
+    ):
         model(x)
 
 

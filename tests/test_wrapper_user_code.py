@@ -12,11 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from zoo import GPT, TransformerClassifier
 
 import ssdfa
 from ssdfa.reference import check_gradients
 from ssdfa.wrapper import FeedbackModel
+from zoo import GPT, TransformerClassifier
 
 
 def signal(method, e, y):
@@ -35,13 +35,16 @@ def formula_grads(model, call, loss_of, heads, method, y, side=None):
     net = model.net
     hs, zs, handles = [], {}, []
     for marker in model.points().values():
+
         def cut(m, i, o):
             hs.append(o)
             return o.detach()
+
         handles.append(marker.register_forward_hook(cut))
     for name in heads:
-        handles.append(net.get_submodule(name).register_forward_hook(
-            lambda m, i, o, name=name: zs.__setitem__(name, o)))
+        handles.append(
+            net.get_submodule(name).register_forward_hook(lambda m, i, o, name=name: zs.__setitem__(name, o))
+        )
     try:
         out = call(net)
     finally:
@@ -49,8 +52,9 @@ def formula_grads(model, call, loss_of, heads, method, y, side=None):
             h.remove()
     loss = loss_of(out)
     params = {n: p for n, p in net.named_parameters() if p.requires_grad}
-    total = dict(zip(params, torch.autograd.grad(loss, list(params.values()), allow_unused=True,
-                                                 retain_graph=True)))
+    total = dict(
+        zip(params, torch.autograd.grad(loss, list(params.values()), allow_unused=True, retain_graph=True))
+    )
     errors = []
     for name in heads:
         g = torch.autograd.grad(loss, zs[name], retain_graph=True, allow_unused=True)[0]
@@ -67,8 +71,9 @@ def formula_grads(model, call, loss_of, heads, method, y, side=None):
                 delta = delta + (signal(method, e.reshape(e.shape[0], -1), y) @ bh).view_as(h)
         if side is not None:
             delta = delta + side(k, h.detach())
-        for n, g in zip(params, torch.autograd.grad(h, list(params.values()), delta,
-                                                    allow_unused=True, retain_graph=True)):
+        for n, g in zip(
+            params, torch.autograd.grad(h, list(params.values()), delta, allow_unused=True, retain_graph=True)
+        ):
             if g is not None:
                 total[n] = g if total[n] is None else total[n] + g
     return {n: g for n, g in total.items() if g is not None}
@@ -79,7 +84,7 @@ def grads_of(model):
 
 
 def assert_same(got, want, rtol=1e-4, atol=1e-6):
-    assert set(got) == set(want), (sorted(set(got) ^ set(want)))
+    assert set(got) == set(want), sorted(set(got) ^ set(want))
     for n in want:
         torch.testing.assert_close(got[n], want[n], rtol=rtol, atol=atol, msg=n)
 
@@ -115,8 +120,11 @@ def test_nanogpt_loss_inside_forward_reaches_every_block(method):
     want = formula_grads(model, lambda net: net(idx, tgt), lambda out: out[1], ["lm_head"], method, tgt)
     assert_same(got, want)
     # and the hidden blocks learn (they got None, training equal to shallow's, before)
-    assert any(p.grad is not None and p.grad.abs().sum() > 0
-               for n, p in model.net.named_parameters() if n.startswith("h.0."))
+    assert any(
+        p.grad is not None and p.grad.abs().sum() > 0
+        for n, p in model.net.named_parameters()
+        if n.startswith("h.0.")
+    )
 
 
 def test_nanogpt_inference_call_under_grad_is_refused_clearly():
@@ -161,15 +169,19 @@ def test_each_head_feeds_back_its_own_error(method, loss):
     assert [tuple(b.shape) for b in model.feedback_matrices().values()] == [(8, 16), (8, 12)]
     got = grads_of(model)
     assert got["fc1.weight"].abs().sum() > 0 and got["fc2.weight"].abs().sum() > 0
-    want = formula_grads(model, lambda net: net(x), lambda out: LOSSES[loss](out, ya, yb),
-                         ["head_a", "head_b"], method, None)
+    want = formula_grads(
+        model, lambda net: net(x), lambda out: LOSSES[loss](out, ya, yb), ["head_a", "head_b"], method, None
+    )
     assert_same(got, want)
 
 
 def test_one_head_model_keeps_its_feedback_when_a_second_head_is_added():
     """Head 0's B_{l,0} are drawn as a one-head model's: adding a head changes nothing else."""
-    one = ssdfa.convert(nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 12), nn.Tanh(),
-                                      nn.Linear(12, 3)), "ssdfa", seed=0)
+    one = ssdfa.convert(
+        nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 12), nn.Tanh(), nn.Linear(12, 3)),
+        "ssdfa",
+        seed=0,
+    )
     two = ssdfa.convert(TwoHeads(), "ssdfa", seed=0)
     for b1, b2 in zip(one.feedback_matrices().values(), two.feedback_matrices().values()):
         torch.testing.assert_close(b2[:3], b1)
@@ -204,8 +216,15 @@ def test_an_auxiliary_loss_on_returned_features_is_added(method):
     z, feats = model(x)
     (F.cross_entropy(z, y) + 0.1 * feats.pow(2).sum()).backward()
     # the auxiliary term's gradient at point 2's output, by hand: d(0.1·Σh²)/dh = 0.2·h
-    want = formula_grads(model, lambda net: net(x), lambda out: F.cross_entropy(out[0], y),
-                         ["fc3"], method, y, side=lambda k, h: 0.2 * h if k == 1 else 0 * h)
+    want = formula_grads(
+        model,
+        lambda net: net(x),
+        lambda out: F.cross_entropy(out[0], y),
+        ["fc3"],
+        method,
+        y,
+        side=lambda k, h: 0.2 * h if k == 1 else 0 * h,
+    )
     assert_same(grads_of(model), want)
 
 
@@ -231,13 +250,13 @@ def test_the_loss_scale_is_applied_only_to_backwards_that_were_scaled(method):
     plain = ssdfa.convert(mlp(), method, seed=0)
     F.cross_entropy(plain(x, target=y), y).backward()
     want = grads_of(plain)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
     model = ssdfa.convert(mlp(), method, seed=0, grad_scaler=scaler)
     F.cross_entropy(model(x, target=y), y).backward()  # a plain fp32 step: no scale
     assert_same(grads_of(model), want)
     model.zero_grad()
     scaler.scale(F.cross_entropy(model(x, target=y), y)).backward()
-    assert_same(grads_of(model), {n: g * 2.0 ** 16 for n, g in want.items()}, rtol=1e-4, atol=1e-2)
+    assert_same(grads_of(model), {n: g * 2.0**16 for n, g in want.items()}, rtol=1e-4, atol=1e-2)
     model.zero_grad()
     F.cross_entropy(model(x, target=y), y).backward()  # and unscaled again after a scaled one
     assert_same(grads_of(model), want)
@@ -294,8 +313,14 @@ def test_lazy_modules_are_sized_by_the_first_call(method):
     F.cross_entropy(model(x, target=y), y).backward()
     assert model.net[0].weight.shape == (32, 12)
     if method != "bp":
-        want = formula_grads(model, lambda net: net(x), lambda out: F.cross_entropy(out, y),
-                             [list(dict(model.net.named_children()))[-1]], method, y)
+        want = formula_grads(
+            model,
+            lambda net: net(x),
+            lambda out: F.cross_entropy(out, y),
+            [list(dict(model.net.named_children()))[-1]],
+            method,
+            y,
+        )
         assert_same(grads_of(model), want)
 
 
@@ -316,8 +341,14 @@ def test_classifier_over_tokens_takes_any_sequence_length(method):
         x, y = torch.randint(0, 50, (4, length)), torch.randint(0, 5, (4,))
         model.zero_grad()
         F.cross_entropy(model(x, target=y), y).backward()
-        want = formula_grads(model, lambda net: net(x), lambda out: F.cross_entropy(out, y),
-                             ["head"], method, y)
+        want = formula_grads(
+            model,
+            lambda net: net(x),  # noqa: B023  (called within this iteration)
+            lambda out: F.cross_entropy(out, y),  # noqa: B023  (called within this iteration)
+            ["head"],
+            method,
+            y,
+        )
         assert_same(grads_of(model), want)
     assert all(tuple(b.shape) == (5, 32) for b in model.feedback_matrices().values())
 
@@ -328,9 +359,11 @@ def test_check_gradients_catches_a_loss_inside_forward_that_skips_the_feedback(m
     model = ssdfa.convert(GPTWithLoss(), "dfa", seed=0).eval()
     loss = lambda out, y: out[1]  # noqa: E731
     check_gradients(model, (idx, idx), idx, loss)
+
     def at_the_return(self, k, z):  # the old bug: the loss is built before the injection
         self._fired[k] = sum(c is not None for _, c, _ in self._tape)
         return z
+
     monkeypatch.setattr(FeedbackModel, "_inject_head", at_the_return)
     with pytest.raises(AssertionError, match="h.0"):
         check_gradients(model, (idx, idx), idx, loss)
@@ -342,8 +375,11 @@ def test_check_gradients_catches_a_dropped_head(monkeypatch):
     loss = lambda out, y: LOSSES["a+10b"](out, ya, yb)  # noqa: E731
     check_gradients(model, x, ya, loss)
     plain = FeedbackModel.error_slices
-    monkeypatch.setattr(FeedbackModel, "error_slices",
-                        lambda self, e: [s if k == 0 else 0 * s for k, s in enumerate(plain(self, e))])
+    monkeypatch.setattr(
+        FeedbackModel,
+        "error_slices",
+        lambda self, e: [s if k == 0 else 0 * s for k, s in enumerate(plain(self, e))],
+    )
     with pytest.raises(AssertionError, match="fc1.weight"):
         check_gradients(model, x, ya, loss)
 
@@ -352,7 +388,7 @@ def test_check_gradients_catches_a_loss_scale_on_an_unscaled_backward(monkeypatc
     x, y = torch.randn(8, 6), torch.randint(0, 4, (8,))
     model = ssdfa.convert(mlp(), "sign_dfa", seed=0, grad_scaler=torch.amp.GradScaler("cpu"))
     check_gradients(model, x, y)
-    monkeypatch.setattr(FeedbackModel, "scaled", lambda self, s: s * 2.0 ** 16)
+    monkeypatch.setattr(FeedbackModel, "scaled", lambda self, s: s * 2.0**16)
     with pytest.raises(AssertionError, match="0.weight"):
         check_gradients(model, x, y)
 
@@ -371,9 +407,16 @@ def test_check_gradients_covers_layerwise_rules_on_any_model(method):
 def test_hugging_face_labels_path_trains_through_the_feedback():
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2,
-                                  num_attention_heads=4, intermediate_size=64, num_labels=3,
-                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    cfg = transformers.BertConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=3,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     net = transformers.BertForSequenceClassification(cfg)
     model = ssdfa.convert(net, "dfa", seed=0)
     y = torch.randint(0, 3, (4,))
@@ -383,13 +426,28 @@ def test_hugging_face_labels_path_trains_through_the_feedback():
         model.zero_grad()
         model(input_ids=x, attention_mask=mask, labels=y).loss.backward()
         assert all(p.grad is not None for p in net.parameters())
-        want = formula_grads(model, lambda n: n(input_ids=x, attention_mask=mask, labels=y),
-                             lambda out: out.loss, ["classifier"], "dfa", y)
+        want = formula_grads(
+            model,
+            lambda n: n(input_ids=x, attention_mask=mask, labels=y),  # noqa: B023  (called within this iteration)
+            lambda out: out.loss,
+            ["classifier"],
+            "dfa",
+            y,
+        )
         assert_same(grads_of(model), want)
     assert model.layout == ["broadcast", "broadcast"]
-    gpt = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        vocab_size=30, n_embd=32, n_layer=2, n_head=4, n_positions=16, resid_pdrop=0.0,
-        embd_pdrop=0.0, attn_pdrop=0.0))
+    gpt = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(
+            vocab_size=30,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=16,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
+    )
     model = ssdfa.convert(gpt, "dfa", seed=0)
     x = torch.randint(0, 30, (2, 8))
     model(input_ids=x, labels=x).loss.backward()

@@ -69,8 +69,7 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, block=BasicBlock, layers=(2, 2, 2, 2), num_classes=1000, in_channels=3,
-                 width=64):
+    def __init__(self, block=BasicBlock, layers=(2, 2, 2, 2), num_classes=1000, in_channels=3, width=64):
         super().__init__()
         self.inplanes = width
         self.conv1 = nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False)
@@ -89,7 +88,8 @@ class ResNet(nn.Module):
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
                 nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(planes * block.expansion))
+                nn.BatchNorm2d(planes * block.expansion),
+            )
         layers = [block(self.inplanes, planes, stride, downsample)]
         self.inplanes = planes * block.expansion
         layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
@@ -135,15 +135,17 @@ class ExamplesNet(nn.Module):
 
 # -- an nn.TransformerEncoder classifier -----------------------------------------------------
 class TransformerClassifier(nn.Module):
-    def __init__(self, vocab=50, d=32, heads=4, layers=2, num_classes=5, seq=12, batch_first=True,
-                 in_features=None):
+    def __init__(
+        self, vocab=50, d=32, heads=4, layers=2, num_classes=5, seq=12, batch_first=True, in_features=None
+    ):
         super().__init__()
         self.batch_first = batch_first
         # token ids (B, T), or vectors (B, T, in_features) such as an image's rows
         self.embed = nn.Embedding(vocab, d) if in_features is None else nn.Linear(in_features, d)
         self.pos = nn.Parameter(torch.randn(seq, d) * 0.02)
-        layer = nn.TransformerEncoderLayer(d, heads, 4 * d, dropout=0.1, batch_first=batch_first,
-                                           activation="gelu")
+        layer = nn.TransformerEncoderLayer(
+            d, heads, 4 * d, dropout=0.1, batch_first=batch_first, activation="gelu"
+        )
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.head = nn.Linear(d, num_classes)
 
@@ -162,8 +164,9 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(d, 3 * d)
         self.c_proj = nn.Linear(d, d)
         self.heads = heads
-        self.register_buffer("bias", torch.tril(torch.ones(block_size, block_size))
-                             .view(1, 1, block_size, block_size))
+        self.register_buffer(
+            "bias", torch.tril(torch.ones(block_size, block_size)).view(1, 1, block_size, block_size)
+        )
 
     def forward(self, x):
         B, T, C = x.size()

@@ -57,7 +57,7 @@ def angle(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # -- update angles against BP ----------------------------------------------------------------------
-def _weight_modules(net: nn.Module) -> "OrderedDict[str, nn.Module]":
+def _weight_modules(net: nn.Module) -> OrderedDict[str, nn.Module]:
     """Modules that apply a weight layer: Linear/Conv2d, or a wrapper holding one as ``.layer``
     (how layer-wise rules such as FA replace a layer), outermost only, in definition order."""
     found: OrderedDict[str, nn.Module] = OrderedDict()
@@ -74,7 +74,7 @@ def _weight_modules(net: nn.Module) -> "OrderedDict[str, nn.Module]":
     return found
 
 
-def _taps(model) -> "OrderedDict[str, nn.Module]":
+def _taps(model) -> OrderedDict[str, nn.Module]:
     """Where δ is measured: the feedback points of ``model.net`` in the model's order, or, for a
     model without points (layer-wise rules), the input of every weight layer but the first."""
     mods = dict(model.net.named_modules())
@@ -105,8 +105,10 @@ def _capture(taps, store_grads: dict, store_acts: dict, net: nn.Module | None = 
             h = inputs[0]
             store_acts[name] = h.detach()
             if h.requires_grad:
+
                 def grab(g):
                     store_grads[name] = g.detach().clone()
+
                 h.register_hook(grab)
             return None
 
@@ -115,8 +117,10 @@ def _capture(taps, store_grads: dict, store_acts: dict, net: nn.Module | None = 
     def make_out(name):
         def hook(module, inputs, output):
             if isinstance(output, torch.Tensor) and output.requires_grad:
+
                 def grab(g):
                     store_grads[name] = g.detach().clone()
+
                 output.register_hook(grab)
             return None
 
@@ -140,13 +144,15 @@ def _one_pass(model, x, y, loss_fn, params):
         out = model(x, target=y)
         loss = loss_fn(out, y)
         loss.backward()
-    grads = {n: (p.grad.detach().clone() if p.grad is not None else None)
-             for n, p in model.net.named_parameters()}
+    grads = {
+        n: (p.grad.detach().clone() if p.grad is not None else None) for n, p in model.net.named_parameters()
+    }
     return deltas, grads, acts, out.detach()
 
 
-def alignment_angles(model, x: torch.Tensor, y: torch.Tensor, loss_fn=F.cross_entropy, *,
-                     extra: bool = True) -> dict[str, float]:
+def alignment_angles(
+    model, x: torch.Tensor, y: torch.Tensor, loss_fn=F.cross_entropy, *, extra: bool = True
+) -> dict[str, float]:
     """Angles (degrees) between the rule's signals and exact BP's on the same batch and weights.
 
     Keys: ``delta/<point>`` (gradient arriving at each feedback point, i.e. at h_l after the
@@ -206,14 +212,17 @@ def _sequence(net: nn.Module) -> list[tuple[str, nn.Module]]:
     graph = getattr(net, "graph", None)
     if graph is not None:  # torch.fx GraphModule: the graph's order is the execution order
         mods = dict(net.named_modules())
-        return [(str(n.target), mods[str(n.target)]) for n in graph.nodes
-                if n.op == "call_module" and str(n.target) in mods]
+        return [
+            (str(n.target), mods[str(n.target)])
+            for n in graph.nodes
+            if n.op == "call_module" and str(n.target) in mods
+        ]
     if isinstance(net, nn.Sequential):
         return [(n, m) for n, m in net.named_modules() if not list(m.children())]
     return []
 
 
-def _feedback_dense(model) -> "OrderedDict[str, torch.Tensor]":
+def _feedback_dense(model) -> OrderedDict[str, torch.Tensor]:
     fbs = getattr(model, "feedback", None)
     if fbs is None or len(fbs) == 0:
         return OrderedDict()
@@ -223,7 +232,7 @@ def _feedback_dense(model) -> "OrderedDict[str, torch.Tensor]":
         return OrderedDict()
 
 
-def _eq14_pairs(model) -> "OrderedDict[str, tuple[torch.Tensor, torch.Tensor]]":
+def _eq14_pairs(model) -> OrderedDict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{point: (B_l, W_n·…·W_{l+1})} for each point of an FC chain (see feedback_weight_angles)."""
     dense = _feedback_dense(model)
     seq = _sequence(model.net)
@@ -232,7 +241,7 @@ def _eq14_pairs(model) -> "OrderedDict[str, tuple[torch.Tensor, torch.Tensor]]":
     for point, b in dense.items():
         if point not in names:
             continue
-        after = [m for _, m in seq[names.index(point) + 1:] if is_weight_layer(m)]
+        after = [m for _, m in seq[names.index(point) + 1 :] if is_weight_layer(m)]
         if not after or not all(isinstance(m, nn.Linear) for m in after):
             continue
         prod = after[0].weight.detach()
@@ -274,7 +283,7 @@ def output_prediction_angles(model, acts: dict, output: torch.Tensor) -> dict[st
     return out
 
 
-def _fa_pairs(model) -> "OrderedDict[str, tuple[torch.Tensor, torch.Tensor]]":
+def _fa_pairs(model) -> OrderedDict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{weight name: (B, W)} for each weight with a feedback tensor of its shape (fa_weight_angles)."""
     out = OrderedDict()
     wname = {id(p): n for n, p in model.net.named_parameters()}
@@ -288,9 +297,12 @@ def _fa_pairs(model) -> "OrderedDict[str, tuple[torch.Tensor, torch.Tensor]]":
             continue
         own = []
         for holder in dict.fromkeys([m, layer]):  # wrapper first, then the layer itself
-            own += [t for tn, t in list(holder.named_buffers(recurse=False))
-                    + list(holder.named_parameters(recurse=False))
-                    if tn not in ("weight", "bias") and t is not None and t.numel() == w.numel()]
+            own += [
+                t
+                for tn, t in list(holder.named_buffers(recurse=False))
+                + list(holder.named_parameters(recurse=False))
+                if tn not in ("weight", "bias") and t is not None and t.numel() == w.numel()
+            ]
         if own:
             b = own[0].detach()
             if b.shape != w.shape and b.dim() == 2 and b.t().shape == w.shape:

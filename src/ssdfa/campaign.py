@@ -42,8 +42,9 @@ def check_methods(base: TrainConfig, methods: list[str]) -> None:
     for m in methods:
         try:
             cfg = resolve(replace(base, method=m))
-            opts = {k: v for k, v in rule_options(cfg).items()
-                    if k not in ("train_only", "feedback_scale")}  # convert's, not the rule's
+            opts = {
+                k: v for k, v in rule_options(cfg).items() if k not in ("train_only", "feedback_scale")
+            }  # convert's, not the rule's
             check_feedback_scale(cfg.feedback_scale, make_rule(cfg.method, **opts))
         except (ValueError, KeyError) as exc:
             raise UserError(f"{m}: {exc}") from exc
@@ -64,16 +65,19 @@ def train_or_explain(cfg: TrainConfig, nproc: int = 1, **kwargs) -> dict:
         raise UserError(str(exc)) from exc
 
 
-def _train_parallel(cfg: TrainConfig, nproc: int, *, resume: bool = False, progress: bool = False,
-                    log=None) -> dict:
+def _train_parallel(
+    cfg: TrainConfig, nproc: int, *, resume: bool = False, progress: bool = False, log=None
+) -> dict:
     try:
         resolve(replace(cfg), check_init_from=not resume)  # refused here, before any worker starts
     except ConfigError as exc:
         raise UserError(str(exc)) from exc
     if _backend(cfg.device) == "nccl" and nproc > torch.cuda.device_count():
-        raise UserError(f"--nproc {nproc} on CUDA needs {nproc} GPUs (one per process); this "
-                        f"machine has {torch.cuda.device_count()}; use --device cpu for gloo "
-                        "processes on the CPU")
+        raise UserError(
+            f"--nproc {nproc} on CUDA needs {nproc} GPUs (one per process); this "
+            f"machine has {torch.cuda.device_count()}; use --device cpu for gloo "
+            "processes on the CPU"
+        )
     if cfg.out_dir is None:
         cfg = replace(cfg, out_dir=default_out_dir(cfg))
     quiet = getattr(log, "quiet", False)
@@ -91,15 +95,26 @@ def _train_parallel(cfg: TrainConfig, nproc: int, *, resume: bool = False, progr
     # the lock is let go here and rank 0, the process that writes, takes it
     rc = launch(cfg, nproc, resume=resume, quiet=quiet)
     if rc != 0:
-        raise UserError(f"the {nproc} workers of torch.distributed.run failed (exit status "
-                        f"{rc}); their messages are above")
+        raise UserError(
+            f"the {nproc} workers of torch.distributed.run failed (exit status "
+            f"{rc}); their messages are above"
+        )
     return json.loads((out / "summary.json").read_text(encoding="utf-8"))
 
 
 # -- every method and seed --------------------------------------------------------------------
-def train_all(base, methods: list[str], seeds: int, first: int, out: Path, log,
-              progress: bool = False, nproc: int = 1, *, retrain_changed_init: bool = False
-              ) -> tuple[dict[str, list[dict]], float]:
+def train_all(
+    base,
+    methods: list[str],
+    seeds: int,
+    first: int,
+    out: Path,
+    log,
+    progress: bool = False,
+    nproc: int = 1,
+    *,
+    retrain_changed_init: bool = False,
+) -> tuple[dict[str, list[dict]], float]:
     """Train (or continue, or reuse) every method and seed under ``out/<method>/seed<k>``.
 
     Returns each method's run summaries and the seconds taken.  A run already finished in its
@@ -125,10 +140,11 @@ def _one_run(cfg: TrainConfig, log, progress: bool, nproc: int, retrain_changed_
     resume = _earlier_run(cfg)
     if resume and _init_changed(cfg):
         if not retrain_changed_init:
-            raise UserError(f"{cfg.out_dir} started from other weights of init_from "
-                            f"{cfg.init_from} than it holds now; give a new --out-dir")
-        log(f"== {method}, seed {seed}: its init_from run changed; training it again "
-            "from the start ==")
+            raise UserError(
+                f"{cfg.out_dir} started from other weights of init_from "
+                f"{cfg.init_from} than it holds now; give a new --out-dir"
+            )
+        log(f"== {method}, seed {seed}: its init_from run changed; training it again from the start ==")
         resume = False
     done = _finished_summary(cfg, nproc) if resume else None
     if done is not None:  # a finished run is read back: its files are never rewritten
@@ -141,8 +157,10 @@ def _one_run(cfg: TrainConfig, log, progress: bool, nproc: int, retrain_changed_
         log(f"{method} seed {seed}: {exc}")
         return json.loads((Path(cfg.out_dir) / "summary.json").read_text())
     except KeyboardInterrupt:
-        log(f"interrupted during {method} seed {seed}; run the same command again to "
-            "continue: finished runs are kept")
+        log(
+            f"interrupted during {method} seed {seed}; run the same command again to "
+            "continue: finished runs are kept"
+        )
         raise
 
 
@@ -158,14 +176,16 @@ def _earlier_run(cfg) -> bool:
     try:
         saved = asdict(read_run_config(run_dir))
     except FileNotFoundError:
-        raise UserError(f"{run_dir} holds a checkpoint without config.json; delete {run_dir} "
-                        "to train it again") from None
+        raise UserError(
+            f"{run_dir} holds a checkpoint without config.json; delete {run_dir} to train it again"
+        ) from None
     except ConfigError as exc:
         raise UserError(str(exc)) from exc
     differ = settings_differ(saved, cfg)
     if differ:
-        raise UserError(f"{run_dir} holds a run with other settings ({', '.join(differ)}); "
-                        "give a new --out-dir")
+        raise UserError(
+            f"{run_dir} holds a run with other settings ({', '.join(differ)}); give a new --out-dir"
+        )
     return True
 
 
@@ -199,8 +219,11 @@ def _finished_summary(cfg, nproc: int = 1) -> dict | None:
         return None
     except (ValueError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is not valid JSON ({exc}); delete {run_dir} to train it again") from None
-    if not isinstance(summary, dict) or summary.get("status") != "finished" \
-            or summary.get("epochs") != cfg.epochs:
+    if (
+        not isinstance(summary, dict)
+        or summary.get("status") != "finished"
+        or summary.get("epochs") != cfg.epochs
+    ):
         return None
     _check_summary_numbers(summary, path, run_dir)
     try:
@@ -211,9 +234,11 @@ def _finished_summary(cfg, nproc: int = 1) -> dict | None:
         return None
     world = ckpt.get("world_size", 1)
     if world != nproc:
-        raise UserError(f"{run_dir} was trained in {world} process(es) (global batch "
-                        f"{cfg.batch_size * world}), this command asks for {nproc} (global batch "
-                        f"{cfg.batch_size * nproc}); give the same --nproc or a new --out-dir")
+        raise UserError(
+            f"{run_dir} was trained in {world} process(es) (global batch "
+            f"{cfg.batch_size * world}), this command asks for {nproc} (global batch "
+            f"{cfg.batch_size * nproc}); give the same --nproc or a new --out-dir"
+        )
     return summary
 
 
@@ -221,15 +246,12 @@ def _check_summary_numbers(summary: dict, path: Path, run_dir: Path) -> None:
     """Accuracies in [0, 1] and losses and seconds numbers (or absent)."""
     for key in ("final_test_acc", "best_test_acc"):
         v = summary.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
-                              or not 0 <= v <= 1):
-            raise UserError(f"{path}: {key} = {v!r} is not an accuracy; delete {run_dir} to "
-                            "train it again")
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1):
+            raise UserError(f"{path}: {key} = {v!r} is not an accuracy; delete {run_dir} to train it again")
     for key in ("final_test_loss", "train_loss", "seconds"):
         v = summary.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-            raise UserError(f"{path}: {key} = {v!r} is not a number; delete {run_dir} to train "
-                            "it again")
+            raise UserError(f"{path}: {key} = {v!r} is not a number; delete {run_dir} to train it again")
 
 
 # -- the table --------------------------------------------------------------------------------
@@ -253,8 +275,10 @@ def aggregate(runs: list[dict]) -> dict:
 
 def markdown_table(results: dict[str, list[dict]]) -> str:
     """One row per method: test accuracy, best test accuracy and train loss as mean ± std."""
-    rows = ["| method | test accuracy (%) | best test accuracy (%) | train loss | seconds / run |",
-            "|---|---|---|---|---|"]
+    rows = [
+        "| method | test accuracy (%) | best test accuracy (%) | train loss | seconds / run |",
+        "|---|---|---|---|---|",
+    ]
     for method, runs in results.items():
         agg = aggregate(runs)
 
@@ -262,9 +286,15 @@ def markdown_table(results: dict[str, list[dict]]) -> str:
             v = agg[key]
             return "—" if v is None else f"{v['mean']:.{digits}f} ± {v['std']:.{digits}f}"
 
-        note = "" if agg["runs_finished"] == agg["runs"] else \
-            f" ({agg['runs'] - agg['runs_finished']}/{agg['runs']} diverged)"
-        rows.append(f"| {method}{note} | {cell('final_test_acc')} | {cell('best_test_acc')} | "
-                    f"{cell('train_loss', 4)} | {agg['seconds']['mean']:.2f} |"
-                    if agg["seconds"] else f"| {method}{note} | — | — | — | — |")
+        note = (
+            ""
+            if agg["runs_finished"] == agg["runs"]
+            else f" ({agg['runs'] - agg['runs_finished']}/{agg['runs']} diverged)"
+        )
+        rows.append(
+            f"| {method}{note} | {cell('final_test_acc')} | {cell('best_test_acc')} | "
+            f"{cell('train_loss', 4)} | {agg['seconds']['mean']:.2f} |"
+            if agg["seconds"]
+            else f"| {method}{note} | — | — | — | — |"
+        )
     return "\n".join(rows)

@@ -23,8 +23,17 @@ import torch
 from .errors import CheckpointError  # noqa: F401  (re-exported)
 from .rundir import open_atomic
 
-__all__ = ["save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng", "CHECKPOINT",
-           "CheckpointError", "REQUIRED_KEYS", "check_fields", "weights_digest"]
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "capture_rng",
+    "restore_rng",
+    "CHECKPOINT",
+    "CheckpointError",
+    "REQUIRED_KEYS",
+    "check_fields",
+    "weights_digest",
+]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -34,8 +43,13 @@ def capture_rng() -> dict:
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
         "python": _python_state_to_plain(random.getstate()),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -46,8 +60,9 @@ def capture_rng() -> dict:
 def restore_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["gauss"]))
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
@@ -104,8 +119,7 @@ def _write_error(exc: OSError, path: Path) -> OSError:
 
 
 # every key a checkpoint written by save_checkpoint in ``training.run`` holds
-REQUIRED_KEYS = ("epoch", "model", "optimizer", "scheduler", "data_order", "rng", "history",
-                 "config")
+REQUIRED_KEYS = ("epoch", "model", "optimizer", "scheduler", "data_order", "rng", "history", "config")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu", *, required=()) -> dict:
@@ -122,17 +136,24 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", *, required=())
     except OSError:
         raise
     except Exception as exc:  # torch raises many types for a bad file; all mean the same here
-        why = ("it names objects other than tensors and plain values"
-               if isinstance(exc, pickle.UnpicklingError) else first_line(exc, 100))
-        raise CheckpointError(f"{path} is not a readable checkpoint ({why}); it is "
-                              "truncated, empty or not written by ssdfa — start the run again "
-                              "or restore the file") from exc
+        why = (
+            "it names objects other than tensors and plain values"
+            if isinstance(exc, pickle.UnpicklingError)
+            else first_line(exc, 100)
+        )
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({why}); it is "
+            "truncated, empty or not written by ssdfa — start the run again "
+            "or restore the file"
+        ) from exc
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not an ssdfa checkpoint")
     missing = [k for k in required if k not in ckpt]
     if missing:
-        raise CheckpointError(f"{path} lacks {', '.join(missing)}; it was not written by "
-                              "`ssdfa train` — start the run again or restore the file")
+        raise CheckpointError(
+            f"{path} lacks {', '.join(missing)}; it was not written by "
+            "`ssdfa train` — start the run again or restore the file"
+        )
     check_fields(ckpt, path)
     return ckpt
 
@@ -142,8 +163,10 @@ def _number(v) -> bool:
 
 
 def _bad(path, what: str) -> CheckpointError:
-    return CheckpointError(f"{path}: {what}; the checkpoint is damaged or not written by ssdfa "
-                           "— start the run again or restore the file")
+    return CheckpointError(
+        f"{path}: {what}; the checkpoint is damaged or not written by ssdfa "
+        "— start the run again or restore the file"
+    )
 
 
 def check_fields(ckpt: dict, path) -> None:
@@ -170,8 +193,7 @@ def check_fields(ckpt: dict, path) -> None:
         for i, row in enumerate(history):
             _check_row(row, i + 1, path)
         if "epoch" in ckpt and len(history) != ckpt["epoch"]:
-            raise _bad(path, f"its history holds {len(history)} epochs but it says epoch "
-                             f"{ckpt['epoch']}")
+            raise _bad(path, f"its history holds {len(history)} epochs but it says epoch {ckpt['epoch']}")
     for key, low in (("world_size", 1), ("num_classes", 1)):
         v = ckpt.get(key, low)
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
@@ -190,13 +212,11 @@ def _check_row(row, epoch: int, path) -> None:
             raise _bad(path, f"history row {epoch} has a key {_show(key)}")
         if key in ("train_acc", "test_acc"):
             if value is not None and not (_number(value) and 0 <= value <= 1):
-                raise _bad(path, f"history row {epoch}: {key} is {_show(value)}, not a fraction "
-                                 "in [0, 1]")
+                raise _bad(path, f"history row {epoch}: {key} is {_show(value)}, not a fraction in [0, 1]")
         elif key in ("train_loss", "test_loss", "lr", "seconds"):
             if not _number(value):
                 raise _bad(path, f"history row {epoch}: {key} is {_show(value)}, not a number")
-        elif value is not None and not (isinstance(value, (int, float))
-                                        and not isinstance(value, bool)):
+        elif value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)):
             raise _bad(path, f"history row {epoch}: {key} is {_show(value)}, not a number")
 
 
@@ -219,4 +239,4 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     """The first non-empty line of an exception's message, cut to ``limit`` characters."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     text = lines[0] if lines else type(exc).__name__
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."

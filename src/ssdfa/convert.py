@@ -29,12 +29,22 @@ from .validate import Problem, UnsupportedModelError
 from .wrapper import FeedbackModel
 
 
-def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None = None,
-            input_shape: tuple[int, ...] | None = None,
-            example_input: torch.Tensor | None = None, seed: int | None = None,
-            train_only: str | None = None, feedback_scale: float = 1.0, points=None,
-            grad_scaler=None, feedback_init: str = "ours", signals: str = "at_once",
-            **rule_options) -> FeedbackModel:
+def convert(
+    model: nn.Module,
+    method: str = "ssdfa",
+    *,
+    num_classes: int | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    example_input: torch.Tensor | None = None,
+    seed: int | None = None,
+    train_only: str | None = None,
+    feedback_scale: float = 1.0,
+    points=None,
+    grad_scaler=None,
+    feedback_init: str = "ours",
+    signals: str = "at_once",
+    **rule_options,
+) -> FeedbackModel:
     """Wrap ``model`` so that ``loss.backward()`` trains it with ``method`` (see ``METHODS``).
 
     No input shape is needed: the feedback matrices are sized by a probe forward at the first
@@ -64,8 +74,9 @@ def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None 
     rule = make_rule(method, **rule_options)
     feedback_scale = check_feedback_scale(feedback_scale, rule)
     feedback_init = check_feedback_init(feedback_init, rule)
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                    or num_classes < 1):
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+    ):
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if points is not None and rule.kind not in CUT:
         raise ValueError(f"points= places direct feedback; method {rule.name!r} has none")
@@ -74,24 +85,36 @@ def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None 
     wrapped: FeedbackModel
     if rule.kind is Kind.FORWARD_GRADIENT:  # no points, one forward-mode pass per step
         if train_only is not None:
-            raise ValueError("forward_grad perturbs every parameter that requires grad: freeze "
-                             "layers with requires_grad_(False) instead of train_only")
+            raise ValueError(
+                "forward_grad perturbs every parameter that requires grad: freeze "
+                "layers with requires_grad_(False) instead of train_only"
+            )
         wrapped = ForwardGradientModel(model, rule, num_classes, seed=seed)
     elif rule.kind is Kind.LAYERWISE:  # drawn only where B is: `bp` leaves the global RNG untouched
         net, layer_names = _layerwise_net(model, rule, train_only, seeded_generator(seed))
         wrapped = LayerwiseModel(net, rule, layer_names, num_classes=num_classes)
     elif rule.kind not in CUT:  # bp: any module that runs; chain points (identities) name its taps
         placed = place_points(model, rule.name, train_only)
-        wrapped = FeedbackModel(model if placed.auto else placed.net, rule,
-                                [] if placed.auto else placed.points, num_classes)
+        wrapped = FeedbackModel(
+            model if placed.auto else placed.net, rule, [] if placed.auto else placed.points, num_classes
+        )
     else:
         placed = place_points(model, rule.name, train_only, points)
         # fdfa: DFA whose B_l follow forward-mode estimates
         model_class = FDFAModel if rule.kind is Kind.FORWARD_FEEDBACK else FeedbackModel
-        wrapped = model_class(placed.net, rule, placed.points, num_classes, seed=seed,
-                                feedback_scale=feedback_scale, feedback_init=feedback_init,
-                                auto_points=placed.auto,
-                                problems=placed.problems, grad_scaler=grad_scaler, signals=signals)
+        wrapped = model_class(
+            placed.net,
+            rule,
+            placed.points,
+            num_classes,
+            seed=seed,
+            feedback_scale=feedback_scale,
+            feedback_init=feedback_init,
+            auto_points=placed.auto,
+            problems=placed.problems,
+            grad_scaler=grad_scaler,
+            signals=signals,
+        )
     given = _given_example(wrapped.net, input_shape, example_input)
     if given is not None:
         if wrapped.built:
@@ -109,14 +132,17 @@ def convert(model: nn.Module, method: str = "ssdfa", *, num_classes: int | None 
         raise ValueError(
             f"method {rule.name!r} learns its feedback matrices, so they must exist before you "
             "build the optimizer: pass input_shape=(...) without the batch dimension, or "
-            "example_input=a batch, to ssdfa.convert")
+            "example_input=a batch, to ssdfa.convert"
+        )
     return wrapped
 
 
 def _refuse_wrapped(model: nn.Module):
     if hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
-        raise ValueError("this model is already compiled: convert first, then compile, "
-                         "model = torch.compile(ssdfa.convert(net, ...))")
+        raise ValueError(
+            "this model is already compiled: convert first, then compile, "
+            "model = torch.compile(ssdfa.convert(net, ...))"
+        )
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         raise ValueError("convert first, then wrap: DistributedDataParallel(ssdfa.convert(net, ...))")
     done = next((m for m in model.modules() if isinstance(m, FeedbackModel)), None)
@@ -124,7 +150,8 @@ def _refuse_wrapped(model: nn.Module):
         raise ValueError(
             f"this model is already converted (method {done.rule.name!r}); converting it again "
             "would nest two rules. Convert the original model, or model.unwrap() for the plain "
-            "network")
+            "network"
+        )
 
 
 def _check_width(wrapped, x):
@@ -133,7 +160,8 @@ def _check_width(wrapped, x):
     if wrapped.num_classes is not None and wrapped.num_classes != width:
         raise ValueError(
             f"num_classes={wrapped.num_classes} but the model outputs {width} values per example "
-            f"(output shape {tuple(y.shape)}); the feedback matrices need the true output width")
+            f"(output shape {tuple(y.shape)}); the feedback matrices need the true output width"
+        )
     wrapped.num_classes = width
 
 
@@ -149,8 +177,9 @@ def _given_example(net, input_shape, example_input):
 
 
 def _is_lazy(model: nn.Module) -> bool:
-    return any(nn.parameter.is_lazy(p) for p in model.parameters()) or \
-        any(nn.parameter.is_lazy(b) for b in model.buffers())
+    return any(nn.parameter.is_lazy(p) for p in model.parameters()) or any(
+        nn.parameter.is_lazy(b) for b in model.buffers()
+    )
 
 
 def _materialise_lazy(model, rule, input_shape, example_input):
@@ -166,7 +195,8 @@ def _materialise_lazy(model, rule, input_shape, example_input):
                 f"the model has lazy modules ({', '.join(lazy)}) "
                 f"whose weights have no shape yet, and method {rule.name!r} draws its feedback "
                 "matrices from them: call the model once on a batch before converting, or pass "
-                "example_input=a batch (or input_shape=...) to ssdfa.convert")
+                "example_input=a batch (or input_shape=...) to ssdfa.convert"
+            )
         return
     was = model.training
     model.eval()
@@ -193,13 +223,18 @@ def _guessed_example(wrapped):
 def check_feedback_scale(scale, rule=None) -> float:
     """``feedback_scale`` as a positive float, or a message saying what is allowed; with
     ``rule``, also that the rule has direct feedback matrices for it to scale."""
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) \
-            or scale <= 0:
+    if (
+        isinstance(scale, bool)
+        or not isinstance(scale, (int, float))
+        or not math.isfinite(scale)
+        or scale <= 0
+    ):
         raise FeedbackConfigError(f"feedback_scale must be a positive number, got {scale!r}")
     if rule is not None and scale != 1 and rule.kind not in FEEDS_BACK:
         raise FeedbackConfigError(
             f"feedback_scale={scale:g} has no effect with method {rule.name!r}, which has no direct "
-            "feedback matrices; it applies to dfa, sdfa, ssdfa, dkp, sign_dfa and drtp")
+            "feedback matrices; it applies to dfa, sdfa, ssdfa, dkp, sign_dfa and drtp"
+        )
     return float(scale)
 
 
@@ -209,6 +244,7 @@ def _layerwise_net(model: nn.Module, rule, train_only, base: torch.Generator):
     nn.Sequential is rebuilt; other models are traced with torch.fx (any topology: FA needs no
     chain).  The user's modules are shared, never modified.
     """
+
     def gen():
         return child_generator(base)
 
@@ -235,16 +271,28 @@ def _layerwise_net(model: nn.Module, rule, train_only, base: torch.Generator):
     for name, mod in net.named_modules():
         if is_wrappable(mod):
             targets.append(name)
-        elif any(p is not None for p in mod._parameters.values()) and not is_pass_through(mod) \
-                and not isinstance(mod, nn.Embedding):
-            problems.append(Problem(name, type(mod).__name__, "has weights but no layer-wise backward",
-                                    f"Supported weight layers: {', '.join(t.__name__ for t in LAYERS)}"))
+        elif (
+            any(p is not None for p in mod._parameters.values())
+            and not is_pass_through(mod)
+            and not isinstance(mod, nn.Embedding)
+        ):
+            problems.append(
+                Problem(
+                    name,
+                    type(mod).__name__,
+                    "has weights but no layer-wise backward",
+                    f"Supported weight layers: {', '.join(t.__name__ for t in LAYERS)}",
+                )
+            )
     if problems:
         raise UnsupportedModelError(problems, rule.name)
     for name in targets:
         parent, _, leaf = name.rpartition(".")
-        setattr(net.get_submodule(parent), leaf, wrap_layer(net.get_submodule(name), gen(), rule.learnable,
-                                                              getattr(rule, "sign", None)))
+        setattr(
+            net.get_submodule(parent),
+            leaf,
+            wrap_layer(net.get_submodule(name), gen(), rule.learnable, getattr(rule, "sign", None)),
+        )
         names.append(name)
     return net, names
 
@@ -257,19 +305,36 @@ def _functional_products(model) -> list[Problem]:
     import torch.fx as fx
     import torch.nn.functional as F
 
-    weighted = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.bilinear, torch.matmul, torch.mm,
-                torch.bmm, torch.addmm, torch.einsum, operator.matmul}
+    weighted = {
+        F.linear,
+        F.conv1d,
+        F.conv2d,
+        F.conv3d,
+        F.bilinear,
+        torch.matmul,
+        torch.mm,
+        torch.bmm,
+        torch.addmm,
+        torch.einsum,
+        operator.matmul,
+    }
     try:
         gm = fx.symbolic_trace(model)
     except Exception:  # fx raises many types; module checks still apply
         return []
-    return [Problem(getattr(n.target, "__name__", str(n.target)), "function",
-                    "a product a layer-wise rule cannot give its own B",
-                    "Use nn.Linear / nn.Conv2d modules for weight layers")
-            for n in gm.graph.nodes if n.op == "call_function" and n.target in weighted]
+    return [
+        Problem(
+            getattr(n.target, "__name__", str(n.target)),
+            "function",
+            "a product a layer-wise rule cannot give its own B",
+            "Use nn.Linear / nn.Conv2d modules for weight layers",
+        )
+        for n in gm.graph.nodes
+        if n.op == "call_function" and n.target in weighted
+    ]
 
 
-def feedback_matrices(model: FeedbackModel) -> "OrderedDict[str, torch.Tensor]":
+def feedback_matrices(model: FeedbackModel) -> OrderedDict[str, torch.Tensor]:
     """{feedback-point name: dense tensor (num_classes, neurons at that point)}, in order."""
     if not isinstance(model, FeedbackModel):
         raise TypeError("feedback_matrices expects a model returned by ssdfa.convert")

@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -139,9 +139,13 @@ def _chain_error(layer, ctx, is_first):
 @cost_rule("bp")
 def _bp(layer, ctx, is_first, is_last):
     """Table I, BP: reads |W|+|A|, writes |W|, MACs 2|W|, movement |W|+|A|+|E|."""
-    return _base(layer, macs_error=_chain_error(layer, ctx, is_first),
-                 reads=layer.params + layer.inputs, writes=layer.params,
-                 movement=layer.params + layer.inputs + layer.outputs)
+    return _base(
+        layer,
+        macs_error=_chain_error(layer, ctx, is_first),
+        reads=layer.params + layer.inputs,
+        writes=layer.params,
+        movement=layer.params + layer.inputs + layer.outputs,
+    )
 
 
 def _direct(layer, ctx, is_last, per_neuron, learn_b=False):
@@ -149,8 +153,14 @@ def _direct(layer, ctx, is_last, per_neuron, learn_b=False):
     if is_last:  # the output layer's own error e: one per output neuron, no feedback matrix
         return _base(layer, reads=layer.params, writes=layer.params, movement=layer.outputs)
     b = per_neuron * layer.neurons  # |B_l| or |b_l|
-    c = _base(layer, macs_error=b, reads=layer.params + b, writes=layer.params + (b if learn_b else 0),
-              movement=b, feedback=b)
+    c = _base(
+        layer,
+        macs_error=b,
+        reads=layer.params + b,
+        writes=layer.params + (b if learn_b else 0),
+        movement=b,
+        feedback=b,
+    )
     if learn_b:  # DKP: ΔB_l = eᵀ·h_l, one MAC per feedback weight
         c.macs += b
     return c
@@ -194,8 +204,7 @@ def _drtp(layer, ctx, is_first, is_last):
     if is_last:
         return _direct(layer, ctx, True, 1)
     n = layer.neurons
-    return _base(layer, reads=layer.params + n, writes=layer.params, movement=n,
-                 feedback=ctx.num_classes * n)
+    return _base(layer, reads=layer.params + n, writes=layer.params, movement=n, feedback=ctx.num_classes * n)
 
 
 def _layerwise(layer, ctx, is_first, is_last, learn_b):
@@ -206,9 +215,14 @@ def _layerwise(layer, ctx, is_first, is_last, learn_b):
     """
     err = _chain_error(layer, ctx, is_first)
     fb = 0 if err == 0 else layer.weights
-    return _base(layer, macs_error=err, reads=layer.params + fb,
-                 writes=layer.params + (fb if learn_b else 0),
-                 movement=err + (layer.outputs if is_last else 0), feedback=fb)
+    return _base(
+        layer,
+        macs_error=err,
+        reads=layer.params + fb,
+        writes=layer.params + (fb if learn_b else 0),
+        movement=err + (layer.outputs if is_last else 0),
+        feedback=fb,
+    )
 
 
 @cost_rule("fa")
@@ -231,9 +245,14 @@ def _sign_layerwise(layer, ctx, is_first, is_last, stored: bool, redrawn: bool):
     """
     err = _chain_error(layer, ctx, is_first)
     fb = 0 if (err == 0 or not stored) else layer.weights
-    return _base(layer, macs_error=err, reads=layer.params + fb,
-                 writes=layer.params + (fb if redrawn else 0),
-                 movement=err + (layer.outputs if is_last else 0), feedback=fb)
+    return _base(
+        layer,
+        macs_error=err,
+        reads=layer.params + fb,
+        writes=layer.params + (fb if redrawn else 0),
+        movement=err + (layer.outputs if is_last else 0),
+        feedback=fb,
+    )
 
 
 @cost_rule("usf")
@@ -264,8 +283,16 @@ def _forward_grad(layer, ctx, is_first, is_last):
     multiply per parameter.  v is read (or regenerated) beside W; each neuron passes one
     tangent forward and every parameter receives the one scalar ∇L·v.  No feedback stored."""
     macs = layer.forward_macs + _tangent_macs(layer, is_first)
-    c = LayerCost(layer.name, layer.kind, True, macs_update=layer.params, macs_error=macs,
-                  reads=2 * layer.params, writes=layer.params, movement=layer.outputs + 1)
+    c = LayerCost(
+        layer.name,
+        layer.kind,
+        True,
+        macs_update=layer.params,
+        macs_error=macs,
+        reads=2 * layer.params,
+        writes=layer.params,
+        movement=layer.outputs + 1,
+    )
     c.macs = c.macs_update + c.macs_error
     return c
 
@@ -331,17 +358,31 @@ def layer_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerSh
         outputs = math.prod(oshape[1:])
         positions = math.prod(oshape[2:]) if isinstance(mod, nn.Conv2d) else outputs // oshape[-1]
         neurons = math.prod(records[i + 1][1][1:]) if i + 1 < len(records) else outputs
-        shapes.append(LayerShape(
-            name=names[mod], kind="conv" if isinstance(mod, nn.Conv2d) else "linear",
-            weights=mod.weight.numel(), biases=0 if mod.bias is None else mod.bias.numel(),
-            positions=int(positions), inputs=int(math.prod(ishape[1:])), outputs=int(outputs),
-            neurons=int(neurons)))
+        shapes.append(
+            LayerShape(
+                name=names[mod],
+                kind="conv" if isinstance(mod, nn.Conv2d) else "linear",
+                weights=mod.weight.numel(),
+                biases=0 if mod.bias is None else mod.bias.numel(),
+                positions=int(positions),
+                inputs=int(math.prod(ishape[1:])),
+                outputs=int(outputs),
+                neurons=int(neurons),
+            )
+        )
     return shapes
 
 
-def count_costs(layers, methods=("bp", "dfa", "ssdfa"), *, num_classes: int | None = None,
-                train: str = "all", connections: int = 1, input_error: bool = True,
-                bits: int = 32) -> dict:
+def count_costs(
+    layers,
+    methods=("bp", "dfa", "ssdfa"),
+    *,
+    num_classes: int | None = None,
+    train: str = "all",
+    connections: int = 1,
+    input_error: bool = True,
+    bits: int = 32,
+) -> dict:
     """Costs per method: ``{method: {"totals": {...}, "layers": [{...}, ...]}}`` (words/MACs).
 
     ``layers`` comes from :func:`layer_shapes`.  ``train="fc"`` counts only Linear layers as
@@ -361,8 +402,7 @@ def count_costs(layers, methods=("bp", "dfa", "ssdfa"), *, num_classes: int | No
     first = trained.index(True)
     if not 1 <= connections <= m:
         raise ValueError(f"connections must lie in [1, {m}] (errors per neuron), got {connections}")
-    ctx = CostContext(num_classes=m, connections=connections, input_error=input_error,
-                      first_trained=first)
+    ctx = CostContext(num_classes=m, connections=connections, input_error=input_error, first_trained=first)
     out = {}
     for method in methods:
         rows = []

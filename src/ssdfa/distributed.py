@@ -39,8 +39,20 @@ import torch.distributed as dist
 
 from .errors import DistributedSetupError, Diverged
 
-__all__ = ["world_size", "rank", "local_rank", "in_worker", "session", "leave", "broadcast_str",
-           "barrier", "launch", "die_with_parent", "usable_cores", "DistributedSetupError"]
+__all__ = [
+    "world_size",
+    "rank",
+    "local_rank",
+    "in_worker",
+    "session",
+    "leave",
+    "broadcast_str",
+    "barrier",
+    "launch",
+    "die_with_parent",
+    "usable_cores",
+    "DistributedSetupError",
+]
 
 LAUNCHER_PID = "SSDFA_LAUNCHER_PID"  # set by launch() for its workers
 
@@ -89,9 +101,11 @@ def session(device_name: str | None = None):
     backend = _backend(device_name)
     if backend == "nccl":
         if local_rank() >= torch.cuda.device_count():
-            raise RuntimeError(f"local rank {local_rank()} has no GPU of its own (this machine "
-                               f"has {torch.cuda.device_count()}); start fewer processes per "
-                               "node, or train on the CPU with --device cpu (gloo)")
+            raise RuntimeError(
+                f"local rank {local_rank()} has no GPU of its own (this machine "
+                f"has {torch.cuda.device_count()}); start fewer processes per "
+                "node, or train on the CPU with --device cpu (gloo)"
+            )
         torch.cuda.set_device(local_rank())
     try:
         dist.init_process_group(backend)
@@ -100,7 +114,8 @@ def session(device_name: str | None = None):
         raise DistributedSetupError(
             f"torch.distributed cannot start its store at {where} ({_first(exc)}); the port is "
             "probably in use by another job: give torchrun another --master-port (or "
-            "MASTER_PORT), or use --rdzv-endpoint localhost:0") from None
+            "MASTER_PORT), or use --rdzv-endpoint localhost:0"
+        ) from None
     ok = False
     try:
         yield
@@ -205,11 +220,16 @@ def launch(cfg, nproc: int, *, resume: bool, quiet: bool) -> int:
     with tempfile.TemporaryDirectory(prefix="ssdfa-ddp-") as tmp:
         cfg_file = Path(tmp) / "config.json"
         cfg_file.write_text(json.dumps(asdict(cfg)), encoding="utf-8")
-        args = ["--standalone", f"--nproc-per-node={nproc}", "-m", "ssdfa._ddp_worker",
-                str(cfg_file)] + (["--resume"] if resume else []) + (["--quiet"] if quiet else [])
-        env = {LAUNCHER_PID: str(os.getpid()),  # the workers die with this process
-               # torchrun sets 1 thread per worker (with a warning) unless told; --threads wins
-               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(cfg.threads or 1))}
+        args = (
+            ["--standalone", f"--nproc-per-node={nproc}", "-m", "ssdfa._ddp_worker", str(cfg_file)]
+            + (["--resume"] if resume else [])
+            + (["--quiet"] if quiet else [])
+        )
+        env = {
+            LAUNCHER_PID: str(os.getpid()),  # the workers die with this process
+            # torchrun sets 1 thread per worker (with a warning) unless told; --threads wins
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(cfg.threads or 1)),
+        }
         rc = _torchrun(args, env)
         diverged = Path(tmp) / "diverged.txt"
         if rc == 0 and diverged.is_file():
@@ -226,8 +246,9 @@ def _torchrun(args: list[str], env: dict[str, str]) -> int:
     from torch.distributed.run import main as torchrun_main
 
     saved_env = dict(os.environ)
-    handled = [signal.SIGINT, signal.SIGTERM] + [getattr(signal, n) for n in ("SIGHUP", "SIGQUIT")
-                                                  if hasattr(signal, n)]
+    handled = [signal.SIGINT, signal.SIGTERM] + [
+        getattr(signal, n) for n in ("SIGHUP", "SIGQUIT") if hasattr(signal, n)
+    ]
     saved_handlers = {sig: signal.getsignal(sig) for sig in handled}
     os.environ.update(env)
     try:

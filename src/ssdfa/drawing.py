@@ -37,15 +37,18 @@ def draw_feedback(rule, heads, shapes, producers, *, seed, init, scale, device) 
 def adopt_loaded(drawn: nn.ModuleList, loaded: nn.ModuleList, names) -> nn.ModuleList:
     """The B_l loaded before the first call, in place of the ones just drawn, once each is known
     to fit its point (kind, errors, neurons, connections)."""
+
     def form(fb):
         return (type(fb).__name__, fb.num_errors, fb.num_neurons, getattr(fb, "connections", None))
+
     want, got = [form(fb) for fb in drawn], [form(fb) for fb in loaded]
     if want != got:
         raise ValueError(
             f"the feedback matrices loaded before the first call do not fit this model and "
             f"method: its points {names} need (kind, errors, neurons, connections) "
             f"{want}, the state_dict holds {got}; load a checkpoint of the same model, "
-            "method and options")
+            "method and options"
+        )
     return loaded
 
 
@@ -57,7 +60,7 @@ def feedback_from_state(state, prefix, num_errors, device, learnable) -> list[nn
     parts: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
         if key.startswith(prefix):
-            index, _, name = key[len(prefix):].partition(".")
+            index, _, name = key[len(prefix) :].partition(".")
             if index.isdigit():
                 parts.setdefault(int(index), {})[name] = value
     if sorted(parts) != list(range(len(parts))):
@@ -69,11 +72,13 @@ def feedback_from_state(state, prefix, num_errors, device, learnable) -> list[nn
             fb = DenseFeedback(torch.empty(t["matrix"].shape, dtype=t["matrix"].dtype), learnable)
         elif set(t) == {"index", "value"}:
             m = num_errors if num_errors is not None else int(t["index"].max()) + 1
-            fb = SparseFeedback(torch.empty(t["index"].shape, dtype=torch.long),
-                                torch.empty(t["value"].shape, dtype=t["value"].dtype), m, learnable)
+            fb = SparseFeedback(
+                torch.empty(t["index"].shape, dtype=torch.long),
+                torch.empty(t["value"].shape, dtype=t["value"].dtype),
+                m,
+                learnable,
+            )
         else:
             return []
         made.append(fb.to(device))
     return made
-
-

@@ -55,8 +55,7 @@ class UnsupportedModelError(InputError, ValueError):
         self.problems = problems
         lines = "\n".join(str(p) for p in problems)
         super().__init__(
-            f"ssdfa.convert(method={method!r}) cannot train this model; "
-            f"{len(problems)} problem(s):\n{lines}"
+            f"ssdfa.convert(method={method!r}) cannot train this model; {len(problems)} problem(s):\n{lines}"
         )
 
 

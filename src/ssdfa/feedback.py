@@ -41,11 +41,13 @@ __all__ = [
 
 def seeded_generator(seed: int | None) -> torch.Generator:
     """The generator every B_l of one conversion descends from (``seed=None``: a random one)."""
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
-                             or not 0 <= seed < 2**63):
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63
+    ):
         raise FeedbackConfigError(f"seed must be an integer in [0, 2**63), got {seed!r}")
     return torch.Generator().manual_seed(
-        int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+        int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,)).item())
+    )
 
 
 def child_generator(base: torch.Generator) -> torch.Generator:
@@ -92,17 +94,20 @@ def check_feedback_init(init, rule=None) -> str:
     also that the rule has direct feedback matrices for it to draw."""
     key = str(init).strip().lower().replace(" ", "")
     if key not in FEEDBACK_INITS:
-        raise FeedbackConfigError(f"feedback_init {init!r} unknown; choose one of: "
-                                  f"{', '.join(FEEDBACK_INITS)}")
+        raise FeedbackConfigError(
+            f"feedback_init {init!r} unknown; choose one of: {', '.join(FEEDBACK_INITS)}"
+        )
     if rule is not None and key != "ours" and not (rule.direct and (rule.inject or rule.local)):
         raise FeedbackConfigError(
             f"feedback_init={key} has no effect with method {rule.name!r}, which has no direct "
-            "feedback matrices; it applies to dfa, sdfa, ssdfa, dkp, sign_dfa and drtp")
+            "feedback matrices; it applies to dfa, sdfa, ssdfa, dkp, sign_dfa and drtp"
+        )
     return key
 
 
-def init_std(init: str, layer: nn.Module | None, neurons: int, num_errors: int,
-             connections: int | None = None) -> float:
+def init_std(
+    init: str, layer: nn.Module | None, neurons: int, num_errors: int, connections: int | None = None
+) -> float:
     """Std over all M·N entries of B_l (M = ``num_errors``, N = ``neurons`` at the point).
 
     ``ours``: :func:`feedback_std` (``default_std`` when no weight layer feeds the point).
@@ -120,8 +125,7 @@ def init_std(init: str, layer: nn.Module | None, neurons: int, num_errors: int,
         return (m * s) ** 0.25 * default_std(neurons) * math.sqrt(s / m)
     if init == "kaiming-uniform":
         return math.sqrt(2.0 / neurons)
-    raise FeedbackConfigError(f"feedback_init {init!r} unknown; choose one of: "
-                              f"{', '.join(FEEDBACK_INITS)}")
+    raise FeedbackConfigError(f"feedback_init {init!r} unknown; choose one of: {', '.join(FEEDBACK_INITS)}")
 
 
 @dataclass(frozen=True)
@@ -148,12 +152,14 @@ def resolve_connections(num_errors: int, *, sparsity=None, connections=None) -> 
     """
     if sparsity is not None and connections is not None:
         raise FeedbackConfigError(
-            "give either sparsity (fraction of zeros per row) or connections (non-zeros per "
-            "neuron), not both"
+            "give either sparsity (fraction of zeros per row) or connections (non-zeros per neuron), not both"
         )
     if connections is not None:
         return _check_int(
-            "connections", connections, 1, num_errors,
+            "connections",
+            connections,
+            1,
+            num_errors,
             f"each neuron can listen to between 1 and all {num_errors} errors",
         )
     if sparsity is None:
@@ -247,8 +253,7 @@ class DenseFeedback(_Feedback):
 class SparseFeedback(_Feedback):
     """Sparse B kept as (index, value) per neuron, both (N, S): O(N·S) memory and MACs."""
 
-    def __init__(self, index: torch.Tensor, value: torch.Tensor, num_errors: int,
-                 learnable: bool = False):
+    def __init__(self, index: torch.Tensor, value: torch.Tensor, num_errors: int, learnable: bool = False):
         super().__init__()
         if index.shape != value.shape or index.dim() != 2:
             raise ValueError("index and value must both have shape (neurons, connections)")
@@ -266,8 +271,7 @@ class SparseFeedback(_Feedback):
         return _sparse_project(e, self.index, self.value.to(e.dtype))
 
     def dense(self):
-        b = torch.zeros(self.num_errors, self.num_neurons, dtype=self.value.dtype,
-                        device=self.value.device)
+        b = torch.zeros(self.num_errors, self.num_neurons, dtype=self.value.dtype, device=self.value.device)
         cols = torch.arange(self.num_neurons, device=self.index.device)
         cols = cols[:, None].expand_as(self.index)
         b.index_put_((self.index, cols), self.value.detach(), accumulate=True)
@@ -276,16 +280,22 @@ class SparseFeedback(_Feedback):
     def grad_from(self, e, h):
         # d/dvalue[n, s] of sum_b h[b, n] * e[b, index[n, s]] * value[n, s]; one connection at a
         # time, so memory stays O(batch·N)
-        return torch.stack([(e.index_select(1, self.index[:, k]) * h).sum(0)
-                            for k in range(self.connections)], dim=1)
+        return torch.stack(
+            [(e.index_select(1, self.index[:, k]) * h).sum(0) for k in range(self.connections)], dim=1
+        )
 
     def extra_repr(self):
         return f"{super().extra_repr()}, connections={self.connections}"
 
 
-def make_feedback(num_errors: int, num_neurons: int, spec: FeedbackSpec = FeedbackSpec(), *,
-                  generator: torch.Generator | None = None,
-                  std: float | None = None) -> _Feedback:
+def make_feedback(
+    num_errors: int,
+    num_neurons: int,
+    spec: FeedbackSpec = FeedbackSpec(),
+    *,
+    generator: torch.Generator | None = None,
+    std: float | None = None,
+) -> _Feedback:
     """Draw a feedback matrix (M errors × N neurons) as ``spec`` asks.
 
     Dense full rank: i.i.d. U(-1/sqrt(N), 1/sqrt(N)).  Otherwise (S < M or R < M), as the SSDFA
@@ -298,15 +308,24 @@ def make_feedback(num_errors: int, num_neurons: int, spec: FeedbackSpec = Feedba
     """
     m = _check_int("num_errors", num_errors, 1, 1 << 40, "need at least one error")
     n = _check_int("num_neurons", num_neurons, 1, 1 << 40, "need at least one neuron")
-    gen = generator if generator is not None else torch.Generator().manual_seed(
-        int(torch.randint(0, 2**62, (1,)).item()))
-    s = m if spec.connections is None else _check_int(
-        "connections", spec.connections, 1, m,
-        f"a neuron can listen to between 1 and all {m} errors")
+    gen = (
+        generator
+        if generator is not None
+        else torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
+    )
+    s = (
+        m
+        if spec.connections is None
+        else _check_int(
+            "connections", spec.connections, 1, m, f"a neuron can listen to between 1 and all {m} errors"
+        )
+    )
     full = min(m, n)
-    r = full if spec.rank is None else _check_int(
-        "rank", spec.rank, 1, full,
-        f"B is {m}×{n}, so its rank is at most {full}")
+    r = (
+        full
+        if spec.rank is None
+        else _check_int("rank", spec.rank, 1, full, f"B is {m}×{n}, so its rank is at most {full}")
+    )
     if s * r < m:
         raise FeedbackConfigError(
             f"connections × rank = {s} × {r} = {s * r} < {m} errors: some errors would never be "
@@ -357,12 +376,14 @@ class FeedbackGroup(list):
         first = self[0]
         if e.dim() != 2 or e.shape[1] != first.num_errors:
             raise ValueError(
-                f"feedback expects errors of shape (batch, {first.num_errors}), got {tuple(e.shape)}")
+                f"feedback expects errors of shape (batch, {first.num_errors}), got {tuple(e.shape)}"
+            )
         if self._kind is DenseFeedback:
             out = e @ self._stack(lambda: torch.cat([fb.matrix for fb in self], 1)).to(e.dtype)
         else:
-            index, value = self._stack(lambda: (torch.cat([fb.index for fb in self], 0),
-                                                torch.cat([fb.value for fb in self], 0)))
+            index, value = self._stack(
+                lambda: (torch.cat([fb.index for fb in self], 0), torch.cat([fb.value for fb in self], 0))
+            )
             out = _sparse_project(e, index, value.to(e.dtype))
         return list(out.split(self._sizes, 1))
 

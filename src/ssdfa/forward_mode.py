@@ -115,7 +115,8 @@ class FDFAModel(FeedbackModel):
         if self.head != "none":
             raise ValueError(
                 f"method 'fdfa' estimates the Jacobian of the output, but this network ends in "
-                f"{self.head}; end it at the logits and use cross_entropy on them")
+                f"{self.head}; end it at the logits and use cross_entropy on them"
+            )
         return self._forward_estimating(args, kwargs, target)
 
     @torch.compiler.disable  # dual tensors: run eagerly inside a compiled caller
@@ -129,8 +130,10 @@ class FDFAModel(FeedbackModel):
             return put(primal)
 
         if len(self.heads) != 1:
-            raise ValueError(f"method 'fdfa' estimates the Jacobian of one output, but the model "
-                             f"has {len(self.heads)} heads ({', '.join(h.name for h in self.heads)})")
+            raise ValueError(
+                f"method 'fdfa' estimates the Jacobian of one output, but the model "
+                f"has {len(self.heads)} heads ({', '.join(h.name for h in self.heads)})"
+            )
         handle = self.net.register_forward_hook(take_tangent)
         self._perturb, self._head_tangents = [], tangents
         try:
@@ -169,7 +172,11 @@ class FDFAModel(FeedbackModel):
         beta = float(self.rule.opts.get("momentum", self.rule.default_momentum))
         estimates = []
         for i, u in perturb:
-            t = tangent.reshape(-1, tangent.shape[-1]) if self.token[i] else tangent.reshape(tangent.shape[0], -1)
+            t = (
+                tangent.reshape(-1, tangent.shape[-1])
+                if self.token[i]
+                else tangent.reshape(tangent.shape[0], -1)
+            )
             # a (batch, seq, d) point under a (batch, M) head shares one (M, d) B_l over the
             # positions: E[t·u_pᵀ] = ∂y/∂h_p, so the mean over positions p estimates their mean
             u2 = u.mean(1) if self.layout[i] == "broadcast" else u.reshape(t.shape[0], -1)
@@ -190,8 +197,10 @@ def _split_output(y):
     elif isinstance(y, tuple) and y and isinstance(y[0], torch.Tensor):
         key = 0
     else:
-        raise TypeError(f"the model must return its output tensor, a tuple starting with it, or "
-                        f"an object with .logits; got {type(y).__name__}")
+        raise TypeError(
+            f"the model must return its output tensor, a tuple starting with it, or "
+            f"an object with .logits; got {type(y).__name__}"
+        )
     return (y if key is None else y[key]), (lambda t: replace(y, key, t))
 
 

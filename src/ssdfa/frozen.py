@@ -25,7 +25,7 @@ TRAIN_ONLY = ("fc",)
 class FrozenFeatures(nn.Sequential):
     """Layers kept as they are: run under ``torch.no_grad()`` and always in eval mode."""
 
-    def __init__(self, layers: "OrderedDict[str, nn.Module]"):
+    def __init__(self, layers: OrderedDict[str, nn.Module]):
         super().__init__(layers)
         self.train(False)
 
@@ -42,24 +42,49 @@ def split_leaves(leaves, train_only, model, method):
     if train_only is None:
         return [], leaves
     if train_only not in TRAIN_ONLY:
-        raise ValueError(f"train_only={train_only!r} is not known; choose one of: "
-                         f"{', '.join(TRAIN_ONLY)} (or None to train every layer)")
+        raise ValueError(
+            f"train_only={train_only!r} is not known; choose one of: "
+            f"{', '.join(TRAIN_ONLY)} (or None to train every layer)"
+        )
     if not isinstance(model, nn.Sequential):
-        raise UnsupportedModelError([Problem(
-            "", type(model).__name__, "train_only needs the model as an nn.Sequential",
-            "Build it as nn.Sequential(features, nn.Flatten(), classifier) from your model's parts",
-        )], method)
+        raise UnsupportedModelError(
+            [
+                Problem(
+                    "",
+                    type(model).__name__,
+                    "train_only needs the model as an nn.Sequential",
+                    "Build it as nn.Sequential(features, nn.Flatten(), classifier) from your model's parts",
+                )
+            ],
+            method,
+        )
     first_fc = next((i for i, (_, m) in enumerate(leaves) if isinstance(m, nn.Linear)), None)
     if first_fc is None:
-        raise UnsupportedModelError([Problem(
-            "", "Sequential", "train_only='fc' but the model has no Linear layer",
-            "Add a fully connected classifier")], method)
+        raise UnsupportedModelError(
+            [
+                Problem(
+                    "",
+                    "Sequential",
+                    "train_only='fc' but the model has no Linear layer",
+                    "Add a fully connected classifier",
+                )
+            ],
+            method,
+        )
     late = [(p, m) for p, m in leaves[first_fc:] if is_weight_layer(m) and not isinstance(m, nn.Linear)]
     if late:
-        raise UnsupportedModelError([Problem(
-            p, type(m).__name__, "a convolution after the first Linear cannot be frozen as a "
-            "feature extractor", "Put every convolution before the fully connected layers")
-            for p, m in late], method)
+        raise UnsupportedModelError(
+            [
+                Problem(
+                    p,
+                    type(m).__name__,
+                    "a convolution after the first Linear cannot be frozen as a feature extractor",
+                    "Put every convolution before the fully connected layers",
+                )
+                for p, m in late
+            ],
+            method,
+        )
     return leaves[:first_fc], leaves[first_fc:]
 
 
@@ -81,8 +106,10 @@ def _source_state(source) -> tuple[dict, dict, str]:
     try:
         ckpt = load_checkpoint(ckpt_path, required=("model",))
     except FileNotFoundError:
-        raise PretrainedError(f"init_from: no checkpoint at {ckpt_path}; give the run directory "
-                              "of a finished `ssdfa train` run (it holds checkpoint.pt)") from None
+        raise PretrainedError(
+            f"init_from: no checkpoint at {ckpt_path}; give the run directory "
+            "of a finished `ssdfa train` run (it holds checkpoint.pt)"
+        ) from None
     except CheckpointError as exc:
         raise PretrainedError(f"init_from: {exc}") from None
     state = ckpt["model"]
@@ -91,8 +118,9 @@ def _source_state(source) -> tuple[dict, dict, str]:
     return state, ckpt.get("config") or {}, str(ckpt_path)
 
 
-def load_pretrained(net: nn.Module, source, train_only: str | None = None,
-                    model_name: str | None = None) -> list[str]:
+def load_pretrained(
+    net: nn.Module, source, train_only: str | None = None, model_name: str | None = None
+) -> list[str]:
     """Copy a finished run's weights into the plain (unconverted) ``net``; return the keys set.
 
     Transfer learning as in the SSDFA paper's Table V: with ``train_only="fc"`` only the layers
@@ -103,8 +131,10 @@ def load_pretrained(net: nn.Module, source, train_only: str | None = None,
     state, config, where = _source_state(source)
     src_model = config.get("model") if isinstance(config, dict) else None
     if model_name and src_model and src_model != model_name:
-        raise PretrainedError(f"init_from: {where} was trained with model {src_model!r}, this run "
-                              f"builds {model_name!r}; use a run of the same model")
+        raise PretrainedError(
+            f"init_from: {where} was trained with model {src_model!r}, this run "
+            f"builds {model_name!r}; use a run of the same model"
+        )
     own = net.state_dict()
     leaves = flatten_sequential(net) if isinstance(net, nn.Sequential) else []
     if train_only is not None:
@@ -132,10 +162,15 @@ def load_pretrained(net: nn.Module, source, train_only: str | None = None,
         else:
             loaded[key] = state[found]
     if missing or misfit:
-        what = (f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}"
-                if missing else f"shapes differ: {'; '.join(misfit[:3])}")
-        raise PretrainedError(f"init_from: {where} does not fit this model ({what}); use a run "
-                              "of the same model on inputs of the same shape")
+        what = (
+            f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}"
+            if missing
+            else f"shapes differ: {'; '.join(misfit[:3])}"
+        )
+        raise PretrainedError(
+            f"init_from: {where} does not fit this model ({what}); use a run "
+            "of the same model on inputs of the same shape"
+        )
     with torch.no_grad():
         for key, value in loaded.items():
             own[key].copy_(value)

@@ -29,10 +29,23 @@ from .points import ACTIVE
 # autograd nodes with one differentiable input that keep "this is the prediction" (a reshape, a
 # scaling, a copy); softmax/log_softmax are walked through only over the last dimension
 _TRANSPARENT = {
-    "ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "TBackward0",
-    "PermuteBackward0", "TransposeBackward0", "TransposeBackward1", "CloneBackward0",
-    "ToCopyBackward0", "UnsqueezeBackward0", "SqueezeBackward0", "SqueezeBackward1",
-    "SqueezeBackward2", "SqueezeBackward3", "MulBackward0", "DivBackward0", "AliasBackward0",
+    "ViewBackward0",
+    "UnsafeViewBackward0",
+    "ReshapeAliasBackward0",
+    "TBackward0",
+    "PermuteBackward0",
+    "TransposeBackward0",
+    "TransposeBackward1",
+    "CloneBackward0",
+    "ToCopyBackward0",
+    "UnsqueezeBackward0",
+    "SqueezeBackward0",
+    "SqueezeBackward1",
+    "SqueezeBackward2",
+    "SqueezeBackward3",
+    "MulBackward0",
+    "DivBackward0",
+    "AliasBackward0",
 }
 SOFTMAX = {"LogSoftmaxBackward0": "log_softmax", "SoftmaxBackward0": "softmax"}
 
@@ -137,8 +150,13 @@ def producer(t: torch.Tensor, outputs: dict, point_outputs=frozenset()):
 
 def _returned_head(key, t: torch.Tensor, seq_points: bool) -> Head:
     """A head injected where ``forward`` returns it (no module to hook)."""
-    return Head(place(key), _width(t, seq_points), t.dim() == 3 and seq_points, key=key,
-                softmax=softmax_kind(t.grad_fn, t.dim()))
+    return Head(
+        place(key),
+        _width(t, seq_points),
+        t.dim() == 3 and seq_points,
+        key=key,
+        softmax=softmax_kind(t.grad_fn, t.dim()),
+    )
 
 
 def _width(t: torch.Tensor, seq_points: bool) -> int:
@@ -146,14 +164,25 @@ def _width(t: torch.Tensor, seq_points: bool) -> int:
     return int(t.shape[-1]) if seq_points else int(t[0].numel())
 
 
-def find_heads(out, batch: int, outputs: dict, order: dict, last_point: int, point_outputs: set,
-               seq_points: bool, calls: dict | None = None) -> list[Head]:
+def find_heads(
+    out,
+    batch: int,
+    outputs: dict,
+    order: dict,
+    last_point: int,
+    point_outputs: set,
+    seq_points: bool,
+    calls: dict | None = None,
+) -> list[Head]:
     """The heads of a network from one probe returning ``out``: ``outputs`` maps an output's
     grad_fn to the innermost module that produced it, ``order`` a module name to its last firing
     rank, ``last_point`` the rank of the last point to fire, ``point_outputs`` the grad_fns of the
     points' outputs, ``calls`` how often each module ran."""
-    candidates = [(k, t) for k, t in top_level(out) if t.is_floating_point() and t.dim() >= 1
-                  and t.shape[0] == batch and t.requires_grad]
+    candidates = [
+        (k, t)
+        for k, t in top_level(out)
+        if t.is_floating_point() and t.dim() >= 1 and t.shape[0] == batch and t.requires_grad
+    ]
     heads: list[Head] = []
     seen = set()
     for key, t in candidates:
@@ -170,8 +199,15 @@ def find_heads(out, batch: int, outputs: dict, order: dict, last_point: int, poi
             heads.append(_returned_head(key, t, seq_points))
         else:
             seen.add(name)
-            heads.append(Head(name, _width(t, seq_points), t.dim() == 3 and seq_points,
-                              marker=HeadMarker(), softmax=crossed))
+            heads.append(
+                Head(
+                    name,
+                    _width(t, seq_points),
+                    t.dim() == 3 and seq_points,
+                    marker=HeadMarker(),
+                    softmax=crossed,
+                )
+            )
     if not heads and candidates:  # the output is a point's own (a point on the last layer)
         heads.append(_returned_head(*candidates[0], seq_points))
     return heads
@@ -181,3 +217,44 @@ def hook_heads(net: nn.Module, heads: list[Head]):
     for head in heads:
         if head.marker is not None:
             net.get_submodule(head.name).register_forward_hook(HeadHook(head.marker))
+
+
+def check_reached(heads, fired, tape, names) -> None:
+    """After a forward pass: some head ran, and no point fired after the head that takes e
+    (its signal would never arrive).  ``fired[k]``: how many carriers existed when head k ran."""
+    unfired = [h.name for h, f in zip(heads, fired) if f is None]
+    if len(unfired) == len(heads):
+        raise RuntimeError(
+            f"no output head ({', '.join(unfired)}) ran in this forward pass, so no error "
+            "can reach the feedback points; call the model as it was converted"
+        )
+    ran = [n for n in fired if n is not None]
+    late = [names[i] for i, c, _ in tape if c is not None][min(ran) :] if ran else []
+    if late:
+        raise RuntimeError(
+            f"feedback point(s) {', '.join(late)} ran after the output head, so their "
+            "signal would never arrive; points must come before the layer producing the "
+            "logits"
+        )
+
+
+def check_head_output(head, z, pairs, layout, names, at_once: bool) -> None:
+    """The head's output holds the batch (and sequence) its points saw, and the width its
+    feedback matrices were drawn for.  ``pairs``: (point index, its carrier, or h_l at once)."""
+    for i, c in pairs:
+        lead = (c.shape[:2] if layout[i] == "token" else c.shape[:1]) if at_once else c.shape[:-1]
+        want = tuple(z.shape[:2]) if layout[i] == "token" else tuple(z.shape[:1])
+        if tuple(lead) != want or (layout[i] == "token" and z.dim() != 3):
+            raise ValueError(
+                f"the output head {head.name!r} gave shape {tuple(z.shape)} but feedback point "
+                f"{names[i]!r} saw a batch of {tuple(lead)}; every point must hold "
+                "the batch (and, for token-level feedback, the sequence) in its first "
+                "dimensions, as when the model was converted"
+            )
+    width = int(z.shape[-1]) if layout and layout[0] != "flat" else int(z[0].numel())
+    if width != head.width:
+        raise ValueError(
+            f"the output head {head.name!r} gave {width} values per "
+            f"{'position' if layout[0] != 'flat' else 'example'}, but its feedback "
+            f"matrices were drawn for {head.width}; convert again for this output size"
+        )

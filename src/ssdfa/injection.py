@@ -80,8 +80,8 @@ class InjectAll(torch.autograd.Function):
             signals = [owner.scaled(s) for s in signals]
         grads_h = [to_point(s, layout, shape) for s, shape in zip(signals, ctx.shapes)]
         grads_b = [None] * (len(ctx.needs_input_grad) - 5 - n)
-        if any(ctx.needs_input_grad[5 + n:]):
-            hs = saved[len(saved) - n:]
+        if any(ctx.needs_input_grad[5 + n :]):
+            hs = saved[len(saved) - n :]
             grads_b = rule.feedback_grads(e2, [point_rows(h, layout, rows) for h in hs], group, target)
         return (None, None, grad_z, None, None, *grads_h, *grads_b)
 
@@ -107,16 +107,14 @@ class Point(torch.autograd.Function):
         grad_h = None
         if ctx.needs_input_grad[0]:
             flat = torch.Size((rows, fbs[0].num_neurons))
-            grad_h = sum(rule.point_signals(eh, [fb], [flat], target)[0]
-                         for eh, fb in zip(slices, fbs))
+            grad_h = sum(rule.point_signals(eh, [fb], [flat], target)[0] for eh, fb in zip(slices, fbs))
             if rule.scale_free:  # sign(e), y*: carry the loss scale this backward applied
                 grad_h = owner.scaled(grad_h)
             grad_h = to_point(grad_h, layout, ctx.shape)
         grads = [None] * (len(ctx.needs_input_grad) - 5)
         if any(ctx.needs_input_grad[5:]):
             h2 = point_rows(ctx.saved_tensors[0], layout, rows)
-            grads = [g for eh, fb in zip(slices, fbs)
-                     for g in rule.feedback_grads(eh, [h2], [fb], target)]
+            grads = [g for eh, fb in zip(slices, fbs) for g in rule.feedback_grads(eh, [h2], [fb], target)]
         return (grad_h, None, None, None, None, *grads)
 
 
@@ -181,4 +179,5 @@ class Unreached(torch.autograd.Function):
             f"a loss uses the model's {ctx.name}, which was computed from a feedback point's output "
             "after the graph was cut there, so its gradient would reach no parameter and be "
             "dropped: return the point's (block's) output itself, whose gradient ssdfa adds to the "
-            "rule's signal, or compute the auxiliary term from the logits")
+            "rule's signal, or compute the auxiliary term from the logits"
+        )

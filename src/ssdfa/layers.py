@@ -16,16 +16,35 @@ WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
 
 PASS_THROUGH: tuple[type[nn.Module], ...] = (
     # activations (f in Eq. 1-3; autograd applies f')
-    nn.Tanh, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Sigmoid, nn.ELU, nn.GELU, nn.SiLU,
-    nn.Softplus, nn.Hardtanh, nn.Identity,
+    nn.Tanh,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.Sigmoid,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Softplus,
+    nn.Hardtanh,
+    nn.Identity,
     # pooling
-    nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
     # regularisation and normalisation
-    nn.Dropout, nn.Dropout2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.LocalResponseNorm,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
     # shape
-    nn.Flatten, nn.Unflatten,
+    nn.Flatten,
+    nn.Unflatten,
     # output heads (only sensible after the last weight layer)
-    nn.LogSoftmax, nn.Softmax,
+    nn.LogSoftmax,
+    nn.Softmax,
 )
 
 
@@ -50,5 +69,6 @@ def clone_tree(module: nn.Module) -> nn.Module:
         if isinstance(value, dict) and key.startswith("_"):
             new.__dict__[key] = type(value)(value)
     new._modules = type(module._modules)(
-        (k, None if m is None else clone_tree(m)) for k, m in module._modules.items())
+        (k, None if m is None else clone_tree(m)) for k, m in module._modules.items()
+    )
     return new

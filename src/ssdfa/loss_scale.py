@@ -32,6 +32,7 @@ class _Mark(torch.autograd.Function):
         def reset():
             for owner in owners:
                 owner.applied_scale.fill_(1.0)
+
         torch.autograd.Variable._execution_engine.queue_callback(reset)
         return grad, None, None
 
@@ -57,6 +58,7 @@ def watch(scaler, model) -> None:
             out = plain(outputs)
             current = scaler._get_scale_async() if scaler.is_enabled() else None
             return out if current is None else _marked(out, current.detach(), owners)
+
         scaler.__dict__["_ssdfa_owners"] = owners
         scaler.__dict__["scale"] = scale
     owners.add(model)

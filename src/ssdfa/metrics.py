@@ -5,7 +5,13 @@ New code imports ``ssdfa.alignment``; every public name of it is re-exported her
 
 from __future__ import annotations
 
-from .alignment import (alignment_angles, angle, fa_weight_angles,  # noqa: F401  (re-exported)
-                        feedback_weight_angles, norm_ratios, output_prediction_angles,
-                        static_angles)
-from .alignment import __all__  # noqa: F401
+from .alignment import (  # noqa: F401  (re-exported)
+    __all__,  # noqa: F401
+    alignment_angles,
+    angle,
+    fa_weight_angles,
+    feedback_weight_angles,
+    norm_ratios,
+    output_prediction_angles,
+    static_angles,
+)

@@ -11,8 +11,8 @@ SSDFA paper Table II (mnist-*, cifar-*, alexnet, vgg16); DKP paper Table 3 and S
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -20,9 +20,20 @@ from torch import nn
 from .data import registry as datasets
 from .errors import DatasetNotFound
 
-__all__ = ["create_model", "list_models", "model_summary", "default_model", "paper_network",
-           "PAPER_NETWORKS", "ACTIVATIONS", "WEIGHT_INITS", "check_weight_init", "init_weights",
-           "set_activation", "set_dropout"]
+__all__ = [
+    "create_model",
+    "list_models",
+    "model_summary",
+    "default_model",
+    "paper_network",
+    "PAPER_NETWORKS",
+    "ACTIVATIONS",
+    "WEIGHT_INITS",
+    "check_weight_init",
+    "init_weights",
+    "set_activation",
+    "set_dropout",
+]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
 WEIGHT_INITS = ("default", "zero", "glorot", "sqrt-fan-in", "normal:STD")
@@ -41,6 +52,7 @@ def _register(name: str, summary: str):
     def deco(fn):
         _MODELS[name] = _Spec(fn, summary)
         return fn
+
     return deco
 
 
@@ -52,8 +64,14 @@ def model_summary(name: str) -> str:
     return _MODELS[name].summary
 
 
-def create_model(name: str, input_shape: tuple[int, ...], num_classes: int, *,
-                 activation: str | None = None, dropout: float | None = None) -> nn.Module:
+def create_model(
+    name: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    activation: str | None = None,
+    dropout: float | None = None,
+) -> nn.Module:
     """Build model ``name`` for inputs of ``input_shape`` (no batch dim) and ``num_classes``.
 
     ``activation`` ("relu" or "tanh") replaces every hidden activation (:func:`set_activation`),
@@ -127,8 +145,9 @@ def check_weight_init(init) -> str:
             std = float("nan")
         if math.isfinite(std) and std > 0:
             return f"normal:{std:g}"
-    raise ValueError(f"weight_init {init!r} unknown; choose one of: {', '.join(WEIGHT_INITS)} "
-                     "(e.g. normal:0.01)")
+    raise ValueError(
+        f"weight_init {init!r} unknown; choose one of: {', '.join(WEIGHT_INITS)} (e.g. normal:0.01)"
+    )
 
 
 def _fan_in(m: nn.Module) -> int:
@@ -175,13 +194,21 @@ def _features(shape) -> int:
 
 def _image(shape, model: str) -> tuple[int, int, int]:
     if len(shape) != 3:
-        raise ValueError(f"{model} is convolutional and needs image inputs (C, H, W), got {shape}; "
-                         "pick a fully connected model for this dataset")
+        raise ValueError(
+            f"{model} is convolutional and needs image inputs (C, H, W), got {shape}; "
+            "pick a fully connected model for this dataset"
+        )
     return shape
 
 
-def _mlp(shape, hidden: list[int], classes: int, act=nn.Tanh, dropout: float = 0.0,
-         out_act: type[nn.Module] | None = None) -> nn.Sequential:
+def _mlp(
+    shape,
+    hidden: list[int],
+    classes: int,
+    act=nn.Tanh,
+    dropout: float = 0.0,
+    out_act: type[nn.Module] | None = None,
+) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Flatten()]
     width = _features(shape)
     for h in hidden:
@@ -271,8 +298,7 @@ def _cifar_fc(shape, classes):
     return _mlp(shape, [1000, 1000, 1000], classes)
 
 
-@_register("cifar-cnn", "SSDFA Table II CIFAR CNN: conv5x5 96/128/256 each with pool 3/2, "
-                        "FC 2048-2048, ReLU")
+@_register("cifar-cnn", "SSDFA Table II CIFAR CNN: conv5x5 96/128/256 each with pool 3/2, FC 2048-2048, ReLU")
 def _cifar_cnn(shape, classes):
     c, h, w = _image(shape, "cifar-cnn")
     layers, size = [], _Size(h, w)
@@ -302,8 +328,7 @@ def _alexnet(shape, classes, bn: bool, name: str):
     _pool(layers, size, 3 if min(h, w) >= 64 else 2, 2)
     side = 6 if min(h, w) >= 64 else min(size.h, size.w, 2)
     layers.append(nn.AdaptiveAvgPool2d((side, side)))
-    return _head(layers, 256 * side * side, [4096, 4096], classes, bn=bn,
-                 dropout=0.0 if bn else 0.5)
+    return _head(layers, 256 * side * side, [4096, 4096], classes, bn=bn, dropout=0.0 if bn else 0.5)
 
 
 @_register("alexnet", "AlexNet (SSDFA Table II, ImageNet 224x224); 3x3 stem below 64x64")
@@ -337,8 +362,11 @@ def _dkp_cnn(shape, classes):
     return _head(layers, 32 * size.h * size.w, [128], classes, bn=True)
 
 
-@_register("dkp-code-cnn", "DKP code's CIFAR-10 net: conv3x3 32 (no padding, BN, ReLU), conv3x3 32 "
-                           "(BN, ReLU), pool 2, FC 128 ReLU, FC classes")
+@_register(
+    "dkp-code-cnn",
+    "DKP code's CIFAR-10 net: conv3x3 32 (no padding, BN, ReLU), conv3x3 32 "
+    "(BN, ReLU), pool 2, FC 128 ReLU, FC classes",
+)
 def _dkp_code_cnn(shape, classes):
     c, h, w = _image(shape, "dkp-code-cnn")
     layers, size = [], _Size(h, w)
@@ -357,18 +385,23 @@ def _dkp_alexnet(shape, classes):
 def _drtp_fc(hidden_layers: int, units: int):
     def build(shape, classes):
         return _mlp(shape, [units] * hidden_layers, classes)
+
     return build
 
 
 for _layers in (1, 2):
     for _units in (500, 1000):
-        _register(f"drtp-fc{_layers}-{_units}",
-                  f"DRTP FC{_layers}: {_layers} hidden layer(s) of {_units} tanh units")(
-            _drtp_fc(_layers, _units))
+        _register(
+            f"drtp-fc{_layers}-{_units}",
+            f"DRTP FC{_layers}: {_layers} hidden layer(s) of {_units} tanh units",
+        )(_drtp_fc(_layers, _units))
 
 
-@_register("drtp-conv", "DRTP CONV, tanh: 1-channel inputs conv5x5 32 + pool + FC 1000 (MNIST); "
-                        "else conv3x3 64 + pool, conv3x3 256 + pool, FC 1000-1000 (CIFAR-10)")
+@_register(
+    "drtp-conv",
+    "DRTP CONV, tanh: 1-channel inputs conv5x5 32 + pool + FC 1000 (MNIST); "
+    "else conv3x3 64 + pool, conv3x3 256 + pool, FC 1000-1000 (CIFAR-10)",
+)
 def _drtp_conv(shape, classes):
     c, h, w = _image(shape, "drtp-conv")
     layers, size = [], _Size(h, w)
@@ -399,14 +432,27 @@ def _alexnet_one_device(shape, classes):
     conv 96-256-384-384-256 without groups, FC 9216-4096-4096-classes; no pool is skipped."""
     c = shape[0]
     return nn.Sequential(
-        nn.Conv2d(c, 96, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-        nn.Conv2d(96, 256, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-        nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(384, 384, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2),
-        nn.AdaptiveAvgPool2d(6), nn.Flatten(),
-        nn.Linear(256 * 36, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(),
-        nn.Linear(4096, classes))
+        nn.Conv2d(c, 96, 11, stride=4, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(96, 256, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(256, 384, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(384, 384, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(384, 256, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2),
+        nn.AdaptiveAvgPool2d(6),
+        nn.Flatten(),
+        nn.Linear(256 * 36, 4096),
+        nn.ReLU(),
+        nn.Linear(4096, 4096),
+        nn.ReLU(),
+        nn.Linear(4096, classes),
+    )
 
 
 PAPER_NETWORKS: dict[str, Callable[[tuple[int, ...], int], nn.Sequential]] = {

@@ -20,20 +20,23 @@ PRETRAIN_ROW = "pretrain (bp, all layers)"
 def sweep_trend(cells: list[dict]) -> dict:
     """What Figs. 5-6 claim, measured: accuracy against rank (dense B) and against sparsity
     (full rank), and the correlation of accuracy with angle over all cells."""
+
     def acc(c):
         return 100.0 * c["test_acc_mean"]
 
     dense = sorted((c for c in cells if c["sparsity"] == 0), key=lambda c: c["rank"])
     full = max((c["rank"] for c in cells), default=None)
     at_full = sorted((c for c in cells if c["rank"] == full), key=lambda c: c["sparsity"])
-    pairs = [(acc(c), c["angle_eq14_mean"]) for c in cells
-             if math.isfinite(c["test_acc_mean"]) and math.isfinite(c["angle_eq14_mean"])]
+    pairs = [
+        (acc(c), c["angle_eq14_mean"])
+        for c in cells
+        if math.isfinite(c["test_acc_mean"]) and math.isfinite(c["angle_eq14_mean"])
+    ]
     return {
         "accuracy_by_rank_dense": {c["rank"]: acc(c) for c in dense},
         "rank_gain_dense": (acc(dense[-1]) - acc(dense[0])) if len(dense) > 1 else None,
         "accuracy_by_sparsity_full_rank": {c["sparsity"]: acc(c) for c in at_full},
-        "sparsity_spread_full_rank": (max(map(acc, at_full)) - min(map(acc, at_full))
-                                      if at_full else None),
+        "sparsity_spread_full_rank": (max(map(acc, at_full)) - min(map(acc, at_full)) if at_full else None),
         "corr_accuracy_angle": _pearson(pairs),
     }
 
@@ -48,29 +51,50 @@ def _pearson(pairs):
         return None
 
 
-def sweep_markdown(exp: Experiment, cells, skipped, trend, dataset, note, budget,
-                   classes: int = 10) -> str:
-    lines = [f"# ssdfa reproduce {exp.name}: {exp.title}", "",
-             f"Paper: {exp.citation}, {exp.source}.", f"Paper reports: {exp.claims}",
-             f"Ran: {dataset}; {budget}."]
+def sweep_markdown(exp: Experiment, cells, skipped, trend, dataset, note, budget, classes: int = 10) -> str:
+    lines = [
+        f"# ssdfa reproduce {exp.name}: {exp.title}",
+        "",
+        f"Paper: {exp.citation}, {exp.source}.",
+        f"Paper reports: {exp.claims}",
+        f"Ran: {dataset}; {budget}.",
+    ]
     if note:
         lines.append(f"Note: {note}.")
-    lines += ["", "| rank | sparsity | connections | runs | test accuracy (%), mean ± std | "
-                  "angle Eq. 14 (deg), mean ± std |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| rank | sparsity | connections | runs | test accuracy (%), mean ± std | "
+        "angle Eq. 14 (deg), mean ± std |",
+        "|---|---|---|---|---|---|",
+    ]
     for c in cells:
         runs = f"{c['n']}" + (f" ({c['diverged']} diverged)" if c.get("diverged") else "")
-        lines.append(f"| {c['rank']} | {c['sparsity']:g} | {round((1 - c['sparsity']) * classes)} | {runs} | "
-                     f"{show_num(_pct(c['test_acc_mean']))} ± {show_num(_pct(c['test_acc_std']))} | "
-                     f"{show_num(c['angle_eq14_mean'], 1)} ± {show_num(c['angle_eq14_std'], 1)} |")
+        lines.append(
+            f"| {c['rank']} | {c['sparsity']:g} | {round((1 - c['sparsity']) * classes)} | {runs} | "
+            f"{show_num(_pct(c['test_acc_mean']))} ± {show_num(_pct(c['test_acc_std']))} | "
+            f"{show_num(c['angle_eq14_mean'], 1)} ± {show_num(c['angle_eq14_std'], 1)} |"
+        )
     if skipped:
-        lines += ["", "Not run (as in the paper): " + "; ".join(
-            f"rank {s['rank']} sparsity {s['sparsity']:g}" for s in skipped) + "."]
-    gain, spread, corr = (trend["rank_gain_dense"], trend["sparsity_spread_full_rank"],
-                          trend["corr_accuracy_angle"])
-    lines += ["", f"Measured: accuracy gain from the lowest to the highest rank (dense B) "
-                  f"{show_num(gain, sign=True)} points; spread over sparsity at full rank "
-                  f"{show_num(spread)} points; correlation of accuracy with angle over cells "
-                  f"{show_num(corr)}.", "", f"Setup: {exp.notes}"]
+        lines += [
+            "",
+            "Not run (as in the paper): "
+            + "; ".join(f"rank {s['rank']} sparsity {s['sparsity']:g}" for s in skipped)
+            + ".",
+        ]
+    gain, spread, corr = (
+        trend["rank_gain_dense"],
+        trend["sparsity_spread_full_rank"],
+        trend["corr_accuracy_angle"],
+    )
+    lines += [
+        "",
+        f"Measured: accuracy gain from the lowest to the highest rank (dense B) "
+        f"{show_num(gain, sign=True)} points; spread over sparsity at full rank "
+        f"{show_num(spread)} points; correlation of accuracy with angle over cells "
+        f"{show_num(corr)}.",
+        "",
+        f"Setup: {exp.notes}",
+    ]
     return "\n".join(lines)
 
 
@@ -106,8 +130,9 @@ def _ours(runs: list[dict], metric: str, which: str = "last"):
         if c:
             vals.append(_best(c, metric) if which == "best" else c[-1])
         else:  # no metrics file: the summary's numbers
-            key = {"loss": "final_test_loss"}.get(metric, "final_test_acc" if which == "last"
-                                                  else "best_test_acc")
+            key = {"loss": "final_test_loss"}.get(
+                metric, "final_test_acc" if which == "last" else "best_test_acc"
+            )
             if r.get(key) is None:
                 continue
             v = r[key] if metric == "loss" else 100.0 * r[key]
@@ -142,17 +167,23 @@ def rows_for(exp: Experiment, results: dict[str, list[dict]]) -> list[dict]:
         mean, std, n = last.get(m, (None, None, 0))
         bmean, bstd, _ = best.get(m, (None, None, 0))
         p = paper.get(m)
-        rows.append({
-            "method": m, "paper": p, "ours_mean": mean, "ours_std": std, "ours_runs": n,
-            "ours_best_mean": bmean, "ours_best_std": bstd,
-            "runs": len(results.get(m, [])),
-            "gap_paper": None if p is None or bp_paper is None or m == "bp" else p - bp_paper,
-            "gap_ours": None if mean is None or bp_last is None or m == "bp" else mean - bp_last,
-            "gap_ours_best": (None if bmean is None or bp_best is None or m == "bp"
-                              else bmean - bp_best),
-            "curves": [curve(r, exp.metric) for r in results.get(m, [])],
-            "worst_drop": _worst_drop(results.get(m, []), exp.metric),
-        })
+        rows.append(
+            {
+                "method": m,
+                "paper": p,
+                "ours_mean": mean,
+                "ours_std": std,
+                "ours_runs": n,
+                "ours_best_mean": bmean,
+                "ours_best_std": bstd,
+                "runs": len(results.get(m, [])),
+                "gap_paper": None if p is None or bp_paper is None or m == "bp" else p - bp_paper,
+                "gap_ours": None if mean is None or bp_last is None or m == "bp" else mean - bp_last,
+                "gap_ours_best": (None if bmean is None or bp_best is None or m == "bp" else bmean - bp_best),
+                "curves": [curve(r, exp.metric) for r in results.get(m, [])],
+                "worst_drop": _worst_drop(results.get(m, []), exp.metric),
+            }
+        )
     return rows
 
 
@@ -176,15 +207,28 @@ def settings_table(settings: dict[str, dict]) -> list[str]:
     return lines
 
 
-def markdown(exp: Experiment, rows: list[dict], dataset: str, note: str | None, budget: str,
-             setup: str = "uniform", why: str | None = None) -> str:
-    what, unit = {"accuracy": ("test accuracy", " (%)"), "error": ("test error", " (%)"),
-                  "loss": ("test loss", "")}[exp.metric]
-    lines = [f"# ssdfa reproduce {exp.name}: {exp.title}", "",
-             f"Paper: {exp.citation}, {exp.source}. Metric: {what}{unit}; gap = method − BP. "
-             f"The paper reports the **{exp.reported} epoch**'s number"
-             + (" (the SSDFA code's max(test_acc))." if exp.reported == "best" else "."),
-             f"Ran: {dataset}; {budget}; setup **{setup}**."]
+def markdown(
+    exp: Experiment,
+    rows: list[dict],
+    dataset: str,
+    note: str | None,
+    budget: str,
+    setup: str = "uniform",
+    why: str | None = None,
+) -> str:
+    what, unit = {
+        "accuracy": ("test accuracy", " (%)"),
+        "error": ("test error", " (%)"),
+        "loss": ("test loss", ""),
+    }[exp.metric]
+    lines = [
+        f"# ssdfa reproduce {exp.name}: {exp.title}",
+        "",
+        f"Paper: {exp.citation}, {exp.source}. Metric: {what}{unit}; gap = method − BP. "
+        f"The paper reports the **{exp.reported} epoch**'s number"
+        + (" (the SSDFA code's max(test_acc))." if exp.reported == "best" else "."),
+        f"Ran: {dataset}; {budget}; setup **{setup}**.",
+    ]
     if why:
         lines.append(f"Setup chosen: {why}.")
     if exp.claims:
@@ -196,23 +240,38 @@ def markdown(exp: Experiment, rows: list[dict], dataset: str, note: str | None, 
     def cell(mean, std):
         return "—" if mean is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
-    lines += ["", f"| method | paper {what}{unit} ({exp.reported} epoch) | ours {what}, best epoch | "
-                  f"ours {what}, last epoch | gap to BP: paper | gap to BP: ours best | "
-                  "gap to BP: ours last | worst fall between epochs |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"| method | paper {what}{unit} ({exp.reported} epoch) | ours {what}, best epoch | "
+        f"ours {what}, last epoch | gap to BP: paper | gap to BP: ours best | "
+        "gap to BP: ours last | worst fall between epochs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         last = cell(r["ours_mean"], r["ours_std"])
         if r["ours_runs"] < r["runs"]:
             last += f" ({r['runs'] - r['ours_runs']}/{r['runs']} diverged)"
-        lines.append(f"| {r['method']} | {show_num(r['paper'])} | "
-                     f"{cell(r['ours_best_mean'], r['ours_best_std'])} | {last} | "
-                     f"{show_num(r['gap_paper'], sign=True)} | "
-                     f"{show_num(r['gap_ours_best'], digits, sign=True)} | "
-                     f"{show_num(r['gap_ours'], digits, sign=True)} | {show_num(r['worst_drop'], digits)} |")
-    lines += ["", "Per epoch, per seed: " + "; ".join(
-        f"{r['method']} " + " / ".join(", ".join(f"{v:.{min(digits, 2) if exp.metric != 'loss' else 4}f}"
-                                                  for v in c) for c in r["curves"])
-        for r in rows if r["curves"]) + "."]
+        lines.append(
+            f"| {r['method']} | {show_num(r['paper'])} | "
+            f"{cell(r['ours_best_mean'], r['ours_best_std'])} | {last} | "
+            f"{show_num(r['gap_paper'], sign=True)} | "
+            f"{show_num(r['gap_ours_best'], digits, sign=True)} | "
+            f"{show_num(r['gap_ours'], digits, sign=True)} | {show_num(r['worst_drop'], digits)} |"
+        )
+    lines += [
+        "",
+        "Per epoch, per seed: "
+        + "; ".join(
+            f"{r['method']} "
+            + " / ".join(
+                ", ".join(f"{v:.{min(digits, 2) if exp.metric != 'loss' else 4}f}" for v in c)
+                for c in r["curves"]
+            )
+            for r in rows
+            if r["curves"]
+        )
+        + ".",
+    ]
     settings = {r["method"]: r["settings"] for r in rows if r.get("settings")}
     if settings:
         lines += ["", "Settings per row:", ""] + settings_table(settings)

@@ -32,17 +32,46 @@ from .points import FeedbackPoint, PointHook, PointPreHook
 from .validate import Problem, UnsupportedModelError, check_sequential, flatten_sequential
 
 _FX_FUNCTIONS = {
-    torch.flatten, torch.relu, torch.tanh, torch.sigmoid, F.relu, F.tanh, F.sigmoid, F.gelu,
-    F.leaky_relu, F.elu, F.silu, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.dropout,
-    F.log_softmax, F.softmax, torch.log_softmax, torch.softmax,
+    torch.flatten,
+    torch.relu,
+    torch.tanh,
+    torch.sigmoid,
+    F.relu,
+    F.tanh,
+    F.sigmoid,
+    F.gelu,
+    F.leaky_relu,
+    F.elu,
+    F.silu,
+    F.max_pool2d,
+    F.avg_pool2d,
+    F.adaptive_avg_pool2d,
+    F.dropout,
+    F.log_softmax,
+    F.softmax,
+    torch.log_softmax,
+    torch.softmax,
 }
-_FX_METHODS = {"view", "reshape", "flatten", "relu", "tanh", "sigmoid", "contiguous", "softmax",
-               "log_softmax", "squeeze", "unsqueeze"}
+_FX_METHODS = {
+    "view",
+    "reshape",
+    "flatten",
+    "relu",
+    "tanh",
+    "sigmoid",
+    "contiguous",
+    "softmax",
+    "log_softmax",
+    "squeeze",
+    "unsqueeze",
+}
 _SHAPE_ONLY = {"size", "dim"}
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 _ADDS = {"AddBackward0", "AddBackward1"}
-HINT = ("Pass points=(YourBlock,) or points=['name', ...] to ssdfa.convert, or place "
-        "ssdfa.FeedbackPoint() after each hidden block in your model's forward()")
+HINT = (
+    "Pass points=(YourBlock,) or points=['name', ...] to ssdfa.convert, or place "
+    "ssdfa.FeedbackPoint() after each hidden block in your model's forward()"
+)
 
 
 @dataclass
@@ -56,8 +85,7 @@ class Placement:
     problems: list = field(default_factory=list)
 
 
-def place_points(model: nn.Module, method: str, train_only: str | None = None,
-                 points=None) -> Placement:
+def place_points(model: nn.Module, method: str, train_only: str | None = None, points=None) -> Placement:
     if points is not None:
         if train_only is not None:
             raise ValueError("give points= or train_only=, not both")
@@ -65,8 +93,7 @@ def place_points(model: nn.Module, method: str, train_only: str | None = None,
     if train_only is not None:
         leaves = checked_leaves(model, method)
         frozen, trained = split_leaves(leaves, train_only, model, method)
-        net, pts = _sequential_with_points(
-            [(p, m) for p, m in trained if not isinstance(m, FeedbackPoint)])
+        net, pts = _sequential_with_points([(p, m) for p, m in trained if not isinstance(m, FeedbackPoint)])
         features = frozen_module(frozen)
         if features is not None:
             net = nn.Sequential(OrderedDict([("frozen", features), *net.named_children()]))
@@ -79,8 +106,9 @@ def place_points(model: nn.Module, method: str, train_only: str | None = None,
         problems = check_sequential(leaves)
         if not problems:
             return Placement(*_sequential_with_points(leaves))
-        if any(not any(True for _ in model.get_submodule(p.path).children())
-               for p in problems if p.path):  # an unsupported layer, not a block to wrap
+        if any(
+            not any(True for _ in model.get_submodule(p.path).children()) for p in problems if p.path
+        ):  # an unsupported layer, not a block to wrap
             raise UnsupportedModelError(problems, method)
         return Placement(model, auto=True, problems=problems)
     try:
@@ -103,24 +131,30 @@ def select_modules(model: nn.Module, spec) -> list[str]:
     if isinstance(spec, type):
         spec = (spec,)
     if isinstance(spec, str) or not hasattr(spec, "__iter__"):
-        raise TypeError("points= takes module types, e.g. points=(BasicBlock,), or qualified "
-                        f"names, e.g. points=['layer1.0', 'layer1.1'], got {spec!r}")
+        raise TypeError(
+            "points= takes module types, e.g. points=(BasicBlock,), or qualified "
+            f"names, e.g. points=['layer1.0', 'layer1.1'], got {spec!r}"
+        )
     spec = list(spec)
     mods = dict(model.named_modules())
     if spec and all(isinstance(s, type) for s in spec):
         names = [n for n, m in mods.items() if n and isinstance(m, tuple(spec))]
         if not names:
-            raise ValueError(f"points={tuple(t.__name__ for t in spec)}: no module of "
-                             f"{'that type' if len(spec) == 1 else 'those types'} in "
-                             f"{type(model).__name__}")
+            raise ValueError(
+                f"points={tuple(t.__name__ for t in spec)}: no module of "
+                f"{'that type' if len(spec) == 1 else 'those types'} in "
+                f"{type(model).__name__}"
+            )
         return names
     if not all(isinstance(s, str) for s in spec) or not spec:
         raise TypeError("points= takes module types or qualified names (not a mix, not empty)")
     unknown = [s for s in spec if s not in mods or not s]
     if unknown:
         some = ", ".join(n for n in list(mods)[1:13])
-        raise ValueError(f"points=: no module named {', '.join(map(repr, unknown))} in "
-                         f"{type(model).__name__}; names look like: {some}, ...")
+        raise ValueError(
+            f"points=: no module named {', '.join(map(repr, unknown))} in "
+            f"{type(model).__name__}; names look like: {some}, ..."
+        )
     if len(set(spec)) != len(spec):
         raise ValueError("points= names a module twice")
     return spec
@@ -141,9 +175,14 @@ def residual_points(net: nn.Module, inputs, problems: list, method: str) -> list
     output, or every problem of steps 3-4 at once."""
     names = residual_blocks(net, *inputs)
     if not names:
-        problems.append(Problem(
-            "", type(net).__name__, "no residual block found either (a module whose "
-            "output adds two paths from its input)", "Place the points yourself"))
+        problems.append(
+            Problem(
+                "",
+                type(net).__name__,
+                "no residual block found either (a module whose output adds two paths from its input)",
+                "Place the points yourself",
+            )
+        )
         raise UnsupportedModelError(problems, method)
     return hook_points(net, names)
 
@@ -165,10 +204,15 @@ def residual_blocks(net: nn.Module, args, kwargs) -> list[str]:
         def hook(m, inputs, kw, output, name=name):
             x = next((t for t in (*inputs, *kw.values()) if isinstance(t, torch.Tensor)), None)
             y = output[0] if isinstance(output, tuple) and output else output
-            if name not in seen and x is not None and x.requires_grad \
-                    and isinstance(y, torch.Tensor) and y.grad_fn is not None:
-                seen[name] = (x.grad_fn or torch.autograd.graph.get_gradient_edge(x).node,
-                              y.grad_fn)
+            if (
+                name not in seen
+                and x is not None
+                and x.requires_grad
+                and isinstance(y, torch.Tensor)
+                and y.grad_fn is not None
+            ):
+                seen[name] = (x.grad_fn or torch.autograd.graph.get_gradient_edge(x).node, y.grad_fn)
+
         handles.append(mod.register_forward_hook(hook, with_kwargs=True))
     args, kwargs = _track_inputs(args), _track_inputs(kwargs)
     was = net.training
@@ -260,43 +304,71 @@ def _fx_with_points(model: nn.Module):
         gm = fx.symbolic_trace(model)
     except Exception as exc:  # fx raises many types; report the cause, keep the chain
         raise UnsupportedModelError(
-            [Problem("", type(model).__name__, f"could not be traced with torch.fx ({exc})", HINT)],
-            "") from exc
+            [Problem("", type(model).__name__, f"could not be traced with torch.fx ({exc})", HINT)], ""
+        ) from exc
     mods = dict(gm.named_modules())
     problems = []
     weight_nodes = []
     for node in gm.graph.nodes:
         users = [u for u in node.users if not _shape_only(u)]
         if node.op in ("call_module", "call_function", "call_method", "placeholder") and len(users) > 1:
-            problems.append(Problem(str(node.target), node.op,
-                                    "its output feeds several layers (a branch or skip connection)",
-                                    HINT))
+            problems.append(
+                Problem(
+                    str(node.target),
+                    node.op,
+                    "its output feeds several layers (a branch or skip connection)",
+                    HINT,
+                )
+            )
         if node.op == "call_module":
             mod = mods[node.target]
             if is_weight_layer(mod):
                 weight_nodes.append(node)
             elif not is_pass_through(mod):
-                problems.append(Problem(str(node.target), type(mod).__name__,
-                                        "not a layer ssdfa can train through",
-                                        f"Supported: {supported_names()}. {HINT}"))
-        elif node.op == "call_function" and node.target not in _FX_FUNCTIONS \
-                and node.target is not operator.getitem and not _constant_scaling(node):
-            problems.append(Problem(getattr(node.target, "__name__", str(node.target)), "function",
-                                    "not an operation ssdfa knows to be element-wise or a reshape",
-                                    HINT))
+                problems.append(
+                    Problem(
+                        str(node.target),
+                        type(mod).__name__,
+                        "not a layer ssdfa can train through",
+                        f"Supported: {supported_names()}. {HINT}",
+                    )
+                )
+        elif (
+            node.op == "call_function"
+            and node.target not in _FX_FUNCTIONS
+            and node.target is not operator.getitem
+            and not _constant_scaling(node)
+        ):
+            problems.append(
+                Problem(
+                    getattr(node.target, "__name__", str(node.target)),
+                    "function",
+                    "not an operation ssdfa knows to be element-wise or a reshape",
+                    HINT,
+                )
+            )
         elif node.op == "call_method" and node.target not in _FX_METHODS | _SHAPE_ONLY:
-            problems.append(Problem(str(node.target), "method",
-                                    "not an operation ssdfa knows to be element-wise or a reshape",
-                                    HINT))
+            problems.append(
+                Problem(
+                    str(node.target),
+                    "method",
+                    "not an operation ssdfa knows to be element-wise or a reshape",
+                    HINT,
+                )
+            )
     if not weight_nodes:
         problems.append(Problem("", type(model).__name__, "no Linear or Conv2d layer", HINT))
     if problems:
         raise UnsupportedModelError(problems, "")
     targets = [str(node.target) for node in weight_nodes]
     if len(set(targets)) != len(targets):
-        raise UnsupportedModelError([Problem(t, "module", "is called more than once (shared "
-                                             "weights)", HINT)
-                                     for t in sorted({t for t in targets if targets.count(t) > 1})], "")
+        raise UnsupportedModelError(
+            [
+                Problem(t, "module", "is called more than once (shared weights)", HINT)
+                for t in sorted({t for t in targets if targets.count(t) > 1})
+            ],
+            "",
+        )
     # the trace only finds the places: the user's own forward runs (every branch, flag and mode),
     # each point through a pre-hook at the input of a weight layer
     return model, input_points(model, targets[1:])
@@ -321,11 +393,15 @@ def _constant_scaling(node) -> bool:
     """``h * c`` or ``h / c`` with a constant c (a temperature, a logit scale): element-wise."""
     import torch.fx as fx
 
-    return node.target in (operator.mul, operator.truediv) and len(node.args) == 2 and \
-        sum(isinstance(a, fx.Node) for a in node.args) == 1 and \
-        (node.target is operator.mul or isinstance(node.args[0], fx.Node))
+    return (
+        node.target in (operator.mul, operator.truediv)
+        and len(node.args) == 2
+        and sum(isinstance(a, fx.Node) for a in node.args) == 1
+        and (node.target is operator.mul or isinstance(node.args[0], fx.Node))
+    )
 
 
 def _shape_only(node) -> bool:
     return (node.op == "call_method" and node.target in _SHAPE_ONLY) or (
-        node.op == "call_function" and node.target is getattr and node.args[1] == "shape")
+        node.op == "call_function" and node.target is getattr and node.args[1] == "shape"
+    )

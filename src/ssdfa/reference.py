@@ -69,6 +69,7 @@ def _layerwise_gradients(model, x, y, loss_fn, kwargs):
     handles = []
     for mod in model.net.modules():
         if isinstance(mod, LayerFeedback):
+
             def swap(m, inputs, out):
                 a = inputs[0]
                 plain = m.layer(a.detach()) if a.requires_grad else m.layer(a)
@@ -79,6 +80,7 @@ def _layerwise_gradients(model, x, y, loss_fn, kwargs):
                     swapped["bias"] = m.layer.bias.detach()
                 through_b = torch.func.functional_call(m.layer, swapped, (a,))
                 return plain + through_b - through_b.detach()
+
             handles.append(mod.register_forward_hook(swap))
     try:
         with model.backprop():  # plain layers (no brSF redraw): the hooks put B in their place
@@ -97,8 +99,9 @@ def _layerwise_gradients(model, x, y, loss_fn, kwargs):
     return expected
 
 
-def reference_gradients(model: FeedbackModel, x, y: torch.Tensor, loss_fn: Callable = _default_loss,
-                        kwargs: dict | None = None) -> dict[str, torch.Tensor]:
+def reference_gradients(
+    model: FeedbackModel, x, y: torch.Tensor, loss_fn: Callable = _default_loss, kwargs: dict | None = None
+) -> dict[str, torch.Tensor]:
     """{parameter name in model.net: expected gradient} under the model's rule."""
     if model.rule.kind is Kind.LAYERWISE:
         return _layerwise_gradients(model, x, y, loss_fn, kwargs)
@@ -106,25 +109,32 @@ def reference_gradients(model: FeedbackModel, x, y: torch.Tensor, loss_fn: Calla
         return forward_gradient_reference(model, x, y, loss_fn)
     params = {n: p for n, p in model.net.named_parameters() if p.requires_grad}
     if model.rule.kind not in CUT:
-        grads = torch.autograd.grad(loss_fn(_call(model.net, x, kwargs), y), list(params.values()),
-                                    allow_unused=True)
+        grads = torch.autograd.grad(
+            loss_fn(_call(model.net, x, kwargs), y), list(params.values()), allow_unused=True
+        )
         return {n: g for n, g in zip(params, grads) if g is not None}
     signal = _signal_of(model.rule)
     outs, dets, zs, out = _cut_forward(model, x, kwargs)
     out, side = _side_leaves(out, dets)
     loss = loss_fn(out, y)
-    total = dict(zip(params, torch.autograd.grad(loss, list(params.values()), allow_unused=True,
-                                                 retain_graph=True)))
+    total = dict(
+        zip(params, torch.autograd.grad(loss, list(params.values()), allow_unused=True, retain_graph=True))
+    )
     errors = _head_errors(model, loss, zs)
-    side_grads = dict(zip(side, torch.autograd.grad(loss, list(side.values()), retain_graph=True,
-                                                    allow_unused=True))) if side else {}
+    side_grads = (
+        dict(zip(side, torch.autograd.grad(loss, list(side.values()), retain_graph=True, allow_unused=True)))
+        if side
+        else {}
+    )
     widths = [hd.width for hd in model.heads]
     for k, (h, b) in enumerate(zip(outs, model.feedback_matrices().values())):
         grad_h = torch.zeros_like(h) if signal is None else _point_signal(h, errors, b, y, signal, widths)
         if side_grads.get(k) is not None:
             grad_h = grad_h + side_grads[k]
-        for n, gp in zip(params, torch.autograd.grad(h, list(params.values()), grad_h,
-                                                     allow_unused=True, retain_graph=True)):
+        for n, gp in zip(
+            params,
+            torch.autograd.grad(h, list(params.values()), grad_h, allow_unused=True, retain_graph=True),
+        ):
             if gp is not None:
                 total[n] = gp if total[n] is None else total[n] + gp
     return {n: gp for n, gp in total.items() if gp is not None}
@@ -146,15 +156,19 @@ def _cut_forward(model, x, kwargs):
     copies by id, each module-produced head's output, the net's output)."""
     outs, cut, zs, handles = [], {}, {}, []
     for point in model.points().values():
+
         def detach(mod, inp, out):
             outs.append(out)
             cut[id(out)] = out.detach()
             return cut[id(out)]
+
         handles.append(point.register_forward_hook(detach))
     for head in model.heads:
         if head.marker is not None:
+
             def keep(mod, inp, out, name=head.name):
                 zs[name] = out[0] if isinstance(out, tuple) else out
+
             handles.append(model.net.get_submodule(head.name).register_forward_hook(keep))
     try:
         out = _call(model.net, x, kwargs)
@@ -211,8 +225,16 @@ def _point_signal(h, errors, b, y, signal, widths):
     return total
 
 
-def check_gradients(model: FeedbackModel, x, y: torch.Tensor, loss_fn: Callable = _default_loss, *,
-                    kwargs: dict | None = None, rtol: float = 1e-5, atol: float = 1e-6) -> None:
+def check_gradients(
+    model: FeedbackModel,
+    x,
+    y: torch.Tensor,
+    loss_fn: Callable = _default_loss,
+    *,
+    kwargs: dict | None = None,
+    rtol: float = 1e-5,
+    atol: float = 1e-6,
+) -> None:
     """Raise AssertionError naming every parameter whose gradient differs from the reference.
 
     ``loss_fn(output, y)`` receives what the model returns.  The model's existing ``.grad``
@@ -224,8 +246,9 @@ def check_gradients(model: FeedbackModel, x, y: torch.Tensor, loss_fn: Callable 
     try:
         for p in params.values():
             p.grad = None
-        out = model(*args, target=y, **(kwargs or {})) if model.rule.direct \
-            else model(*args, **(kwargs or {}))
+        out = (
+            model(*args, target=y, **(kwargs or {})) if model.rule.direct else model(*args, **(kwargs or {}))
+        )
         loss_fn(out, y).backward()
         got = {n: p.grad for n, p in params.items()}
         expected = reference_gradients(model, x, y, loss_fn, kwargs)

@@ -38,8 +38,17 @@ def fgsm(net, x, y, epsilon: float, loss_fn: Callable = F.cross_entropy, clamp=N
     return adv if clamp is None else adv.clamp(*clamp)
 
 
-def pgd(net, x, y, epsilon: float, steps: int, loss_fn: Callable = F.cross_entropy, clamp=None,
-        step_size: float | None = None, generator: torch.Generator | None = None):
+def pgd(
+    net,
+    x,
+    y,
+    epsilon: float,
+    steps: int,
+    loss_fn: Callable = F.cross_entropy,
+    clamp=None,
+    step_size: float | None = None,
+    generator: torch.Generator | None = None,
+):
     """L∞ PGD: uniform start in the ε-ball, ``steps`` signed-gradient steps of ``step_size``
     (default 2.5·ε/steps), each projected back onto the ball (and ``clamp``)."""
     alpha = 2.5 * epsilon / steps if step_size is None else step_size
@@ -53,9 +62,18 @@ def pgd(net, x, y, epsilon: float, steps: int, loss_fn: Callable = F.cross_entro
     return adv.detach()
 
 
-def adversarial_accuracy(model: nn.Module, split, attack: str, epsilon: float, *, steps: int = 10,
-                         batch_size: int = 256, device="cpu", loss_fn: Callable = F.cross_entropy,
-                         seed: int = 0) -> dict:
+def adversarial_accuracy(
+    model: nn.Module,
+    split,
+    attack: str,
+    epsilon: float,
+    *,
+    steps: int = 10,
+    batch_size: int = 256,
+    device="cpu",
+    loss_fn: Callable = F.cross_entropy,
+    seed: int = 0,
+) -> dict:
     """{"clean_acc", "adv_acc", "examples"} of ``model`` (converted or plain) on ``split``
     under ``attack`` ("fgsm" or "pgd") at ``epsilon``; the attack backpropagates exactly."""
     if attack not in ATTACKS:
@@ -90,5 +108,9 @@ def adversarial_accuracy(model: nn.Module, split, attack: str, epsilon: float, *
                 adv_correct += int((net(xa).argmax(1) == y).sum())
     finally:
         net.train(was)
-    return {"clean_acc": clean / max(n, 1), "adv_acc": adv_correct / max(n, 1), "examples": n,
-            "input_range": list(clamp)}
+    return {
+        "clean_acc": clean / max(n, 1),
+        "adv_acc": adv_correct / max(n, 1),
+        "examples": n,
+        "input_range": list(clamp),
+    }

@@ -28,25 +28,48 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
-__all__ = ["RunDirError", "RunDirBusy", "locked", "make_dir", "write_text_atomic", "open_atomic",
-           "remove_stale_temp_files", "LOCK_NAME", "run_kind", "enclosing_run", "refuse_foreign"]
+__all__ = [
+    "RunDirError",
+    "RunDirBusy",
+    "locked",
+    "make_dir",
+    "write_text_atomic",
+    "open_atomic",
+    "remove_stale_temp_files",
+    "LOCK_NAME",
+    "run_kind",
+    "enclosing_run",
+    "refuse_foreign",
+]
 
 LOCK_NAME = ".ssdfa.lock"
 
 # the files ssdfa writes into a run directory; leftovers of their temporary copies are removed
-RUN_FILES = ("checkpoint.pt", "config.json", "metrics.csv", "metrics.json", "summary.json",
-             "results.md", "results.json", "sweep.csv", "sweep.json")
+RUN_FILES = (
+    "checkpoint.pt",
+    "config.json",
+    "metrics.csv",
+    "metrics.json",
+    "summary.json",
+    "results.md",
+    "results.json",
+    "sweep.csv",
+    "sweep.json",
+)
 
 _held: dict[str, list] = {}  # realpath -> [fd, depth]: locks this process holds
 
 
 # what marks a directory as written by one command: train's run, or a table command's folder
-_KINDS = (("train", ("checkpoint.pt", "config.json")), ("sweep", ("sweep.json",)),
-          ("table", ("results.json", "results.md")))
+_KINDS = (
+    ("train", ("checkpoint.pt", "config.json")),
+    ("sweep", ("sweep.json",)),
+    ("table", ("results.json", "results.md")),
+)
 
 
 def run_kind(path: str | os.PathLike) -> str | None:
-    """"train", "sweep" or "table" (compare, reproduce) for a directory an ssdfa command wrote,
+    """ "train", "sweep" or "table" (compare, reproduce) for a directory an ssdfa command wrote,
     from the files it holds; None for anything else (missing, empty, a plain folder)."""
     p = Path(path)
     try:
@@ -70,8 +93,9 @@ def enclosing_run(path: str | os.PathLike) -> tuple[Path, str] | None:
     return None
 
 
-def refuse_foreign(path: str | os.PathLike, allowed: tuple[str, ...], flag: str = "--out-dir",
-                   *, inside: bool = True) -> None:
+def refuse_foreign(
+    path: str | os.PathLike, allowed: tuple[str, ...], flag: str = "--out-dir", *, inside: bool = True
+) -> None:
     """Refuse to write at ``path`` when it is (or, with ``inside``, lies within) a directory of
     a kind not in ``allowed``: no command writes into a run directory it does not own.  E.g.
     ``refuse_foreign(out, ("table",), "--out")`` before ``report`` writes a file there, and
@@ -84,42 +108,53 @@ def refuse_foreign(path: str | os.PathLike, allowed: tuple[str, ...], flag: str 
     if found is None or found[1] in allowed:
         return
     where, kind = found
-    what = {"train": "a training run (ssdfa train)", "sweep": "a sweep (ssdfa sweep)",
-            "table": "the tables of ssdfa compare/reproduce"}[kind]
-    raise RunDirError(f"{flag} {path}: {where} holds {what}; this command does not write into "
-                      f"it — pick another {flag}")
+    what = {
+        "train": "a training run (ssdfa train)",
+        "sweep": "a sweep (ssdfa sweep)",
+        "table": "the tables of ssdfa compare/reproduce",
+    }[kind]
+    raise RunDirError(
+        f"{flag} {path}: {where} holds {what}; this command does not write into it — pick another {flag}"
+    )
 
 
 def make_dir(path: str | os.PathLike) -> Path:
     """Create ``path`` (and parents), or say in one line why it cannot be a run directory."""
     text = os.fspath(path)
     if not str(text).strip():
-        raise RunDirError("the output directory is empty (''); give a folder name, e.g. "
-                          "--out-dir runs/exp1")
+        raise RunDirError("the output directory is empty (''); give a folder name, e.g. --out-dir runs/exp1")
     path = Path(text)
     try:
         long = next((p for p in path.parts if len(os.fsencode(p)) > 255), None)
         if long is not None:
-            raise RunDirError(f"cannot create {_short(path)}: the name {_short(long)} is longer "
-                              "than the 255 bytes a file name may have; pick a shorter --out-dir")
+            raise RunDirError(
+                f"cannot create {_short(path)}: the name {_short(long)} is longer "
+                "than the 255 bytes a file name may have; pick a shorter --out-dir"
+            )
         if path.is_symlink() and not path.exists():
-            raise RunDirError(f"{path} is a symbolic link that leads nowhere (or around a loop, "
-                              f"to {_short(os.readlink(path))}); pick another --out-dir")
+            raise RunDirError(
+                f"{path} is a symbolic link that leads nowhere (or around a loop, "
+                f"to {_short(os.readlink(path))}); pick another --out-dir"
+            )
         if path.exists() and not path.is_dir():
             raise RunDirError(f"{path} is a file, not a directory; pick another --out-dir")
     except OSError as exc:  # ENAMETOOLONG, ELOOP, EACCES on a parent...
-        raise RunDirError(f"cannot create {_short(path)}: {_reason(exc)}; pick another "
-                          "--out-dir") from None
+        raise RunDirError(f"cannot create {_short(path)}: {_reason(exc)}; pick another --out-dir") from None
     try:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        blocker = next((p for p in [path, *path.parents]
-                        if (p.exists() or p.is_symlink()) and not p.is_dir()), None)
+        blocker = next(
+            (p for p in [path, *path.parents] if (p.exists() or p.is_symlink()) and not p.is_dir()), None
+        )
         if blocker is not None and blocker.is_symlink() and not blocker.exists():
-            raise RunDirError(f"cannot create {path}: {blocker} is a symbolic link that leads "
-                              "nowhere (or around a loop); pick another --out-dir") from None
-        raise RunDirError(f"cannot create {path}: {blocker or 'a part of the path'} is a file, "
-                          "not a directory; pick another --out-dir") from None
+            raise RunDirError(
+                f"cannot create {path}: {blocker} is a symbolic link that leads "
+                "nowhere (or around a loop); pick another --out-dir"
+            ) from None
+        raise RunDirError(
+            f"cannot create {path}: {blocker or 'a part of the path'} is a file, "
+            "not a directory; pick another --out-dir"
+        ) from None
     except PermissionError:
         raise RunDirError(f"cannot create {path}: permission denied; pick another --out-dir") from None
     except OSError as exc:
@@ -172,8 +207,7 @@ def locked(path: str | os.PathLike):
     try:
         fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
     except PermissionError:
-        raise RunDirError(f"cannot write into {path}: permission denied; pick another "
-                          "--out-dir") from None
+        raise RunDirError(f"cannot write into {path}: permission denied; pick another --out-dir") from None
     except OSError as exc:
         raise RunDirError(f"cannot write into {path}: {_reason(exc)}") from None
     if not _lock_fd(fd):
@@ -181,8 +215,10 @@ def locked(path: str | os.PathLike):
             holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
         finally:
             os.close(fd)
-        raise RunDirBusy(f"{path} is in use by another ssdfa process (pid {holder}); wait for "
-                         "it to finish, or pick another --out-dir")
+        raise RunDirBusy(
+            f"{path} is in use by another ssdfa process (pid {holder}); wait for "
+            "it to finish, or pick another --out-dir"
+        )
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())

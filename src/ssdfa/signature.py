@@ -32,21 +32,26 @@ def signed_class(cls, net):
         if "target" not in sig.parameters:
             at = next((i for i, q in enumerate(params) if q.kind is q.VAR_KEYWORD), len(params))
             params.insert(at, inspect.Parameter("target", inspect.Parameter.KEYWORD_ONLY, default=None))
-        sig = sig.replace(parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY),
-                                      *params])
+        sig = sig.replace(parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY), *params])
     except (TypeError, ValueError):  # a builtin or C forward: keep (*args, target, **kwargs)
         return cls
     key = (cls, str(sig))
     if key not in _SIGNED:
+
         def forward(self, *args, **kwargs):
             return super(signed, self).forward(*args, **kwargs)
 
         forward.__signature__ = sig
         forward.__doc__ = cls.forward.__doc__
-        signed = type(cls.__name__, (cls,), {"forward": forward, "_signed_base": cls,
-                                              "__module__": cls.__module__,
-                                              "__qualname__": cls.__qualname__})
+        signed = type(
+            cls.__name__,
+            (cls,),
+            {
+                "forward": forward,
+                "_signed_base": cls,
+                "__module__": cls.__module__,
+                "__qualname__": cls.__qualname__,
+            },
+        )
         _SIGNED[key] = signed
     return _SIGNED[key]
-
-

@@ -23,8 +23,8 @@ import csv
 import io
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .errors import Diverged, SweepError
 from .rundir import locked, write_text_atomic
@@ -32,8 +32,18 @@ from .training import RESUME_MAY_CHANGE, TrainConfig, run, settings_differ
 
 __all__ = ["SweepError", "cell_problem", "run_sweep", "aggregate", "final_angles", "cell_dir"]
 
-CSV_FIELDS = ("rank", "sparsity", "connections", "seed", "status", "test_acc", "best_test_acc",
-              "angle_eq14", "angle_delta", "run_dir")
+CSV_FIELDS = (
+    "rank",
+    "sparsity",
+    "connections",
+    "seed",
+    "status",
+    "test_acc",
+    "best_test_acc",
+    "angle_eq14",
+    "angle_delta",
+    "run_dir",
+)
 
 
 def cell_problem(rank: int, sparsity: float, num_classes: int) -> str | None:
@@ -48,8 +58,10 @@ def cell_problem(rank: int, sparsity: float, num_classes: int) -> str | None:
     if s < 1:
         return f"sparsity {sparsity} leaves no connection per neuron with {num_classes} errors"
     if s * rank < num_classes:
-        return (f"rank·connectivity = {rank}·{1 - sparsity:g} = {rank * (1 - sparsity):g} < 1: "
-                f"{s} connections × rank {rank} cannot reach all {num_classes} errors")
+        return (
+            f"rank·connectivity = {rank}·{1 - sparsity:g} = {rank * (1 - sparsity):g} < 1: "
+            f"{s} connections × rank {rank} cannot reach all {num_classes} errors"
+        )
     return None
 
 
@@ -90,8 +102,10 @@ def _check_same_settings(cell: Path, fields: dict) -> None:
     differ = settings_differ(saved, cfg, tuple(k for k in RESUME_MAY_CHANGE if k != "epochs"))
     if differ:
         both = "; ".join(f"{k}: {saved.get(k)!r} there, {getattr(cfg, k)!r} now" for k in differ[:3])
-        raise SweepError(f"{cell} was trained with other settings ({both}); "
-                         "give the sweep another directory, or delete that cell to retrain it")
+        raise SweepError(
+            f"{cell} was trained with other settings ({both}); "
+            "give the sweep another directory, or delete that cell to retrain it"
+        )
 
 
 def _read_json(path: Path, default):
@@ -100,18 +114,25 @@ def _read_json(path: Path, default):
     except FileNotFoundError:
         return default
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
-        raise SweepError(f"{path} is not valid JSON ({exc}); the cell is damaged — delete "
-                         f"{path.parent} to retrain it") from None
+        raise SweepError(
+            f"{path} is not valid JSON ({exc}); the cell is damaged — delete {path.parent} to retrain it"
+        ) from None
 
 
 def _fraction(value, key: str, path: Path):
     """An accuracy read back from a cell: None, or a finite number in [0, 100] (not a bool)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not 0 <= value <= 100:
-        raise SweepError(f"{path}: {key} = {value!r} is not an accuracy; the cell is damaged — "
-                         f"delete {path.parent} to retrain it")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not 0 <= value <= 100
+    ):
+        raise SweepError(
+            f"{path}: {key} = {value!r} is not an accuracy; the cell is damaged — "
+            f"delete {path.parent} to retrain it"
+        )
     return float(value)
 
 
@@ -121,36 +142,59 @@ def read_cell(d: Path, epochs=None) -> dict:
     path = d / "summary.json"
     summary = _read_json(path, None)
     if not isinstance(summary, dict):
-        raise SweepError(f"{path} holds a {type(summary).__name__}, not a run summary; delete "
-                         f"{d} to retrain the cell")
+        raise SweepError(
+            f"{path} holds a {type(summary).__name__}, not a run summary; delete {d} to retrain the cell"
+        )
     status = summary.get("status", "finished")  # a custom trainer may write no status
     if status not in ("finished", "diverged"):
-        raise SweepError(f"{path}: status {status!r} is neither finished nor diverged; delete "
-                         f"{d} to retrain the cell")
+        raise SweepError(
+            f"{path}: status {status!r} is neither finished nor diverged; delete {d} to retrain the cell"
+        )
     done = summary.get("epochs")
     if status == "finished" and epochs is not None and done is not None and done != epochs:
-        raise SweepError(f"{path}: the cell finished {done!r} epochs, the sweep asks for "
-                         f"{epochs}; delete {d} to retrain it")
+        raise SweepError(
+            f"{path}: the cell finished {done!r} epochs, the sweep asks for "
+            f"{epochs}; delete {d} to retrain it"
+        )
     metrics = _read_json(d / "metrics.json", [])
     if not isinstance(metrics, list) or not all(isinstance(r, dict) for r in metrics):
-        raise SweepError(f"{d / 'metrics.json'} is not a list of epoch rows; delete {d} to "
-                         "retrain the cell")
+        raise SweepError(f"{d / 'metrics.json'} is not a list of epoch rows; delete {d} to retrain the cell")
     try:
         angles = final_angles(metrics)
     except (TypeError, ValueError):
-        raise SweepError(f"{d / 'metrics.json'}: an angle of the last epoch is not a number; "
-                         f"delete {d} to retrain the cell") from None
+        raise SweepError(
+            f"{d / 'metrics.json'}: an angle of the last epoch is not a number; "
+            f"delete {d} to retrain the cell"
+        ) from None
     if status == "diverged":
-        return {"status": status, "test_acc": math.nan, "best_test_acc": math.nan,
-                "angle_eq14": math.nan, "angle_delta": math.nan}
+        return {
+            "status": status,
+            "test_acc": math.nan,
+            "best_test_acc": math.nan,
+            "angle_eq14": math.nan,
+            "angle_delta": math.nan,
+        }
     acc = _fraction(summary.get("final_test_acc"), "final_test_acc", path)
     best = _fraction(summary.get("best_test_acc"), "best_test_acc", path)
-    return {"status": status, "test_acc": math.nan if acc is None else acc,
-            "best_test_acc": math.nan if best is None else best, **angles}
+    return {
+        "status": status,
+        "test_acc": math.nan if acc is None else acc,
+        "best_test_acc": math.nan if best is None else best,
+        **angles,
+    }
 
 
-def run_sweep(out_dir, base: dict, ranks, sparsities, seeds, num_classes: int, *,
-              train: Callable[[dict], dict] | None = None, log=print) -> dict:
+def run_sweep(
+    out_dir,
+    base: dict,
+    ranks,
+    sparsities,
+    seeds,
+    num_classes: int,
+    *,
+    train: Callable[[dict], dict] | None = None,
+    log=print,
+) -> dict:
     """Run every valid (rank, sparsity, seed) cell not yet complete; return ``sweep.json``'s dict.
 
     ``base`` holds the TrainConfig fields shared by all cells (method, dataset, model, epochs…);
@@ -174,9 +218,15 @@ def _cells(out: Path, base, ranks, sparsities, seeds, num_classes):
                 continue
             for seed in seeds:
                 d = cell_dir(out, int(r), float(s), int(seed))
-                cells.append((int(r), float(s), int(seed), d,
-                              dict(base, rank=int(r), seed=int(seed), out_dir=str(d),
-                                   sparsity=float(s))))
+                cells.append(
+                    (
+                        int(r),
+                        float(s),
+                        int(seed),
+                        d,
+                        dict(base, rank=int(r), seed=int(seed), out_dir=str(d), sparsity=float(s)),
+                    )
+                )
     return cells, skipped
 
 
@@ -186,15 +236,17 @@ def _sweep(out: Path, base, ranks, sparsities, seeds, num_classes, train, log) -
         log(f"skipping rank={s['rank']} sparsity={s['sparsity']:g}: {s['reason']}")
     # every cell already there is checked before anything is trained or written
     done = {}
-    for r, s, seed, d, fields in cells:
+    for _r, _s, _seed, d, fields in cells:
         if (d / "summary.json").exists():
             _check_same_settings(d, fields)
             done[d] = read_cell(d, base.get("epochs"))
     rows, diverged = [], []
     for r, s, seed, d, fields in cells:
         if d in done:
-            log(f"{'diverged earlier' if done[d]['status'] == 'diverged' else 'done already'}: "
-                f"rank={r} sparsity={s:g} seed={seed}")
+            log(
+                f"{'diverged earlier' if done[d]['status'] == 'diverged' else 'done already'}: "
+                f"rank={r} sparsity={s:g} seed={seed}"
+            )
             got = done[d]
         else:
             log(f"running rank={r} sparsity={s:g} seed={seed} -> {d}")
@@ -208,10 +260,17 @@ def _sweep(out: Path, base, ranks, sparsities, seeds, num_classes, train, log) -
                 write_text_atomic(d / "summary.json", json.dumps(summary, indent=1))
             got = read_cell(d, base.get("epochs"))
         if got["status"] == "diverged":
-            diverged.append({"rank": r, "sparsity": s, "seed": seed,
-                             "run_dir": str(d.relative_to(out))})
-        rows.append({"rank": r, "sparsity": s, "connections": round((1 - s) * num_classes),
-                     "seed": seed, **got, "run_dir": str(d.relative_to(out))})
+            diverged.append({"rank": r, "sparsity": s, "seed": seed, "run_dir": str(d.relative_to(out))})
+        rows.append(
+            {
+                "rank": r,
+                "sparsity": s,
+                "connections": round((1 - s) * num_classes),
+                "seed": seed,
+                **got,
+                "run_dir": str(d.relative_to(out)),
+            }
+        )
         _write(out, base, ranks, sparsities, seeds, num_classes, rows, skipped, diverged)
     return _write(out, base, ranks, sparsities, seeds, num_classes, rows, skipped, diverged)
 

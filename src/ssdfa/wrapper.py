@@ -23,12 +23,19 @@ from torch import nn
 from .drawing import adopt_loaded, draw_feedback, feedback_from_state
 from .errors import ProbeError  # noqa: F401  (re-exported)
 from .feedback import FeedbackGroup
-from .heads import hook_heads, place, replace, top_level
+from .heads import check_head_output, check_reached, hook_heads, place, replace, top_level
 from .injection import Deliver, Inject, InjectAll, Point, Unreached
 from .loss_scale import fp16_autocast, watch
 from .placement import residual_points
 from .points import ACTIVE, FeedbackPoint
-from .probe import batch_variant, find_layout, first_input, unreached_parameters
+from .probe import (
+    batch_variant,
+    check_point_shape,
+    find_layout,
+    first_input,
+    output_width,
+    unreached_parameters,
+)
 from .rules import CUT, FEEDS_BACK, Kind, Rule
 from .rules.drtp import check_labels_traced
 from .signature import SHOWN, new_unsigned, signed_class
@@ -45,11 +52,21 @@ class FeedbackModel(nn.Module):
     (:mod:`ssdfa.heads`).
     """
 
-    def __init__(self, net: nn.Module, rule: Rule, points: list[tuple[str, nn.Module]],
-                 num_classes: int | None = None, *, seed: int | None = None,
-                 feedback_scale: float = 1.0, feedback_init: str = "ours",
-                 auto_points: bool = False,
-                 problems: list | None = None, grad_scaler=None, signals: str = "at_once"):
+    def __init__(
+        self,
+        net: nn.Module,
+        rule: Rule,
+        points: list[tuple[str, nn.Module]],
+        num_classes: int | None = None,
+        *,
+        seed: int | None = None,
+        feedback_scale: float = 1.0,
+        feedback_init: str = "ours",
+        auto_points: bool = False,
+        problems: list | None = None,
+        grad_scaler=None,
+        signals: str = "at_once",
+    ):
         super().__init__()
         if signals not in SIGNALS:
             raise ValueError(f"signals={signals!r}; choose one of: {', '.join(SIGNALS)}")
@@ -118,8 +135,10 @@ class FeedbackModel(nn.Module):
         first = first_input(args, kwargs)
         armed = not self.built or (self.rule.kind in CUT and torch.is_grad_enabled() and self._cut)
         if armed and first is not None and first.dim() > 0 and first.shape[0] == 0:
-            raise ValueError("the batch is empty (0 examples); skip empty batches, e.g. "
-                             "DataLoader(..., drop_last=True) or a check before the call")
+            raise ValueError(
+                "the batch is empty (0 examples); skip empty batches, e.g. "
+                "DataLoader(..., drop_last=True) or a check before the call"
+            )
         if not self.built:
             self._build(args, kwargs)
         if self.rule.kind not in CUT or not torch.is_grad_enabled() or not self._cut:
@@ -129,13 +148,15 @@ class FeedbackModel(nn.Module):
             raise ValueError(
                 f"method {self.rule.name!r} with unlocked=True trains each block during the "
                 "forward pass and needs the target: call model(x, target=y), or evaluate under "
-                "torch.no_grad() or model.eval()")
+                "torch.no_grad() or model.eval()"
+            )
         if self.rule.scale_free and self.grad_scaler is None and fp16_autocast(self._device.type):
             raise RuntimeError(
                 f"method {self.rule.name!r} feeds back a signal without the size of e (a sign or "
                 "the target), so it cannot carry GradScaler's loss scale by itself under fp16 "
                 "autocast: pass your scaler, ssdfa.convert(..., grad_scaler=scaler) or set "
-                "model.grad_scaler = scaler (False if you use none), or use bf16 autocast")
+                "model.grad_scaler = scaler (False if you use none), or use bf16 autocast"
+            )
         if self.rule.needs_target and target is not None:
             check_labels_traced(target, self.num_classes)
         self._tape, self._target, self._local, self._early = [], target, local, {}
@@ -150,7 +171,8 @@ class FeedbackModel(nn.Module):
             if len(set(fired)) != len(fired):
                 raise RuntimeError(
                     "a feedback point fired twice in one forward pass; each ssdfa.FeedbackPoint "
-                    "must be used once (create one marker per hidden block)")
+                    "must be used once (create one marker per hidden block)"
+                )
             return self._finish(y, tape)
         finally:
             ACTIVE.remove(self)
@@ -164,29 +186,24 @@ class FeedbackModel(nn.Module):
                 continue
             items = dict(top_level(y))
             if head.key not in items:
-                raise ValueError(f"the model's {head.name} is missing from this call's output, "
-                                 "which it had when the model was converted")
+                raise ValueError(
+                    f"the model's {head.name} is missing from this call's output, "
+                    "which it had when the model was converted"
+                )
             y = replace(y, head.key, self._inject_head(k, items[head.key]))
-        carriers = [c for _, c, _ in tape if c is not None]
-        if carriers or self._early:
-            unfired = [h.name for h, f in zip(self.heads, self._fired) if f is None]
-            if len(unfired) == len(self.heads):
-                raise RuntimeError(
-                    f"no output head ({', '.join(unfired)}) ran in this forward pass, so no error "
-                    "can reach the feedback points; call the model as it was converted")
-            ran = [n for n in self._fired if n is not None]
-            late = [self.point_names[i] for i, c, _ in tape if c is not None][min(ran):] if ran else []
-            if late:
-                raise RuntimeError(
-                    f"feedback point(s) {', '.join(late)} ran after the output head, so their "
-                    "signal would never arrive; points must come before the layer producing the "
-                    "logits")
+        if self._early or any(c is not None for _, c, _ in tape):
+            check_reached(self.heads, self._fired, tape, self.point_names)
         outs = {id(det): h for _, _, (h, det) in tape}
         for key, t in top_level(y):
             if id(t) in outs:  # a point's own output returned: its gradient is added there
                 y = replace(y, key, outs[id(t)])
-            elif t.is_floating_point() and not t.requires_grad and t.dim() >= 1 and tape \
-                    and self._anchor is not None:
+            elif (
+                t.is_floating_point()
+                and not t.requires_grad
+                and t.dim() >= 1
+                and tape
+                and self._anchor is not None
+            ):
                 y = replace(y, key, Unreached.apply(place(key), t, self._anchor))
         return y
 
@@ -202,7 +219,8 @@ class FeedbackModel(nn.Module):
             raise RuntimeError(
                 f"output head {self.heads[k].name!r} ran twice in one forward pass; ssdfa takes the "
                 "output error once per head (call the head module once, or convert a model that "
-                "returns each use separately)")
+                "returns each use separately)"
+            )
         pairs = [(i, c) for i, c, _ in self._tape if c is not None]  # in firing order
         self._fired[k] = len(pairs)
         if self._early:  # update-unlocked: the gradients of every block, delivered in backward
@@ -210,28 +228,12 @@ class FeedbackModel(nn.Module):
         if not pairs:
             return z
         head = self.heads[k]
-        for i, c in pairs:
-            lead = (c.shape[:2] if self.layout[i] == "token" else c.shape[:1]) if self._at_once \
-                else c.shape[:-1]
-            want = tuple(z.shape[:2]) if self.layout[i] == "token" else tuple(z.shape[:1])
-            if tuple(lead) != want or (self.layout[i] == "token" and z.dim() != 3):
-                raise ValueError(
-                    f"the output head {head.name!r} gave shape {tuple(z.shape)} but feedback point "
-                    f"{self.point_names[i]!r} saw a batch of {tuple(lead)}; every point must hold "
-                    "the batch (and, for token-level feedback, the sequence) in its first "
-                    "dimensions, as when the model was converted")
-        width = int(z.shape[-1]) if self.layout and self.layout[0] != "flat" else int(z[0].numel())
-        if width != head.width:
-            raise ValueError(
-                f"the output head {head.name!r} gave {width} values per "
-                f"{'position' if self.layout[0] != 'flat' else 'example'}, but its feedback "
-                f"matrices were drawn for {head.width}; convert again for this output size")
+        check_head_output(head, z, pairs, self.layout, self.point_names, self._at_once)
         softmax = head.softmax if head.marker is None else "none"
         if self._at_once:
             points = tuple(i for i, _ in pairs)
             params = [t for i in points for t in self.feedback[i]._parameters.values()]
-            return InjectAll.apply(self, softmax, z, self._target, points,
-                                   *(c for _, c in pairs), *params)
+            return InjectAll.apply(self, softmax, z, self._target, points, *(c for _, c in pairs), *params)
         start = sum(h.width for h in self.heads[:k])
         span = (start, start + head.width, self.num_classes)
         return Inject.apply(softmax, span, z, *(c for _, c in pairs))
@@ -243,7 +245,7 @@ class FeedbackModel(nn.Module):
         i = self.point_index(point)
         if i is None or self._tape is None:  # a marker of some other model
             return h
-        self._check_shape(i, h)
+        check_point_shape(self.point_names[i], self.layout[i], self._shapes[i], h)
         det = h.detach()
         carrier = None
         if self.rule.inject and h.requires_grad:
@@ -271,7 +273,7 @@ class FeedbackModel(nn.Module):
             return None
         if self._tape is None:
             return h
-        self._check_shape(i, h)
+        check_point_shape(self.point_names[i], self.layout[i], self._shapes[i], h)
         if h.requires_grad:
             signal = self.rule.local_signal(self.feedback[i], self._target, h)
             params = self._trainable
@@ -319,15 +321,6 @@ class FeedbackModel(nn.Module):
             return [e2]
         return list(torch.split(e2, [h.width for h in self.heads], dim=1))
 
-    def _check_shape(self, i, h):
-        skip = 1 if self.layout[i] == "flat" else 2
-        if tuple(h.shape[skip:]) != self._shapes[i]:
-            want = ("(batch, seq, " if skip == 2 else "(batch, ") + ", ".join(map(str, self._shapes[i])) + ")"
-            raise ValueError(
-                f"feedback point {self.point_names[i]!r} got activations of shape {tuple(h.shape)}, "
-                f"but its feedback matrix was drawn for {want} when the model was converted: "
-                "feed inputs of the size it was converted with, or convert again for this size")
-
     def scaled(self, signal: torch.Tensor) -> torch.Tensor:
         """``signal`` times the loss scale this backward pass applied (1 unless the loss came
         from the watched ``GradScaler``'s ``scale()``); in fp32, as 2^16 overflows fp16."""
@@ -346,37 +339,33 @@ class FeedbackModel(nn.Module):
         if not args and not kwargs:
             raise ValueError("call the model with its input")
         if self._auto:
-            points = residual_points(self.net, batch_variant((args, kwargs), 2), self._problems,
-                                     self.rule.name)
+            points = residual_points(
+                self.net, batch_variant((args, kwargs), 2), self._problems, self.rule.name
+            )
             self.point_names, self._points = [n for n, _ in points], [p for _, p in points]
             self._auto = False
         found = find_layout(self.net, self.point_names, self._points, self.rule, (args, kwargs))
         self.point_names, self._points = found.names, found.points
         self.layout, self._shapes = found.layout, found.shapes
-        self.heads, self.num_classes = found.heads, self._output_width(found)
+        self.heads, self.num_classes = found.heads, output_width(self.num_classes, found)
         hook_heads(self.net, found.heads)
         loaded, self.feedback = self.feedback, nn.ModuleList()  # B_l a state_dict brought, if any
         if self.rule.kind in FEEDS_BACK:  # shallow feeds nothing back: no B_l
-            self.feedback = draw_feedback(self.rule, found.heads, found.shapes, found.producers,
-                                          seed=self._seed, init=self._init, scale=self._scale,
-                                          device=self._device)
+            self.feedback = draw_feedback(
+                self.rule,
+                found.heads,
+                found.shapes,
+                found.producers,
+                seed=self._seed,
+                init=self._init,
+                scale=self._scale,
+                device=self._device,
+            )
         if len(loaded):
             self.feedback = adopt_loaded(self.feedback, loaded, self.point_names)
         self.built = True
         if self.rule.kind not in FEEDS_BACK:
             self._freeze_hidden(batch_variant((args, kwargs), 2))
-
-    def _output_width(self, found) -> int:
-        """ΣM_h, checked against ``num_classes`` when given (each head's width may equal it)."""
-        width = sum(h.width for h in found.heads)
-        if self.num_classes is not None and self.num_classes != width \
-                and not all(h.width == self.num_classes for h in found.heads):
-            per = "position" if found.layout and found.layout[0] != "flat" else "example"
-            raise ValueError(
-                f"num_classes={self.num_classes} but the model outputs {width} values per {per} "
-                f"({', '.join(f'{h.name}: {h.width}' for h in found.heads)}); "
-                "the feedback matrices need the true output width")
-        return width
 
     def _freeze_hidden(self, inputs):
         """Shallow learning: hidden parameters get no gradient, so mark them frozen
@@ -391,9 +380,15 @@ class FeedbackModel(nn.Module):
         Lightning's ``load_from_checkpoint``), make each feedback module from the shapes of the
         loaded tensors, so they load; the first forward pass checks them against the network."""
         if not self.built and not len(self.feedback) and (self.rule.kind in FEEDS_BACK):
-            self.feedback.extend(feedback_from_state(state_dict, prefix + "feedback.",
-                                                      self.num_classes, self._device,
-                                                      self.rule.learned_feedback))
+            self.feedback.extend(
+                feedback_from_state(
+                    state_dict,
+                    prefix + "feedback.",
+                    self.num_classes,
+                    self._device,
+                    self.rule.learned_feedback,
+                )
+            )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
@@ -401,7 +396,7 @@ class FeedbackModel(nn.Module):
         return next((p.device for p in self.net.parameters()), torch.device("cpu"))
 
     # -- inspection and control ---------------------------------------------------------------
-    def feedback_matrices(self) -> "OrderedDict[str, torch.Tensor]":
+    def feedback_matrices(self) -> OrderedDict[str, torch.Tensor]:
         """{point name: dense B_l of shape (classes, neurons at the point)}, in firing order;
         (classes, d) for a token-level point.  With several output heads, B_l stacks each head's
         B_{l,h} (rows in the order of ``heads``), so δ_l = [e_1, ..., e_H]·B_l = Σ_h e_h·B_{l,h}."""
@@ -410,14 +405,16 @@ class FeedbackModel(nn.Module):
                 f"method {self.rule.name!r} draws its feedback matrices at the model's first "
                 "forward pass, when the shapes at its points are known, and this model has not run "
                 "yet: call it once on a batch, or pass example_input=a batch (or input_shape=) to "
-                "ssdfa.convert")
+                "ssdfa.convert"
+            )
         if not self.feedback:
             return OrderedDict()
         return OrderedDict(
             (name, torch.cat([fb.dense() for fb in self.point_feedback(i)], 0))
-            for i, name in enumerate(self.point_names))
+            for i, name in enumerate(self.point_names)
+        )
 
-    def points(self) -> "OrderedDict[str, nn.Module]":
+    def points(self) -> OrderedDict[str, nn.Module]:
         """{point name: its marker}, in firing order (a hooked block's output passes its marker)."""
         return OrderedDict(zip(self.point_names, self._points))
 

@@ -26,10 +26,12 @@ from ._options import add_training_options, check_nproc, config_from_args, logge
 
 def register(sub):
     p = sub.add_parser(
-        "compare", help="train several methods over several seeds and tabulate test accuracy",
+        "compare",
+        help="train several methods over several seeds and tabulate test accuracy",
         description="Train each method over several seeds and print a markdown table of test "
-                    "accuracy (mean ± std). Example: ssdfa compare --methods bp,dfa,ssdfa "
-                    "--seeds 3 --dataset digits --epochs 20")
+        "accuracy (mean ± std). Example: ssdfa compare --methods bp,dfa,ssdfa "
+        "--seeds 3 --dataset digits --epochs 20",
+    )
     p.add_argument("--methods", default=None, help="comma-separated rules, default bp,dfa,ssdfa")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds per method, default 3")
     p.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="first seed (default 0)")
@@ -41,8 +43,9 @@ def _methods(value) -> list[str]:
     if isinstance(value, str):
         value = value.split(",")
     if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
-        raise UserError(f"methods = {value!r} should be a comma-separated string or a list of "
-                        "names, e.g. \"bp,dfa,ssdfa\"")
+        raise UserError(
+            f'methods = {value!r} should be a comma-separated string or a list of names, e.g. "bp,dfa,ssdfa"'
+        )
     methods = [m.strip() for m in value if m.strip()]
     if not methods:
         raise UserError("--methods needs at least one method, e.g. bp,dfa,ssdfa")
@@ -50,8 +53,7 @@ def _methods(value) -> list[str]:
     for m in methods:  # BP and bp are one rule: trained twice it would be two rows of one
         key = m.lower().replace("-", "_")
         if key in seen:
-            raise UserError(f"--methods names one rule twice ({seen[key]} and {m}); give each "
-                            "method once")
+            raise UserError(f"--methods names one rule twice ({seen[key]} and {m}); give each method once")
         seen[key] = m
     return methods
 
@@ -85,16 +87,28 @@ def run(args) -> int:
 def _compare(args, base, methods, seeds, first, out: Path, log, nproc: int = 1) -> int:
     results, seconds = train_all(base, methods, seeds, first, out, log, show_progress(args), nproc)
     first_run = next(iter(results.values()))[0]
-    title = (f"{first_run['dataset']}, {first_run['model']}, {base.epochs} epochs, "
-             f"{seeds} seed(s) from {first}")
+    title = (
+        f"{first_run['dataset']}, {first_run['model']}, {base.epochs} epochs, {seeds} seed(s) from {first}"
+    )
     table = markdown_table(results)
     write_text_atomic(out / "results.md", f"# ssdfa compare: {title}\n\n{table}\n")
-    payload = {"title": title, "seconds": round(seconds, 2), "config": asdict(base),
-               "methods": {m: aggregate(rs) | {"runs": rs} for m, rs in results.items()}}
+    payload = {
+        "title": title,
+        "seconds": round(seconds, 2),
+        "config": asdict(base),
+        "methods": {m: aggregate(rs) | {"runs": rs} for m, rs in results.items()},
+    }
     write_text_atomic(out / "results.json", json.dumps(payload, indent=1))
     if args.json:
-        print(json.dumps({"seconds": payload["seconds"], "out_dir": str(out),
-                          "methods": {m: aggregate(rs) for m, rs in results.items()}}))
+        print(
+            json.dumps(
+                {
+                    "seconds": payload["seconds"],
+                    "out_dir": str(out),
+                    "methods": {m: aggregate(rs) for m, rs in results.items()},
+                }
+            )
+        )
     else:
         print(f"\n{title} — {seconds:.0f} s\n\n{table}\n\nwritten to {out / 'results.md'}")
     diverged = any(r["status"] != "finished" for rs in results.values() for r in rs)

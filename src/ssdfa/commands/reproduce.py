@@ -24,8 +24,7 @@ from pathlib import Path
 
 from ..campaign import check_methods, train_all
 from ..cost import count_costs, layer_shapes
-from ..data import dataset_shape
-from ..data import dataset_info
+from ..data import dataset_info, dataset_shape
 from ..errors import UserError
 from ..experiments import SETUP_KEYS, SETUPS, Experiment, get, names
 from ..paper_tables import PRETRAIN_ROW, markdown, rows_for, show_num, sweep_markdown, sweep_trend
@@ -37,29 +36,48 @@ from .cost import _build
 
 # the tables live in ssdfa.paper_tables; rows_for, markdown and PRETRAIN_ROW are kept here too
 __all__ = ["register", "run", "rows_for", "markdown", "row_configs", "pick_setup", "PRETRAIN_ROW"]
+
+
 def register(sub):
     p = sub.add_parser(
-        "reproduce", help="run one paper experiment; table of paper vs ours",
+        "reproduce",
+        help="run one paper experiment; table of paper vs ours",
         description="Run a registered paper experiment (see --list) with the paper's setup and "
-                    "print paper | ours (mean ± std over seeds) | gap to BP, paper vs ours. "
-                    "Example: ssdfa reproduce drtp-classification --quick --seeds 1")
+        "print paper | ours (mean ± std over seeds) | gap to BP, paper vs ours. "
+        "Example: ssdfa reproduce drtp-classification --quick --seeds 1",
+    )
     p.add_argument("name", nargs="?", help="experiment name (see --list)")
     p.add_argument("--list", action="store_true", help="name the experiments and exit")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny budget (1 epoch on a few hundred examples) for CI and smoke tests")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny budget (1 epoch on a few hundred examples) for CI and smoke tests",
+    )
     p.add_argument("--seeds", type=int, default=3, help="seeds per method, default 3")
     p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     p.add_argument("--epochs", type=int, default=None, help="override the experiment's epochs")
-    p.add_argument("--limit-train", type=int, default=None, metavar="N",
-                   help="override the training-set size (first N examples)")
-    p.add_argument("--setup", choices=SETUPS, default=None,
-                   help="authors: each row as the authors' code ran it (default); "
-                        "authors-default-init: the same from torch's default init instead of "
-                        "zero weights (the default when --epochs/--quick cut the authors' epochs "
-                        "and they start from zero); uniform: SGD lr 0.01 momentum 0.9 for every row")
-    p.add_argument("--out-dir", default=None,
-                   help="output directory (default runs/reproduce/NAME-SETUP, or ...-quick); "
-                        "giving the same one again reuses finished runs")
+    p.add_argument(
+        "--limit-train",
+        type=int,
+        default=None,
+        metavar="N",
+        help="override the training-set size (first N examples)",
+    )
+    p.add_argument(
+        "--setup",
+        choices=SETUPS,
+        default=None,
+        help="authors: each row as the authors' code ran it (default); "
+        "authors-default-init: the same from torch's default init instead of "
+        "zero weights (the default when --epochs/--quick cut the authors' epochs "
+        "and they start from zero); uniform: SGD lr 0.01 momentum 0.9 for every row",
+    )
+    p.add_argument(
+        "--out-dir",
+        default=None,
+        help="output directory (default runs/reproduce/NAME-SETUP, or ...-quick); "
+        "giving the same one again reuses finished runs",
+    )
     p.add_argument("--data-dir", default=None, help="folder searched first for dataset files")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
@@ -91,8 +109,9 @@ def run(args) -> int:
             raise UserError(f"{flag} must be >= 1, got {value}")
     last = args.seed + args.seeds - 1  # every seed checked before the first run trains
     if args.seed < 0 or last > 2**63 - 1:
-        raise UserError(f"seeds {args.seed}..{last} must lie in [0, 2**63 - 1]; give a smaller "
-                        "--seed or fewer --seeds")
+        raise UserError(
+            f"seeds {args.seed}..{last} must lie in [0, 2**63 - 1]; give a smaller --seed or fewer --seeds"
+        )
     if exp.kind == "cost":
         return _cost(exp, args)
     return _train(exp, args)
@@ -108,8 +127,10 @@ def _dataset(exp: Experiment, data_dir) -> tuple[str, str | None]:
         return exp.dataset, None
     for missing, instead in exp.stand_ins:
         if missing == exp.dataset and instead in present:
-            return instead, (f"{exp.dataset} is not on this machine: {instead} stands in for it, "
-                             f"so the absolute numbers are not the paper's; compare the gaps to BP")
+            return instead, (
+                f"{exp.dataset} is not on this machine: {instead} stands in for it, "
+                f"so the absolute numbers are not the paper's; compare the gaps to BP"
+            )
     return exp.dataset, None  # the run reports the missing dataset, with how to get it
 
 
@@ -126,7 +147,8 @@ def pick_setup(exp: Experiment, args) -> tuple[str, str | None]:
         return "authors-default-init", (
             f"{epochs} epoch(s) instead of the authors' {paper}: their zero initial weights stay "
             "at chance for the first epochs, so this runs their setup from torch's default init "
-            "(--setup authors keeps zero)")
+            "(--setup authors keeps zero)"
+        )
     return "authors", None
 
 
@@ -152,11 +174,18 @@ def _train(exp: Experiment, args) -> int:
     limit = args.limit_train if args.limit_train is not None else budget.limit_train
     setup, why = pick_setup(exp, args)
     dataset, note = _dataset(exp, args.data_dir)
-    out_dir = args.out_dir or str(Path("runs") / "reproduce" /
-                                  (f"{exp.name}-{setup}" + ("-quick" if args.quick else "")))
-    base = TrainConfig(**(exp.train_options() | {"dataset": dataset}), epochs=budget.epochs,
-                       limit_train=limit, seed=args.seed, device=args.device,
-                       threads=args.threads, data_dir=args.data_dir)
+    out_dir = args.out_dir or str(
+        Path("runs") / "reproduce" / (f"{exp.name}-{setup}" + ("-quick" if args.quick else ""))
+    )
+    base = TrainConfig(
+        **(exp.train_options() | {"dataset": dataset}),
+        epochs=budget.epochs,
+        limit_train=limit,
+        seed=args.seed,
+        device=args.device,
+        threads=args.threads,
+        data_dir=args.data_dir,
+    )
     configs = row_configs(exp, base, setup, override)
     for (_, method, _), cfg in zip(exp.rows(), configs.values()):
         check_methods(cfg, [method])
@@ -167,31 +196,49 @@ def _train(exp: Experiment, args) -> int:
     if why:
         log(f"setup: {why}")
     epochs = sorted({c.epochs for c in configs.values()})
-    paper_epochs = sorted({dict(o).get("epochs", exp.full.epochs) for _, o in exp.authors}
-                          or {exp.full.epochs})
-    budget_text = (f"{'/'.join(map(str, epochs))} epoch(s) (authors: "
-                   f"{'/'.join(map(str, paper_epochs))}), {args.seeds} seed(s) from "
-                   f"{args.seed}, training set {'first ' + str(limit) if limit else 'full'}"
-                   f"{', quick budget' if args.quick else ''}")
-    payload = {"experiment": exp.name, "title": exp.title, "citation": exp.citation,
-               "source": exp.source, "metric": exp.metric, "dataset": dataset,
-               "setup": setup, "setup_why": why, "reported": exp.reported,
-               "stand_in": note, "budget": {"epochs": epochs, "seeds": args.seeds,
-                                            "first_seed": args.seed, "limit_train": limit,
-                                            "quick": bool(args.quick)},
-               "notes": exp.notes, "authors_notes": exp.authors_notes, "claims": exp.claims,
-               "settings": {label: settings_of(c) for label, c in configs.items()}}
+    paper_epochs = sorted(
+        {dict(o).get("epochs", exp.full.epochs) for _, o in exp.authors} or {exp.full.epochs}
+    )
+    budget_text = (
+        f"{'/'.join(map(str, epochs))} epoch(s) (authors: "
+        f"{'/'.join(map(str, paper_epochs))}), {args.seeds} seed(s) from "
+        f"{args.seed}, training set {'first ' + str(limit) if limit else 'full'}"
+        f"{', quick budget' if args.quick else ''}"
+    )
+    payload = {
+        "experiment": exp.name,
+        "title": exp.title,
+        "citation": exp.citation,
+        "source": exp.source,
+        "metric": exp.metric,
+        "dataset": dataset,
+        "setup": setup,
+        "setup_why": why,
+        "reported": exp.reported,
+        "stand_in": note,
+        "budget": {
+            "epochs": epochs,
+            "seeds": args.seeds,
+            "first_seed": args.seed,
+            "limit_train": limit,
+            "quick": bool(args.quick),
+        },
+        "notes": exp.notes,
+        "authors_notes": exp.authors_notes,
+        "claims": exp.claims,
+        "settings": {label: settings_of(c) for label, c in configs.items()},
+    }
     with locked(out_dir) as out:
         refuse_foreign(out, ("table", "sweep", "train"), inside=False)
         if exp.kind == "sweep":
-            payload, text, seconds, failed = _sweep(exp, configs[exp.methods[0]], args, out, log,
-                                                    payload, budget_text)
+            payload, text, seconds, failed = _sweep(
+                exp, configs[exp.methods[0]], args, out, log, payload, budget_text
+            )
         else:
             results, seconds = _train_rows(exp, configs, args, out, log, show_progress(args))
             rows = rows_for(exp, results)
             for r in rows:
-                r["settings"] = payload["settings"].get(r["method"],
-                                                        payload["settings"].get("bp"))
+                r["settings"] = payload["settings"].get(r["method"], payload["settings"].get("bp"))
             payload |= {"seconds": round(seconds, 2), "rows": rows}
             text = markdown(exp, rows, dataset, note, budget_text, setup, why)
             failed = any(r["status"] != "finished" for rs in results.values() for r in rs)
@@ -210,8 +257,9 @@ def _train_rows(exp: Experiment, configs: dict, args, out: Path, log, progress: 
     pre = {}
     if exp.kind == "transfer":
         log(f"== pretraining every layer with {exp.pretrain} ==")
-        got, _ = train_all(configs[exp.pretrain], [exp.pretrain], args.seeds, args.seed,
-                           out / "pretrain", log, progress)
+        got, _ = train_all(
+            configs[exp.pretrain], [exp.pretrain], args.seeds, args.seed, out / "pretrain", log, progress
+        )
         results[PRETRAIN_ROW] = got[exp.pretrain]
         pre = {s: str(out / "pretrain" / exp.pretrain / f"seed{s}") for s in seeds}
     for label, method, _ in exp.rows():
@@ -221,32 +269,56 @@ def _train_rows(exp: Experiment, configs: dict, args, out: Path, log, progress: 
             results[label] = []
             for s in seeds:
                 cfg = replace(row_base, train_only="fc", init_from=pre[s])
-                results[label] += train_all(cfg, [method], 1, s, where, log, progress,
-                                            retrain_changed_init=True)[0][method]
+                results[label] += train_all(
+                    cfg, [method], 1, s, where, log, progress, retrain_changed_init=True
+                )[0][method]
         else:
-            results[label] = train_all(row_base, [method], args.seeds, args.seed, where, log,
-                                       progress)[0][method]
+            results[label] = train_all(row_base, [method], args.seeds, args.seed, where, log, progress)[0][
+                method
+            ]
     return results, time.perf_counter() - t0
 
 
 def _sweep(exp: Experiment, base, args, out: Path, log, payload: dict, budget_text: str):
     """kind="sweep": the rank × sparsity grid (``ssdfa sweep``), cells under ``out/cells``."""
     t0 = time.perf_counter()
-    fields = {k: v for k, v in asdict(base).items()
-              if k in ("dataset", "model", "epochs", "batch_size", "limit_train", "device",
-                       "threads", "data_dir") + SETUP_KEYS and v is not None}
+    fields = {
+        k: v
+        for k, v in asdict(base).items()
+        if k
+        in ("dataset", "model", "epochs", "batch_size", "limit_train", "device", "threads", "data_dir")
+        + SETUP_KEYS
+        and v is not None
+    }
     fields |= {"method": exp.methods[0], "alignment": base.epochs}  # angle after the last epoch
     classes = dataset_shape(base.dataset)[1]
-    res = run_sweep(out, fields, exp.ranks, exp.sparsities, range(args.seed, args.seed + args.seeds),
-                    classes, log=log)
+    res = run_sweep(
+        out, fields, exp.ranks, exp.sparsities, range(args.seed, args.seed + args.seeds), classes, log=log
+    )
     seconds = time.perf_counter() - t0
     cells = res["cells"]
     failed = bool(res["diverged"]) or any(not math.isfinite(c["test_acc_mean"]) for c in cells)
-    payload = payload | {"seconds": round(seconds, 2), "cells": cells, "skipped": res["skipped"],
-                         "trend": sweep_trend(cells)}
-    return payload, sweep_markdown(exp, cells, res["skipped"], payload["trend"],
-                                   base.dataset, payload["stand_in"], budget_text, classes), \
-        seconds, failed
+    payload = payload | {
+        "seconds": round(seconds, 2),
+        "cells": cells,
+        "skipped": res["skipped"],
+        "trend": sweep_trend(cells),
+    }
+    return (
+        payload,
+        sweep_markdown(
+            exp,
+            cells,
+            res["skipped"],
+            payload["trend"],
+            base.dataset,
+            payload["stand_in"],
+            budget_text,
+            classes,
+        ),
+        seconds,
+        failed,
+    )
 
 
 # -- cost experiments -------------------------------------------------------------------------
@@ -258,28 +330,49 @@ def _cost(exp: Experiment, args) -> int:
     for label, model, dataset in exp.cost_setups:
         shape, classes = dataset_shape(dataset)
         net, _ = _build(model, shape, classes, reference=True)
-        res = count_costs(layer_shapes(net, shape), list(exp.methods), num_classes=classes,
-                          train="fc", connections=1)
+        res = count_costs(
+            layer_shapes(net, shape), list(exp.methods), num_classes=classes, train="fc", connections=1
+        )
         measured[label] = {m: res[m]["totals"] for m in exp.methods}
     rows = []
     for label, totals in measured.items():
         bp, ss = totals["bp"], totals["ssdfa"]
         for quantity, key in (("movement", "movement"), ("MACs", "macs")):
             name = f"{quantity} bp/ssdfa, {label}"
-            rows.append({"quantity": name, "paper": exp.paper().get(name),
-                         "ours": bp[key] / ss[key] if ss[key] else None,
-                         "bp": bp[key], "dfa": totals["dfa"][key], "ssdfa": ss[key]})
-    lines = [f"# ssdfa reproduce {exp.name}: {exp.title}", "",
-             f"Paper: {exp.citation}, {exp.source}. One training example, backward pass.", "",
-             "| quantity | paper | ours | bp | dfa | ssdfa |", "|---|---|---|---|---|---|"]
+            rows.append(
+                {
+                    "quantity": name,
+                    "paper": exp.paper().get(name),
+                    "ours": bp[key] / ss[key] if ss[key] else None,
+                    "bp": bp[key],
+                    "dfa": totals["dfa"][key],
+                    "ssdfa": ss[key],
+                }
+            )
+    lines = [
+        f"# ssdfa reproduce {exp.name}: {exp.title}",
+        "",
+        f"Paper: {exp.citation}, {exp.source}. One training example, backward pass.",
+        "",
+        "| quantity | paper | ours | bp | dfa | ssdfa |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['quantity']} | {show_num(r['paper'], 1)} | {show_num(r['ours'], 1)} | "
-                     f"{r['bp']:,} | {r['dfa']:,} | {r['ssdfa']:,} |")
+        lines.append(
+            f"| {r['quantity']} | {show_num(r['paper'], 1)} | {show_num(r['ours'], 1)} | "
+            f"{r['bp']:,} | {r['dfa']:,} | {r['ssdfa']:,} |"
+        )
     lines += ["", f"Setup: {exp.notes}"]
     text = "\n".join(lines)
     out_dir = args.out_dir or str(Path("runs") / "reproduce" / exp.name)
-    payload = {"experiment": exp.name, "title": exp.title, "citation": exp.citation,
-               "source": exp.source, "rows": rows, "totals": measured}
+    payload = {
+        "experiment": exp.name,
+        "title": exp.title,
+        "citation": exp.citation,
+        "source": exp.source,
+        "rows": rows,
+        "totals": measured,
+    }
     with locked(out_dir) as out:
         _publish(out, text, payload)
     _report(args, out, text, payload, time.perf_counter() - t0)

@@ -30,15 +30,24 @@ from ._options import add_training_options, check_nproc, config_from_args, given
 
 def register(sub):
     p = sub.add_parser(
-        "train", help="train a model with a learning rule",
+        "train",
+        help="train a model with a learning rule",
         description="Train a model with a learning rule, writing metrics and checkpoints to a "
-                    "run directory. Example: ssdfa train --method ssdfa --dataset fashion-mnist "
-                    "--model mnist-fc --epochs 10")
+        "run directory. Example: ssdfa train --method ssdfa --dataset fashion-mnist "
+        "--model mnist-fc --epochs 10",
+    )
     add_training_options(p)
-    p.add_argument("--resume", metavar="RUN_DIR", default=None,
-                   help="continue the run in RUN_DIR from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true",
-                   help="train into an --out-dir that already holds a run, replacing it")
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        default=None,
+        help="continue the run in RUN_DIR from its last checkpoint",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train into an --out-dir that already holds a run, replacing it",
+    )
     p.set_defaults(func=run)
 
 
@@ -73,15 +82,22 @@ def _run(args, nproc: int) -> int:
             _check_fresh(args, out)
         distributed.barrier()  # every rank has looked before rank 0 clears the directory
         try:
-            summary = train_or_explain(cfg, nproc=nproc, resume=bool(args.resume),
-                                       progress=show_progress(args) and me == 0, log=log)
+            summary = train_or_explain(
+                cfg, nproc=nproc, resume=bool(args.resume), progress=show_progress(args) and me == 0, log=log
+            )
         except KeyboardInterrupt:
             if (out / CHECKPOINT).exists():
-                print(f"ssdfa train: interrupted; the last finished epoch is saved — continue "
-                      f"with `ssdfa train --resume {out}`", file=sys.stderr)
+                print(
+                    f"ssdfa train: interrupted; the last finished epoch is saved — continue "
+                    f"with `ssdfa train --resume {out}`",
+                    file=sys.stderr,
+                )
             else:
-                print("ssdfa train: interrupted before the first epoch finished; nothing was "
-                      "saved to resume — run the same command again", file=sys.stderr)
+                print(
+                    "ssdfa train: interrupted before the first epoch finished; nothing was "
+                    "saved to resume — run the same command again",
+                    file=sys.stderr,
+                )
             return 130
         except Diverged as exc:
             if me != 0:
@@ -105,15 +121,19 @@ def _check_fresh(args, out: Path) -> None:
     """Called under the directory's lock: a busy directory is reported before anything else."""
     refuse_foreign(out, ("train",), "--resume" if args.resume else "--out-dir", inside=False)
     if not args.resume and (out / CHECKPOINT).exists() and not args.overwrite:
-        raise UserError(f"{out} already holds a run; continue it with --resume "
-                        f"{out}, pick another --out-dir, or pass --overwrite")
+        raise UserError(
+            f"{out} already holds a run; continue it with --resume "
+            f"{out}, pick another --out-dir, or pass --overwrite"
+        )
 
 
 def _resume_config(args) -> TrainConfig:
     run_dir = Path(args.resume)
     if not (run_dir / CHECKPOINT).is_file() or not (run_dir / "config.json").is_file():
-        raise UserError(f"{run_dir} is not a run directory with a checkpoint (expected "
-                        f"config.json and {CHECKPOINT} there); to start it, run without --resume")
+        raise UserError(
+            f"{run_dir} is not a run directory with a checkpoint (expected "
+            f"config.json and {CHECKPOINT} there); to start it, run without --resume"
+        )
     try:
         saved = read_run_config(run_dir)
     except ConfigError as exc:
@@ -121,30 +141,37 @@ def _resume_config(args) -> TrainConfig:
     given, _ = config_from_args(args)
     typed = given_keys(args)  # flags and every key of --config, checked alike
     if "out_dir" in typed and os.path.realpath(given.out_dir) != os.path.realpath(run_dir):
-        raise UserError(f"--resume {run_dir} continues the run where it is; --out-dir "
-                        f"{given.out_dir} names another directory — leave --out-dir out (or copy "
-                        "the run there first and resume the copy)")
+        raise UserError(
+            f"--resume {run_dir} continues the run where it is; --out-dir "
+            f"{given.out_dir} names another directory — leave --out-dir out (or copy "
+            "the run there first and resume the copy)"
+        )
     merged = replace(saved, **{k: getattr(given, k) for k in typed})
     try:  # compare resolved values: --method SSDFA is the saved ssdfa
         a = resolve(replace(merged), check_init_from=False)
         b = resolve(replace(saved), check_init_from=False)
     except ConfigError as exc:
         raise UserError(str(exc)) from exc
-    refused = sorted(k for k in typed if k not in RESUME_MAY_CHANGE
-                     and getattr(a, k) != getattr(b, k))
+    refused = sorted(k for k in typed if k not in RESUME_MAY_CHANGE and getattr(a, k) != getattr(b, k))
     if refused:
-        raise UserError(f"cannot change {', '.join(refused)} when resuming (only "
-                        f"{', '.join(k for k in RESUME_MAY_CHANGE if k != 'out_dir')} may change); "
-                        "start a new run instead")
+        raise UserError(
+            f"cannot change {', '.join(refused)} when resuming (only "
+            f"{', '.join(k for k in RESUME_MAY_CHANGE if k != 'out_dir')} may change); "
+            "start a new run instead"
+        )
     merged.out_dir = str(run_dir)
     return merged
 
 
 def _describe(s: dict) -> str:
     if s["final_test_acc"] is None:
-        return (f"{s['method']} on {s['dataset']} ({s['model']}): final test loss "
-                f"{s['final_test_loss']:.4f} after {s['epochs']} epoch{'s' if s['epochs'] != 1 else ''}, {s['seconds']:.1f} s; "
-                f"run in {s['out_dir']}")
-    return (f"{s['method']} on {s['dataset']} ({s['model']}): final test accuracy "
-            f"{100 * s['final_test_acc']:.2f}% (best {100 * s['best_test_acc']:.2f}% at epoch "
-            f"{s['best_epoch']}) after {s['epochs']} epoch{'s' if s['epochs'] != 1 else ''}, {s['seconds']:.1f} s; run in {s['out_dir']}")
+        return (
+            f"{s['method']} on {s['dataset']} ({s['model']}): final test loss "
+            f"{s['final_test_loss']:.4f} after {s['epochs']} epoch{'s' if s['epochs'] != 1 else ''}, {s['seconds']:.1f} s; "
+            f"run in {s['out_dir']}"
+        )
+    return (
+        f"{s['method']} on {s['dataset']} ({s['model']}): final test accuracy "
+        f"{100 * s['final_test_acc']:.2f}% (best {100 * s['best_test_acc']:.2f}% at epoch "
+        f"{s['best_epoch']}) after {s['epochs']} epoch{'s' if s['epochs'] != 1 else ''}, {s['seconds']:.1f} s; run in {s['out_dir']}"
+    )

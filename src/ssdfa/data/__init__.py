@@ -27,17 +27,49 @@ from .downloads import DOWNLOADS
 from .idx import IDX_FILES, read_idx
 from .imagefolder import ImageFolderSplit
 from .normalization import NORMALIZATIONS, check_normalization, set_normalization
-from .registry import (DatasetEntry, canonical_name, dataset_entry, dataset_info, dataset_shape,
-                       dataset_shapes, find_dataset, list_datasets, load_dataset, register)
+from .registry import (
+    DatasetEntry,
+    canonical_name,
+    dataset_entry,
+    dataset_info,
+    dataset_shape,
+    dataset_shapes,
+    find_dataset,
+    list_datasets,
+    load_dataset,
+    register,
+)
 from .roots import SYSTEM_ROOTS, cache_dir, search_roots
 from .safe_pickle import read_pickle
 from .safe_pickle import read_pickle as _read_pickle  # noqa: F401  (the old private name)
 from .splits import Dataset, Split, TensorSplit
 
 __all__ = [
-    "Dataset", "Split", "TensorSplit", "ImageFolderSplit", "load_dataset", "list_datasets",
-    "dataset_info", "find_dataset", "canonical_name", "dataset_entry", "dataset_shape",
-    "dataset_shapes", "DatasetEntry", "register", "DatasetError", "DatasetNotFound",
-    "DatasetCorrupt", "search_roots", "cache_dir", "SYSTEM_ROOTS", "NORMALIZATIONS",
-    "check_normalization", "set_normalization", "DOWNLOADS", "IDX_FILES", "read_idx", "read_pickle",
+    "Dataset",
+    "Split",
+    "TensorSplit",
+    "ImageFolderSplit",
+    "load_dataset",
+    "list_datasets",
+    "dataset_info",
+    "find_dataset",
+    "canonical_name",
+    "dataset_entry",
+    "dataset_shape",
+    "dataset_shapes",
+    "DatasetEntry",
+    "register",
+    "DatasetError",
+    "DatasetNotFound",
+    "DatasetCorrupt",
+    "search_roots",
+    "cache_dir",
+    "SYSTEM_ROOTS",
+    "NORMALIZATIONS",
+    "check_normalization",
+    "set_normalization",
+    "DOWNLOADS",
+    "IDX_FILES",
+    "read_idx",
+    "read_pickle",
 ]

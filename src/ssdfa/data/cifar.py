@@ -15,8 +15,10 @@ from .splits import Dataset, TensorSplit
 
 
 def _bad_labels(path: Path, key: str, what: str) -> DatasetCorrupt:
-    return DatasetCorrupt(f"{path}: '{key}' {what}; expected a list of integer class "
-                          "labels — the file is corrupt, delete it and fetch it again")
+    return DatasetCorrupt(
+        f"{path}: '{key}' {what}; expected a list of integer class "
+        "labels — the file is corrupt, delete it and fetch it again"
+    )
 
 
 def _int_labels(raw, path: Path, key: str) -> np.ndarray:
@@ -33,7 +35,7 @@ def _int_labels(raw, path: Path, key: str) -> np.ndarray:
     for v in raw:
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
             raise _bad_labels(path, key, f"holds {type(v).__name__} {str(v)[:20]!r}")
-        if not -2**63 <= int(v) < 2**63:
+        if not -(2**63) <= int(v) < 2**63:
             raise _bad_labels(path, key, f"holds {int(v)}, past int64")
     return np.array([int(v) for v in raw], dtype=np.int64)
 
@@ -70,28 +72,43 @@ def _load_cifar(name: str, data_dir, download) -> Dataset:
     xte, yte = _cifar_arrays(folder / test_file, key, entry.num_classes)
     xtr_t, xte_t = torch.from_numpy(xtr), torch.from_numpy(xte)
     mean, std = channel_stats(xtr_t)
-    return Dataset(name, TensorSplit(xtr_t, torch.from_numpy(ytr), mean, std),
-                   TensorSplit(xte_t, torch.from_numpy(yte), mean, std), entry.input_shape,
-                   entry.num_classes, source=str(folder))
+    return Dataset(
+        name,
+        TensorSplit(xtr_t, torch.from_numpy(ytr), mean, std),
+        TensorSplit(xte_t, torch.from_numpy(yte), mean, std),
+        entry.input_shape,
+        entry.num_classes,
+        source=str(folder),
+    )
 
 
-@register("cifar10", aliases=("cifar-10",),
-          subdirs=("cifar-10-batches-py", "cifar10/cifar-10-batches-py", "cifar10"),
-          files=_LAYOUT["cifar10"][1] + (_LAYOUT["cifar10"][2],),
-          input_shape=(3, 32, 32), num_classes=10, default_model="cifar-fc",
-          how="Get cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and "
-              "extract it (it holds cifar-10-batches-py/).",
-          summary="CIFAR-10, 32x32 colour, 50k/10k (python pickle batches)")
+@register(
+    "cifar10",
+    aliases=("cifar-10",),
+    subdirs=("cifar-10-batches-py", "cifar10/cifar-10-batches-py", "cifar10"),
+    files=_LAYOUT["cifar10"][1] + (_LAYOUT["cifar10"][2],),
+    input_shape=(3, 32, 32),
+    num_classes=10,
+    default_model="cifar-fc",
+    how="Get cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and "
+    "extract it (it holds cifar-10-batches-py/).",
+    summary="CIFAR-10, 32x32 colour, 50k/10k (python pickle batches)",
+)
 def _load_cifar10(data_dir=None, download=False, **_):
     return _load_cifar("cifar10", data_dir, download)
 
 
-@register("cifar100", aliases=("cifar-100",),
-          subdirs=("cifar-100-python", "cifar100/cifar-100-python", "cifar100"),
-          files=_LAYOUT["cifar100"][1] + (_LAYOUT["cifar100"][2],),
-          input_shape=(3, 32, 32), num_classes=100, default_model="cifar-fc",
-          how="Get cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and "
-              "extract it (it holds cifar-100-python/).",
-          summary="CIFAR-100 (fine labels), 32x32 colour, 50k/10k (python pickle batches)")
+@register(
+    "cifar100",
+    aliases=("cifar-100",),
+    subdirs=("cifar-100-python", "cifar100/cifar-100-python", "cifar100"),
+    files=_LAYOUT["cifar100"][1] + (_LAYOUT["cifar100"][2],),
+    input_shape=(3, 32, 32),
+    num_classes=100,
+    default_model="cifar-fc",
+    how="Get cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and "
+    "extract it (it holds cifar-100-python/).",
+    summary="CIFAR-100 (fine labels), 32x32 colour, 50k/10k (python pickle batches)",
+)
 def _load_cifar100(data_dir=None, download=False, **_):
     return _load_cifar("cifar100", data_dir, download)

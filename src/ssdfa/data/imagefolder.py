@@ -41,8 +41,10 @@ class ImageFolderSplit(Split):
                 im = im.crop((left, top, left + self.size, top + self.size))
                 arr = np.asarray(im, dtype=np.uint8).copy()
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            raise DatasetCorrupt(f"{path}: cannot be read as an image ({exc}); remove or "
-                                 "replace it, then continue with --resume") from exc
+            raise DatasetCorrupt(
+                f"{path}: cannot be read as an image ({exc}); remove or "
+                "replace it, then continue with --resume"
+            ) from exc
         return torch.from_numpy(arr).permute(2, 0, 1)  # (3, H, W)
 
     def batch(self, idx):
@@ -64,16 +66,17 @@ def _check_images(paths: list[Path]) -> None:
             with Image.open(path) as im:
                 im.verify()
                 if im.width * im.height > _MAX_PIXELS:
-                    raise ValueError(f"it claims {im.width}x{im.height} pixels, more than "
-                                     f"{_MAX_PIXELS} (a decompression bomb?)")
+                    raise ValueError(
+                        f"it claims {im.width}x{im.height} pixels, more than "
+                        f"{_MAX_PIXELS} (a decompression bomb?)"
+                    )
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             bad.append((path, exc))
     if bad:
         path, exc = bad[0]
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DatasetCorrupt(f"{path}: cannot be read as an image ({why}){more}; "
-                             "remove or replace it")
+        raise DatasetCorrupt(f"{path}: cannot be read as an image ({why}){more}; remove or replace it")
 
 
 def _scan_classes(folder: Path, classes: list[str]) -> list[tuple[Path, int]]:
@@ -90,8 +93,10 @@ def _tiny_imagenet_val(root: Path, annotations: Path, index: dict[str, int]) -> 
     try:
         lines = annotations.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
-        raise DatasetCorrupt(f"{annotations}: not UTF-8 text ({exc.reason} at byte "
-                             f"{exc.start}); restore the file from the dataset") from None
+        raise DatasetCorrupt(
+            f"{annotations}: not UTF-8 text ({exc.reason} at byte "
+            f"{exc.start}); restore the file from the dataset"
+        ) from None
     val = []
     for line in lines:
         parts = line.split("\t")
@@ -102,8 +107,14 @@ def _tiny_imagenet_val(root: Path, annotations: Path, index: dict[str, int]) -> 
 
 def _find_root(data_dir) -> Path:
     entry = dataset_entry("imagefolder")
-    root = next((c for c in roots.candidates(data_dir, entry.subdirs)
-                 if (c / "train").is_dir() and (c / "val").is_dir()), None)
+    root = next(
+        (
+            c
+            for c in roots.candidates(data_dir, entry.subdirs)
+            if (c / "train").is_dir() and (c / "val").is_dir()
+        ),
+        None,
+    )
     if root is None:
         raise not_found("imagefolder", data_dir)
     try:
@@ -122,12 +133,18 @@ def _first_image_size(path: Path) -> int:
     return w if w == h and w <= 256 else 224
 
 
-@register("imagefolder", files=("train", "val"), subdirs=("tiny-imagenet-200", "imagenet", "imagefolder"),
-          input_shape=None, num_classes=None, default_model="alexnet",
-          presets=(("imagenet", (3, 224, 224), 1000),),
-          how="Arrange images as DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg (Tiny ImageNet's "
-              "val/images + val_annotations.txt layout is also read).",
-          summary="a train/val tree of images, one folder per class (Tiny ImageNet, ImageNet)")
+@register(
+    "imagefolder",
+    files=("train", "val"),
+    subdirs=("tiny-imagenet-200", "imagenet", "imagefolder"),
+    input_shape=None,
+    num_classes=None,
+    default_model="alexnet",
+    presets=(("imagenet", (3, 224, 224), 1000),),
+    how="Arrange images as DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg (Tiny ImageNet's "
+    "val/images + val_annotations.txt layout is also read).",
+    summary="a train/val tree of images, one folder per class (Tiny ImageNet, ImageNet)",
+)
 def _load_imagefolder(data_dir=None, download=False, image_size=None, **_):
     root = _find_root(data_dir)
     classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
@@ -144,6 +161,11 @@ def _load_imagefolder(data_dir=None, download=False, image_size=None, **_):
     _check_images([p for p, _ in train + val])
     if image_size is None:
         image_size = _first_image_size(train[0][0])
-    return Dataset("imagefolder", ImageFolderSplit(train, image_size),
-                   ImageFolderSplit(val, image_size), (3, image_size, image_size), len(classes),
-                   source=str(root))
+    return Dataset(
+        "imagefolder",
+        ImageFolderSplit(train, image_size),
+        ImageFolderSplit(val, image_size),
+        (3, image_size, image_size),
+        len(classes),
+        source=str(root),
+    )

@@ -23,8 +23,9 @@ def check_normalization(mode) -> str:
             return key
         except ValueError:
             pass
-    raise ValueError(f"normalization {mode!r} unknown; choose one of: {', '.join(NORMALIZATIONS)} "
-                     "(e.g. mean-std:0.5,0.5)")
+    raise ValueError(
+        f"normalization {mode!r} unknown; choose one of: {', '.join(NORMALIZATIONS)} (e.g. mean-std:0.5,0.5)"
+    )
 
 
 def _fixed_stats(key: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,14 +44,14 @@ def channel_stats(x_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     sq = torch.zeros(c, dtype=torch.float64)
     count = 0
     for i in range(0, len(x_uint8), 5000):
-        chunk = x_uint8[i:i + 5000].double().div_(255.0)
+        chunk = x_uint8[i : i + 5000].double().div_(255.0)
         total += chunk.sum(dim=(0, 2, 3))
         sq += chunk.pow(2).sum(dim=(0, 2, 3))
         count += chunk.numel() // c
     if count == 0:
         return torch.zeros(c, 1, 1), torch.ones(c, 1, 1)
     mean = total / count
-    std = (sq / count - mean ** 2).clamp_min(1e-12).sqrt()
+    std = (sq / count - mean**2).clamp_min(1e-12).sqrt()
     return mean.float().view(c, 1, 1), std.float().clamp_min(1e-3).view(c, 1, 1)
 
 
@@ -59,12 +60,12 @@ def _pixel_stats(x_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     total = torch.zeros(x_uint8.shape[1:], dtype=torch.float64)
     sq = torch.zeros_like(total)
     for i in range(0, len(x_uint8), 5000):
-        chunk = x_uint8[i:i + 5000].double().div_(255.0)
+        chunk = x_uint8[i : i + 5000].double().div_(255.0)
         total += chunk.sum(0)
         sq += chunk.pow(2).sum(0)
     n = max(len(x_uint8), 1)
     mean = total / n
-    std = (sq / n - mean ** 2).clamp_min(0).sqrt()
+    std = (sq / n - mean**2).clamp_min(0).sqrt()
     return mean.float(), std.float().clamp_min(1e-3)  # a constant pixel (MNIST's corners) stays 0
 
 
@@ -81,9 +82,11 @@ def set_normalization(ds: Dataset, mode: str = "mean-std") -> Dataset:
         split = getattr(ds, which)
         split = split.split if isinstance(split, Subset) else split
         if not (isinstance(split, TensorSplit) and split.x.dtype == torch.uint8 and split.x.dim() == 4):
-            raise DatasetError(f"normalization {mode} applies to image datasets stored as pixels "
-                               f"(mnist, fashion-mnist, cifar10, cifar100), not {ds.name}; leave "
-                               "it at mean-std")
+            raise DatasetError(
+                f"normalization {mode} applies to image datasets stored as pixels "
+                f"(mnist, fashion-mnist, cifar10, cifar100), not {ds.name}; leave "
+                "it at mean-std"
+            )
         split.per_image = mode == "per-image"
         if mode in ("none", "per-image"):
             split.mean, split.std = None, None

@@ -7,9 +7,9 @@ and how to get them.  Loaders register with :func:`register`; :func:`load_datase
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..errors import DatasetCorrupt, DatasetError, DatasetNotFound
 from . import roots
@@ -48,9 +48,11 @@ _REGISTRY: dict[str, DatasetEntry] = {}
 
 def register(name: str, **kw):
     """Decorator: register ``fn(data_dir=, download=, image_size=) -> Dataset`` as ``name``."""
+
     def deco(fn):
         _REGISTRY[name] = DatasetEntry(name=name, loader=fn, **kw)
         return fn
+
     return deco
 
 
@@ -106,16 +108,26 @@ def dataset_shape(name: str) -> tuple[Shape, int] | None:
 def _refuse_empty(canon: str, ds: Dataset) -> None:
     for which, split in (("train", ds.train), ("test", ds.test)):
         if len(split) == 0:  # a model trained or tested on nothing reports a number that is none
-            raise DatasetCorrupt(f"dataset {canon} ({ds.source or 'as found'}): its {which} split "
-                                 "holds no example; restore its files")
+            raise DatasetCorrupt(
+                f"dataset {canon} ({ds.source or 'as found'}): its {which} split "
+                "holds no example; restore its files"
+            )
     if ds.task == "classification" and ds.num_classes < 2:
-        raise DatasetCorrupt(f"dataset {canon} ({ds.source or 'as found'}) has "
-                             f"{ds.num_classes} class; a classifier needs at least 2 (it would "
-                             "reach 100 % by answering the one class)")
+        raise DatasetCorrupt(
+            f"dataset {canon} ({ds.source or 'as found'}) has "
+            f"{ds.num_classes} class; a classifier needs at least 2 (it would "
+            "reach 100 % by answering the one class)"
+        )
 
 
-def load_dataset(name: str, data_dir=None, *, download: bool = False, image_size: int | None = None,
-                 limit_train: int | None = None) -> Dataset:
+def load_dataset(
+    name: str,
+    data_dir=None,
+    *,
+    download: bool = False,
+    image_size: int | None = None,
+    limit_train: int | None = None,
+) -> Dataset:
     """Load dataset ``name`` (see :func:`list_datasets`); ``limit_train`` keeps the first n."""
     canon = canonical_name(name)
     ds = _REGISTRY[canon].loader(data_dir=data_dir, download=download, image_size=image_size)

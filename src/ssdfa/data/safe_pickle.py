@@ -23,8 +23,11 @@ def _pickle_globals() -> dict[tuple[str, str], object]:
     reconstruct = arr.__reduce__()[0]  # numpy.(_)core.multiarray._reconstruct
     scalar = np.int64(0).__reduce__()[0]  # numpy.(_)core.multiarray.scalar
     frombuffer = arr.__reduce_ex__(5)[0]  # numpy.(_)core.numeric._frombuffer (protocol 5)
-    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
-               ("_codecs", "encode"): codecs.encode}  # bytes in protocol-2 pickles of Python 3
+    allowed = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,
+    }  # bytes in protocol-2 pickles of Python 3
     for core in ("numpy.core", "numpy._core"):
         allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
         allowed[(f"{core}.multiarray", "scalar")] = scalar
@@ -44,8 +47,9 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         found = self._ALLOWED.get((module, name))
         if found is None:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a dataset file "
-                                         "(only numpy arrays are read)")
+            raise pickle.UnpicklingError(
+                f"refusing to load {module}.{name} from a dataset file (only numpy arrays are read)"
+            )
         return found
 
 
@@ -57,8 +61,10 @@ def read_pickle(path: Path) -> dict:
     except FileNotFoundError:
         raise
     except Exception as exc:
-        raise DatasetCorrupt(f"{path}: not a readable CIFAR python batch ({exc}); it is "
-                             "truncated or corrupt — delete it and fetch it again") from exc
+        raise DatasetCorrupt(
+            f"{path}: not a readable CIFAR python batch ({exc}); it is "
+            "truncated or corrupt — delete it and fetch it again"
+        ) from exc
     if not isinstance(obj, dict):
         raise DatasetCorrupt(f"{path}: expected a dict batch, got {type(obj).__name__}")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}

@@ -79,7 +79,9 @@ class Dataset:
     source: str = ""  # where it was read from
 
     def describe(self) -> str:
-        return (f"{self.name}: {len(self.train)} train / {len(self.test)} test, input "
-                f"{'x'.join(map(str, self.input_shape))}, {self.num_classes} "
-                f"{'classes' if self.task == 'classification' else 'targets'}"
-                + (f" ({self.source})" if self.source else ""))
+        return (
+            f"{self.name}: {len(self.train)} train / {len(self.test)} test, input "
+            f"{'x'.join(map(str, self.input_shape))}, {self.num_classes} "
+            f"{'classes' if self.task == 'classification' else 'targets'}"
+            + (f" ({self.source})" if self.source else "")
+        )

@@ -7,10 +7,28 @@ from dataclasses import dataclass, field
 
 SETUPS = ("authors", "authors-default-init", "uniform")
 # the TrainConfig settings a row's setup fixes: what --json reports per row
-SETUP_KEYS = ("optimizer", "lr", "momentum", "adam_eps", "adam_beta1", "adam_beta2",
-              "weight_decay", "schedule", "batch_size", "epochs", "loss", "activation",
-              "weight_init", "bias_init", "dropout", "normalization", "feedback_init",
-              "feedback_lr", "feedback_gamma", "feedback_scale")
+SETUP_KEYS = (
+    "optimizer",
+    "lr",
+    "momentum",
+    "adam_eps",
+    "adam_beta1",
+    "adam_beta2",
+    "weight_decay",
+    "schedule",
+    "batch_size",
+    "epochs",
+    "loss",
+    "activation",
+    "weight_init",
+    "bias_init",
+    "dropout",
+    "normalization",
+    "feedback_init",
+    "feedback_lr",
+    "feedback_gamma",
+    "feedback_scale",
+)
 
 
 @dataclass(frozen=True)
@@ -92,9 +110,17 @@ class Experiment:
 
     def train_options(self) -> dict:
         """The TrainConfig fields this experiment fixes (the paper's setup)."""
-        opts = {"dataset": self.dataset, "model": self.model, "optimizer": self.optimizer,
-                "lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay,
-                "schedule": self.schedule, "batch_size": self.batch_size, "loss": self.loss}
+        opts = {
+            "dataset": self.dataset,
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "lr": self.lr,
+            "momentum": self.momentum,
+            "weight_decay": self.weight_decay,
+            "schedule": self.schedule,
+            "batch_size": self.batch_size,
+            "loss": self.loss,
+        }
         if self.feedback_lr is not None:
             opts["feedback_lr"] = self.feedback_lr
         return opts

@@ -26,8 +26,7 @@ from .registry import LAYERS, LayerFeedback, _registered, draw_feedback, is_wrap
 from .sign import sign_wrap
 
 
-def wrap(layer: nn.Module, generator: torch.Generator, learnable: bool,
-         sign: str | None = None) -> nn.Module:
+def wrap(layer: nn.Module, generator: torch.Generator, learnable: bool, sign: str | None = None) -> nn.Module:
     """The registered wrapper for ``layer`` with a freshly drawn B, or ``layer`` if unregistered.
 
     ``sign`` ("usf", "frsf", "brsf"): B is built from sign(W) at every step (``sign.py``).
@@ -48,8 +47,15 @@ class LayerwiseModel(FeedbackModel):
         self.layer_names = list(layer_names)
 
     def _layers(self):
-        return [(n, self.net.get_submodule(n.replace(".", "_")) if isinstance(self.net, nn.Sequential)
-                 else self.net.get_submodule(n)) for n in self.layer_names]
+        return [
+            (
+                n,
+                self.net.get_submodule(n.replace(".", "_"))
+                if isinstance(self.net, nn.Sequential)
+                else self.net.get_submodule(n),
+            )
+            for n in self.layer_names
+        ]
 
     def feedback_matrices(self):
         """{layer name: B_l with the weight's shape}, used in place of W_l in the backward pass
@@ -77,14 +83,27 @@ class LayerwiseModel(FeedbackModel):
                 parent, _, leaf = name.rpartition(".")
                 setattr(net.get_submodule(parent), leaf, net.get_submodule(name).layer)
             return net
-        return nn.Sequential(OrderedDict(
-            (k, m.layer if isinstance(m, LayerFeedback) else m) for k, m in self.net.named_children()))
+        return nn.Sequential(
+            OrderedDict(
+                (k, m.layer if isinstance(m, LayerFeedback) else m) for k, m in self.net.named_children()
+            )
+        )
 
     def feedback_parameters(self) -> list[nn.Parameter]:
-        return [m.feedback for _, m in self._layers() if isinstance(getattr(m, "feedback", None), nn.Parameter)]
+        return [
+            m.feedback for _, m in self._layers() if isinstance(getattr(m, "feedback", None), nn.Parameter)
+        ]
 
     def extra_repr(self):
         return f"rule={self.rule!r}, layers={self.layer_names}"
 
 
-__all__ = ["LAYERS", "LayerwiseModel", "LayerFeedback", "register_layer", "wrap", "draw_feedback", "is_wrappable"]
+__all__ = [
+    "LAYERS",
+    "LayerwiseModel",
+    "LayerFeedback",
+    "register_layer",
+    "wrap",
+    "draw_feedback",
+    "is_wrappable",
+]

@@ -29,16 +29,34 @@ class _Conv2dFeedbackFn(torch.autograd.Function):
         need_x, need_w, need_b, need_fb = ctx.needs_input_grad[:4]
         mask = [need_x, need_w or need_fb, ctx.bias_shape is not None and need_b]
         grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            grad_y, x.to(grad_y.dtype), feedback.to(grad_y.dtype), ctx.bias_shape, list(stride),
-            list(padding), list(dilation), False, [0, 0], groups, mask)
+            grad_y,
+            x.to(grad_y.dtype),
+            feedback.to(grad_y.dtype),
+            ctx.bias_shape,
+            list(stride),
+            list(padding),
+            list(dilation),
+            False,
+            [0, 0],
+            groups,
+            mask,
+        )
         # under autocast grad_y may be fp16 while x and W are fp32: each gradient in its
         # input's dtype, as autocast's own casts give BP
         grad_x = None if grad_x is None else grad_x.to(x.dtype)
         grad_w = None if grad_w is None else grad_w.to(ctx.dtypes[0])
         grad_b = None if grad_b is None else grad_b.to(ctx.dtypes[1])
         grad_fb = grad_w.clone() if need_fb else None  # Kolen-Pollack: B gets W's update
-        return (grad_x, grad_w if need_w else None, grad_b if mask[2] else None, grad_fb,
-                None, None, None, None)
+        return (
+            grad_x,
+            grad_w if need_w else None,
+            grad_b if mask[2] else None,
+            grad_fb,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def _numeric_padding(conv: nn.Conv2d) -> tuple[int, int]:
@@ -50,8 +68,10 @@ def _numeric_padding(conv: nn.Conv2d) -> tuple[int, int]:
     for k, d in zip(conv.kernel_size, conv.dilation):  # 'same' with stride 1
         total = d * (k - 1)
         if total % 2:
-            raise ValueError(f"{conv}: padding='same' with an even kernel pads unevenly; give "
-                             "the padding as numbers instead")
+            raise ValueError(
+                f"{conv}: padding='same' with an even kernel pads unevenly; give "
+                "the padding as numbers instead"
+            )
         pads.append(total // 2)
     return tuple(pads)
 
@@ -72,5 +92,13 @@ class Conv2dFeedback(LayerFeedback):
         if conv.padding_mode != "zeros":  # same as nn.Conv2d: pad first, then convolve unpadded
             x = F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
             padding = (0, 0)
-        return _Conv2dFeedbackFn.apply(x, conv.weight, conv.bias, self.backward_weight(), tuple(conv.stride),
-                                       padding, tuple(conv.dilation), conv.groups)
+        return _Conv2dFeedbackFn.apply(
+            x,
+            conv.weight,
+            conv.bias,
+            self.backward_weight(),
+            tuple(conv.stride),
+            padding,
+            tuple(conv.dilation),
+            conv.groups,
+        )

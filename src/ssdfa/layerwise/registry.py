@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-LAYERS: dict[type[nn.Module], type["LayerFeedback"]] = {}
+LAYERS: dict[type[nn.Module], type[LayerFeedback]] = {}
 
 
 def register_layer(layer_type: type[nn.Module]):
@@ -38,8 +38,10 @@ class LayerFeedback(nn.Module):
     def __init__(self, layer: nn.Module, feedback: torch.Tensor | None, learnable: bool = False):
         super().__init__()
         if feedback is not None and feedback.shape != layer.weight.shape:
-            raise ValueError(f"feedback shape {tuple(feedback.shape)} differs from the weight's "
-                             f"{tuple(layer.weight.shape)}")
+            raise ValueError(
+                f"feedback shape {tuple(feedback.shape)} differs from the weight's "
+                f"{tuple(layer.weight.shape)}"
+            )
         self.layer = layer
         self.exact = False  # True inside FeedbackModel.backprop(): plain layer, exact BP
         if learnable:
@@ -72,7 +74,8 @@ def _registered(layer: nn.Module):
             if type(layer).forward is not base.forward:
                 raise ValueError(
                     f"{type(layer).__name__} subclasses {base.__name__} but has its own forward, "
-                    f"which a layer-wise rule would bypass; use a plain {base.__name__}")
+                    f"which a layer-wise rule would bypass; use a plain {base.__name__}"
+                )
             return LAYERS[base]
     return None
 

@@ -75,8 +75,7 @@ class _SignFeedback:
         gen = torch.Generator(device=w.device)
         gen.manual_seed((int(self.seed) * 1_000_003 + int(self.draws)) % 2**62)
         self.draws += 1
-        self.feedback.copy_(torch.rand(w.shape, generator=gen, device=w.device, dtype=w.dtype)
-                            * self.scale)
+        self.feedback.copy_(torch.rand(w.shape, generator=gen, device=w.device, dtype=w.dtype) * self.scale)
 
     def forward(self, x):
         if self.sign == "brsf" and self.training and not self.exact and torch.is_grad_enabled():
@@ -84,8 +83,11 @@ class _SignFeedback:
         return super().forward(x)
 
     def extra_repr(self):
-        what = {"usf": f"B = {self.scale:.3g}·sign(W)", "frsf": "B = |R|⊙sign(W), R fixed",
-                "brsf": "B = |R|⊙sign(W), R redrawn every batch"}[self.sign]
+        what = {
+            "usf": f"B = {self.scale:.3g}·sign(W)",
+            "frsf": "B = |R|⊙sign(W), R fixed",
+            "brsf": "B = |R|⊙sign(W), R redrawn every batch",
+        }[self.sign]
         return f"feedback={self.sign}: {what} {tuple(self.layer.weight.shape)}"
 
 
@@ -105,8 +107,9 @@ def sign_wrap(cls, layer: nn.Module, generator: torch.Generator, kind: str) -> n
     if kind not in SIGN_RULES:
         raise ValueError(f"unknown sign-symmetric rule {kind!r}; choose one of {', '.join(SIGN_RULES)}")
     if cls not in _SIGN_CLASSES:
-        raise ValueError(f"{type(layer).__name__} has no sign-symmetric backward; supported: "
-                         "nn.Linear, nn.Conv2d")
+        raise ValueError(
+            f"{type(layer).__name__} has no sign-symmetric backward; supported: nn.Linear, nn.Conv2d"
+        )
     mod = _SIGN_CLASSES[cls](layer, None)
     mod._setup(kind, generator)
     return mod

@@ -24,8 +24,8 @@ picks the figures a set of inputs calls for (:func:`build_figures`) and writes t
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from .. import rundata
 from ..rundata import Group, Source, first_conv_weight, is_sweep, load_run  # noqa: F401
@@ -33,14 +33,39 @@ from .costs import figure_cost_bars, paper_costs
 from .curves import angle_keys, figure_angles, figure_curves
 from .filters import figure_filters
 from .results import _metric_words, figure_reproduction, figure_sweep  # noqa: F401
-from .style import (DPI, FIGSIZE, FORMATS, RULE_COLORS, STYLE, _check_format,  # noqa: F401
-                    figure_bytes, rule_color, save_figure)
+from .style import (  # noqa: F401
+    DPI,
+    FIGSIZE,
+    FORMATS,
+    RULE_COLORS,
+    STYLE,
+    _check_format,
+    figure_bytes,
+    rule_color,
+    save_figure,
+)
 
 __all__ = [
-    "DPI", "FIGSIZE", "FORMATS", "RULE_COLORS", "rule_color", "load_run", "is_sweep",
-    "plot_training_curves", "plot_angles", "plot_sweep", "plot_cost_bars", "plot_filters",
-    "first_conv_weight", "paper_costs", "plot_runs", "build_figures", "save_figure", "angle_keys",
-    "figure_bytes", "nothing_to_draw",
+    "DPI",
+    "FIGSIZE",
+    "FORMATS",
+    "RULE_COLORS",
+    "rule_color",
+    "load_run",
+    "is_sweep",
+    "plot_training_curves",
+    "plot_angles",
+    "plot_sweep",
+    "plot_cost_bars",
+    "plot_filters",
+    "first_conv_weight",
+    "paper_costs",
+    "plot_runs",
+    "build_figures",
+    "save_figure",
+    "angle_keys",
+    "figure_bytes",
+    "nothing_to_draw",
 ]
 
 
@@ -120,8 +145,7 @@ def _run_figures(src: Source, pre: str, filters: dict, name, log) -> Iterator[tu
     whether the source calls for the cost figure."""
     loose = src.kind == "runs"
     results = src.results or {}
-    title = "" if loose else f"{src.name}: " + (results.get("title") or results.get("experiment")
-                                                 or src.kind)
+    title = "" if loose else f"{src.name}: " + (results.get("title") or results.get("experiment") or src.kind)
     fig = figure_curves(src.groups, title, loose=loose, log=log)
     if fig is not None:
         yield name(f"{pre}training_curves"), fig
@@ -139,8 +163,9 @@ def _run_figures(src: Source, pre: str, filters: dict, name, log) -> Iterator[tu
     return want_cost
 
 
-def build_figures(sources: list[Source], *, costs: bool = False,
-                  log: Callable[[str], None] | None = None) -> Iterator[tuple[str, object]]:
+def build_figures(
+    sources: list[Source], *, costs: bool = False, log: Callable[[str], None] | None = None
+) -> Iterator[tuple[str, object]]:
     """``(name, figure)`` for every figure the sources call for, one at a time (names unique)."""
     log = log or (lambda m: None)
     several = len(sources) > 1
@@ -182,5 +207,7 @@ def plot_runs(paths, out_dir, *, costs: bool = True, log=print, fmt: str = "png"
     _check_format(fmt)
     sources = paths if all(isinstance(p, Source) for p in paths) else rundata.read_inputs(paths)
     out = Path(out_dir)
-    return [save_figure(fig, out / f"{stem}.{fmt}", fmt)
-            for stem, fig in build_figures(sources, costs=costs, log=log)]
+    return [
+        save_figure(fig, out / f"{stem}.{fmt}", fmt)
+        for stem, fig in build_figures(sources, costs=costs, log=log)
+    ]

@@ -10,6 +10,7 @@ from matplotlib.ticker import MaxNLocator
 from ..rundata import Group, series
 from .style import _POINT_COLORS, STYLE, _figure, _styles, plt
 
+
 # -- numbers --------------------------------------------------------------------------------------
 def _band(runs: list[dict], key: str, pct: bool = False):
     """Epochs every run has, with the mean and sample std over runs: (x, mean, std, n, cut)."""
@@ -41,7 +42,7 @@ def _legend_label(g: Group, loose: bool) -> str:
 
 
 def _draw(ax, x, mean, std, n, color, ls, label):
-    line, = ax.plot(x, mean, color=color, ls=ls, lw=1.8, marker="o", ms=3.5, label=label)
+    (line,) = ax.plot(x, mean, color=color, ls=ls, lw=1.8, marker="o", ms=3.5, label=label)
     line.set_gid(f"mean:{label}")
     if n > 1:
         band = ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.18, lw=0)
@@ -58,9 +59,9 @@ def _loss_label(groups: list[Group]) -> str:
             names.add({"ce": "ce", "bce": "bce", "mse": "mse"}.get(loss, "ce" if has_acc else "mse"))
     if len(names) != 1:
         return "loss"
-    return {"ce": "cross-entropy (nats)", "bce": "binary cross-entropy (nats)",
-            "mse": "mean squared error"}[names.pop()]
-
+    return {"ce": "cross-entropy (nats)", "bce": "binary cross-entropy (nats)", "mse": "mean squared error"}[
+        names.pop()
+    ]
 
 
 def figure_curves(groups: list[Group], title: str = "", *, loose: bool = False, log=None):
@@ -72,8 +73,10 @@ def figure_curves(groups: list[Group], title: str = "", *, loose: bool = False, 
     loss_unit = _loss_label(groups)
     panels = [("train_loss", "train loss", loss_unit, False), ("test_loss", "test loss", loss_unit, False)]
     if has_acc:
-        panels += [("train_acc", "train accuracy", "accuracy (%)", True),
-                   ("test_acc", "test accuracy", "accuracy (%)", True)]
+        panels += [
+            ("train_acc", "train accuracy", "accuracy (%)", True),
+            ("test_acc", "test accuracy", "accuracy (%)", True),
+        ]
     with plt.rc_context(STYLE):
         fig, axes = _figure("curves", 2 if has_acc else 1, 2)
         styles = _styles(groups)
@@ -86,8 +89,10 @@ def figure_curves(groups: list[Group], title: str = "", *, loose: bool = False, 
                     continue
                 x, mean, std, n, cut = b
                 if cut and log and key == "test_acc":
-                    log(f"{g.label}: not every seed has reached the last epoch yet; the curve "
-                        f"stops at epoch {int(x[-1])}, the last one all {n} seeds have")
+                    log(
+                        f"{g.label}: not every seed has reached the last epoch yet; the curve "
+                        f"stops at epoch {int(x[-1])}, the last one all {n} seeds have"
+                    )
                 color, ls = styles[g.label]
                 lab = _legend_label(g, loose)
                 handles[g.label] = _draw(ax, x, mean, std, n, color, ls, lab)
@@ -101,8 +106,9 @@ def figure_curves(groups: list[Group], title: str = "", *, loose: bool = False, 
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             if not seen:
-                ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes,
-                        color="grey")
+                ax.text(
+                    0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="grey"
+                )
         order = [g.label for g in groups if g.label in handles]
         ncol = min(len(order), 4) or 1
         legend_rows = math.ceil(len(order) / ncol) if order else 0
@@ -111,22 +117,37 @@ def figure_curves(groups: list[Group], title: str = "", *, loose: bool = False, 
             fig.suptitle(title, y=y, va="top")
             y -= 0.05
         if order:
-            fig.legend([handles[k] for k in order], [handles[k].get_label() for k in order],
-                       loc="upper center", bbox_to_anchor=(0.5, y), ncol=ncol, frameon=False)
+            fig.legend(
+                [handles[k] for k in order],
+                [handles[k].get_label() for k in order],
+                loc="upper center",
+                bbox_to_anchor=(0.5, y),
+                ncol=ncol,
+                frameon=False,
+            )
             y -= 0.045 * legend_rows
         if any(g.seeds > 1 for g in groups):
-            fig.text(0.005, 0.005, "line: mean over seeds; band: ±1 sample std", ha="left",
-                     va="bottom", fontsize=9, color="grey")
-        fig.subplots_adjust(left=0.08, right=0.985, bottom=0.1, top=y - 0.045, hspace=0.45,
-                            wspace=0.22)
+            fig.text(
+                0.005,
+                0.005,
+                "line: mean over seeds; band: ±1 sample std",
+                ha="left",
+                va="bottom",
+                fontsize=9,
+                color="grey",
+            )
+        fig.subplots_adjust(left=0.08, right=0.985, bottom=0.1, top=y - 0.045, hspace=0.45, wspace=0.22)
     return fig
 
 
-_ANGLE_GROUPS = [("dz/", r"$\delta z$ (pre-activation) vs BP (DRTP Figs. 2-3)"),
-                 ("delta/", r"$\delta$ at feedback points vs BP"), ("dW/", r"$\partial W$ vs BP"),
-                 ("eq14/", r"$\angle(B_l,\ W_n \cdots W_{l+1})$ (SSDFA Eq. 14)"),
-                 ("dkp/", r"$\angle(h_l B_l^T,\ z_{out})$ (DKP Fig. 2)"),
-                 ("fa/", r"$\angle(B, W)$ (FA/KP)")]
+_ANGLE_GROUPS = [
+    ("dz/", r"$\delta z$ (pre-activation) vs BP (DRTP Figs. 2-3)"),
+    ("delta/", r"$\delta$ at feedback points vs BP"),
+    ("dW/", r"$\partial W$ vs BP"),
+    ("eq14/", r"$\angle(B_l,\ W_n \cdots W_{l+1})$ (SSDFA Eq. 14)"),
+    ("dkp/", r"$\angle(h_l B_l^T,\ z_{out})$ (DKP Fig. 2)"),
+    ("fa/", r"$\angle(B, W)$ (FA/KP)"),
+]
 
 
 def angle_keys(metrics: list[dict]) -> list[str]:
@@ -143,8 +164,10 @@ def figure_angles(group: Group, loose: bool = True):
     keys = []
     for r in group.runs:
         keys += [k for k in angle_keys(r["metrics"]) if k not in keys]
-    panels = [(p, t, [k for k in keys if k.startswith("angle/" + p)
-                      and not (p == "dW/" and k.endswith(".bias"))]) for p, t in _ANGLE_GROUPS]
+    panels = [
+        (p, t, [k for k in keys if k.startswith("angle/" + p) and not (p == "dW/" and k.endswith(".bias"))])
+        for p, t in _ANGLE_GROUPS
+    ]
     panels = [g for g in panels if g[2]]
     if not panels:
         return None
@@ -158,8 +181,16 @@ def figure_angles(group: Group, loose: bool = True):
                 if b is None:
                     continue
                 x, mean, std, n, _ = b
-                _draw(ax, x, mean, std, n, _POINT_COLORS[i % len(_POINT_COLORS)], "-",
-                      k[len("angle/" + prefix):])
+                _draw(
+                    ax,
+                    x,
+                    mean,
+                    std,
+                    n,
+                    _POINT_COLORS[i % len(_POINT_COLORS)],
+                    "-",
+                    k[len("angle/" + prefix) :],
+                )
             ax.axhline(90, color="grey", lw=0.8, ls="--")
             ax.set_title(title, fontsize=11)
             ax.set_xlabel("epoch")
@@ -169,11 +200,13 @@ def figure_angles(group: Group, loose: bool = True):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             ax.legend(fontsize=9, title="point", title_fontsize=9)
-        for ax in list(axes.flat)[len(panels):]:
+        for ax in list(axes.flat)[len(panels) :]:
             ax.axis("off")
-        seeds = "" if loose and group.seeds <= 1 else \
-            f", mean ± std over {group.seeds} seed{'s' if group.seeds != 1 else ''}"
+        seeds = (
+            ""
+            if loose and group.seeds <= 1
+            else f", mean ± std over {group.seeds} seed{'s' if group.seeds != 1 else ''}"
+        )
         fig.suptitle(f"alignment with backprop: {group.label}{seeds}")
         fig.tight_layout()
     return fig
-

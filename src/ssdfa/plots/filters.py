@@ -8,6 +8,7 @@ import numpy as np
 
 from .style import STYLE, _figure, plt
 
+
 def _filter_grid(w: np.ndarray) -> np.ndarray:
     """(C_out, C_in, k, k) -> one image tiling every filter, each scaled to [0, 1]."""
     c_out, c_in, kh, kw = w.shape
@@ -20,7 +21,7 @@ def _filter_grid(w: np.ndarray) -> np.ndarray:
         lo, hi = f.min(), f.max()
         f = (f - lo) / (hi - lo) if hi > lo else np.zeros_like(f) + 0.5
         r, c = divmod(i, cols)
-        grid[r * (kh + 1): r * (kh + 1) + kh, c * (kw + 1): c * (kw + 1) + kw] = f
+        grid[r * (kh + 1) : r * (kh + 1) + kh, c * (kw + 1) : c * (kw + 1) + kw] = f
     return grid if rgb else grid[..., 0]
 
 
@@ -37,4 +38,3 @@ def figure_filters(weights: dict):
         fig.suptitle("first convolutional layer (each filter scaled to its own range)")
         fig.tight_layout()
     return fig
-

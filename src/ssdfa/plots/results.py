@@ -9,10 +9,13 @@ from matplotlib.lines import Line2D
 
 from .style import STYLE, _figure, plt, rule_color
 
+
 def _metric_words(metric: str) -> tuple[str, str]:
-    return {"accuracy": ("test accuracy", "test accuracy (%)"),
-            "error": ("test error", "test error (%)"),
-            "loss": ("test loss", "test loss")}.get(metric, (metric, metric))
+    return {
+        "accuracy": ("test accuracy", "test accuracy (%)"),
+        "error": ("test error", "test error (%)"),
+        "loss": ("test loss", "test loss"),
+    }.get(metric, (metric, metric))
 
 
 def figure_reproduction(results: dict, methods: dict[str, str] | None = None):
@@ -31,11 +34,19 @@ def figure_reproduction(results: dict, methods: dict[str, str] | None = None):
         for i, r in enumerate(rows):
             color = rule_color(methods.get(r["method"], r["method"]))
             if r.get("paper") is not None:
-                ax.plot([i - 0.15], [r["paper"]], marker="D", ms=8, mfc="white", mec=color,
-                        mew=2, ls="none")
+                ax.plot([i - 0.15], [r["paper"]], marker="D", ms=8, mfc="white", mec=color, mew=2, ls="none")
             if r.get("ours_mean") is not None:
-                c = ax.errorbar([i + 0.15], [r["ours_mean"]], yerr=[r.get("ours_std") or 0.0],
-                                marker="o", ms=8, color=color, capsize=5, lw=2, ls="none")
+                c = ax.errorbar(
+                    [i + 0.15],
+                    [r["ours_mean"]],
+                    yerr=[r.get("ours_std") or 0.0],
+                    marker="o",
+                    ms=8,
+                    color=color,
+                    capsize=5,
+                    lw=2,
+                    ls="none",
+                )
                 c.lines[0].set_gid(f"mean:{r['method']}")
                 for col in c.lines[2]:
                     col.set_gid(f"band:{r['method']}")
@@ -43,11 +54,23 @@ def figure_reproduction(results: dict, methods: dict[str, str] | None = None):
                 note = f"n={n}" if n is not None else ""
                 if r.get("runs") is not None and n is not None and n < r["runs"]:
                     note += f" ({r['runs'] - n} diverged)"
-                ax.annotate(note, (i + 0.15, r["ours_mean"] + (r.get("ours_std") or 0.0)),
-                            textcoords="offset points", xytext=(0, 6), ha="center", fontsize=9)
+                ax.annotate(
+                    note,
+                    (i + 0.15, r["ours_mean"] + (r.get("ours_std") or 0.0)),
+                    textcoords="offset points",
+                    xytext=(0, 6),
+                    ha="center",
+                    fontsize=9,
+                )
             elif r.get("runs"):
-                ax.annotate("all diverged", (i, 0.5), xycoords=("data", "axes fraction"),
-                            ha="center", fontsize=9, color="grey")
+                ax.annotate(
+                    "all diverged",
+                    (i, 0.5),
+                    xycoords=("data", "axes fraction"),
+                    ha="center",
+                    fontsize=9,
+                    color="grey",
+                )
         ax.set_xticks(xs, [r["method"] for r in rows], rotation=20 if len(rows) > 5 else 0)
         ax.set_xlim(-0.6, len(rows) - 0.4)
         ax.set_ylabel(ylabel)
@@ -59,13 +82,11 @@ def figure_reproduction(results: dict, methods: dict[str, str] | None = None):
         for i, r in enumerate(gaps):
             color = rule_color(methods.get(r["method"], r["method"]))
             if r.get("gap_paper") is not None:
-                gx.bar(i - w / 2, r["gap_paper"], w, facecolor="white", edgecolor=color,
-                       hatch="//", lw=1.5)
+                gx.bar(i - w / 2, r["gap_paper"], w, facecolor="white", edgecolor=color, hatch="//", lw=1.5)
             if r.get("gap_ours") is not None:
                 gx.bar(i + w / 2, r["gap_ours"], w, color=color)
         gx.axhline(0, color="black", lw=0.8)
-        gx.set_xticks(range(len(gaps)), [r["method"] for r in gaps],
-                      rotation=20 if len(gaps) > 4 else 0)
+        gx.set_xticks(range(len(gaps)), [r["method"] for r in gaps], rotation=20 if len(gaps) > 4 else 0)
         gx.set_xlim(-0.7, len(gaps) - 0.3)
         unit = "points" if results.get("metric") != "loss" else "loss"
         gx.set_ylabel(f"gap to BP ({unit})")
@@ -73,20 +94,25 @@ def figure_reproduction(results: dict, methods: dict[str, str] | None = None):
         gx.grid(axis="y", alpha=0.3)
         if not gaps:
             gx.text(0.5, 0.5, "no BP row", ha="center", va="center", transform=gx.transAxes)
-        fig.legend([Line2D([], [], marker="D", mfc="white", mec="black", mew=2, ls="none"),
-                    Line2D([], [], marker="o", color="black", ls="-", lw=2),
-                    plt.Rectangle((0, 0), 1, 1, facecolor="white", edgecolor="black", hatch="//"),
-                    plt.Rectangle((0, 0), 1, 1, color="black")],
-                   ["paper", "ours: mean ± std over seeds", "paper's gap", "our gap"],
-                   loc="lower center", ncol=4, frameon=False)
+        fig.legend(
+            [
+                Line2D([], [], marker="D", mfc="white", mec="black", mew=2, ls="none"),
+                Line2D([], [], marker="o", color="black", ls="-", lw=2),
+                plt.Rectangle((0, 0), 1, 1, facecolor="white", edgecolor="black", hatch="//"),
+                plt.Rectangle((0, 0), 1, 1, color="black"),
+            ],
+            ["paper", "ours: mean ± std over seeds", "paper's gap", "our gap"],
+            loc="lower center",
+            ncol=4,
+            frameon=False,
+        )
         budget = results.get("budget") or {}
         ran = results.get("dataset", "")
         if budget.get("epochs") is not None:
             ran += f", {budget['epochs']} epoch(s)"
         if results.get("stand_in"):
             ran += " (a stand-in for the paper's dataset)"
-        fig.suptitle(f"{results.get('experiment', '')}: {results.get('title', '')}\nours: {ran}",
-                     fontsize=12)
+        fig.suptitle(f"{results.get('experiment', '')}: {results.get('title', '')}\nours: {ran}", fontsize=12)
         fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
 
@@ -101,15 +127,18 @@ def _figure_cost_ratios(results: dict, rows: list[dict]):
                 ax.bar(i - w / 2, r["paper"], w, facecolor="white", edgecolor="black", hatch="//")
             if r.get("ours") is not None:
                 ax.bar(i + w / 2, r["ours"], w, color=rule_color("ssdfa"))
-                ax.annotate(f"{r['ours']:,.3g}", (i + w / 2, r["ours"]), ha="center", va="bottom",
-                            fontsize=9)
+                ax.annotate(f"{r['ours']:,.3g}", (i + w / 2, r["ours"]), ha="center", va="bottom", fontsize=9)
         ax.set_yscale("log")
-        ax.set_xticks(range(len(rows)), [r["method"] if "method" in r else r["quantity"]
-                                         for r in rows])
+        ax.set_xticks(range(len(rows)), [r["method"] if "method" in r else r["quantity"] for r in rows])
         ax.set_ylabel("ratio BP / SSDFA (×, log scale)")
-        ax.legend([plt.Rectangle((0, 0), 1, 1, facecolor="white", edgecolor="black", hatch="//"),
-                   plt.Rectangle((0, 0), 1, 1, color=rule_color("ssdfa"))], ["paper", "ours"],
-                  frameon=False)
+        ax.legend(
+            [
+                plt.Rectangle((0, 0), 1, 1, facecolor="white", edgecolor="black", hatch="//"),
+                plt.Rectangle((0, 0), 1, 1, color=rule_color("ssdfa")),
+            ],
+            ["paper", "ours"],
+            frameon=False,
+        )
         ax.grid(axis="y", alpha=0.3)
         fig.suptitle(f"{results.get('experiment', '')}: {results.get('title', '')}")
         fig.tight_layout()
@@ -127,8 +156,12 @@ def figure_sweep(sweep: dict):
         v = c.get(k)
         return math.nan if v is None else float(v)
 
-    acc_scale = 100.0 if max((val(c, "test_acc_mean") for c in cells
-                              if not math.isnan(val(c, "test_acc_mean"))), default=0) <= 1 else 1.0
+    acc_scale = (
+        100.0
+        if max((val(c, "test_acc_mean") for c in cells if not math.isnan(val(c, "test_acc_mean"))), default=0)
+        <= 1
+        else 1.0
+    )
 
     def panel(ax, group_key, x_key, y_key, scale, xlabel, fmt, what):
         values = sorted({c[group_key] for c in cells})
@@ -143,7 +176,7 @@ def figure_sweep(sweep: dict):
             s = np.nan_to_num(np.array([val(c, f"{y_key}_std") for c in cs])) * scale
             color = cmap(0.85 * j / max(len(values) - 1, 1))
             label = fmt(g)
-            line, = ax.plot(x, m, marker="o", ms=4, color=color, label=label)
+            (line,) = ax.plot(x, m, marker="o", ms=4, color=color, label=label)
             line.set_gid(f"mean:{what}:{label}")
             if any(c["n"] > 1 for c in cs):
                 if len(x) > 1:
@@ -157,30 +190,62 @@ def figure_sweep(sweep: dict):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=9)
         else:
-            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes,
-                    color="grey")
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="grey")
 
     with plt.rc_context(STYLE):
         fig, axes = _figure("sweep", 2, 2)
         rank_label, sp_label = "rank of B", "sparsity of B (fraction of zeros)"
-        panel(axes[0, 0], "sparsity", "rank", "test_acc", acc_scale, rank_label,
-              lambda g: f"sparsity {g:g}", "acc-vs-rank")
+        panel(
+            axes[0, 0],
+            "sparsity",
+            "rank",
+            "test_acc",
+            acc_scale,
+            rank_label,
+            lambda g: f"sparsity {g:g}",
+            "acc-vs-rank",
+        )
         axes[0, 0].set_ylabel("test accuracy (%)")
-        panel(axes[0, 1], "sparsity", "rank", angle_key, 1.0, rank_label,
-              lambda g: f"sparsity {g:g}", "angle-vs-rank")
+        panel(
+            axes[0, 1],
+            "sparsity",
+            "rank",
+            angle_key,
+            1.0,
+            rank_label,
+            lambda g: f"sparsity {g:g}",
+            "angle-vs-rank",
+        )
         axes[0, 1].set_ylabel("angle (degrees)")
-        panel(axes[1, 0], "rank", "sparsity", "test_acc", acc_scale, sp_label,
-              lambda g: f"rank {g}", "acc-vs-sparsity")
+        panel(
+            axes[1, 0],
+            "rank",
+            "sparsity",
+            "test_acc",
+            acc_scale,
+            sp_label,
+            lambda g: f"rank {g}",
+            "acc-vs-sparsity",
+        )
         axes[1, 0].set_ylabel("test accuracy (%)")
-        panel(axes[1, 1], "rank", "sparsity", angle_key, 1.0, sp_label,
-              lambda g: f"rank {g}", "angle-vs-sparsity")
+        panel(
+            axes[1, 1],
+            "rank",
+            "sparsity",
+            angle_key,
+            1.0,
+            sp_label,
+            lambda g: f"rank {g}",
+            "angle-vs-sparsity",
+        )
         axes[1, 1].set_ylabel("angle (degrees)")
         base = sweep.get("base") or {}
         ns = sorted({c["n"] for c in cells})
         seeds = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
         what = "Eq. 14 angle" if angle_key == "angle_eq14" else "δ angle to BP"
-        fig.suptitle(f"{base.get('method', '')} on {base.get('dataset', '')}: accuracy and {what}; "
-                     f"mean ± std over {seeds} seed(s) per cell")
+        fig.suptitle(
+            f"{base.get('method', '')} on {base.get('dataset', '')}: accuracy and {what}; "
+            f"mean ± std over {seeds} seed(s) per cell"
+        )
         fig.tight_layout()
     return fig
-

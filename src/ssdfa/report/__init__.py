@@ -18,5 +18,13 @@ from .page import MARKER_HTML, MARKER_MD, Page
 from .render import render_html, render_markdown, write_report
 from .sections import rebuild_commands
 
-__all__ = ["write_report", "build_page", "render_markdown", "render_html", "MARKER_MD",
-           "MARKER_HTML", "Page", "rebuild_commands"]
+__all__ = [
+    "write_report",
+    "build_page",
+    "render_markdown",
+    "render_html",
+    "MARKER_MD",
+    "MARKER_HTML",
+    "Page",
+    "rebuild_commands",
+]

@@ -7,15 +7,24 @@ import datetime
 from .. import plots, rundata
 from ..rundata import Source
 from .page import Page
-from .sections import (_angles, _cost, _groups_table, _loose_runs, _machine, _reproduction_table,
-                       _settings, _sweep, rebuild_commands)
+from .sections import (
+    _angles,
+    _cost,
+    _groups_table,
+    _loose_runs,
+    _machine,
+    _reproduction_table,
+    _settings,
+    _sweep,
+    rebuild_commands,
+)
+
 
 def _comparison(page: Page, src: Source, figs: dict, pre: str) -> None:
     """A compare or reproduce directory: its title, the paper's table, the rows, the curves."""
     res = src.results or {}
     title = res.get("title") or ("compare" if src.kind == "compare" else src.kind)
-    page.add("h2", f"{'Reproduction' if src.kind == 'reproduce' else 'Comparison'}: "
-                   f"{title} (`{src.path}`)")
+    page.add("h2", f"{'Reproduction' if src.kind == 'reproduce' else 'Comparison'}: {title} (`{src.path}`)")
     if src.kind == "reproduce":
         if res.get("citation"):
             page.add("p", f"Paper: {res['citation']}, {res.get('source', '')}.")
@@ -64,7 +73,7 @@ def build_page(paths, *, costs: bool = True, log=None, command: str | None = Non
         page.figures[stem] = fig
     figs = page.figures
     several = len(sources) > 1
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     page.add("h1", "ssdfa report")
     page.add("p", f"Generated {when} from: " + ", ".join(f"`{p}`" for p in paths))
     for src in sources:

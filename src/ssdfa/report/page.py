@@ -15,4 +15,3 @@ class Page:
 
     def add(self, *block):
         self.blocks.append(block)
-

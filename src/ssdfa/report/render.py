@@ -11,6 +11,7 @@ from .. import plots, rundir
 from .build import build_page
 from .page import MARKER_HTML, Page
 
+
 def _md_cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -75,27 +76,40 @@ def render_html(page: Page, fig_data: dict[str, tuple[str, bytes]]) -> str:
             body.append(f"<p>{_inline(b[1])}</p>")
         elif kind == "table":
             head = "".join(f"<th>{_inline(h)}</th>" for h in b[1])
-            rows = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>"
-                           for r in b[2])
+            rows = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in b[2])
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif kind == "fig":
             mime, data = fig_data[b[1]]
             uri = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-            body.append(f'<figure id="{html.escape(b[1])}"><img src="{uri}" alt="{html.escape(b[2])}">'
-                        f"<figcaption>{html.escape(b[2])} ({html.escape(b[1])})</figcaption></figure>")
+            body.append(
+                f'<figure id="{html.escape(b[1])}"><img src="{uri}" alt="{html.escape(b[2])}">'
+                f"<figcaption>{html.escape(b[2])} ({html.escape(b[1])})</figcaption></figure>"
+            )
         elif kind == "code":
             body.append("<pre><code>" + html.escape("\n".join(b[1])) + "</code></pre>")
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"{MARKER_HTML}\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-            f"<title>{title}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-            + "\n".join(body) + "\n</body>\n</html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'{MARKER_HTML}\n<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{title}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )
 
 
 _MIME = {"png": "image/png", "svg": "image/svg+xml"}
 
 
-def write_report(paths, out, *, figures_dir=None, html_page: bool = False, fmt: str = "png",
-                 costs: bool = True, log=None, command: str | None = None) -> Path:
+def write_report(
+    paths,
+    out,
+    *,
+    figures_dir=None,
+    html_page: bool = False,
+    fmt: str = "png",
+    costs: bool = True,
+    log=None,
+    command: str | None = None,
+) -> Path:
     """Write the report to ``out``: markdown with figures in ``figures_dir`` (default
     ``<out stem>_figures/``), or with ``html_page`` one self-contained HTML file.
 

@@ -23,18 +23,30 @@ from __future__ import annotations
 
 from ..errors import RunFileError
 from .files import (
-                    first_conv_weight,
-                    is_run,
-                    is_sweep,
-                    load_results,
-                    load_run,
-                    load_sweep,
-                    read_metrics,
-                    run_label,
-                    series,
+    first_conv_weight,
+    is_run,
+    is_sweep,
+    load_results,
+    load_run,
+    load_sweep,
+    read_metrics,
+    run_label,
+    series,
 )
 from .groups import Group, Source, _loose_groups, read_inputs  # noqa: F401  (_loose_groups: tests)
 
-__all__ = ["RunFileError", "Group", "Source", "load_run", "load_sweep", "load_results",
-           "read_inputs", "is_run", "is_sweep", "run_label", "first_conv_weight", "series",
-           "read_metrics"]
+__all__ = [
+    "RunFileError",
+    "Group",
+    "Source",
+    "load_run",
+    "load_sweep",
+    "load_results",
+    "read_inputs",
+    "is_run",
+    "is_sweep",
+    "run_label",
+    "first_conv_weight",
+    "series",
+    "read_metrics",
+]

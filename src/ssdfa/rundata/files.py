@@ -21,8 +21,10 @@ def _text(path: Path) -> str:
     try:
         return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
-        raise RunFileError(f"{path} is not UTF-8 text (damaged?); restore it from a copy, or "
-                           "delete the run and train it again") from None
+        raise RunFileError(
+            f"{path} is not UTF-8 text (damaged?); restore it from a copy, or "
+            "delete the run and train it again"
+        ) from None
     except IsADirectoryError:
         raise RunFileError(f"{path} is a directory, not a file") from None
 
@@ -33,8 +35,9 @@ def _json(path: Path):
         return json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:
         msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
-        raise RunFileError(f"{path} is not valid JSON ({msg}); restore it from a copy, or delete "
-                           "the run and train it again") from None
+        raise RunFileError(
+            f"{path} is not valid JSON ({msg}); restore it from a copy, or delete the run and train it again"
+        ) from None
 
 
 def _is_num(v) -> bool:
@@ -43,8 +46,9 @@ def _is_num(v) -> bool:
 
 def _check(cond: bool, path: Path, what: str) -> None:
     if not cond:
-        raise RunFileError(f"{path}: {what}; restore the file from a copy, or delete the run and "
-                           "train it again")
+        raise RunFileError(
+            f"{path}: {what}; restore the file from a copy, or delete the run and train it again"
+        )
 
 
 def _num_or_none(obj: dict, key: str, path: Path, where: str = "") -> None:
@@ -62,8 +66,11 @@ def _read_config(path: Path) -> dict:
         _check(v is None or isinstance(v, str), path, f"{key} is {v!r}, not a name")
     for key in ("seed", "epochs", "rank", "connections"):
         v = cfg.get(key)
-        _check(v is None or (isinstance(v, int) and not isinstance(v, bool)), path,
-               f"{key} is {v!r}, not an integer")
+        _check(
+            v is None or (isinstance(v, int) and not isinstance(v, bool)),
+            path,
+            f"{key} is {v!r}, not an integer",
+        )
     _num_or_none(cfg, "sparsity", path)
     return cfg
 
@@ -75,8 +82,17 @@ def _read_summary(path: Path) -> dict:
     _check(isinstance(s, dict), path, f"holds {type(s).__name__}, not a JSON object")
     v = s.get("status")
     _check(v is None or isinstance(v, str), path, f"status is {v!r}, not a word")
-    for key in ("final_test_acc", "best_test_acc", "final_test_loss", "train_loss", "train_acc",
-                "seconds", "epochs", "seed", "world_size"):
+    for key in (
+        "final_test_acc",
+        "best_test_acc",
+        "final_test_loss",
+        "train_loss",
+        "train_acc",
+        "seconds",
+        "epochs",
+        "seed",
+        "world_size",
+    ):
         _num_or_none(s, key, path)
     return s
 
@@ -88,8 +104,11 @@ def _check_rows(rows, path: Path) -> list[dict]:
         for k, v in row.items():
             _check(v is None or _is_num(v), path, f"row {i + 1}: {k} is {v!r}, not a number")
         ep = row.get("epoch")
-        _check(ep is None or (isinstance(ep, int) or (isinstance(ep, float) and ep.is_integer())),
-               path, f"row {i + 1}: epoch is {ep!r}, not a whole number")
+        _check(
+            ep is None or (isinstance(ep, int) or (isinstance(ep, float) and ep.is_integer())),
+            path,
+            f"row {i + 1}: epoch is {ep!r}, not a whole number",
+        )
     return rows
 
 
@@ -111,9 +130,11 @@ def read_metrics(d: Path) -> list[dict]:
                 try:
                     row[k] = float(v)
                 except ValueError:
-                    raise RunFileError(f"{path}: row {i + 1}: {k} is {v!r}, not a number; restore "
-                                       "the file from a copy, or delete the run and train it "
-                                       "again") from None
+                    raise RunFileError(
+                        f"{path}: row {i + 1}: {k} is {v!r}, not a number; restore "
+                        "the file from a copy, or delete the run and train it "
+                        "again"
+                    ) from None
             if isinstance(row.get("epoch"), float) and row["epoch"].is_integer():
                 row["epoch"] = int(row["epoch"])
             rows.append(row)
@@ -134,8 +155,11 @@ def is_sweep(path) -> bool:
 def run_label(config: dict, fallback: str) -> str:
     """The rule's name, with the feedback options that set it apart (``sdfa (rank=2)``)."""
     label = config.get("method") or fallback
-    opts = [f"{k}={config[k]:g}" if isinstance(config[k], float) else f"{k}={config[k]}"
-            for k in ("sparsity", "connections", "rank") if config.get(k) is not None]
+    opts = [
+        f"{k}={config[k]:g}" if isinstance(config[k], float) else f"{k}={config[k]}"
+        for k in ("sparsity", "connections", "rank")
+        if config.get(k) is not None
+    ]
     return label + (" (" + ", ".join(opts) + ")" if opts else "")
 
 
@@ -149,8 +173,13 @@ def load_run(path) -> dict:
     config = _read_config(d / "config.json")
     summary = _read_summary(d / "summary.json")
     metrics = read_metrics(d)
-    return {"dir": d, "label": run_label(config, d.name), "config": config, "metrics": metrics,
-            "summary": summary}
+    return {
+        "dir": d,
+        "label": run_label(config, d.name),
+        "config": config,
+        "metrics": metrics,
+        "summary": summary,
+    }
 
 
 def load_sweep(path) -> dict:
@@ -164,8 +193,11 @@ def load_sweep(path) -> dict:
         _check(isinstance(c, dict), p, f"cell {i + 1} is not an object")
         for key in ("rank", "n"):
             v = c.get(key)
-            _check(isinstance(v, int) and not isinstance(v, bool), p,
-                   f"cell {i + 1}: {key} is {v!r}, not an integer")
+            _check(
+                isinstance(v, int) and not isinstance(v, bool),
+                p,
+                f"cell {i + 1}: {key} is {v!r}, not an integer",
+            )
         _check(_is_num(c.get("sparsity")), p, f"cell {i + 1}: sparsity is {c.get('sparsity')!r}")
         for key in c:
             if key.endswith(("_mean", "_std")):
@@ -173,8 +205,11 @@ def load_sweep(path) -> dict:
     for key, kind in (("base", dict), ("skipped", list), ("seeds", list), ("runs", list)):
         _check(key not in sw or isinstance(sw[key], kind), p, f"{key} is not a {kind.__name__}")
     for s in sw.get("skipped", []):
-        _check(isinstance(s, dict) and isinstance(s.get("rank"), int) and _is_num(s.get("sparsity")),
-               p, f"skipped entry {s!r} is not {{rank, sparsity, reason}}")
+        _check(
+            isinstance(s, dict) and isinstance(s.get("rank"), int) and _is_num(s.get("sparsity")),
+            p,
+            f"skipped entry {s!r} is not {{rank, sparsity, reason}}",
+        )
     return sw
 
 
@@ -196,8 +231,11 @@ def load_results(path) -> dict | None:
                 _num_or_none(r, key, p, f"row {i + 1}: ")
             for key in ("ours_runs", "runs"):
                 v = r.get(key)
-                _check(v is None or (isinstance(v, int) and not isinstance(v, bool)), p,
-                       f"row {i + 1}: {key} is {v!r}, not an integer")
+                _check(
+                    v is None or (isinstance(v, int) and not isinstance(v, bool)),
+                    p,
+                    f"row {i + 1}: {key} is {v!r}, not an integer",
+                )
     methods = res.get("methods")
     _check(methods is None or isinstance(methods, dict), p, "methods is not an object")
     for key in ("experiment", "title", "metric", "dataset", "stand_in", "citation", "source"):
@@ -223,8 +261,10 @@ def first_conv_weight(run_dir):
             first = "it holds objects other than tensors and plain containers"
         else:
             first = text.splitlines()[0][:100] if text else type(exc).__name__
-        raise RunFileError(f"{path} is not a readable checkpoint ({first}); restore it from a "
-                           "copy, or delete the run and train it again") from None
+        raise RunFileError(
+            f"{path} is not a readable checkpoint ({first}); restore it from a "
+            "copy, or delete the run and train it again"
+        ) from None
 
     def search(obj, depth=0):
         if depth > 20:

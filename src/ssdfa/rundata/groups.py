@@ -140,7 +140,8 @@ def _container_groups(root: Path, results: dict | None) -> list[Group]:
     order = []
     if results:
         order = list(results.get("methods") or {}) + [
-            r["method"] for r in results.get("rows") or [] if isinstance(r.get("method"), str)]
+            r["method"] for r in results.get("rows") or [] if isinstance(r.get("method"), str)
+        ]
     groups = []
     for key, runs in by_key.items():
         if key[0] == "pretrain":
@@ -149,8 +150,9 @@ def _container_groups(root: Path, results: dict | None) -> list[Group]:
             label = run_label(runs[0]["config"], key[0])  # a compare with --rank: the options too
         else:
             label = key[0]
-        runs.sort(key=lambda r: (r["config"].get("seed") is None, r["config"].get("seed") or 0,
-                                 str(r["dir"])))
+        runs.sort(
+            key=lambda r: (r["config"].get("seed") is None, r["config"].get("seed") or 0, str(r["dir"]))
+        )
         keep, left = _sort_out(label, runs)
         groups.append(Group(label, _safe("_".join(key)), keep, left))
 
@@ -173,20 +175,28 @@ def read_inputs(paths) -> list[Source]:
     others = [p for p in paths if p not in loose]
     sources: list[Source] = []
     if loose:
-        sources.append(Source("runs", ", ".join(str(p) for p in loose), "runs", None,
-                              _loose_groups([load_run(p) for p in loose])))
+        sources.append(
+            Source(
+                "runs",
+                ", ".join(str(p) for p in loose),
+                "runs",
+                None,
+                _loose_groups([load_run(p) for p in loose]),
+            )
+        )
     tags = _unique_tags(others) if others else []
     for p, tag in zip(others, tags):
         if is_sweep(p):
-            sources.append(Source("sweep", str(p), tag, p, results=load_results(p),
-                                  sweep=load_sweep(p)))
+            sources.append(Source("sweep", str(p), tag, p, results=load_results(p), sweep=load_sweep(p)))
             continue
         results = load_results(p)
         groups = _container_groups(p, results)
         if not groups and not (results and results.get("rows")):
-            raise FileNotFoundError(f"{p} has no metrics.json, metrics.csv, sweep.json or "
-                                    "results.json, nor runs below it: not a run, compare, "
-                                    "reproduce or sweep directory")
+            raise FileNotFoundError(
+                f"{p} has no metrics.json, metrics.csv, sweep.json or "
+                "results.json, nor runs below it: not a run, compare, "
+                "reproduce or sweep directory"
+            )
         kind = "reproduce" if results and "experiment" in results else "compare"
         sources.append(Source(kind, str(p), tag, p, groups, results=results))
     return sources

@@ -89,8 +89,9 @@ class TrainConfig:
         clean = {str(k).replace("-", "_"): v for k, v in values.items()}
         unknown = sorted(set(clean) - known)
         if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: "
-                              f"{', '.join(sorted(known))}")
+            raise ConfigError(
+                f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}"
+            )
         check_types(clean, where)
         return cls(**clean)
 
@@ -119,14 +120,24 @@ def check_types(values: dict, where: str) -> None:
 
 
 # -- resolving and checking the config ------------------------------------------------------
-def resolve(cfg: TrainConfig, dataset: Dataset | None = None, custom_model: bool = False, *,
-            check_init_from: bool = True) -> TrainConfig:
+def resolve(
+    cfg: TrainConfig,
+    dataset: Dataset | None = None,
+    custom_model: bool = False,
+    *,
+    check_init_from: bool = True,
+) -> TrainConfig:
     """Fill defaults that depend on other fields and reject impossible values, all at once.
 
     ``check_init_from=False`` when resuming: the checkpoint holds every weight, so the run
     continues even after its ``init_from`` directory has moved."""
-    problems = (_name_problems(cfg) + _rate_problems(cfg) + setup_problems(cfg)
-                + _limit_problems(cfg) + _choice_and_path_problems(cfg, check_init_from))
+    problems = (
+        _name_problems(cfg)
+        + _rate_problems(cfg)
+        + setup_problems(cfg)
+        + _limit_problems(cfg)
+        + _choice_and_path_problems(cfg, check_init_from)
+    )
     if cfg.model is None and dataset is not None:
         cfg.model = default_model(dataset.name, dataset.input_shape)
     if not custom_model and cfg.model is not None and cfg.model not in list_models():
@@ -146,17 +157,22 @@ def _name_problems(cfg: TrainConfig) -> list[str]:
     cfg.optimizer = str(cfg.optimizer).lower()
     cfg.schedule = str(cfg.schedule).lower()
     cfg.loss = str(cfg.loss).lower()
-    for name, value, choices in (("optimizer", cfg.optimizer, OPTIMIZERS),
-                                 ("schedule", cfg.schedule, SCHEDULES),
-                                 ("loss", cfg.loss, LOSSES)):
+    for name, value, choices in (
+        ("optimizer", cfg.optimizer, OPTIMIZERS),
+        ("schedule", cfg.schedule, SCHEDULES),
+        ("loss", cfg.loss, LOSSES),
+    ):
         if value not in choices:
             problems.append(f"{name} {value!r} unknown; choose one of: {', '.join(choices)}")
     return problems
 
 
 def _in_range(value, low, low_ok: bool, high, high_ok: bool) -> bool:
-    return (math.isfinite(value) and (value >= low if low_ok else value > low)
-            and (value <= high if high_ok else value < high))
+    return (
+        math.isfinite(value)
+        and (value >= low if low_ok else value > low)
+        and (value <= high if high_ok else value < high)
+    )
 
 
 def _rate_problems(cfg: TrainConfig) -> list[str]:
@@ -166,15 +182,19 @@ def _rate_problems(cfg: TrainConfig) -> list[str]:
     for name in ("epochs", "batch_size", "step_size"):
         if int(getattr(cfg, name)) < 1:
             problems.append(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    for name, low, low_ok, high, high_ok in (("lr", 0, False, _F32_MAX, True),
-                                             ("momentum", 0, True, 1, False),
-                                             ("weight_decay", 0, True, _F32_MAX, True),
-                                             ("gamma", 0, False, _F32_MAX, True),
-                                             ("feedback_lr", 0, True, _F32_MAX, True)):
+    for name, low, low_ok, high, high_ok in (
+        ("lr", 0, False, _F32_MAX, True),
+        ("momentum", 0, True, 1, False),
+        ("weight_decay", 0, True, _F32_MAX, True),
+        ("gamma", 0, False, _F32_MAX, True),
+        ("feedback_lr", 0, True, _F32_MAX, True),
+    ):
         value = getattr(cfg, name)
         if value is not None and not _in_range(value, low, low_ok, high, high_ok):
-            where = (f"{'[' if low_ok else '('}{low}, "
-                     f"{'3.4e38]' if high == _F32_MAX else str(high) + (']' if high_ok else ')')}")
+            where = (
+                f"{'[' if low_ok else '('}{low}, "
+                f"{'3.4e38]' if high == _F32_MAX else str(high) + (']' if high_ok else ')')}"
+            )
             problems.append(f"{name} must be a number in {where}, got {value}")
     try:
         check_feedback_scale(cfg.feedback_scale)
@@ -189,9 +209,11 @@ def _limit_problems(cfg: TrainConfig) -> list[str]:
         problems.append(f"seed must be an integer in [0, 2**63 - 1], got {cfg.seed}")
     if cfg.threads is not None and not 1 <= cfg.threads <= MAX_THREADS:
         problems.append(f"threads must be in [1, {MAX_THREADS}], got {cfg.threads}")
-    for name, what in (("alignment", "alignment must be >= 0 (0 = off)"),
-                       ("image_size", "image_size must be >= 1"),
-                       ("limit_train", "limit_train must be >= 1")):
+    for name, what in (
+        ("alignment", "alignment must be >= 0 (0 = off)"),
+        ("image_size", "image_size must be >= 1"),
+        ("limit_train", "limit_train must be >= 1"),
+    ):
         value = getattr(cfg, name)
         if value is not None and value < (0 if name == "alignment" else 1):
             problems.append(f"{what}, got {value}")
@@ -201,11 +223,15 @@ def _limit_problems(cfg: TrainConfig) -> list[str]:
 def _choice_and_path_problems(cfg: TrainConfig, check_init_from: bool) -> list[str]:
     problems = []
     if cfg.train_only is not None and cfg.train_only not in TRAIN_ONLY:
-        problems.append(f"train_only {cfg.train_only!r} unknown; choose one of: "
-                        f"{', '.join(TRAIN_ONLY)} (or leave it out to train every layer)")
+        problems.append(
+            f"train_only {cfg.train_only!r} unknown; choose one of: "
+            f"{', '.join(TRAIN_ONLY)} (or leave it out to train every layer)"
+        )
     if check_init_from and cfg.init_from is not None and not Path(cfg.init_from).exists():
-        problems.append(f"init_from {cfg.init_from!r} does not exist; give the run directory of a "
-                        "finished `ssdfa train` run (it holds checkpoint.pt)")
+        problems.append(
+            f"init_from {cfg.init_from!r} does not exist; give the run directory of a "
+            "finished `ssdfa train` run (it holds checkpoint.pt)"
+        )
     if cfg.out_dir is not None and not str(cfg.out_dir).strip():
         problems.append("out_dir is empty; give a folder name (or leave it out for runs/<time>-...)")
     return problems
@@ -224,15 +250,21 @@ def setup_problems(cfg: TrainConfig) -> list[str]:
     if cfg.activation is not None:
         cfg.activation = str(cfg.activation).strip().lower()
         if cfg.activation not in ACTIVATIONS:
-            problems.append(f"activation {cfg.activation!r} unknown; choose one of: "
-                            f"{', '.join(ACTIVATIONS)} (or leave it out for the model's own)")
+            problems.append(
+                f"activation {cfg.activation!r} unknown; choose one of: "
+                f"{', '.join(ACTIVATIONS)} (or leave it out for the model's own)"
+            )
     if cfg.dropout is not None and not (math.isfinite(cfg.dropout) and 0 <= cfg.dropout < 1):
         problems.append(f"dropout must be a probability in [0, 1), got {cfg.dropout}")
-    if cfg.feedback_gamma is not None and not (math.isfinite(cfg.feedback_gamma)
-                                               and 0 < cfg.feedback_gamma <= 1):
+    if cfg.feedback_gamma is not None and not (
+        math.isfinite(cfg.feedback_gamma) and 0 < cfg.feedback_gamma <= 1
+    ):
         problems.append(f"feedback_gamma must be a number in (0, 1], got {cfg.feedback_gamma}")
-    for check, name in ((check_weight_init, "weight_init"), (check_normalization, "normalization"),
-                        (check_feedback_init, "feedback_init")):
+    for check, name in (
+        (check_weight_init, "weight_init"),
+        (check_normalization, "normalization"),
+        (check_feedback_init, "feedback_init"),
+    ):
         try:
             setattr(cfg, name, check(getattr(cfg, name)))
         except ValueError as exc:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -30,12 +30,15 @@ def pick_device(name: str) -> torch.device:
         if not torch.cuda.is_available():
             raise ConfigError(f"device {name!r} asked for but torch sees no CUDA GPU; use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA "
-                              f"GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+            raise ConfigError(
+                f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA "
+                f"GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+            )
     elif device.type == "mps":
         if not torch.backends.mps.is_available():
-            raise ConfigError("device 'mps' asked for but torch has no usable MPS (Apple GPU) "
-                              "here; use --device cpu")
+            raise ConfigError(
+                "device 'mps' asked for but torch has no usable MPS (Apple GPU) here; use --device cpu"
+            )
     elif device.type != "cpu":
         raise ConfigError(f"device {name!r} cannot train a model; use auto, cpu, cuda, cuda:N or mps")
     return device
@@ -43,8 +46,7 @@ def pick_device(name: str) -> torch.device:
 
 def rule_options(cfg: TrainConfig) -> dict:
     """Feedback options the user set (unset ones are left to the rule's defaults)."""
-    opts = {k: getattr(cfg, k) for k in ("sparsity", "connections", "rank")
-            if getattr(cfg, k) is not None}
+    opts = {k: getattr(cfg, k) for k in ("sparsity", "connections", "rank") if getattr(cfg, k) is not None}
     if cfg.unlocked:
         opts["unlocked"] = True
     if cfg.feedback_scale != 1:
@@ -56,12 +58,12 @@ def rule_options(cfg: TrainConfig) -> dict:
 
 def named_model(cfg: TrainConfig, data: Dataset) -> nn.Module:
     """``cfg.model`` built for ``data`` (unconverted, at PyTorch's default initialisation)."""
-    return create_model(cfg.model, data.input_shape, data.num_classes,
-                        activation=cfg.activation, dropout=cfg.dropout)
+    return create_model(
+        cfg.model, data.input_shape, data.num_classes, activation=cfg.activation, dropout=cfg.dropout
+    )
 
 
-def build_model(cfg: TrainConfig, data: Dataset, net: nn.Module | None = None, *,
-                pretrained: bool = True):
+def build_model(cfg: TrainConfig, data: Dataset, net: nn.Module | None = None, *, pretrained: bool = True):
     """The network (named, or the user's own) converted for ``cfg.method``; ``pretrained=False``
     skips ``init_from`` (a checkpoint about to be loaded holds those weights already)."""
     if net is None:
@@ -70,17 +72,28 @@ def build_model(cfg: TrainConfig, data: Dataset, net: nn.Module | None = None, *
         except ValueError as exc:  # a model that cannot read this dataset's inputs
             raise ConfigError(f"model {cfg.model} on dataset {data.name}: {exc}") from exc
     elif cfg.activation is not None or cfg.dropout is not None:
-        raise ConfigError("activation and dropout change the named models only; build your own "
-                          "model with the activation and dropout it should have")
+        raise ConfigError(
+            "activation and dropout change the named models only; build your own "
+            "model with the activation and dropout it should have"
+        )
     init_weights(net, cfg.weight_init, cfg.bias_init)  # before init_from: frozen layers load over it
-    if cfg.init_from is not None and pretrained:  # before convert: the frozen part is built from these weights
+    if (
+        cfg.init_from is not None and pretrained
+    ):  # before convert: the frozen part is built from these weights
         try:
             load_pretrained(net, cfg.init_from, cfg.train_only, cfg.model)
         except PretrainedError as exc:
             raise ConfigError(str(exc)) from None
     extra = {"feedback_init": cfg.feedback_init} if cfg.feedback_init != "ours" else {}
-    return convert(net, cfg.method, num_classes=data.num_classes,
-                   input_shape=data.input_shape, seed=cfg.seed, **rule_options(cfg), **extra)
+    return convert(
+        net,
+        cfg.method,
+        num_classes=data.num_classes,
+        input_shape=data.input_shape,
+        seed=cfg.seed,
+        **rule_options(cfg),
+        **extra,
+    )
 
 
 def feedback_params(model) -> list[nn.Parameter]:
@@ -95,11 +108,20 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     if fb:
         groups.append({"params": fb, "lr": cfg.feedback_lr if cfg.feedback_lr is not None else cfg.lr})
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps,
-                                betas=(cfg.adam_beta1, cfg.adam_beta2))
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
-                           nesterov=cfg.optimizer == "nesterov" and cfg.momentum > 0,
-                           weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(
+            groups,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            eps=cfg.adam_eps,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+        )
+    return torch.optim.SGD(
+        groups,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.optimizer == "nesterov" and cfg.momentum > 0,
+        weight_decay=cfg.weight_decay,
+    )
 
 
 def make_scheduler(cfg: TrainConfig, opt):
@@ -116,20 +138,25 @@ def _feedback_decay(cfg: TrainConfig, opt):
     """``feedback_gamma``: B's group (the optimizer's second) at gamma**epoch of its lr, as DKP's
     code steps a StepLR(step_size=1) on B's optimizer alone; the weights keep ``schedule``."""
     if len(opt.param_groups) < 2:
-        raise ConfigError(f"feedback_gamma decays the lr of learned feedback, and method "
-                          f"{cfg.method!r} learns none; use it with dkp, or leave it out")
+        raise ConfigError(
+            f"feedback_gamma decays the lr of learned feedback, and method "
+            f"{cfg.method!r} learns none; use it with dkp, or leave it out"
+        )
     if cfg.schedule == "step":
+
         def weights(e):
             return cfg.gamma ** (e // cfg.step_size)
     elif cfg.schedule == "cosine":
+
         def weights(e):
             return 0.5 * (1 + math.cos(math.pi * e / cfg.epochs))
     else:
+
         def weights(e):
             return 1.0
 
     def feedback(e):
-        return cfg.feedback_gamma ** e
+        return cfg.feedback_gamma**e
 
     return torch.optim.lr_scheduler.LambdaLR(opt, [weights, feedback])
 

@@ -18,9 +18,9 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -28,17 +28,23 @@ from torch import nn
 
 from .. import distributed, rundir
 from .._version import __version__
+from ..alignment import alignment_angles, norm_ratios
 from ..checkpoint import CHECKPOINT, capture_rng, save_checkpoint
 from ..data import Dataset, load_dataset, set_normalization
 from ..errors import ConfigError
-from ..alignment import alignment_angles, norm_ratios
 from .config import TrainConfig, resolve
 from .factories import build_model, make_loss, make_optimizer, make_scheduler, pick_device
 from .runfiles import default_out_dir, diverged, finish, restore, start, write_metrics
 
 
-def run(config: TrainConfig, *, resume: bool = False, model: nn.Module | None = None,
-        progress: bool = False, log: Callable[[str], None] | None = None) -> dict:
+def run(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    model: nn.Module | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> dict:
     """Train as ``config`` says; return the summary (also written to ``summary.json``).
 
     ``model`` is an optional ``nn.Module`` of your own (unconverted) used instead of a named
@@ -51,8 +57,13 @@ def run(config: TrainConfig, *, resume: bool = False, model: nn.Module | None = 
     resolve(cfg, custom_model=model is not None, check_init_from=not resume)
     with distributed.session(cfg.device):  # joins the process group under torchrun
         device = _device(cfg)
-        data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download,
-                            image_size=cfg.image_size, limit_train=cfg.limit_train)
+        data = load_dataset(
+            cfg.dataset,
+            cfg.data_dir,
+            download=cfg.download,
+            image_size=cfg.image_size,
+            limit_train=cfg.limit_train,
+        )
         set_normalization(data, cfg.normalization)
         cfg.dataset = data.name
         resolve(cfg, data, custom_model=model is not None, check_init_from=not resume)
@@ -63,13 +74,23 @@ def run(config: TrainConfig, *, resume: bool = False, model: nn.Module | None = 
             return _train(cfg, out, data, device, resume, model, progress, log)
 
 
-def _train(cfg: TrainConfig, out: Path, data: Dataset, device, resume: bool,
-           model: nn.Module | None, progress: bool, log) -> dict:
+def _train(
+    cfg: TrainConfig,
+    out: Path,
+    data: Dataset,
+    device,
+    resume: bool,
+    model: nn.Module | None,
+    progress: bool,
+    log,
+) -> dict:
     world = distributed.world_size()
     writer = distributed.rank() == 0  # rank 0 alone writes the run directory
     if len(data.train) < world:  # before anything is written: every rank stops here alike
-        raise ConfigError(f"{len(data.train)} training example(s) cannot be shared by {world} "
-                          "processes; train on more examples or in fewer processes")
+        raise ConfigError(
+            f"{len(data.train)} training example(s) cannot be shared by {world} "
+            "processes; train on more examples or in fewer processes"
+        )
     if writer:
         rundir.remove_stale_temp_files(out)  # left by a writer killed mid-write; we hold the lock
     loss_fn = make_loss(cfg, data)
@@ -80,49 +101,82 @@ def _train(cfg: TrainConfig, out: Path, data: Dataset, device, resume: bool,
     opt = make_optimizer(cfg, net)
     sched = make_scheduler(cfg, opt)
     order = torch.Generator().manual_seed(cfg.seed)  # data order, saved in the checkpoint
-    history, digest = start(cfg, out, data, device, net, opt, sched, order, resume=resume,
-                            custom_model=model is not None, writer=writer, log=log)
+    history, digest = start(
+        cfg,
+        out,
+        data,
+        device,
+        net,
+        opt,
+        sched,
+        order,
+        resume=resume,
+        custom_model=model is not None,
+        writer=writer,
+        log=log,
+    )
     model_ = _data_parallel(net, cfg, log)
     log(f"{cfg.method} on {data.describe()}; model {cfg.model}; run directory {out}")
 
     tb = _tensorboard(out) if writer else None
-    align_batch = data.train.batch(torch.arange(min(len(data.train), cfg.batch_size))) \
-        if cfg.alignment else None
+    align_batch = (
+        data.train.batch(torch.arange(min(len(data.train), cfg.batch_size))) if cfg.alignment else None
+    )
     for epoch in range(len(history) + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        train_loss, train_acc = _train_epoch(cfg, out, history, epoch, data, model_, opt, loss_fn,
-                                             order, device, progress)
+        train_loss, train_acc = _train_epoch(
+            cfg, out, history, epoch, data, model_, opt, loss_fn, order, device, progress
+        )
         if sched is not None:
             sched.step()
         # every rank evaluates the same weights on the same test set: they decide alike
-        test_loss, test_acc = evaluate(net, data.test, loss_fn, max(cfg.batch_size, 256), device,
-                                       data.task == "classification")
+        test_loss, test_acc = evaluate(
+            net, data.test, loss_fn, max(cfg.batch_size, 256), device, data.task == "classification"
+        )
         if not math.isfinite(test_loss):  # the last step's update broke the weights
             diverged(cfg, out, history, epoch, None, test_loss, what="test loss", write=writer)
-        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
-               "test_loss": test_loss, "test_acc": test_acc,
-               "lr": opt.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 4)}
+        row = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "lr": opt.param_groups[0]["lr"],
+            "seconds": round(time.perf_counter() - t0, 4),
+        }
         if align_batch is not None and epoch % cfg.alignment == 0 and writer:
             row.update(_alignment(net, align_batch, device, loss_fn))
         history.append(row)
         if not writer:
             continue
         # the checkpoint first: the metrics files never describe an epoch it does not hold
-        save_checkpoint(out / CHECKPOINT, _checkpoint(cfg, data, net, opt, sched, order, history,
-                                                      digest))
+        save_checkpoint(out / CHECKPOINT, _checkpoint(cfg, data, net, opt, sched, order, history, digest))
         write_metrics(out, history)
         _add_scalars(tb, row)
         acc = f" test acc {100 * test_acc:.2f}%" if test_acc is not None else ""
-        log(f"epoch {epoch}/{cfg.epochs}: train loss {row['train_loss']:.4f}, "
-            f"test loss {test_loss:.4f}{acc} ({row['seconds']:.1f} s)")
+        log(
+            f"epoch {epoch}/{cfg.epochs}: train loss {row['train_loss']:.4f}, "
+            f"test loss {test_loss:.4f}{acc} ({row['seconds']:.1f} s)"
+        )
 
     if tb is not None:
         tb.close()
     return finish(cfg, out, history, writer)
 
 
-def _train_epoch(cfg: TrainConfig, out: Path, history: list[dict], epoch: int, data: Dataset,
-                 model_: nn.Module, opt, loss_fn, order, device, progress: bool):
+def _train_epoch(
+    cfg: TrainConfig,
+    out: Path,
+    history: list[dict],
+    epoch: int,
+    data: Dataset,
+    model_: nn.Module,
+    opt,
+    loss_fn,
+    order,
+    device,
+    progress: bool,
+):
     """One pass over the training set in the order drawn from ``order``; the mean train loss
     and accuracy (None for regression) over the global batch."""
     world, rank = distributed.world_size(), distributed.rank()
@@ -137,7 +191,7 @@ def _train_epoch(cfg: TrainConfig, out: Path, history: list[dict], epoch: int, d
     bar = _bar(steps, epoch, cfg.epochs, progress)
     for i in bar:
         # rank r takes every world-th example of the global batch (DistributedSampler's shard)
-        x, y = data.train.batch(perm[i:i + step] if world == 1 else perm[i:i + step][rank::world])
+        x, y = data.train.batch(perm[i : i + step] if world == 1 else perm[i : i + step][rank::world])
         x, y = x.to(device), y.to(device)  # x: (B, *input_shape)
         # zero first: update-unlocked rules (drtp unlocked) write gradients during forward
         opt.zero_grad(set_to_none=True)
@@ -154,8 +208,9 @@ def _train_epoch(cfg: TrainConfig, out: Path, history: list[dict], epoch: int, d
         if classification:
             correct += int((out_.detach().argmax(1) == y).sum())
         if progress:
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}",
-                            acc=f"{correct / seen:.3f}" if classification else "-")
+            bar.set_postfix(
+                loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}" if classification else "-"
+            )
     if world > 1:  # the train metrics of the global batch
         total_loss, total_correct, total_seen = distributed.all_sum([loss_sum, correct, seen], device)
         loss_sum, correct, seen = total_loss, int(total_correct), int(total_seen)
@@ -186,19 +241,34 @@ def preflight(config: TrainConfig, *, resume: bool = False, world: int = 1) -> N
     cfg = TrainConfig(**asdict(config))
     resolve(cfg, check_init_from=not resume)
     device = pick_device(cfg.device)
-    data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download,
-                        image_size=cfg.image_size, limit_train=cfg.limit_train)
+    data = load_dataset(
+        cfg.dataset,
+        cfg.data_dir,
+        download=cfg.download,
+        image_size=cfg.image_size,
+        limit_train=cfg.limit_train,
+    )
     cfg.dataset = data.name
     resolve(cfg, data, check_init_from=not resume)
     if len(data.train) < world:
-        raise ConfigError(f"{len(data.train)} training example(s) cannot be shared by {world} "
-                          "processes; train on more examples or in fewer processes")
+        raise ConfigError(
+            f"{len(data.train)} training example(s) cannot be shared by {world} "
+            "processes; train on more examples or in fewer processes"
+        )
     make_loss(cfg, data)
     net = build_model(cfg, data, pretrained=not resume)
     if resume:
         opt = make_optimizer(cfg, net)
-        restore(cfg, Path(str(cfg.out_dir)) / CHECKPOINT, torch.device("cpu") if device.type != "cpu"
-                else device, net, opt, make_scheduler(cfg, opt), torch.Generator(), data)
+        restore(
+            cfg,
+            Path(str(cfg.out_dir)) / CHECKPOINT,
+            torch.device("cpu") if device.type != "cpu" else device,
+            net,
+            opt,
+            make_scheduler(cfg, opt),
+            torch.Generator(),
+            data,
+        )
 
 
 # -- the pieces the loop calls ----------------------------------------------------------------
@@ -252,8 +322,10 @@ def _data_parallel(net: nn.Module, cfg: TrainConfig, log) -> nn.Module:
     distributed.barrier()
     # default arguments: B is drawn from the seed (identical on every rank), learned B are
     # parameters DDP averages like weights
-    log(f"data parallel: {world} processes, {cfg.batch_size} examples each, global batch "
-        f"{cfg.batch_size * world}")
+    log(
+        f"data parallel: {world} processes, {cfg.batch_size} examples each, global batch "
+        f"{cfg.batch_size * world}"
+    )
     return nn.parallel.DistributedDataParallel(net)
 
 
@@ -261,18 +333,26 @@ def _alignment(net, batch, device, loss_fn) -> dict:
     """The angles between each layer's update and BP's, and ‖B‖/‖W‖, on one batch."""
     xa, ya = batch
     angles = alignment_angles(net, xa.to(device), ya.to(device), loss_fn=loss_fn)
-    return {**{f"angle/{k}": v for k, v in angles.items()},
-            **{f"norm/{k}": v for k, v in norm_ratios(net).items()}}
+    return {
+        **{f"angle/{k}": v for k, v in angles.items()},
+        **{f"norm/{k}": v for k, v in norm_ratios(net).items()},
+    }
 
 
-def _checkpoint(cfg: TrainConfig, data: Dataset, net, opt, sched, order, history: list[dict],
-                digest: str | None) -> dict:
+def _checkpoint(
+    cfg: TrainConfig, data: Dataset, net, opt, sched, order, history: list[dict], digest: str | None
+) -> dict:
     """Every state the run continues from, after the last epoch of ``history``."""
     state = {
-        "epoch": len(history), "model": net.state_dict(), "optimizer": opt.state_dict(),
+        "epoch": len(history),
+        "model": net.state_dict(),
+        "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict() if sched is not None else None,
-        "data_order": order.get_state(), "rng": capture_rng(), "history": history,
-        "config": asdict(cfg), "ssdfa_version": __version__,
+        "data_order": order.get_state(),
+        "rng": capture_rng(),
+        "history": history,
+        "config": asdict(cfg),
+        "ssdfa_version": __version__,
         "num_classes": data.num_classes,
     }
     if digest is not None:  # which init_from weights this run was started from

@@ -42,19 +42,33 @@ def default_out_dir(cfg: TrainConfig) -> str:
 
 
 # -- opening and closing a run ----------------------------------------------------------------
-def start(cfg: TrainConfig, out: Path, data: Dataset, device, net, opt, sched, order, *,
-          resume: bool, custom_model: bool, writer: bool, log) -> tuple[list[dict], str | None]:
+def start(
+    cfg: TrainConfig,
+    out: Path,
+    data: Dataset,
+    device,
+    net,
+    opt,
+    sched,
+    order,
+    *,
+    resume: bool,
+    custom_model: bool,
+    writer: bool,
+    log,
+) -> tuple[list[dict], str | None]:
     """The history to continue (empty for a fresh run) and the digest of the ``init_from``
     weights; writes ``config.json`` (and, resuming, metrics matching the checkpoint again)."""
     world = distributed.world_size()
     if resume:
-        history, saved_world, digest = restore(cfg, out / CHECKPOINT, device, net, opt, sched,
-                                               order, data)
+        history, saved_world, digest = restore(cfg, out / CHECKPOINT, device, net, opt, sched, order, data)
         log(f"resuming {out} after epoch {len(history)} of {cfg.epochs}")
         if saved_world != world:
-            log(f"note: the checkpoint was trained in {saved_world} process(es), this run has "
+            log(
+                f"note: the checkpoint was trained in {saved_world} process(es), this run has "
                 f"{world}: the global batch changes from {cfg.batch_size * saved_world} to "
-                f"{cfg.batch_size * world}, so the run will not end as an uninterrupted one")
+                f"{cfg.batch_size * world}, so the run will not end as an uninterrupted one"
+            )
     else:
         history = []
         digest = None if custom_model else init_from_digest(cfg, data)
@@ -86,8 +100,11 @@ def diverged(cfg, out, history, epoch, step, value, what="loss", write=True):
     if write:
         write_text_atomic(out / "summary.json", json.dumps(summary, indent=1))
     distributed.barrier()  # summary.json is written before any rank stops
-    kept = (f"the checkpoint of epoch {len(history)} is kept in {out / CHECKPOINT}" if history
-            else "no checkpoint had been written yet")
+    kept = (
+        f"the checkpoint of epoch {len(history)} is kept in {out / CHECKPOINT}"
+        if history
+        else "no checkpoint had been written yet"
+    )
     raise Diverged(
         f"training diverged: {what} is {value} at epoch {epoch}"
         + (f", step {step}" if step is not None else "")
@@ -101,13 +118,21 @@ def make_summary(cfg, history, status) -> dict:
     accs = [r["test_acc"] for r in history if r.get("test_acc") is not None]
     seconds = sum(r["seconds"] for r in history)
     return {
-        "status": status, "method": cfg.method, "dataset": cfg.dataset, "model": cfg.model,
-        "seed": cfg.seed, "epochs": len(history),
-        "final_test_acc": last.get("test_acc"), "best_test_acc": max(accs) if accs else None,
+        "status": status,
+        "method": cfg.method,
+        "dataset": cfg.dataset,
+        "model": cfg.model,
+        "seed": cfg.seed,
+        "epochs": len(history),
+        "final_test_acc": last.get("test_acc"),
+        "best_test_acc": max(accs) if accs else None,
         "best_epoch": (1 + accs.index(max(accs))) if accs else None,
-        "final_test_loss": last.get("test_loss"), "train_loss": last.get("train_loss"),
-        "train_acc": last.get("train_acc"), "seconds": round(seconds, 3),
-        "out_dir": cfg.out_dir, "world_size": distributed.world_size(),
+        "final_test_loss": last.get("test_loss"),
+        "train_loss": last.get("train_loss"),
+        "train_acc": last.get("train_acc"),
+        "seconds": round(seconds, 3),
+        "out_dir": cfg.out_dir,
+        "world_size": distributed.world_size(),
     }
 
 
@@ -143,8 +168,10 @@ def read_run_config(run_dir: str | os.PathLike) -> TrainConfig:
     except FileNotFoundError:
         raise
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} is not valid JSON ({first_line(exc)}); it is damaged — start "
-                          "the run again in a new --out-dir") from exc
+        raise ConfigError(
+            f"{path} is not valid JSON ({first_line(exc)}); it is damaged — start "
+            "the run again in a new --out-dir"
+        ) from exc
     return TrainConfig.from_dict(values, where=str(path))
 
 
@@ -158,12 +185,16 @@ def settings_differ(saved: dict, cfg: TrainConfig, may_change=RESUME_MAY_CHANGE)
     except DatasetError:
         pass  # reported by the run itself
     defaults = asdict(TrainConfig())  # a run saved before a setting existed ran at its default
-    return sorted(k for k, v in wanted.items()
-                  if v is not None and k not in may_change and saved.get(k, defaults[k]) != v)
+    return sorted(
+        k
+        for k, v in wanted.items()
+        if v is not None and k not in may_change and saved.get(k, defaults[k]) != v
+    )
 
 
-def restore(cfg: TrainConfig, path: Path, device, net, opt, sched, order,
-            data: Dataset | None = None) -> tuple[list[dict], int, str | None]:
+def restore(
+    cfg: TrainConfig, path: Path, device, net, opt, sched, order, data: Dataset | None = None
+) -> tuple[list[dict], int, str | None]:
     """Load every state from the checkpoint at ``path`` after checking it belongs to ``cfg``
     (every field validated first); return its history, the number of processes that trained
     it and the digest of the ``init_from`` weights it started from."""
@@ -182,8 +213,7 @@ def restore(cfg: TrainConfig, path: Path, device, net, opt, sched, order,
         order.set_state(ckpt["data_order"])
         restore_rng(ckpt["rng"])
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
-        raise CheckpointError(f"{path}: its random-number states are damaged "
-                              f"({first_line(exc)})") from exc
+        raise CheckpointError(f"{path}: its random-number states are damaged ({first_line(exc)})") from exc
     return list(ckpt["history"]), ckpt.get("world_size", 1), digest  # world_size: data-parallel runs
 
 
@@ -191,28 +221,36 @@ def _check_same_data(cfg: TrainConfig, ckpt: dict, path: Path, data: Dataset) ->
     """The classes and the ``init_from`` weights the checkpoint was trained from are still there."""
     saved_classes = ckpt.get("num_classes")
     if saved_classes is not None and saved_classes != data.num_classes:
-        raise ConfigError(f"{path.parent} was trained on {saved_classes} classes, the dataset "
-                          f"now has {data.num_classes} (a class folder added or removed?); "
-                          "resume on the same data, or start a new run")
+        raise ConfigError(
+            f"{path.parent} was trained on {saved_classes} classes, the dataset "
+            f"now has {data.num_classes} (a class folder added or removed?); "
+            "resume on the same data, or start a new run"
+        )
     digest = ckpt.get("init_from_digest")
     if digest is not None:
         now = init_from_digest(cfg, data, missing_ok=True)
         if now is not None and now != digest:
-            raise ConfigError(f"{path.parent} started from other weights of init_from "
-                              f"{cfg.init_from} than that run holds now (it was trained further "
-                              "or replaced): continuing would mix two feature extractors; "
-                              "start a new run with --overwrite")
+            raise ConfigError(
+                f"{path.parent} started from other weights of init_from "
+                f"{cfg.init_from} than that run holds now (it was trained further "
+                "or replaced): continuing would mix two feature extractors; "
+                "start a new run with --overwrite"
+            )
 
 
 def _check_can_continue(cfg: TrainConfig, ckpt: dict, path: Path) -> None:
     done = len(ckpt["history"])
     if cfg.epochs < done:
-        raise ConfigError(f"{path.parent} has trained {done} epochs already; --epochs must be at "
-                          f"least {done} to continue it")
+        raise ConfigError(
+            f"{path.parent} has trained {done} epochs already; --epochs must be at "
+            f"least {done} to continue it"
+        )
     saved_epochs = ckpt["config"].get("epochs")
     if cfg.schedule == "cosine" and saved_epochs != cfg.epochs:
-        raise ConfigError(f"cannot change epochs ({saved_epochs} -> {cfg.epochs}) of a run with the "
-                          "cosine schedule: its learning rate depends on the total; start a new run")
+        raise ConfigError(
+            f"cannot change epochs ({saved_epochs} -> {cfg.epochs}) of a run with the "
+            "cosine schedule: its learning rate depends on the total; start a new run"
+        )
 
 
 def check_checkpoint_config(saved: dict, cfg: TrainConfig, path) -> None:
@@ -221,14 +259,14 @@ def check_checkpoint_config(saved: dict, cfg: TrainConfig, path) -> None:
     if not isinstance(saved, dict):
         raise CheckpointError(f"{path} holds no config of its own; it was not written by ssdfa")
     wanted = asdict(cfg)
-    differ = sorted(k for k in wanted if k not in RESUME_MAY_CHANGE and k in saved
-                    and saved[k] != wanted[k])
+    differ = sorted(k for k in wanted if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != wanted[k])
     if differ:
         both = ", ".join(f"{k} {saved[k]!r} vs {wanted[k]!r}" for k in differ[:4])
         raise CheckpointError(
             f"{path} belongs to another run than config.json ({both}"
             f"{', ...' if len(differ) > 4 else ''}): the directory mixes two runs, e.g. an "
-            "--overwrite stopped before its first epoch; start again with --overwrite")
+            "--overwrite stopped before its first epoch; start again with --overwrite"
+        )
 
 
 def load_state(obj, state, what: str, path) -> None:
@@ -236,8 +274,9 @@ def load_state(obj, state, what: str, path) -> None:
     try:
         obj.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
-        raise CheckpointError(f"{path}: its {what} state does not fit this run "
-                              f"({first_line(exc)}); it belongs to another model") from exc
+        raise CheckpointError(
+            f"{path}: its {what} state does not fit this run ({first_line(exc)}); it belongs to another model"
+        ) from exc
 
 
 def check_model_state(net: nn.Module, path) -> None:
@@ -247,9 +286,11 @@ def check_model_state(net: nn.Module, path) -> None:
         if isinstance(mod, SparseFeedback) and mod.index.numel():
             low, high = int(mod.index.min()), int(mod.index.max())
             if low < 0 or high >= mod.num_errors:
-                raise CheckpointError(f"{path}: feedback {name} indexes error {low if low < 0 else high}"
-                                      f" of {mod.num_errors}; the checkpoint is damaged — start "
-                                      "the run again or restore the file")
+                raise CheckpointError(
+                    f"{path}: feedback {name} indexes error {low if low < 0 else high}"
+                    f" of {mod.num_errors}; the checkpoint is damaged — start "
+                    "the run again or restore the file"
+                )
 
 
 def init_from_digest(cfg: TrainConfig, data: Dataset, missing_ok: bool = False) -> str | None:
