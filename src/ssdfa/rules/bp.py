@@ -7,3 +7,4 @@ from .base import Rule, register_rule
 class Backprop(Rule):
     summary = "backpropagation: exact gradients through Wᵀ, for comparison"
     direct = False
+    stage_receives = "gradient"

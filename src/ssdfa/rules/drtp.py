@@ -57,6 +57,7 @@ class DRTP(Rule):
                "unlocked=True updates each block during the forward pass")
     options = ("sparsity", "connections", "rank", "unlocked")
     scale_free = True
+    stage_receives = "target"
 
     def __init__(self, **opts):
         super().__init__(**opts)

@@ -16,6 +16,7 @@ from .base import Rule, register_rule
 class FDFA(Rule):
     summary = "forward DFA (Bacho & Chu 2024): B_l ← β·B_l + (1-β)·mean (∂y/∂h_l·u)uᵀ by forward mode; momentum"
     options = ("momentum",)
+    stage_receives = "tangent"  # t needs the forward-mode tangents of every later block
     forward_mode = "activities"  # convert builds an FDFAModel (a FeedbackModel with dual tensors)
     default_momentum = 0.99
 

@@ -13,4 +13,5 @@ from .base import Rule, register_rule
 class ForwardGradient(Rule):
     summary = "forward gradient (Baydin et al. 2022): g = (∇L·v)v, v ~ N(0, I), one forward-mode pass"
     direct = False
+    stage_receives = "tangent"
     forward_mode = "weights"  # convert builds a ForwardGradientModel: no points, no B

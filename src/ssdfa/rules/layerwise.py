@@ -14,6 +14,7 @@ class FA(Rule):
     summary = "feedback alignment: fixed random B_l in place of W_l in each layer's backward"
     direct = False
     layerwise = True
+    stage_receives = "layer_feedback"
     learnable = False
 
 
@@ -22,4 +23,5 @@ class KP(Rule):
     summary = "Kolen-Pollack: as fa, B_l receives W_l's update (use weight decay on both)"
     direct = False
     layerwise = True
+    stage_receives = "layer_feedback"
     learnable = True

@@ -13,3 +13,4 @@ from .base import Rule, register_rule
 class Shallow(Rule):
     summary = "shallow learning: hidden layers frozen at init, only the output layer learns"
     inject = False
+    stage_receives = "nothing"

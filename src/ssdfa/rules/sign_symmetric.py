@@ -13,6 +13,7 @@ from .base import Rule, register_rule
 class _SignRule(Rule):
     direct = False
     layerwise = True
+    stage_receives = "layer_feedback"
     learnable = False
     sign = ""
 
