@@ -2,26 +2,29 @@
 
 Each method trains for ``--steps`` steps over ``--stages`` processes (gloo on 127.0.0.1) with
 GPipe micro-batches (see :mod:`ssdfa.pipeline`), then the same training runs in one process
-(``ssdfa.convert(net, method, seed)``, SGD, the same batches) and the weights and B_l compared.
+(``ssdfa.convert(net, method, seed)``, SGD, the same batches) and the weights, B_l and the loss
+of every step are compared.
 """
 
 from __future__ import annotations
 
 import json
+import math
 
-from ..errors import UserError
-from ..pipeline import (PIPELINE_METHODS, PipelineConfig, PipelineError, max_feedback_difference,
-                        max_weight_difference, run_pipeline, single_process)
+from ..data import DatasetError, load_dataset
+from ..errors import PipelineError, UserError
+from ..pipeline import PIPELINE_METHODS, PipelineConfig, compare, train_one_process, train_pipeline
+from ..training import _F32_MAX, _SEED_MAX, MAX_THREADS
 
 
 def register(sub):
     p = sub.add_parser(
-        "pipeline", help="model parallel: K stages, one process each; bp against dfa, dkp, drtp",
+        "pipeline", help="model parallel: K stages, one process each; bp against the direct rules",
         description="Split the model into K stages at its weight layers, one process each, and "
                     "train each method; report bytes sent per step (checked against the "
                     "formula), seconds per step, each stage's wait in recv, test accuracy and "
-                    "whether the weights (and the B_l, which dkp learns) match one-process "
-                    "training. Example: ssdfa pipeline "
+                    "whether the weights (and the B_l, which dkp learns) and every step's loss match "
+                    "one-process training. Example: ssdfa pipeline "
                     "--stages 2 --methods bp,dfa,drtp --dataset digits --steps 20")
     p.add_argument("--stages", type=int, default=2, help="number of stages/processes (default 2)")
     p.add_argument("--methods", default="bp,dfa,drtp",
@@ -39,18 +42,14 @@ def register(sub):
     p.add_argument("--feedback-weight-decay", type=float, default=0.0,
                    help="dkp: SGD weight decay of the learned B_l (default 0, as ssdfa train)")
     p.add_argument("--tolerance", type=float, default=1e-5,
-                   help="largest weight difference from one-process training that still matches")
+                   help="largest weight (and loss) difference from one-process training that "
+                        "still matches")
     p.add_argument("--json", action="store_true", help="print one JSON object per method")
     p.set_defaults(func=run)
 
 
 def check_options(args) -> None:
     """Every option checked before a stage starts, with the limits ``ssdfa train`` uses."""
-    import math
-
-    from ..data import DatasetError, load_dataset
-    from ..training import _F32_MAX, _SEED_MAX, MAX_THREADS
-
     if not (math.isfinite(args.lr) and 0 < args.lr <= _F32_MAX):
         raise UserError(f"--lr must be a number in (0, 3.4e38], got {args.lr}")
     if args.threads > MAX_THREADS:
@@ -89,15 +88,10 @@ def run(args) -> int:
                              threads=args.threads, feedback_lr=args.feedback_lr,
                              feedback_weight_decay=args.feedback_weight_decay)
         try:
-            report, net, feedback = run_pipeline(cfg)
+            done = train_pipeline(cfg)
         except (PipelineError, KeyError) as exc:
             raise UserError(str(exc).strip("'\"")) from exc
-        one_net, one_feedback = single_process(cfg)
-        # the match covers the weights and the B_l (dkp learns them; the others must agree too)
-        fb_diff = max_feedback_difference(feedback, one_feedback) if feedback else None  # bp: none
-        diff = max(max_weight_difference(net, one_net), fb_diff or 0.0)
-        report.update(max_weight_difference=diff, max_feedback_difference=fb_diff,
-                      tolerance=args.tolerance, matches_single_process=diff <= args.tolerance)
+        report = {**done.report, **compare(done, train_one_process(cfg), args.tolerance)}
         reports.append(report)
         if args.json:
             print(json.dumps(report), flush=True)
