@@ -13,7 +13,7 @@ import math
 
 from ..data import DatasetError, load_dataset
 from ..errors import PipelineError, UserError
-from ..pipeline import PIPELINE_METHODS, PipelineConfig, compare, train_one_process, train_pipeline
+from ..pipeline import PIPELINE_METHODS, PipelineConfig, compare, train_one_process, train_pipelines
 from ..training import _F32_MAX, _SEED_MAX, MAX_THREADS
 
 
@@ -80,17 +80,17 @@ def run(args) -> int:
         if value is not None and not 0 <= value < float("inf"):
             raise UserError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
     check_options(args)
+    cfgs = [PipelineConfig(dataset=args.dataset, model=args.model, stages=args.stages,
+                           method=method, steps=args.steps, micro_batches=args.micro_batches,
+                           batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                           threads=args.threads, feedback_lr=args.feedback_lr,
+                           feedback_weight_decay=args.feedback_weight_decay) for method in methods]
+    try:  # every method checked, then trained in one set of processes (they start once)
+        runs = train_pipelines(cfgs)
+    except (PipelineError, KeyError) as exc:
+        raise UserError(str(exc).strip("'\"")) from exc
     reports = []
-    for method in methods:
-        cfg = PipelineConfig(dataset=args.dataset, model=args.model, stages=args.stages,
-                             method=method, steps=args.steps, micro_batches=args.micro_batches,
-                             batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                             threads=args.threads, feedback_lr=args.feedback_lr,
-                             feedback_weight_decay=args.feedback_weight_decay)
-        try:
-            done = train_pipeline(cfg)
-        except (PipelineError, KeyError) as exc:
-            raise UserError(str(exc).strip("'\"")) from exc
+    for cfg, done in zip(cfgs, runs):
         report = {**done.report, **compare(done, train_one_process(cfg), args.tolerance)}
         reports.append(report)
         if args.json:

@@ -93,43 +93,47 @@ def train_stage(rank: int, cfg: PipelineConfig, outdir: str) -> None:
                os.path.join(outdir, f"rank{rank}.pt"))
 
 
-def _record_failure(outdir: str, rank: int, exc: BaseException) -> None:
+def _record_failure(outdir: str, rank: int, run: int, exc: BaseException) -> None:
     """Leave the stage's own error for :func:`worker_failure` (the first one written is the cause)."""
     with open(os.path.join(outdir, f"rank{rank}.error.json"), "w") as f:
-        json.dump({"rank": rank, "time": time.time(), "type": type(exc).__name__,
+        json.dump({"rank": rank, "run": run, "time": time.time(), "type": type(exc).__name__,
                    "message": str(exc)}, f)
 
 
-def stage_worker(rank: int, cfg: PipelineConfig, port: int, outdir: str) -> None:
-    """One spawned process: join the group, train stage ``rank``, leave."""
+def stage_worker(rank: int, cfgs: list[PipelineConfig], port: int, outdir: str) -> None:
+    """One spawned process: join the group, train stage ``rank`` of each run in turn (run i's
+    results in ``outdir/i``), leave.  One group for all the runs: a process starts once."""
+    run = 0
     try:
-        torch.set_num_threads(cfg.threads)
+        torch.set_num_threads(cfgs[0].threads)
         os.environ["MASTER_ADDR"] = "127.0.0.1"
         os.environ["MASTER_PORT"] = str(port)
-        dist.init_process_group("gloo", rank=rank, world_size=cfg.stages)
+        dist.init_process_group("gloo", rank=rank, world_size=cfgs[0].stages)
     except Exception as exc:
-        _record_failure(outdir, rank, exc)
+        _record_failure(outdir, rank, run, exc)
         raise
     ok = False
     try:
-        train_stage(rank, cfg, outdir)
+        for run, cfg in enumerate(cfgs):
+            train_stage(rank, cfg, os.path.join(outdir, str(run)))
         ok = True
     except Exception as exc:
-        _record_failure(outdir, rank, exc)
+        _record_failure(outdir, rank, run, exc)
         raise
     finally:
         leave(ok)
 
 
-def worker_failure(cfg: PipelineConfig, outdir: str, exc) -> PipelineError | Diverged:
+def worker_failure(cfgs, outdir: str, exc) -> PipelineError | Diverged:
     """One line for a failed run: the stage whose error came first, its own message, what to do.
 
     When one stage fails the others may fail after it (a closed connection in recv); the
     error each stage recorded carries a time, and the earliest is the cause.  A stage that
     diverged gives its own Diverged.
     """
+    cfgs = cfgs if isinstance(cfgs, (list, tuple)) else [cfgs]
     found = []
-    for r in range(cfg.stages):
+    for r in range(cfgs[0].stages):
         path = os.path.join(outdir, f"rank{r}.error.json")
         if os.path.exists(path):
             with open(path) as f:
@@ -138,9 +142,10 @@ def worker_failure(cfg: PipelineConfig, outdir: str, exc) -> PipelineError | Div
         first = min(found, key=lambda d: d["time"])
         if first["type"] == Diverged.__name__:
             return Diverged(first["message"])
+        cfg = cfgs[first.get("run", 0)]
         rank, what = first["rank"], f"{first['type']}: {first['message']}"
     else:  # killed or exited without a Python exception (a signal, out of memory)
-        rank, what = exc.error_index, str(exc).strip()
+        cfg, rank, what = cfgs[0], exc.error_index, str(exc).strip()
     what = "; ".join(ln.strip() for ln in what.splitlines() if ln.strip())
     return PipelineError(
         f"pipeline stage {rank} of {cfg.stages} ({cfg.method}, model {cfg.model or 'default'}) "
@@ -154,21 +159,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(cfg: PipelineConfig, outdir: str, worker=stage_worker) -> list[dict]:
-    """Run ``worker(rank, cfg, port, outdir)`` in ``cfg.stages`` processes; each rank's saved
-    result, or the first stage's failure raised as one line."""
+def spawn_stages(cfgs: list[PipelineConfig], outdir: str, worker=stage_worker) -> list[list[dict]]:
+    """Run ``worker(rank, cfgs, port, outdir)`` in one process per stage; per run, each rank's
+    saved result, or the first stage's failure raised as one line."""
+    for i in range(len(cfgs)):
+        os.makedirs(os.path.join(outdir, str(i)), exist_ok=True)
     # when a stage fails, spawn stops the others and logs a warning per stage it stops; the
     # one-line error says so, so that warning is held back
     spawn_log = logging.getLogger("torch.multiprocessing.spawn")
     level = spawn_log.level
     spawn_log.setLevel(logging.ERROR)
     try:
-        mp.spawn(worker, args=(cfg, free_port(), outdir), nprocs=cfg.stages, join=True)
+        mp.spawn(worker, args=(cfgs, free_port(), outdir), nprocs=cfgs[0].stages, join=True)
     except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
-        raise worker_failure(cfg, outdir, exc) from exc
+        raise worker_failure(cfgs, outdir, exc) from exc
     finally:
         spawn_log.setLevel(level)
-    return [torch.load(os.path.join(outdir, f"rank{r}.pt")) for r in range(cfg.stages)]
+    return [[torch.load(os.path.join(outdir, str(i), f"rank{r}.pt")) for r in range(cfg.stages)]
+            for i, cfg in enumerate(cfgs)]
 
 
 def check_config(cfg: PipelineConfig, data) -> None:
@@ -183,25 +191,28 @@ def check_config(cfg: PipelineConfig, data) -> None:
                             f"{len(data.train)} training examples")
 
 
-def train_pipeline(cfg: PipelineConfig) -> PipelineRun:
-    """Train ``cfg.method`` over ``cfg.stages`` processes and assemble the trained model."""
+def _prepare(cfg: PipelineConfig):
+    """Everything checked and built in the parent before any process starts."""
     data = load_dataset(cfg.dataset)
     check_config(cfg, data)
     name, net = build_net(cfg, data)
     widths = boundary_widths(net, data.input_shape, cfg.stages)  # checks --stages
     model = convert_net(net, cfg.method, data.input_shape, data.num_classes, cfg.seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        ranks = launch(cfg, tmp)
-    for r in ranks:  # the trained modules and B_l into the parent's own converted copy
+    return data, name, net, widths, model
+
+
+def _assemble(cfg: PipelineConfig, prepared, ranks: list[dict]) -> PipelineRun:
+    """The trained modules and B_l of every stage in the parent's own converted copy; the report."""
+    data, name, net, widths, model = prepared
+    for r in ranks:
         for i, state in r["state"].items():
             model.net[i].load_state_dict(state)
         for j, state in r["feedback"].items():
             model.feedback[j].load_state_dict(state)
-    sent = sum(r["sent"] for r in ranks)
     report = {
         "method": cfg.method, "model": name, "dataset": data.name, "stages": cfg.stages,
         "micro_batches": cfg.micro_batches, "batch_size": cfg.batch_size, "steps": cfg.steps,
-        "bytes_per_step": sent // cfg.steps,
+        "bytes_per_step": sum(r["sent"] for r in ranks) // cfg.steps,
         "expected_bytes_per_step": expected_bytes(cfg.method, widths, cfg.batch_size,
                                                   data.num_classes),
         "seconds_per_step": max(r["seconds"] for r in ranks) / cfg.steps,
@@ -209,6 +220,24 @@ def train_pipeline(cfg: PipelineConfig) -> PipelineRun:
         "test_accuracy": evaluate(net, data),
     }
     return PipelineRun(report, net, list(feedback_matrices(model).values()), ranks[-1]["losses"])
+
+
+def train_pipelines(cfgs: list[PipelineConfig]) -> list[PipelineRun]:
+    """Train each config over its stages, all in one set of processes (the same ``stages`` and
+    ``threads``), one after the other; every config is checked before any process starts."""
+    if not cfgs:
+        return []
+    if len({(c.stages, c.threads) for c in cfgs}) > 1:
+        raise PipelineError("runs launched together must have the same --stages and --threads")
+    prepared = [_prepare(cfg) for cfg in cfgs]
+    with tempfile.TemporaryDirectory() as tmp:
+        results = spawn_stages(list(cfgs), tmp)
+    return [_assemble(cfg, p, ranks) for cfg, p, ranks in zip(cfgs, prepared, results)]
+
+
+def train_pipeline(cfg: PipelineConfig) -> PipelineRun:
+    """Train ``cfg.method`` over ``cfg.stages`` processes and assemble the trained model."""
+    return train_pipelines([cfg])[0]
 
 
 def run_pipeline(cfg: PipelineConfig):
