@@ -19,8 +19,8 @@ See ``docs/pipeline.md``.
 from ..errors import PipelineError
 from .communication import Comm, expected_bytes
 from .config import PipelineConfig, batches, make_optimizer
-from .launch import (PipelineRun, evaluate, run_pipeline, spawn_stages, stage_worker, train_pipeline,
-                     train_pipelines, train_stage, worker_failure)
+from .launch import (PipelineRun, evaluate, free_port, run_pipeline, spawn_stages, stage_worker,
+                     train_pipeline, train_pipelines, train_stage, worker_failure)
 from .one_process import (OneProcessRun, compare, max_feedback_difference, max_loss_difference,
                           max_weight_difference, single_process, train_one_process)
 from .partition import (block_feedback, boundary_shapes, boundary_widths, build_net, convert_net,
@@ -35,7 +35,7 @@ __all__ = [
     "PIPELINE_METHODS", "SCHEDULES", "Comm", "OneProcessRun", "PipelineConfig", "PipelineError",
     "PipelineRun", "Stage", "batches", "block_feedback", "boundary_shapes", "boundary_widths",
     "build_net", "build_stage", "compare", "convert_net", "evaluate", "expected_bytes",
-    "feedback_grads", "forward", "make_optimizer", "max_feedback_difference",
+    "feedback_grads", "forward", "free_port", "make_optimizer", "max_feedback_difference",
     "max_loss_difference", "max_weight_difference", "micro_sizes", "model_feedback",
     "run_pipeline", "single_process", "spawn_stages", "split_blocks", "stage_blocks", "stage_worker",
     "train_one_process", "train_pipeline", "train_pipelines", "train_stage", "train_step", "worker_failure",
