@@ -358,3 +358,15 @@ def test_divergence_is_exit_3_one_line(capsys):
     assert len(err.strip().splitlines()) == 1, err
     assert "training diverged: dfa over 2 stages: stage 1 found NaN or infinite values in the " \
            "loss at step 2 of 5" in err, err
+
+
+def test_stage_names_what_became_nan_weights_and_learned_b():
+    # the check each stage runs after every step: its weights and its learned B_l (dkp)
+    data = load_dataset("digits")
+    model = convert_net(build_net(PipelineConfig(), data)[1], "dkp", (1, 8, 8), 10, 0)
+    stage = build_stage(model.net, 0, 2, block_feedback(model), model.rule)
+    assert stage.nonfinite() == []
+    with torch.no_grad():
+        model.feedback[0].matrix[3, 7] = float("inf")
+        model.net[1].bias[0] = float("nan")
+    assert stage.nonfinite() == ["1.bias", "the B at point0"]

@@ -68,8 +68,9 @@ class Stage:
 
     def nonfinite(self) -> list[str]:
         """Names of the stage's weights and learned B_l that hold NaN or infinite values."""
-        named = [*((f"{n}", p) for b in self.blocks for n, p in b.named_parameters()),
-                 *((f"B_{j}", p) for j, fb in enumerate(self.feedback) if fb is not None
+        named = [*((n, p) for b in self.blocks for n, p in b.named_parameters()),
+                 *((f"the B at {list(b._modules)[-1]}", p)  # the block's last module: its point
+                   for b, fb in zip(self.blocks, self.feedback) if fb is not None
                    for p in fb.parameters())]
         return [n for n, p in named if not bool(torch.isfinite(p).all())]
 
