@@ -87,6 +87,11 @@ class Rule:
     scale_free = False  # the signal ignores |e| (a sign, the target): it must carry the loss scale
     learned_feedback = False  # B_l are parameters the optimizer must hold (DKP)
     needs_target = False  # the signal reads the target (DRTP): labels are checked in forward
+    # what a pipeline stage (ssdfa.pipeline) must receive to train its blocks: "error" (e, from
+    # the last stage), "target" (the labels), "nothing", "gradient" (its output's gradient from
+    # the next stage: BP's backward chain), "layer_feedback" (the next stage's δ·B: FA's chain)
+    # or "tangent" (a forward-mode chain through every later stage)
+    stage_receives = "error"
     options: tuple[str, ...] = ()
     summary = ""
 

@@ -7,3 +7,4 @@ from .base import Kind, Rule, register_rule
 class Backprop(Rule):
     summary = "backpropagation: exact gradients through Wᵀ, for comparison"
     kind = Kind.BACKPROP
+    stage_receives = "gradient"

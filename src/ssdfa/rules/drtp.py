@@ -70,6 +70,7 @@ class DRTP(Rule):
     kind = Kind.DIRECT
     options = ("sparsity", "connections", "rank", "unlocked")
     scale_free = True
+    stage_receives = "target"
 
     def __init__(self, **opts):
         super().__init__(**opts)

@@ -19,6 +19,7 @@ class FDFA(Rule):
     )
     options = ("momentum",)
     kind = Kind.FORWARD_FEEDBACK  # convert builds an FDFAModel (a FeedbackModel with dual tensors)
+    stage_receives = "tangent"  # t needs the forward-mode tangents of every later block
     default_momentum = 0.99
 
     def __init__(self, **opts):

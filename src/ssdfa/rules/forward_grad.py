@@ -13,3 +13,4 @@ from .base import Kind, Rule, register_rule
 class ForwardGradient(Rule):
     summary = "forward gradient (Baydin et al. 2022): g = (∇L·v)v, v ~ N(0, I), one forward-mode pass"
     kind = Kind.FORWARD_GRADIENT  # convert builds a ForwardGradientModel: no points, no B
+    stage_receives = "tangent"

@@ -13,6 +13,7 @@ from .base import Kind, Rule, register_rule
 class FA(Rule):
     summary = "feedback alignment: fixed random B_l in place of W_l in each layer's backward"
     kind = Kind.LAYERWISE
+    stage_receives = "layer_feedback"
     learnable = False
 
 
@@ -20,4 +21,5 @@ class FA(Rule):
 class KP(Rule):
     summary = "Kolen-Pollack: as fa, B_l receives W_l's update (use weight decay on both)"
     kind = Kind.LAYERWISE
+    stage_receives = "layer_feedback"
     learnable = True

@@ -13,3 +13,4 @@ from .base import Kind, Rule, register_rule
 class Shallow(Rule):
     summary = "shallow learning: hidden layers frozen at init, only the output layer learns"
     kind = Kind.OUTPUT_ONLY  # the graph is cut at the points and nothing is fed back
+    stage_receives = "nothing"

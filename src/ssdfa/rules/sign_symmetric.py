@@ -12,6 +12,7 @@ from .base import Kind, Rule, register_rule
 
 class _SignRule(Rule):
     kind = Kind.LAYERWISE
+    stage_receives = "layer_feedback"
     learnable = False
     sign = ""
 
