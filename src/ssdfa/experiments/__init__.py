@@ -23,6 +23,7 @@ the FC layers on its frozen conv layers: SSDFA Table V), ``sweep`` (rank × spar
 
 from __future__ import annotations
 
+from . import papers_later  # noqa: F401  (registers the later papers' experiments after these)
 from .papers import ALL
 from .record import SETUP_KEYS, SETUPS, Budget, Experiment
 
