@@ -200,7 +200,7 @@ def test_output_prediction_angle_skips_missing():
 
 
 # forward_grad estimates the output layer's gradient too (Baydin et al. 2022), so its output
-# angle is not 0: tests/test_forward_grad.py checks its angles and side effects
+# angle is not 0: tests/test_rules_forward_grad.py checks its angles and side effects
 @pytest.mark.parametrize("method", [m for m in ssdfa.METHODS if m != "forward_grad"])
 def test_every_rule_gives_valid_angles_and_leaves_grads(method):
     """Generated from the registry: angles in [0°, 180°], the output layer exact, no side effects."""

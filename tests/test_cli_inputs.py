@@ -3,7 +3,7 @@ checks what it resumes, and every bad input one line on stderr with a nonzero ex
 
 Each test recreates a case a hostile user tried and asserts the promised outcome: the exit
 status, exactly one line on stderr with no traceback, and no file of the run lost or mixed.
-The kill -9 crash test and the two-processes test are in test_crash.py.
+The kill -9 crash test and the two-processes test are in test_checkpoint_crash.py.
 """
 
 from __future__ import annotations

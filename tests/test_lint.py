@@ -1,10 +1,7 @@
 """The habits, run with the tests so CI enforces them: ruff (lint and format), mypy on the public
 API, no import cycle, small modules, simple functions, test files named for what they test.
 
-Some of these hold only once the issue-20 redesign is merged (the lead's engine split, the
-training/, pipeline/ and data/ packages): those are marked ``xfail(strict=False)`` with the
-reason "until the redesign merges", and ``LINTED`` lists the files that already meet the new
-ruff selections.  The lead unmarks them and empties the lists when merging.
+Each holds on the whole tree since the issue-20 redesign merged.
 """
 
 from __future__ import annotations
@@ -21,22 +18,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "ssdfa"
-UNTIL_MERGED = "until the redesign merges (issue 20): the lead unmarks this when merging"
 
-# the files that meet pyproject's full ruff selection (I, UP, B, C901 ≤ 15) and `ruff format`
-# today; the rest of the tree is checked with the older selection until the lead's formatting
-# pass, after the merge, which replaces this list with the whole tree
-LINTED = [
-    "src/ssdfa/rules",
-    "src/ssdfa/cli.py",
-    "src/ssdfa/validate.py",
-    "src/ssdfa/__init__.py",
-    "tests/test_lint.py",
-    "tests/test_rules_base.py",
-    "tests/kinds.py",
-    "tests/conftest.py",
-    "tests/test_convert_fuzz.py",
-]
+# pyproject's full ruff selection (I, UP, B, C901 ≤ 15) and `ruff format` hold on the whole tree
+LINTED = ["src", "tests", "bench"]
 OLD_SELECTION = "F,E9,E7,B006,B008"
 MAX_LINES = 450
 MAX_COMPLEXITY = 15
@@ -66,7 +50,6 @@ def test_ruff_full_selection_and_format_on_the_files_that_meet_them():
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-@pytest.mark.xfail(strict=False, reason=UNTIL_MERGED)
 def test_ruff_full_selection_and_format_on_the_whole_tree():
     ruff = _tool("ruff")
     res = _run(ruff, "check", "src", "tests", "bench")
@@ -95,7 +78,6 @@ def test_cli_validate_and_rules_have_no_function_over_complexity_15():
     assert _complex_functions(["src/ssdfa/cli.py", "src/ssdfa/validate.py", "src/ssdfa/rules"]) == ""
 
 
-@pytest.mark.xfail(strict=False, reason=UNTIL_MERGED)
 def test_no_function_over_complexity_15():
     assert _complex_functions(["src"]) == ""
 
@@ -111,7 +93,6 @@ def test_cli_validate_and_rules_are_small():
     assert not {p: n for p, n in long.items() if p in ("cli.py", "validate.py") or p.startswith("rules")}
 
 
-@pytest.mark.xfail(strict=False, reason=UNTIL_MERGED)
 def test_no_module_over_450_lines():
     assert _long_modules() == {}
 
@@ -204,7 +185,7 @@ CROSS_CUTTING = {
 }
 # test files other helpers own this round (issue 20): the lead renames them when merging, then
 # deletes their entries here (an entry whose file is gone fails the test below)
-PENDING_RENAME = {"crash", "transfer", "figures", "plot_hostile", "new_rule_costs"}
+PENDING_RENAME: set[str] = set()
 
 
 def module_names(root: Path = SRC) -> set[str]:
