@@ -8,9 +8,12 @@ input can be made now (else at the first forward pass, :class:`ssdfa.wrapper.Fee
 from __future__ import annotations
 
 import math
+import operator
 from collections import OrderedDict
 
 import torch
+import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
@@ -300,11 +303,6 @@ def _layerwise_net(model: nn.Module, rule, train_only, base: torch.Generator):
 def _functional_products(model) -> list[Problem]:
     """Weight products torch.fx sees as plain functions (F.linear, matmul, ...): a layer-wise rule
     cannot give them their own B.  Models fx cannot trace are checked module by module only."""
-    import operator
-
-    import torch.fx as fx
-    import torch.nn.functional as F
-
     weighted = {
         F.linear,
         F.conv1d,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import torch
 import torch.autograd.forward_ad as fwAD
+import torch.distributed as dist
 from torch import nn
 
 from .heads import replace
@@ -205,8 +206,6 @@ def _split_output(y):
 
 
 def _average_over_ranks(tensors):
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         for t in tensors:
             dist.all_reduce(t)

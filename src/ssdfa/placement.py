@@ -22,6 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
+import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -298,8 +299,6 @@ def _sequential_with_points(leaves):
 
 
 def _fx_with_points(model: nn.Module):
-    import torch.fx as fx
-
     try:
         gm = fx.symbolic_trace(model)
     except Exception as exc:  # fx raises many types; report the cause, keep the chain
@@ -391,8 +390,6 @@ def input_points(model: nn.Module, names: list[str]) -> list[tuple[str, Feedback
 
 def _constant_scaling(node) -> bool:
     """``h * c`` or ``h / c`` with a constant c (a temperature, a logit scale): element-wise."""
-    import torch.fx as fx
-
     return (
         node.target in (operator.mul, operator.truediv)
         and len(node.args) == 2

@@ -30,6 +30,7 @@ from torch import nn
 
 from .forward_mode import ForwardGradientModel, forward_gradient_reference
 from .heads import replace, top_level
+from .layerwise import LayerFeedback
 from .probe import first_output
 from .rules import CUT, Kind
 from .wrapper import FeedbackModel
@@ -64,8 +65,6 @@ def _call(model_net, x, kwargs):
 
 def _layerwise_gradients(model, x, y, loss_fn, kwargs):
     """FA/KP by hand: each wrapped layer's output recomputed so that ∂x goes through B_l."""
-    from .layerwise import LayerFeedback
-
     handles = []
     for mod in model.net.modules():
         if isinstance(mod, LayerFeedback):
