@@ -75,56 +75,76 @@ def convert(
         raise TypeError(f"convert expects a torch.nn.Module, got {type(model).__name__}")
     _refuse_wrapped(model)
     rule = make_rule(method, **rule_options)
-    feedback_scale = check_feedback_scale(feedback_scale, rule)
-    feedback_init = check_feedback_init(feedback_init, rule)
+    settings = _checked(rule, num_classes, points, feedback_scale, feedback_init, signals, grad_scaler, seed)
+    _materialise_lazy(model, rule, input_shape, example_input)
+    placed = _place(model, rule, train_only, points)
+    wrapped = _wrap(model, placed, rule, num_classes, train_only, settings)
+    _probe_now(wrapped, rule, input_shape, example_input)
+    return wrapped
+
+
+def _checked(rule, num_classes, points, feedback_scale, feedback_init, signals, grad_scaler, seed) -> dict:
+    """convert's own arguments checked against the rule: the settings a wrapper takes."""
     if num_classes is not None and (
         isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
     ):
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if points is not None and rule.kind not in CUT:
         raise ValueError(f"points= places direct feedback; method {rule.name!r} has none")
+    return {
+        "seed": seed,
+        "feedback_scale": check_feedback_scale(feedback_scale, rule),
+        "feedback_init": check_feedback_init(feedback_init, rule),
+        "grad_scaler": grad_scaler,
+        "signals": signals,
+    }
 
-    _materialise_lazy(model, rule, input_shape, example_input)
-    wrapped: FeedbackModel
+
+def _place(model, rule, train_only, points):
+    """Where feedback goes (:mod:`ssdfa.placement`); None for the kinds with no points."""
+    if rule.kind in (Kind.FORWARD_GRADIENT, Kind.LAYERWISE):
+        return None
+    return place_points(model, rule.name, train_only, points if rule.kind in CUT else None)
+
+
+def _wrap(model, placed, rule, num_classes, train_only, settings) -> FeedbackModel:
+    """The model class of the rule's kind around the placed network."""
     if rule.kind is Kind.FORWARD_GRADIENT:  # no points, one forward-mode pass per step
         if train_only is not None:
             raise ValueError(
                 "forward_grad perturbs every parameter that requires grad: freeze "
                 "layers with requires_grad_(False) instead of train_only"
             )
-        wrapped = ForwardGradientModel(model, rule, num_classes, seed=seed)
-    elif rule.kind is Kind.LAYERWISE:  # drawn only where B is: `bp` leaves the global RNG untouched
-        net, layer_names = _layerwise_net(model, rule, train_only, seeded_generator(seed))
-        wrapped = LayerwiseModel(net, rule, layer_names, num_classes=num_classes)
-    elif rule.kind not in CUT:  # bp: any module that runs; chain points (identities) name its taps
-        placed = place_points(model, rule.name, train_only)
-        wrapped = FeedbackModel(
+        return ForwardGradientModel(model, rule, num_classes, seed=settings["seed"])
+    if rule.kind is Kind.LAYERWISE:  # drawn only where B is: `bp` leaves the global RNG untouched
+        net, layer_names = _layerwise_net(model, rule, train_only, seeded_generator(settings["seed"]))
+        return LayerwiseModel(net, rule, layer_names, num_classes=num_classes)
+    if rule.kind not in CUT:  # bp: any module that runs; chain points (identities) name its taps
+        return FeedbackModel(
             model if placed.auto else placed.net, rule, [] if placed.auto else placed.points, num_classes
         )
-    else:
-        placed = place_points(model, rule.name, train_only, points)
-        # fdfa: DFA whose B_l follow forward-mode estimates
-        model_class = FDFAModel if rule.kind is Kind.FORWARD_FEEDBACK else FeedbackModel
-        wrapped = model_class(
-            placed.net,
-            rule,
-            placed.points,
-            num_classes,
-            seed=seed,
-            feedback_scale=feedback_scale,
-            feedback_init=feedback_init,
-            auto_points=placed.auto,
-            problems=placed.problems,
-            grad_scaler=grad_scaler,
-            signals=signals,
-        )
+    # fdfa: DFA whose B_l follow forward-mode estimates
+    model_class = FDFAModel if rule.kind is Kind.FORWARD_FEEDBACK else FeedbackModel
+    return model_class(
+        placed.net,
+        rule,
+        placed.points,
+        num_classes,
+        auto_points=placed.auto,
+        problems=placed.problems,
+        **settings,
+    )
+
+
+def _probe_now(wrapped, rule, input_shape, example_input) -> None:
+    """Size the feedback now when an input is given or can be made, else at the first call."""
     given = _given_example(wrapped.net, input_shape, example_input)
     if given is not None:
         if wrapped.built:
             _check_width(wrapped, given)
         else:
             wrapped._build((given,), {})
-        return wrapped
+        return
     guess = _guessed_example(wrapped)
     if guess is not None and not wrapped.built:
         try:
@@ -137,7 +157,6 @@ def convert(
             "build the optimizer: pass input_shape=(...) without the batch dimension, or "
             "example_input=a batch, to ssdfa.convert"
         )
-    return wrapped
 
 
 def _refuse_wrapped(model: nn.Module):
