@@ -9,7 +9,6 @@ or in ``nproc`` local processes, with the user's mistakes as one-line errors (ex
 from __future__ import annotations
 
 import contextlib
-import json
 import statistics
 import time
 from dataclasses import asdict, replace
@@ -23,6 +22,7 @@ from .data import load_dataset
 from .distributed import _backend, launch
 from .errors import ConfigError, DatasetError, Diverged, FeedbackConfigError, RuleOptionError, UserError
 from .rules import make_rule
+from .rundata import read_json
 from .rundir import holds_lock, locked
 from .training import (
     TrainConfig,
@@ -99,7 +99,7 @@ def _train_parallel(
             f"the {nproc} workers of torch.distributed.run failed (exit status "
             f"{rc}); their messages are above"
         )
-    return json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    return read_json(out / "summary.json", _damaged_summary)
 
 
 # -- every method and seed --------------------------------------------------------------------
@@ -155,7 +155,7 @@ def _one_run(cfg: TrainConfig, log, progress: bool, nproc: int, retrain_changed_
         return train_or_explain(cfg, nproc=nproc, resume=resume, progress=progress, log=log)
     except Diverged as exc:
         log(f"{method} seed {seed}: {exc}")
-        return json.loads((Path(cfg.out_dir) / "summary.json").read_text())
+        return read_json(Path(cfg.out_dir) / "summary.json", _damaged_summary)
     except KeyboardInterrupt:
         log(
             f"interrupted during {method} seed {seed}; run the same command again to "
@@ -214,11 +214,12 @@ def _finished_summary(cfg, nproc: int = 1) -> dict | None:
     run_dir = Path(cfg.out_dir)
     path = run_dir / "summary.json"
     try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
+        summary = read_json(
+            path,
+            lambda exc: UserError(f"{path} is not valid JSON ({exc}); delete {run_dir} to train it again"),
+        )
     except FileNotFoundError:
         return None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}); delete {run_dir} to train it again") from None
     if (
         not isinstance(summary, dict)
         or summary.get("status") != "finished"
@@ -298,3 +299,7 @@ def markdown_table(results: dict[str, list[dict]]) -> str:
             else f"| {method}{note} | — | — | — | — |"
         )
     return "\n".join(rows)
+
+
+def _damaged_summary(exc) -> UserError:
+    return UserError(f"a run's summary.json is not valid JSON ({exc}); delete the run to train it again")

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import Diverged, SweepError
+from .rundata import read_json
 from .rundir import locked, write_text_atomic
 from .training import RESUME_MAY_CHANGE, TrainConfig, run, settings_differ
 
@@ -110,13 +111,14 @@ def _check_same_settings(cell: Path, fields: dict) -> None:
 
 def _read_json(path: Path, default):
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return read_json(
+            path,
+            lambda exc: SweepError(
+                f"{path} is not valid JSON ({exc}); the cell is damaged — delete {path.parent} to retrain it"
+            ),
+        )
     except FileNotFoundError:
         return default
-    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
-        raise SweepError(
-            f"{path} is not valid JSON ({exc}); the cell is damaged — delete {path.parent} to retrain it"
-        ) from None
 
 
 def _fraction(value, key: str, path: Path):

@@ -14,6 +14,7 @@ from .. import distributed
 from ..campaign import train_or_explain
 from ..checkpoint import CHECKPOINT
 from ..errors import UserError
+from ..rundata import read_json
 from ..rundir import locked, refuse_foreign
 from ..training import (
     RESUME_MAY_CHANGE,
@@ -106,7 +107,9 @@ def _run(args, nproc: int) -> int:
             if args.json:
                 summary_file = out / "summary.json"
                 if summary_file.exists():
-                    print(json.dumps(json.loads(summary_file.read_text())))
+                    print(
+                        json.dumps(read_json(summary_file, lambda exc: UserError(f"{summary_file}: {exc}")))
+                    )
             return 3
     if me != 0:
         return 0

@@ -40,6 +40,17 @@ def _json(path: Path):
         ) from None
 
 
+def read_json(path: Path, damaged):
+    """A run directory's JSON file, read in this one place for every command: the parsed value;
+    FileNotFoundError when it is absent (the caller decides what that means: not finished, no
+    cells yet); ``damaged(exc)`` raised when it is not UTF-8 JSON, so each caller's error says
+    what to do in its own terms (delete the cell, the run, start it again)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise damaged(exc) from None
+
+
 def _is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 

@@ -25,6 +25,7 @@ from ..errors import CheckpointError, ConfigError, DatasetError, Diverged, Pretr
 from ..feedback import SparseFeedback
 from ..frozen import load_pretrained
 from ..models import default_model
+from ..rundata import read_json
 from ..rundir import write_text_atomic
 from .config import TrainConfig, resolve
 from .factories import named_model
@@ -163,15 +164,13 @@ def clear_previous_run(out: Path) -> None:
 def read_run_config(run_dir: str | os.PathLike) -> TrainConfig:
     """The config.json of a run directory, or :class:`ConfigError` saying what is wrong with it."""
     path = Path(run_dir) / "config.json"
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError(
+    values = read_json(
+        path,
+        lambda exc: ConfigError(
             f"{path} is not valid JSON ({first_line(exc)}); it is damaged — start "
             "the run again in a new --out-dir"
-        ) from exc
+        ),
+    )
     return TrainConfig.from_dict(values, where=str(path))
 
 
