@@ -753,6 +753,20 @@ def _marked(mark: str) -> list[int]:
     return pids
 
 
+def _lock_free(run_dir: Path) -> bool:
+    """Whether no process holds the run directory's lock (a non-blocking flock, let go at once)."""
+    import fcntl
+
+    fd = os.open(run_dir / rundir.LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # releases the flock if this took it
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_kill_9_of_the_nproc_launcher_leaves_no_rank_and_one_run(tmp_path):
     """kill -9 of ``ssdfa train --nproc 2``: its workers die with it, and an --overwrite run
@@ -798,6 +812,12 @@ def test_kill_9_of_the_nproc_launcher_leaves_no_rank_and_one_run(tmp_path):
         while _marked(mark) and time.time() < deadline:
             time.sleep(0.1)
         assert _marked(mark) == [], "a worker outlived the launcher"
+        # a process leaves /proc's environ (its memory is freed) a moment before its open files
+        # are closed, and with them the run directory's flock: wait for the lock itself
+        deadline = time.time() + 10
+        while not _lock_free(out) and time.time() < deadline:
+            time.sleep(0.1)
+        assert _lock_free(out), "the run directory stayed locked after every process of the run ended"
     finally:
         for pid in _marked(mark):
             os.kill(pid, 9)
