@@ -203,6 +203,12 @@ def _balanced_groups(n: int, r: int, gen: torch.Generator) -> torch.Tensor:
     return groups[torch.randperm(n, generator=gen)]
 
 
+def check_errors(e: torch.Tensor, num_errors: int) -> None:
+    """The errors a feedback matrix projects are (batch, M)."""
+    if e.dim() != 2 or e.shape[1] != num_errors:
+        raise ValueError(f"feedback expects errors of shape (batch, {num_errors}), got {tuple(e.shape)}")
+
+
 class _Feedback(nn.Module):
     """Base: a feedback matrix of shape (M, N) applied as ``e @ B``. Subclasses store it."""
 
@@ -211,10 +217,7 @@ class _Feedback(nn.Module):
 
     def project(self, e: torch.Tensor) -> torch.Tensor:
         """(batch, M) errors -> (batch, N) signals, checking shapes once here."""
-        if e.dim() != 2 or e.shape[1] != self.num_errors:
-            raise ValueError(
-                f"feedback expects errors of shape (batch, {self.num_errors}), got {tuple(e.shape)}"
-            )
+        check_errors(e, self.num_errors)
         return self._project(e)
 
     def dense(self) -> torch.Tensor:
@@ -373,11 +376,7 @@ class FeedbackGroup(list):
         """(rows, M) errors -> one (rows, N_l) signal per module."""
         if self._kind is None:
             return [fb.project(e) for fb in self]
-        first = self[0]
-        if e.dim() != 2 or e.shape[1] != first.num_errors:
-            raise ValueError(
-                f"feedback expects errors of shape (batch, {first.num_errors}), got {tuple(e.shape)}"
-            )
+        check_errors(e, self[0].num_errors)
         if self._kind is DenseFeedback:
             out = e @ self._stack(lambda: torch.cat([fb.matrix for fb in self], 1)).to(e.dtype)
         else:
