@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..convert import convert, feedback_parameters
-from ..data import Dataset
+from ..data import Dataset, load_dataset
 from ..errors import ConfigError, PretrainedError
 from ..frozen import load_pretrained
 from ..models import create_model, init_weights
@@ -54,6 +54,17 @@ def rule_options(cfg: TrainConfig) -> dict:
     if cfg.train_only:
         opts["train_only"] = cfg.train_only
     return opts
+
+
+def make_data(cfg: TrainConfig) -> Dataset:
+    """The run's dataset as its config names it (directory, download, image size, train limit)."""
+    return load_dataset(
+        cfg.dataset,
+        cfg.data_dir,
+        download=cfg.download,
+        image_size=cfg.image_size,
+        limit_train=cfg.limit_train,
+    )
 
 
 def named_model(cfg: TrainConfig, data: Dataset) -> nn.Module:

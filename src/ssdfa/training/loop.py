@@ -30,10 +30,10 @@ from .. import distributed, rundir
 from .._version import __version__
 from ..alignment import alignment_angles, norm_ratios
 from ..checkpoint import CHECKPOINT, capture_rng, save_checkpoint
-from ..data import Dataset, load_dataset, set_normalization
+from ..data import Dataset, set_normalization
 from ..errors import ConfigError
 from .config import TrainConfig, resolve
-from .factories import build_model, make_loss, make_optimizer, make_scheduler, pick_device
+from .factories import build_model, make_data, make_loss, make_optimizer, make_scheduler, pick_device
 from .runfiles import default_out_dir, diverged, finish, restore, start, write_metrics
 
 
@@ -57,13 +57,7 @@ def run(
     resolve(cfg, custom_model=model is not None, check_init_from=not resume)
     with distributed.session(cfg.device):  # joins the process group under torchrun
         device = _device(cfg)
-        data = load_dataset(
-            cfg.dataset,
-            cfg.data_dir,
-            download=cfg.download,
-            image_size=cfg.image_size,
-            limit_train=cfg.limit_train,
-        )
+        data = make_data(cfg)
         set_normalization(data, cfg.normalization)
         cfg.dataset = data.name
         resolve(cfg, data, custom_model=model is not None, check_init_from=not resume)
@@ -241,13 +235,7 @@ def preflight(config: TrainConfig, *, resume: bool = False, world: int = 1) -> N
     cfg = TrainConfig(**asdict(config))
     resolve(cfg, check_init_from=not resume)
     device = pick_device(cfg.device)
-    data = load_dataset(
-        cfg.dataset,
-        cfg.data_dir,
-        download=cfg.download,
-        image_size=cfg.image_size,
-        limit_train=cfg.limit_train,
-    )
+    data = make_data(cfg)
     cfg.dataset = data.name
     resolve(cfg, data, check_init_from=not resume)
     if len(data.train) < world:
