@@ -16,8 +16,10 @@ def test_read_json_parses_refuses_damage_in_the_callers_terms_and_leaves_absence
     good.write_text(json.dumps({"status": "finished", "epochs": 3}), encoding="utf-8")
     bad.write_text('{"status": "fini', encoding="utf-8")
     binary.write_bytes(b"\xff\xfe\x00{")
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000, encoding="utf-8")  # json.loads runs out of recursion
     assert read_json(good, UserError) == {"status": "finished", "epochs": 3}
-    for path in (bad, binary):
+    for path in (bad, binary, deep):
         with pytest.raises(SweepError, match=r"damaged: "):
             read_json(path, lambda exc: SweepError(f"damaged: {exc}"))
     with pytest.raises(FileNotFoundError):

@@ -17,37 +17,51 @@ from ..errors import RunFileError
 
 
 # -- files ---------------------------------------------------------------------------------------
+def _not_utf8(path: Path) -> RunFileError:
+    return RunFileError(
+        f"{path} is not UTF-8 text (damaged?); restore it from a copy, or delete the run and train it again"
+    )
+
+
+def _a_directory(path: Path) -> RunFileError:
+    return RunFileError(f"{path} is a directory, not a file")
+
+
 def _text(path: Path) -> str:
     try:
         return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
-        raise RunFileError(
-            f"{path} is not UTF-8 text (damaged?); restore it from a copy, or "
-            "delete the run and train it again"
-        ) from None
+        raise _not_utf8(path) from None
     except IsADirectoryError:
-        raise RunFileError(f"{path} is a directory, not a file") from None
+        raise _a_directory(path) from None
 
 
 def _json(path: Path):
-    text = _text(path)
-    try:
-        return json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    """A run file for plot and report: damage and a directory in its place are RunFileError."""
+
+    def damaged(exc) -> RunFileError:
+        if isinstance(exc, UnicodeDecodeError):
+            return _not_utf8(path)
         msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
-        raise RunFileError(
+        return RunFileError(
             f"{path} is not valid JSON ({msg}); restore it from a copy, or delete the run and train it again"
-        ) from None
+        )
+
+    try:
+        return read_json(path, damaged)
+    except IsADirectoryError:
+        raise _a_directory(path) from None
 
 
 def read_json(path: Path, damaged):
     """A run directory's JSON file, read in this one place for every command: the parsed value;
     FileNotFoundError when it is absent (the caller decides what that means: not finished, no
-    cells yet); ``damaged(exc)`` raised when it is not UTF-8 JSON, so each caller's error says
-    what to do in its own terms (delete the cell, the run, start it again)."""
+    cells yet); ``damaged(exc)`` raised when it is not UTF-8 JSON or nests too deeply to parse,
+    so each caller's error says what to do in its own terms (delete the cell, the run, start it
+    again)."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError: ValueErrors
         raise damaged(exc) from None
 
 
