@@ -99,7 +99,7 @@ def _train_parallel(
             f"the {nproc} workers of torch.distributed.run failed (exit status "
             f"{rc}); their messages are above"
         )
-    return read_json(out / "summary.json", _damaged_summary)
+    return _read_summary(Path(out))
 
 
 # -- every method and seed --------------------------------------------------------------------
@@ -155,7 +155,7 @@ def _one_run(cfg: TrainConfig, log, progress: bool, nproc: int, retrain_changed_
         return train_or_explain(cfg, nproc=nproc, resume=resume, progress=progress, log=log)
     except Diverged as exc:
         log(f"{method} seed {seed}: {exc}")
-        return read_json(Path(cfg.out_dir) / "summary.json", _damaged_summary)
+        return _read_summary(Path(cfg.out_dir))
     except KeyboardInterrupt:
         log(
             f"interrupted during {method} seed {seed}; run the same command again to "
@@ -214,10 +214,7 @@ def _finished_summary(cfg, nproc: int = 1) -> dict | None:
     run_dir = Path(cfg.out_dir)
     path = run_dir / "summary.json"
     try:
-        summary = read_json(
-            path,
-            lambda exc: UserError(f"{path} is not valid JSON ({exc}); delete {run_dir} to train it again"),
-        )
+        summary = _read_summary(run_dir)
     except FileNotFoundError:
         return None
     if (
@@ -301,5 +298,9 @@ def markdown_table(results: dict[str, list[dict]]) -> str:
     return "\n".join(rows)
 
 
-def _damaged_summary(exc) -> UserError:
-    return UserError(f"a run's summary.json is not valid JSON ({exc}); delete the run to train it again")
+def _read_summary(run_dir: Path) -> dict:
+    """A run's summary.json; damaged, one clear error naming it (FileNotFoundError if absent)."""
+    path = run_dir / "summary.json"
+    return read_json(
+        path, lambda exc: UserError(f"{path} is not valid JSON ({exc}); delete {run_dir} to train it again")
+    )
