@@ -14,18 +14,7 @@ from torch import nn
 
 import ssdfa
 from ssdfa.feedback import DenseFeedback, FeedbackGroup, SparseFeedback, make_feedback
-from ssdfa.rules import RULES
 from zoo import GPT, TransformerClassifier, resnet18
-
-
-def injecting_rules():
-    """Every registered direct rule whose signals enter at the points during backward."""
-    out = []
-    for name, cls in RULES.items():
-        rule = cls()
-        if rule.direct and rule.inject and getattr(rule, "forward_mode", None) != "weights":
-            out.append(name)
-    return out
 
 
 class TwoHeads(nn.Module):
@@ -116,7 +105,7 @@ def _grads(net, method, signals, x, y, loss_fn):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("method", injecting_rules())
+@pytest.mark.rules("direct", "forward_feedback")  # every rule whose signals enter in backward
 def test_at_once_equals_one_block_at_a_time(method, case):
     make, x, y, loss_fn = CASES[case]
     if method == "drtp" and case in ("two_heads", "token"):
