@@ -32,6 +32,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .heads import replace
+from .host_scalars import host_scalars
 from .wrapper import FeedbackModel
 
 
@@ -65,13 +66,13 @@ class ForwardGradientModel(FeedbackModel):
     def directions(self, step: int | None = None) -> list[torch.Tensor]:
         """v for ``step`` (default: the last step taken), one tensor per trainable parameter of
         ``net`` in ``named_parameters`` order: v ~ N(0, I) from (seed, step)."""
-        step = int(self.steps) - 1 if step is None else int(step)
+        step = host_scalars(self).get(self, "steps") - 1 if step is None else int(step)
         if step < 0:
             raise ValueError("no forward-gradient step has been taken yet")
         params = [p for p in self.net.parameters() if p.requires_grad]
         device = params[0].device if params else torch.device("cpu")
         gen = torch.Generator(device=device)
-        gen.manual_seed((int(self.direction_seed) * 1_000_003 + step) % 2**62)
+        gen.manual_seed((host_scalars(self).get(self, "direction_seed") * 1_000_003 + step) % 2**62)
         return [torch.randn(p.shape, generator=gen, device=device, dtype=p.dtype) for p in params]
 
     def forward(self, *args, target: torch.Tensor | None = None, **kwargs):
@@ -84,9 +85,7 @@ class ForwardGradientModel(FeedbackModel):
         named = [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError("forward_grad found no trainable parameter in the model")
-        vs = self.directions(int(self.steps))
-        with torch.no_grad():
-            self.steps += 1
+        vs = self.directions(host_scalars(self).increment(self, "steps"))
         with torch.no_grad(), fwAD.dual_level():  # no reverse graph through the network
             duals = {n: fwAD.make_dual(p.detach(), v) for (n, p), v in zip(named, vs)}
             out = torch.func.functional_call(self.net, duals, args, kwargs, strict=False)

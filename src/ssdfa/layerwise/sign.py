@@ -24,6 +24,7 @@ import math
 import torch
 from torch import nn
 
+from ..host_scalars import host_scalars
 from .conv import Conv2dFeedback
 from .linear import LinearFeedback
 
@@ -73,8 +74,9 @@ class _SignFeedback:
         """brSF: a fresh |R| for this batch, from (seed, number of draws so far)."""
         w = self.layer.weight
         gen = torch.Generator(device=w.device)
-        gen.manual_seed((int(self.seed) * 1_000_003 + int(self.draws)) % 2**62)
-        self.draws += 1
+        host = host_scalars(self)  # seed and count without reading the device's tensors
+        draws = host.increment(self, "draws")
+        gen.manual_seed((host.get(self, "seed") * 1_000_003 + draws) % 2**62)
         self.feedback.copy_(torch.rand(w.shape, generator=gen, device=w.device, dtype=w.dtype) * self.scale)
 
     def forward(self, x):
