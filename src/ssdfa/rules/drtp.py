@@ -22,23 +22,22 @@ from .base import Kind, Rule, register_rule, sparse_spec
 
 def check_labels(target, num_errors: int):
     """Class indices must lie in [0, M): checked once per forward pass, eagerly (it reads the
-    values, which torch.compile could not trace inside the backward pass)."""
+    values, which torch.compile could not trace inside the backward pass).  One read of the
+    values (min and max together), so a CUDA step waits for the device once, not twice."""
     if (
         isinstance(target, torch.Tensor)
         and target.dim() >= 1
         and not target.is_floating_point()
         and target.numel()
-        and (int(target.min()) < 0 or int(target.max()) >= num_errors)
     ):
-        raise ValueError(
-            f"target labels must lie in [0, {num_errors}), got {int(target.min())}..{int(target.max())}"
-        )
+        lo, hi = torch.stack([target.min(), target.max()]).tolist()
+        if lo < 0 or hi >= num_errors:
+            raise ValueError(f"target labels must lie in [0, {num_errors}), got {lo}..{hi}")
 
 
-def one_hot_target(
-    target, num_errors: int, batch: int, dtype, device, method: str, check: bool = True
-) -> torch.Tensor:
-    """(batch, M) one-hot y* from class indices or an already one-hot (or soft) target."""
+def checked_target(target, num_errors: int, batch: int, device, method: str) -> torch.Tensor:
+    """``target`` as a tensor on ``device``, checked to be (batch,) class indices or a
+    (batch, M) one-hot (or soft) target, without reading its values."""
     if target is None:
         raise ValueError(
             f"method {method!r} feeds the target back: call the model as model(x, target=y) "
@@ -50,14 +49,26 @@ def one_hot_target(
     if target.dim() == 1 and not target.is_floating_point():
         if target.shape[0] != batch:
             raise ValueError(f"target holds {target.shape[0]} labels for a batch of {batch}")
-        if check:
-            check_labels(target, num_errors)
-        return torch.nn.functional.one_hot(target.long(), num_errors).to(dtype)
-    if target.shape != (batch, num_errors):
+    elif target.shape != (batch, num_errors):
         raise ValueError(
             f"target must be class indices of shape ({batch},) or one-hot of shape "
             f"({batch}, {num_errors}), got {tuple(target.shape)}"
         )
+    return target
+
+
+def one_hot_target(
+    target, num_errors: int, batch: int, dtype, device, method: str, check: bool = True
+) -> torch.Tensor:
+    """(batch, M) one-hot y* from class indices or an already one-hot (or soft) target.
+    ``check=False``: the labels were checked in the forward pass, so none are read here
+    (a scatter, where ``F.one_hot`` would read them again)."""
+    target = checked_target(target, num_errors, batch, device, method)
+    if target.dim() == 1 and not target.is_floating_point():
+        if check:
+            check_labels(target, num_errors)
+        y = torch.zeros(batch, num_errors, dtype=dtype, device=target.device)
+        return y.scatter_(1, target.long().unsqueeze(1), 1)
     return target.to(dtype)
 
 
@@ -107,7 +118,9 @@ class DRTP(Rule):
             and target.dim() == 1
             and not target.is_floating_point()
         ):
-            one_hot_target(target, fb.num_errors, batch, dtype, device, self.name, check)  # shapes
+            target = checked_target(target, fb.num_errors, batch, device, self.name)
+            if check:
+                check_labels(target, fb.num_errors)
             return (fb.matrix[target.to(fb.matrix.device).long()].to(dtype) / batch).view(shape)
         y = one_hot_target(target, fb.num_errors, batch, dtype, device, self.name, check)
         return fb.project(y / batch).view(shape)
