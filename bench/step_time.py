@@ -9,7 +9,9 @@ Per case, every variant gets its own copy of the same initial model, the same sy
 SGD (lr 0.01, momentum 0.9 or `--momentum`) and thread count.  After a warm-up, each repetition times
 ``--steps`` optimizer steps of every variant, in an order rotated per repetition; we report the
 median seconds per step and its ratio to plain PyTorch BP and to the floor (forward + one
-weight-gradient product per layer, ``_common.FloorLoop``).  ``forward-only`` is a no-grad
+weight-gradient product per layer, ``_common.FloorLoop``), and the *paired* ratio: each
+repetition's time over plain BP's in the same repetition, median and quartiles, which a drift
+of the machine's speed during the run does not move.  ``forward-only`` is a no-grad
 forward pass.  Results go to bench/results/step_time-<date>.json.
 
 ``launch-bound`` (``_launch.py``) is two cases at batch 2, ResNet-18 and a 4-layer transformer
@@ -80,10 +82,23 @@ def build_variants(case, names, a, biotorch):
     return variants, failed
 
 
+def paired(times, base):
+    """Per variant, the ratio to ``base`` taken repetition by repetition (both ran within the
+    same repetition, so a drift of the machine's speed cancels): median and quartiles."""
+    out = {}
+    for n, t in times.items():
+        ratios = sorted(a / b for a, b in zip(t, times[base], strict=True))
+        q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        out[n] = {"median": statistics.median(ratios), "q1": q1, "q3": q3}
+    return out
+
+
 def report(case, times, failed, threads):
-    """Medians and their ratios to plain BP, the floor and (compiled variants) compiled plain BP;
-    prints the table and returns the JSON entry."""
+    """Medians and their ratios to plain BP, the floor and (compiled variants) compiled plain BP,
+    and the paired per-repetition ratio to plain BP with its quartiles; prints the table and
+    returns the JSON entry."""
     med = {n: statistics.median(t) for n, t in times.items()}
+    pair = paired(times, "plain-bp")
     nan = float("nan")
     bp, floor = med["plain-bp"], med.get("floor", nan)
     bpc = med.get(f"plain-bp{C.COMPILED}", nan)
@@ -93,16 +108,24 @@ def report(case, times, failed, threads):
         "median_step_seconds": med,
         "ratio_to_plain_bp": {n: m / bp for n, m in med.items()},
         "ratio_to_floor": {n: m / floor for n, m in med.items()},
+        "paired_ratio_to_plain_bp": pair,
         "all_step_seconds": times,
         "failed": failed,
     }
     if bpc == bpc:
         entry["ratio_to_compiled_plain_bp"] = {n: m / bpc for n, m in med.items() if n.endswith(C.COMPILED)}
+        compiled = {n: t for n, t in times.items() if n.endswith(C.COMPILED)}
+        entry["paired_ratio_to_compiled_plain_bp"] = paired(compiled, f"plain-bp{C.COMPILED}")
     print(f"\n{case.name}: {case.summary}, batch {case.batch}, {threads} threads")
-    print(f"  {'variant':18s} {'ms/step':>9s} {'x BP':>7s} {'x floor':>8s} {'x BP+compile':>13s}")
+    print(
+        f"  {'variant':18s} {'ms/step':>9s} {'x BP':>7s} {'paired x BP [q1, q3]':>22s} "
+        f"{'x floor':>8s} {'x BP+compile':>13s}"
+    )
     for n in med:
         xc = f"{med[n] / bpc:13.3f}" if n.endswith(C.COMPILED) else ""
-        print(f"  {n:18s} {med[n] * 1e3:9.2f} {med[n] / bp:7.3f} {med[n] / floor:8.3f} {xc}")
+        pr = pair[n]
+        spread = f"{pr['median']:.3f} [{pr['q1']:.3f}, {pr['q3']:.3f}]"
+        print(f"  {n:18s} {med[n] * 1e3:9.2f} {med[n] / bp:7.3f} {spread:>22s} {med[n] / floor:8.3f} {xc}")
     for n, why in failed.items():
         print(f"  {n:18s} skipped: {why}")
     return entry

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -55,6 +56,12 @@ def test_step_time_quick(tmp_path):
         assert fc["ratio_to_plain_bp"][key] == pytest.approx(med[key] / med["plain-bp"]), key
         assert fc["ratio_to_floor"][key] == pytest.approx(med[key] / med["floor"]), key
     assert len(set(med.values())) > 1  # distinct measurements, not one number copied around
+    times = fc["all_step_seconds"]
+    for key, pr in fc["paired_ratio_to_plain_bp"].items():  # repetition by repetition
+        ratios = sorted(a / b for a, b in zip(times[key], times["plain-bp"]))
+        assert pr["median"] == pytest.approx(statistics.median(ratios)), key
+        assert pr["q1"] <= pr["median"] <= pr["q3"], key
+    assert fc["paired_ratio_to_plain_bp"]["plain-bp"]["median"] == 1.0
 
 
 def test_step_time_skips_unknown_method_with_a_message(tmp_path, monkeypatch):
@@ -271,3 +278,12 @@ def test_point_cost_quick(tmp_path):
     assert t["profile"]["Point.backward nodes (per block)"]["calls_per_step"] == 0
     assert t["profile"]["  of which e·B_l (point_signals)"]["calls_per_step"] >= 1
     assert all(positive(c) for c in t["aten_calls_per_step"].values())
+
+
+def test_sync_check_quick(tmp_path):
+    res = run_script("sync_check", tmp_path)
+    check_machine(res)
+    fc = res["cases"]["fc"]
+    assert not fc["plain-bp"]["syncs"] and not fc["dfa"]["syncs"] and not fc["bp"]["syncs"]
+    assert fc["drtp"]["syncs"] and fc["drtp"]["python_reads"] == [fc["drtp"]["python_reads"][0]]
+    assert fc["drtp"]["python_reads"][0].startswith("tolist at drtp.py:")  # its one label check
