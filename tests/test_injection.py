@@ -171,3 +171,46 @@ def test_group_projection_equals_each_module_and_follows_changes(kind):
 def test_signals_option_is_checked():
     with pytest.raises(ValueError, match="signals='sideways'; choose one of: at_once, per_block"):
         ssdfa.convert(_mlp(), "dfa", signals="sideways")
+
+
+def _graph_names(loss):
+    names, stack, seen = set(), [loss.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(node.name())
+        stack += [f for f, _ in node.next_functions]
+    return names
+
+
+@pytest.mark.parametrize("case", ["mlp", "broadcast"])
+@pytest.mark.rules("direct")
+def test_compiled_at_once_is_one_graph_with_no_python_backward(method, case):
+    """torch.compile(fullgraph=True) captures the whole converted forward, the at-once injection
+    included: its backward is one compiled graph (no InjectAll node runs Python), with eager's
+    gradients (what CUDA graphs, mode="reduce-overhead", need; issue 21)."""
+    make, x, y, loss_fn = CASES[case]
+    torch.manual_seed(0)
+    net = make()
+    grads = []
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        model = ssdfa.convert(copy.deepcopy(net), method, seed=3, example_input=x)
+        model.eval()  # no dropout: the compiled and eager passes draw no masks
+        run = torch.compile(model, backend="aot_eager", fullgraph=True) if compiled else model
+        with torch.enable_grad():
+            out = run(x, target=y) if model.rule.needs_target else run(x)
+        loss = loss_fn(out, y)
+        names = _graph_names(loss)
+        if compiled:
+            assert not any("Inject" in n for n in names), names
+            assert "CompiledFunctionBackward" in names, names
+        else:
+            assert "InjectAllBackward" in names, names  # the eager path this compares with
+        loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert sorted(grads[0]) == sorted(grads[1])
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-6)
