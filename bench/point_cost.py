@@ -13,6 +13,9 @@ Three views of one step, all at the case's batch (2):
    point's output).  by-hand is what the rule costs with no per-point machinery; the rule's
    excess over it, divided by the points, is the machinery's cost per point.
    ``--check`` first asserts that by-hand gives ssdfa's gradients (max abs difference printed).
+   On the transformer, ``ideal`` (``IdealVariant``) goes further: the model's forward written out
+   with a detach per encoder layer and one small autograd Function, no hooks at all; it bounds
+   what any injection can reach at one point per encoder layer.
 2. The autograd graph of one step: how many nodes each variant's backward runs, by kind, and
    how many aten operators a whole step calls (counts, which a loaded machine does not blur).
 3. torch.profiler over ``--steps`` steps of the rule, with ssdfa's pieces labelled from here
@@ -97,6 +100,68 @@ class HandVariant:
         self.opt.step()
 
 
+class _Signals(torch.autograd.Function):
+    """Identity on the logits z; in backward, z's gradient and e·B_l broadcast over the tokens
+    for each encoder layer's output (the whole injection, four lines of Python)."""
+
+    @staticmethod
+    def forward(ctx, stacked, widths, z, *hs):
+        ctx.stacked, ctx.widths, ctx.shapes = stacked, widths, [h.shape for h in hs]
+        return z.view_as(z)
+
+    @staticmethod
+    def backward(ctx, e):
+        signals = torch.split(e @ ctx.stacked, ctx.widths, dim=1)
+        return (None, None, e, *(s.unsqueeze(1).expand(sh) for s, sh in zip(signals, ctx.shapes)))
+
+
+class IdealVariant:
+    """DFA on ``_launch.TransformerClassifier`` as lean as it can be written: the model's own
+    forward spelled out with ``.detach()`` after each encoder layer, no hooks, no wrapper, and
+    one autograd Function (``_Signals``) for every point, with the B_l of ``like``.  What no
+    injection can beat at one point per encoder layer."""
+
+    def __init__(self, case, like, momentum=0.9):
+        torch.manual_seed(0)
+        self.net = case.build()
+        mats = list(ssdfa.feedback_matrices(like).values())
+        self.widths = [int(b.shape[1]) for b in mats]
+        self.stacked = torch.cat(mats, dim=1)
+        self.opt = torch.optim.SGD(self.net.parameters(), lr=0.01, momentum=momentum)
+
+    def logits(self, x):
+        n, hs = self.net, []
+        h = n.embed(x) + n.pos[: x.shape[1]]
+        for layer in n.encoder.layers:
+            out = layer(h)
+            hs.append(out)
+            h = out.detach()
+        return _Signals.apply(self.stacked, self.widths, n.head(h.mean(dim=1)), *hs)
+
+    def step(self, x, y):
+        self.opt.zero_grad(set_to_none=True)
+        F.cross_entropy(self.logits(x), y).backward()
+        self.opt.step()
+
+
+def check_ideal_gradients(case, rule_variant, ideal, x, y):
+    """Max |∂θ_ssdfa - ∂θ_ideal| over every parameter, one step from the same weights."""
+    ideal.net.load_state_dict(rule_variant.net.state_dict())
+    torch.manual_seed(5)
+    rule_variant.model.zero_grad(set_to_none=True)
+    F.cross_entropy(rule_variant.model(x, target=y), y).backward()
+    torch.manual_seed(5)
+    ideal.net.zero_grad(set_to_none=True)
+    F.cross_entropy(ideal.logits(x), y).backward()
+    worst = 0.0
+    for (name, p), q in zip(rule_variant.net.named_parameters(), ideal.net.parameters()):
+        if (p.grad is None) != (q.grad is None):
+            raise AssertionError(f"{case.name}: {name} has a gradient in one of ssdfa / ideal only")
+        if p.grad is not None:
+            worst = max(worst, (p.grad - q.grad).abs().max().item())
+    return worst
+
+
 def check_same_gradients(case, rule_variant, hand, x, y):
     """Max |∂θ_ssdfa - ∂θ_by-hand| over every parameter, one step from the same weights."""
     net = case.build()
@@ -141,6 +206,8 @@ def step_graph(name, v, x, y):
         h.outputs = []
         loss = F.cross_entropy(h.net(x), y)
         roots, h.outputs = [loss, *h.outputs], []
+    elif name == "ideal":
+        roots = [F.cross_entropy(v.logits(x), y)]
     elif name == "plain-bp":
         roots = [F.cross_entropy(v.model(x), y)]
     else:
@@ -250,6 +317,8 @@ def run_model(key, a):
     model = variants[a.rule].model
     if a.rule == "dfa":
         variants["by-hand"] = HandVariant(case, model, a.momentum)
+        if key == "transformer":
+            variants["ideal"] = IdealVariant(case, model, a.momentum)
     entry = {
         "case": case.name,
         "batch": case.batch,
@@ -262,6 +331,10 @@ def run_model(key, a):
         entry["by_hand_max_grad_difference"] = check_same_gradients(
             case, variants[a.rule], variants["by-hand"], x, y
         )
+    if "ideal" in variants and a.check:
+        entry["ideal_max_grad_difference"] = check_ideal_gradients(
+            case, variants[a.rule], variants["ideal"], x, y
+        )
     entry["graph"] = {n: step_graph(n, v, x, y) for n, v in variants.items()}
     for v in variants.values():
         v.step(x, y)
@@ -269,6 +342,7 @@ def run_model(key, a):
     times = step_time.time_case(case, variants, a)
     med = {n: statistics.median(t) for n, t in times.items()}
     entry["median_step_seconds"], entry["all_step_seconds"] = med, times
+    entry["paired_ratio_to_plain_bp"] = step_time.paired(times, "plain-bp")
     entry["profile"] = profile_rule(variants[a.rule], x, y, a.profile_steps)
     print_model(entry, med)
     return entry
@@ -282,11 +356,17 @@ def print_model(entry, med):
     )
     if "by_hand_max_grad_difference" in entry:
         print(f"  by-hand vs ssdfa gradients: max |difference| {entry['by_hand_max_grad_difference']:.2e}")
+    if "ideal_max_grad_difference" in entry:
+        print(f"  ideal vs ssdfa gradients: max |difference| {entry['ideal_max_grad_difference']:.2e}")
     bp = med["plain-bp"]
-    print(f"  {'variant':10s} {'ms/step':>8s} {'x BP':>6s} {'nodes':>6s} {'aten ops':>9s}")
+    print(
+        f"  {'variant':10s} {'ms/step':>8s} {'x BP':>6s} {'paired [q1, q3]':>22s} {'nodes':>6s} {'aten ops':>9s}"
+    )
     for n, m in med.items():
+        pr = entry["paired_ratio_to_plain_bp"][n]
+        spread = f"{pr['median']:.3f} [{pr['q1']:.3f}, {pr['q3']:.3f}]"
         print(
-            f"  {n:10s} {m * 1e3:8.2f} {m / bp:6.3f} {entry['graph'][n]['total']:6d} "
+            f"  {n:10s} {m * 1e3:8.2f} {m / bp:6.3f} {spread:>22s} {entry['graph'][n]['total']:6d} "
             f"{entry['aten_calls_per_step'][n]:9.0f}"
         )
     if "by-hand" in med:

@@ -265,12 +265,15 @@ def test_detached_floor_computes_only_dw(which):
 
 
 def test_point_cost_quick(tmp_path):
-    """The per-point profile runs, and DFA written by hand gives ssdfa's gradients."""
+    """The per-point profile runs, and DFA written by hand (and the hook-free ideal) gives
+    ssdfa's gradients."""
     res = run_script("point_cost", tmp_path, "--models", "transformer", "--threads", "1")
     check_machine(res)
     t = res["models"]["transformer"]
     assert len(t["points"]) == 4 and t["by_hand_max_grad_difference"] < 1e-5
-    assert {"plain-bp", "floor", "dfa", "by-hand"} == set(t["median_step_seconds"])
+    assert {"plain-bp", "floor", "dfa", "by-hand", "ideal"} == set(t["median_step_seconds"])
+    assert t["ideal_max_grad_difference"] < 1e-5
+    assert t["aten_calls_per_step"]["ideal"] <= t["aten_calls_per_step"]["dfa"]
     # signals at once: one InjectAll node per step and no per-point node
     assert t["graph"]["dfa"]["by_kind"].get("InjectAllBackward") == 1
     assert "PointBackward" not in t["graph"]["dfa"]["by_kind"]
