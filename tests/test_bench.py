@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from graph_walk import graph_nodes
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 
@@ -252,15 +254,7 @@ def test_detached_floor_computes_only_dw(which):
             own[name] = {id(p) for p in m.parameters(recurse=False)}
     assert sorted(n for n, _ in floor.roots) == sorted(own)  # every weight layer, once
     for name, z in floor.roots:  # δ_l reaches only layer l's own parameters: no input gradient
-        leaves, stack, done = set(), [z.grad_fn], set()
-        while stack:
-            fn = stack.pop()
-            if fn is None or fn in done:
-                continue
-            done.add(fn)
-            if hasattr(fn, "variable"):
-                leaves.add(id(fn.variable))
-            stack += [f for f, _ in fn.next_functions]
+        leaves = {id(fn.variable) for fn in graph_nodes(z) if hasattr(fn, "variable")}
         assert leaves == own[name], name
 
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import ssdfa
+from graph_walk import graph_nodes
 from ssdfa.feedback import DenseFeedback, FeedbackGroup, SparseFeedback, make_feedback
 from zoo import GPT, TransformerClassifier, resnet18
 
@@ -173,18 +174,6 @@ def test_signals_option_is_checked():
         ssdfa.convert(_mlp(), "dfa", signals="sideways")
 
 
-def _graph_names(loss):
-    names, stack, seen = set(), [loss.grad_fn], set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        names.add(node.name())
-        stack += [f for f, _ in node.next_functions]
-    return names
-
-
 @pytest.mark.parametrize("case", ["mlp", "broadcast"])
 @pytest.mark.rules("direct")
 def test_compiled_at_once_is_one_graph_with_no_python_backward(method, case):
@@ -203,7 +192,7 @@ def test_compiled_at_once_is_one_graph_with_no_python_backward(method, case):
         with torch.enable_grad():
             out = run(x, target=y) if model.rule.needs_target else run(x)
         loss = loss_fn(out, y)
-        names = _graph_names(loss)
+        names = {node.name() for node in graph_nodes(loss)}
         if compiled:
             assert not any("Inject" in n for n in names), names
             assert "CompiledFunctionBackward" in names, names
