@@ -119,10 +119,13 @@ class IdealVariant:
     """DFA on ``_launch.TransformerClassifier`` as lean as it can be written: the model's own
     forward spelled out with ``.detach()`` after each encoder layer, no hooks, no wrapper, and
     one autograd Function (``_Signals``) for every point, with the B_l of ``like``.  What no
-    injection can beat at one point per encoder layer."""
+    injection can beat at one point per encoder layer.  ``bp=True`` (variant ``bp-loop``) is
+    plain BP through the very same spelled-out forward, the fair baseline for it (plain BP
+    calls ``nn.TransformerEncoder``'s own forward)."""
 
-    def __init__(self, case, like, momentum=0.9):
+    def __init__(self, case, like, momentum=0.9, bp=False):
         torch.manual_seed(0)
+        self.bp = bp
         self.net = case.build()
         mats = list(ssdfa.feedback_matrices(like).values())
         self.widths = [int(b.shape[1]) for b in mats]
@@ -135,7 +138,9 @@ class IdealVariant:
         for layer in n.encoder.layers:
             out = layer(h)
             hs.append(out)
-            h = out.detach()
+            h = out if self.bp else out.detach()
+        if self.bp:
+            return n.head(h.mean(dim=1))
         return _Signals.apply(self.stacked, self.widths, n.head(h.mean(dim=1)), *hs)
 
     def step(self, x, y):
@@ -206,7 +211,7 @@ def step_graph(name, v, x, y):
         h.outputs = []
         loss = F.cross_entropy(h.net(x), y)
         roots, h.outputs = [loss, *h.outputs], []
-    elif name == "ideal":
+    elif name in ("ideal", "bp-loop"):
         roots = [F.cross_entropy(v.logits(x), y)]
     elif name == "plain-bp":
         roots = [F.cross_entropy(v.model(x), y)]
@@ -319,6 +324,7 @@ def run_model(key, a):
         variants["by-hand"] = HandVariant(case, model, a.momentum)
         if key == "transformer":
             variants["ideal"] = IdealVariant(case, model, a.momentum)
+            variants["bp-loop"] = IdealVariant(case, model, a.momentum, bp=True)
     entry = {
         "case": case.name,
         "batch": case.batch,

@@ -265,9 +265,10 @@ def test_point_cost_quick(tmp_path):
     check_machine(res)
     t = res["models"]["transformer"]
     assert len(t["points"]) == 4 and t["by_hand_max_grad_difference"] < 1e-5
-    assert {"plain-bp", "floor", "dfa", "by-hand", "ideal"} == set(t["median_step_seconds"])
+    assert {"plain-bp", "floor", "dfa", "by-hand", "ideal", "bp-loop"} == set(t["median_step_seconds"])
     assert t["ideal_max_grad_difference"] < 1e-5
     assert t["aten_calls_per_step"]["ideal"] <= t["aten_calls_per_step"]["dfa"]
+    assert t["graph"]["bp-loop"]["total"] == t["graph"]["plain-bp"]["total"]  # the same BP graph
     # signals at once: one InjectAll node per step and no per-point node
     assert t["graph"]["dfa"]["by_kind"].get("InjectAllBackward") == 1
     assert "PointBackward" not in t["graph"]["dfa"]["by_kind"]
