@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .points import ACTIVE
+from .points import ACTIVE, ForwardWrap
 
 # autograd nodes with one differentiable input that keep "this is the prediction" (a reshape, a
 # scaling, a copy); softmax/log_softmax are walked through only over the last dimension
@@ -54,14 +54,16 @@ class HeadMarker:
     """Identifies one head's forward hook; the converted model owning it decides what it does."""
 
 
-class HeadHook:
-    """Forward hook on a head module: its output (or a tuple's first tensor) passes the
+class HeadHook(ForwardWrap):
+    """A head module's forward, wrapped: its output (or a tuple's first tensor) passes the
     injection of the converted model that is running (identity outside one)."""
 
-    def __init__(self, marker: HeadMarker):
+    def __init__(self, module: nn.Module, marker: HeadMarker):
         self.marker = marker
+        super().__init__(module)
 
-    def __call__(self, module, inputs, output):
+    def __call__(self, *args, **kwargs):
+        output = self.run(*args, **kwargs)
         for owner in reversed(ACTIVE):
             k = owner.head_index(self.marker)
             if k is not None:
@@ -216,7 +218,7 @@ def find_heads(
 def hook_heads(net: nn.Module, heads: list[Head]):
     for head in heads:
         if head.marker is not None:
-            net.get_submodule(head.name).register_forward_hook(HeadHook(head.marker))
+            HeadHook(net.get_submodule(head.name), head.marker)
 
 
 def check_reached(heads, fired, tape, names) -> None:

@@ -29,7 +29,7 @@ from torch import nn
 from .errors import ProbeError
 from .frozen import frozen_module, split_leaves
 from .layers import is_pass_through, is_weight_layer, supported_names
-from .points import FeedbackPoint, PointHook, PointPreHook
+from .points import FeedbackPoint, InputPoint, OutputPoint
 from .validate import Problem, UnsupportedModelError, check_sequential, flatten_sequential
 
 _FX_FUNCTIONS = {
@@ -162,11 +162,11 @@ def select_modules(model: nn.Module, spec) -> list[str]:
 
 
 def hook_points(model: nn.Module, names: list[str]) -> list[tuple[str, FeedbackPoint]]:
-    """Make each named module's output a feedback point, through a forward hook on it."""
+    """Make each named module's output a feedback point, through a wrap of its forward."""
     out = []
     for name in names:
         point = FeedbackPoint()
-        model.get_submodule(name).register_forward_hook(PointHook(point))
+        OutputPoint(model.get_submodule(name), point)
         out.append((name, point))
     return out
 
@@ -374,12 +374,12 @@ def _fx_with_points(model: nn.Module):
 
 
 def input_points(model: nn.Module, names: list[str]) -> list[tuple[str, FeedbackPoint]]:
-    """Make the input of each named module a feedback point, through a forward pre-hook; the
+    """Make the input of each named module a feedback point, through a wrap of its forward; the
     marker is added to ``model`` as ``point<k>`` so hooks and ``points()`` can name it."""
     out = []
     for k, name in enumerate(names):
         point = FeedbackPoint()
-        model.get_submodule(name).register_forward_pre_hook(PointPreHook(point))
+        InputPoint(model.get_submodule(name), point)
         label = f"point{k}"
         while hasattr(model, label):
             label = "_" + label

@@ -1,8 +1,8 @@
 """Feedback points: where a direct rule injects its signal.
 
 A point is either an ``ssdfa.FeedbackPoint()`` marker a user placed after a hidden block, or a
-forward hook ssdfa puts on a block's module (a residual block's output, ``points=``) that passes
-the module's output through a marker of its own.  Outside a converted model's forward pass both
+wrap of a block module's forward (a residual block's output, ``points=``; :class:`OutputPoint`)
+that passes the module's output through a marker of its own.  Outside a converted model's forward pass both
 are identities, so the model trains and runs as before.
 
 A converted model's forward pushes itself on ``ACTIVE`` (a plain list, popped when the forward
@@ -32,25 +32,52 @@ class FeedbackPoint(nn.Module):
         return x
 
 
-class PointHook:
-    """Forward hook making a module's output a feedback point (the first tensor of a tuple)."""
+class ForwardWrap:
+    """``module.forward`` replaced by a callable that runs the forward it replaced, with a
+    point (or head) applied around it: what a forward hook did, without nn.Module's hook
+    dispatch, which cost 3-5 % of a launch-bound transformer step (bench/README.md, issue 21).
 
-    def __init__(self, point: FeedbackPoint):
+    It keeps the module, not its bound method: a pickled bound method would be looked up again
+    by name on load and find this wrapper.  A forward set on the instance before (accelerate's
+    hooks, another wrap) is kept and called."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.inner = module.__dict__.get("forward")  # an instance-level forward already there
+        module.forward = self
+
+    @property
+    def __wrapped__(self):  # what inspect.signature and tools that unwrap see
+        return self.inner if self.inner is not None else type(self.module).forward.__get__(self.module)
+
+    def run(self, *args, **kwargs):
+        if self.inner is not None:
+            return self.inner(*args, **kwargs)
+        return type(self.module).forward(self.module, *args, **kwargs)
+
+
+class OutputPoint(ForwardWrap):
+    """A module's output (the first tensor of a tuple) made a feedback point."""
+
+    def __init__(self, module: nn.Module, point: FeedbackPoint):
         self.point = point
+        super().__init__(module)
 
-    def __call__(self, module, inputs, output):
+    def __call__(self, *args, **kwargs):
+        output = self.run(*args, **kwargs)
         if isinstance(output, tuple) and output and hasattr(output[0], "shape"):
             return (self.point(output[0]), *output[1:])
         return self.point(output)
 
 
-class PointPreHook:
-    """Forward pre-hook making a module's (first) input a feedback point."""
+class InputPoint(ForwardWrap):
+    """A module's (first) input made a feedback point."""
 
-    def __init__(self, point: FeedbackPoint):
+    def __init__(self, module: nn.Module, point: FeedbackPoint):
         self.point = point
+        super().__init__(module)
 
-    def __call__(self, module, args):
+    def __call__(self, *args, **kwargs):
         if args and hasattr(args[0], "shape"):
-            return (self.point(args[0]), *args[1:])
-        return None
+            args = (self.point(args[0]), *args[1:])
+        return self.run(*args, **kwargs)
