@@ -6,7 +6,7 @@ computed inside ``forward`` (nanoGPT's ``logits, loss = model(x, y)``, a Hugging
 top-level output tensor (a tensor, a tuple's items, a dict's or ``ModelOutput``'s values) that holds
 the batch in dim 0, depends on the parameters and was produced after the last feedback point is
 walked back through reshapes, scalings and a softmax/log_softmax over its last dimension to the
-module whose output it is.  That module gets a forward hook passing its output through the
+module whose output it is.  That module's forward is wrapped to pass its output through the
 injection, so e = ∂L/∂z at its output z: the logits before a ``log_softmax``, as the papers take
 it.  An output no module produced (``x @ wte.weight.T``) is injected where it is returned
 ("returned" head); a loss computed inside ``forward`` from such an output is refused.
@@ -51,7 +51,7 @@ SOFTMAX = {"LogSoftmaxBackward0": "log_softmax", "SoftmaxBackward0": "softmax"}
 
 
 class HeadMarker:
-    """Identifies one head's forward hook; the converted model owning it decides what it does."""
+    """Identifies one head's forward wrap; the converted model owning it decides what it does."""
 
 
 class HeadHook(ForwardWrap):

@@ -3,11 +3,11 @@
 In order of preference:
 1. the ``ssdfa.FeedbackPoint()`` markers a model already holds;
 2. ``points=``: module types (``(BasicBlock,)``) or qualified names (``["layer1.0"]``), each
-   such module's output becomes a point (through a forward hook on it);
+   such module's output becomes a point (through a wrap of its forward, ``points.OutputPoint``);
 3. an ``nn.Sequential`` (nested ones flattened) or a model ``torch.fx`` traces as one chain of
    supported layers: a point at the input of every weight layer but the first, i.e. at each
    hidden block's output, after its non-linearity, pooling and flattening (for a traced model
-   through a pre-hook on that layer: the trace only finds the places, the model's own forward
+   through a wrap of that layer's forward, ``points.InputPoint``: the trace only finds the places, the model's own forward
    runs, so its branches, flags and train/eval mode are followed);
 4. anything else (skip connections, attention): a point at the output of every residual block,
    found by one probe forward (:func:`residual_blocks`): a module whose output merges, by an
@@ -126,7 +126,7 @@ def checked_leaves(model, method):
     return leaves
 
 
-# -- points= and residual blocks: forward hooks on the user's modules ---------------------------
+# -- points= and residual blocks: wraps of the user's modules' forward ------------------------
 def select_modules(model: nn.Module, spec) -> list[str]:
     """Qualified names of the modules ``points=`` asks for: types, or names, in model order."""
     if isinstance(spec, type):
@@ -369,7 +369,7 @@ def _fx_with_points(model: nn.Module):
             "",
         )
     # the trace only finds the places: the user's own forward runs (every branch, flag and mode),
-    # each point through a pre-hook at the input of a weight layer
+    # each point through a wrap at the input of a weight layer
     return model, input_points(model, targets[1:])
 
 
