@@ -7,8 +7,9 @@ In order of preference:
 3. an ``nn.Sequential`` (nested ones flattened) or a model ``torch.fx`` traces as one chain of
    supported layers: a point at the input of every weight layer but the first, i.e. at each
    hidden block's output, after its non-linearity, pooling and flattening (for a traced model
-   through a wrap of that layer's forward, ``points.InputPoint``: the trace only finds the places, the model's own forward
-   runs, so its branches, flags and train/eval mode are followed);
+   through a wrap of that layer's forward, ``points.InputPoint``: the trace only finds the
+   places, the model's own forward runs, so its branches, flags and train/eval mode are
+   followed);
 4. anything else (skip connections, attention): a point at the output of every residual block,
    found by one probe forward (:func:`residual_blocks`): a module whose output merges, by an
    addition, two paths from its own input.  If none is found, every problem of steps 3-4 is
