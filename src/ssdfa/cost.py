@@ -207,41 +207,17 @@ def _drtp(layer, ctx, is_first, is_last):
     return _base(layer, reads=layer.params + n, writes=layer.params, movement=n, feedback=ctx.num_classes * n)
 
 
-def _layerwise(layer, ctx, is_first, is_last, learn_b):
-    """FA/KP: δ goes down the chain through B_l, shaped like W_l, stored beside it.
+def _layerwise(layer, ctx, is_first, is_last, stored: bool, written: bool):
+    """FA/KP and the sign rules: δ goes down the chain through a B_l shaped like W_l.
+
+    ``stored``: B_l is kept beside W_l, one word per weight (FA, KP; frSF and brSF keep |R|).
+    uSF stores nothing: B = c·sign(W) comes from W, which is read anyway, and its products are
+    ±c additions, still one operation per connection.  ``written``: B_l is written back every
+    example (KP's ΔB = ΔWᵀ, no extra MACs; brSF's fresh |R| per batch, counted per example as one
+    write per weight, an upper bound since one draw serves a batch).
 
     Movement: every neuron receives the error of each neuron it feeds (one word per
     connection, = the layer's forward MACs); the output neurons receive their own error.
-    """
-    err = _chain_error(layer, ctx, is_first)
-    fb = 0 if err == 0 else layer.weights
-    return _base(
-        layer,
-        macs_error=err,
-        reads=layer.params + fb,
-        writes=layer.params + (fb if learn_b else 0),
-        movement=err + (layer.outputs if is_last else 0),
-        feedback=fb,
-    )
-
-
-@cost_rule("fa")
-def _fa(layer, ctx, is_first, is_last):
-    return _layerwise(layer, ctx, is_first, is_last, learn_b=False)
-
-
-@cost_rule("kp")
-def _kp(layer, ctx, is_first, is_last):
-    """Kolen-Pollack: FA whose B takes W's update (ΔB = ΔWᵀ, no extra MACs), written back."""
-    return _layerwise(layer, ctx, is_first, is_last, learn_b=True)
-
-
-def _sign_layerwise(layer, ctx, is_first, is_last, stored: bool, redrawn: bool):
-    """Sign-symmetric feedback: δ goes down the chain as in FA, through B = c·sign(W) (uSF) or
-    |R|⊙sign(W) (frSF, brSF).  sign(W) comes from W, which is read anyway: uSF stores no
-    feedback at all (its products are ±c additions, still one operation per connection); frSF
-    and brSF store |R| (one word per weight); brSF writes a fresh |R| every example's batch,
-    counted here per example as one write per weight (an upper bound: one draw serves a batch).
     """
     err = _chain_error(layer, ctx, is_first)
     fb = 0 if (err == 0 or not stored) else layer.weights
@@ -249,25 +225,36 @@ def _sign_layerwise(layer, ctx, is_first, is_last, stored: bool, redrawn: bool):
         layer,
         macs_error=err,
         reads=layer.params + fb,
-        writes=layer.params + (fb if redrawn else 0),
+        writes=layer.params + (fb if written else 0),
         movement=err + (layer.outputs if is_last else 0),
         feedback=fb,
     )
 
 
+@cost_rule("fa")
+def _fa(layer, ctx, is_first, is_last):
+    return _layerwise(layer, ctx, is_first, is_last, stored=True, written=False)
+
+
+@cost_rule("kp")
+def _kp(layer, ctx, is_first, is_last):
+    """Kolen-Pollack: FA whose B takes W's update (ΔB = ΔWᵀ, no extra MACs), written back."""
+    return _layerwise(layer, ctx, is_first, is_last, stored=True, written=True)
+
+
 @cost_rule("usf")
 def _usf(layer, ctx, is_first, is_last):
-    return _sign_layerwise(layer, ctx, is_first, is_last, stored=False, redrawn=False)
+    return _layerwise(layer, ctx, is_first, is_last, stored=False, written=False)
 
 
 @cost_rule("frsf")
 def _frsf(layer, ctx, is_first, is_last):
-    return _sign_layerwise(layer, ctx, is_first, is_last, stored=True, redrawn=False)
+    return _layerwise(layer, ctx, is_first, is_last, stored=True, written=False)
 
 
 @cost_rule("brsf")
 def _brsf(layer, ctx, is_first, is_last):
-    return _sign_layerwise(layer, ctx, is_first, is_last, stored=True, redrawn=True)
+    return _layerwise(layer, ctx, is_first, is_last, stored=True, written=True)
 
 
 def _tangent_macs(layer, is_first):
