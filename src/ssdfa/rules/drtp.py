@@ -35,9 +35,12 @@ def check_labels(target, num_errors: int):
             raise ValueError(f"target labels must lie in [0, {num_errors}), got {lo}..{hi}")
 
 
-def checked_target(target, num_errors: int, batch: int, device, method: str) -> torch.Tensor:
+def checked_target(
+    target, num_errors: int, batch: int, device, method: str, check: bool = True
+) -> torch.Tensor:
     """``target`` as a tensor on ``device``, checked to be (batch,) class indices or a
-    (batch, M) one-hot (or soft) target, without reading its values."""
+    (batch, M) one-hot (or soft) target; ``check``: also that the labels lie in range (one read
+    of their values; ``False`` in backward, after the forward pass checked them)."""
     if target is None:
         raise ValueError(
             f"method {method!r} feeds the target back: call the model as model(x, target=y) "
@@ -49,6 +52,8 @@ def checked_target(target, num_errors: int, batch: int, device, method: str) -> 
     if target.dim() == 1 and not target.is_floating_point():
         if target.shape[0] != batch:
             raise ValueError(f"target holds {target.shape[0]} labels for a batch of {batch}")
+        if check:
+            check_labels(target, num_errors)
     elif target.shape != (batch, num_errors):
         raise ValueError(
             f"target must be class indices of shape ({batch},) or one-hot of shape "
@@ -63,10 +68,8 @@ def one_hot_target(
     """(batch, M) one-hot y* from class indices or an already one-hot (or soft) target.
     ``check=False``: the labels were checked in the forward pass, so none are read here
     (a scatter, where ``F.one_hot`` would read them again)."""
-    target = checked_target(target, num_errors, batch, device, method)
+    target = checked_target(target, num_errors, batch, device, method, check)
     if target.dim() == 1 and not target.is_floating_point():
-        if check:
-            check_labels(target, num_errors)
         y = torch.zeros(batch, num_errors, dtype=dtype, device=target.device)
         return y.scatter_(1, target.long().unsqueeze(1), 1)
     return target.to(dtype)
@@ -118,9 +121,7 @@ class DRTP(Rule):
             and target.dim() == 1
             and not target.is_floating_point()
         ):
-            target = checked_target(target, fb.num_errors, batch, device, self.name)
-            if check:
-                check_labels(target, fb.num_errors)
+            target = checked_target(target, fb.num_errors, batch, device, self.name, check)
             return (fb.matrix[target.to(fb.matrix.device).long()].to(dtype) / batch).view(shape)
         y = one_hot_target(target, fb.num_errors, batch, dtype, device, self.name, check)
         return fb.project(y / batch).view(shape)
