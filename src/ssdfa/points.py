@@ -2,8 +2,8 @@
 
 A point is either an ``ssdfa.FeedbackPoint()`` marker a user placed after a hidden block, or a
 wrap of a block module's forward (a residual block's output, ``points=``; :class:`OutputPoint`)
-that passes the module's output through a marker of its own.  Outside a converted model's forward pass both
-are identities, so the model trains and runs as before.
+that passes the module's output through a marker of its own.  Outside a converted model's
+forward pass both are identities, so the model trains and runs as before.
 
 A converted model's forward pushes itself on ``ACTIVE`` (a plain list, popped when the forward
 ends) and a marker hands its tensor to the model on top.  Nothing is stored on the marker, so
@@ -56,12 +56,16 @@ class ForwardWrap:
         return type(self.module).forward(self.module, *args, **kwargs)
 
 
-class OutputPoint(ForwardWrap):
-    """A module's output (the first tensor of a tuple) made a feedback point."""
+class _PointWrap(ForwardWrap):
+    """A forward wrap that passes one tensor through a point's marker."""
 
     def __init__(self, module: nn.Module, point: FeedbackPoint):
         self.point = point
         super().__init__(module)
+
+
+class OutputPoint(_PointWrap):
+    """A module's output (the first tensor of a tuple) made a feedback point."""
 
     def __call__(self, *args, **kwargs):
         output = self.run(*args, **kwargs)
@@ -70,12 +74,8 @@ class OutputPoint(ForwardWrap):
         return self.point(output)
 
 
-class InputPoint(ForwardWrap):
+class InputPoint(_PointWrap):
     """A module's (first) input made a feedback point."""
-
-    def __init__(self, module: nn.Module, point: FeedbackPoint):
-        self.point = point
-        super().__init__(module)
 
     def __call__(self, *args, **kwargs):
         if args and hasattr(args[0], "shape"):
