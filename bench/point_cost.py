@@ -149,22 +149,32 @@ class IdealVariant:
         self.opt.step()
 
 
-def check_ideal_gradients(case, rule_variant, ideal, x, y):
-    """Max |∂θ_ssdfa - ∂θ_ideal| over every parameter, one step from the same weights."""
-    ideal.net.load_state_dict(rule_variant.net.state_dict())
+def _max_grad_difference(case, rule_variant, net, other_backward, x, y, what):
+    """Max |∂θ_ssdfa - ∂θ_other| over every parameter, one step from the same weights and the
+    same dropout draws; ``other_backward()`` fills ``net``'s gradients."""
     torch.manual_seed(5)
     rule_variant.model.zero_grad(set_to_none=True)
     F.cross_entropy(rule_variant.model(x, target=y), y).backward()
     torch.manual_seed(5)
-    ideal.net.zero_grad(set_to_none=True)
-    F.cross_entropy(ideal.logits(x), y).backward()
+    net.zero_grad(set_to_none=True)
+    other_backward()
     worst = 0.0
-    for (name, p), q in zip(rule_variant.net.named_parameters(), ideal.net.parameters()):
+    for (name, p), q in zip(rule_variant.net.named_parameters(), net.parameters()):
         if (p.grad is None) != (q.grad is None):
-            raise AssertionError(f"{case.name}: {name} has a gradient in one of ssdfa / ideal only")
+            raise AssertionError(f"{case.name}: {name} has a gradient in one of ssdfa / {what} only")
         if p.grad is not None:
             worst = max(worst, (p.grad - q.grad).abs().max().item())
     return worst
+
+
+def check_ideal_gradients(case, rule_variant, ideal, x, y):
+    """Max |∂θ_ssdfa - ∂θ_ideal| over every parameter, one step from the same weights."""
+    ideal.net.load_state_dict(rule_variant.net.state_dict())
+
+    def backward():
+        F.cross_entropy(ideal.logits(x), y).backward()
+
+    return _max_grad_difference(case, rule_variant, ideal.net, backward, x, y, "ideal")
 
 
 def check_same_gradients(case, rule_variant, hand, x, y):
@@ -172,18 +182,7 @@ def check_same_gradients(case, rule_variant, hand, x, y):
     net = case.build()
     net.load_state_dict(rule_variant.net.state_dict())  # the rule's current weights
     probe = HandDFA(net, rule_variant.model)
-    torch.manual_seed(5)
-    rule_variant.model.zero_grad(set_to_none=True)
-    F.cross_entropy(rule_variant.model(x, target=y), y).backward()
-    torch.manual_seed(5)
-    probe.grads(x, y)
-    worst = 0.0
-    for (name, p), q in zip(rule_variant.net.named_parameters(), net.parameters()):
-        if (p.grad is None) != (q.grad is None):
-            raise AssertionError(f"{case.name}: {name} has a gradient in one of ssdfa / by-hand only")
-        if p.grad is not None:
-            worst = max(worst, (p.grad - q.grad).abs().max().item())
-    return worst
+    return _max_grad_difference(case, rule_variant, net, lambda: probe.grads(x, y), x, y, "by-hand")
 
 
 def graph_nodes(roots):
