@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import ssdfa
+from same_grads import assert_same
 from zoo import GPT, Bottleneck, ExamplesNet, ResNet, TransformerClassifier, resnet18
 
 
@@ -141,19 +142,6 @@ def reference_grads(model, x, y, loss_fn, method):
             if g is not None:
                 total[n] = g if total[n] is None else total[n] + g
     return {n: g for n, g in total.items() if g is not None}
-
-
-def assert_same(got, want):
-    bad = []
-    for n in sorted(set(got) | set(want)):
-        if n not in got or n not in want:
-            bad.append(f"{n}: only in {'library' if n in got else 'reference'}")
-            continue
-        try:
-            torch.testing.assert_close(got[n], want[n], rtol=1e-4, atol=1e-6)
-        except AssertionError:
-            bad.append(f"{n}: max |diff| {(got[n] - want[n]).abs().max():.3g}")
-    assert not bad, "\n".join(bad)
 
 
 # -- one line, no extra arguments --------------------------------------------------------------

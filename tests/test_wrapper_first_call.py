@@ -18,6 +18,7 @@ from torch import nn
 
 import ssdfa
 from kinds import rule_names
+from same_grads import assert_same
 
 DIRECT = sorted(rule_names("direct", "forward_feedback"))
 
@@ -91,19 +92,6 @@ def rule_gradients(method, net, matrices, x, y):
             if g is not None:
                 total[n] = g if total[n] is None else total[n] + g
     return {n: g for n, g in total.items() if g is not None}
-
-
-def assert_same(got, want):
-    bad = []
-    for n in sorted(set(got) | set(want)):
-        if n not in got or n not in want:
-            bad.append(f"{n}: only in {'library' if n in got else 'reference'}")
-            continue
-        try:
-            torch.testing.assert_close(got[n], want[n], rtol=1e-4, atol=1e-6)
-        except AssertionError:
-            bad.append(f"{n}: max |diff| {(got[n] - want[n]).abs().max():.3g}")
-    assert not bad, "\n".join(bad)
 
 
 def step_gradients(model, x, y, loss_fn=F.cross_entropy):
