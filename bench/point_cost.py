@@ -223,8 +223,9 @@ def step_graph(name, v, x, y):
 def labelled(rule_obj):
     """Label ssdfa's per-point pieces for the profiler (restored on exit)."""
     patched = [
-        (getattr(ssdfa.points, "PointHook", None), "__call__", "ssdfa: point hook (fwd)"),
-        (getattr(ssdfa.heads, "HeadHook", None), "__call__", "ssdfa: head hook (fwd)"),
+        (getattr(ssdfa.points, "OutputPoint", None), "__call__", "ssdfa: point wrap (fwd)"),
+        (getattr(ssdfa.points, "InputPoint", None), "__call__", "ssdfa: point wrap (fwd)"),
+        (getattr(ssdfa.heads, "HeadWrap", None), "__call__", "ssdfa: head wrap (fwd)"),
         (rule_obj, "point_signals", "ssdfa: e·B_l (point_signals)"),
     ]
     saved = []
@@ -254,8 +255,8 @@ GROUPS = {  # label in the report -> profiler event keys (their total CPU time, 
     "forward (model call)": ["forward"],
     "loss + backward": ["backward"],
     "optimizer": ["Optimizer.step#SGD.step"],
-    "point hooks (fwd: detach; per block: Point.apply, carrier)": ["ssdfa: point hook (fwd)"],
-    "head hook (fwd: InjectAll.apply, or Inject.apply per block)": ["ssdfa: head hook (fwd)"],
+    "point wraps (fwd: detach; per block: Point.apply, carrier)": ["ssdfa: point wrap (fwd)"],
+    "head wrap (fwd: InjectAll.apply, or Inject.apply per block)": ["ssdfa: head wrap (fwd)"],
     "InjectAll.backward node (at once)": ["autograd::engine::evaluate_function: InjectAllBackward"],
     "Point.backward nodes (per block)": ["autograd::engine::evaluate_function: PointBackward"],
     "  of which e·B_l (point_signals)": ["ssdfa: e·B_l (point_signals)"],

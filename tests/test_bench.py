@@ -272,6 +272,8 @@ def test_point_cost_quick(tmp_path):
     # signals at once: one InjectAll node per step and no per-point node
     assert t["graph"]["dfa"]["by_kind"].get("InjectAllBackward") == 1
     assert "PointBackward" not in t["graph"]["dfa"]["by_kind"]
+    assert t["profile"]["point wraps (fwd: detach; per block: Point.apply, carrier)"]["calls_per_step"] == 4
+    assert t["profile"]["head wrap (fwd: InjectAll.apply, or Inject.apply per block)"]["calls_per_step"] == 1
     assert t["profile"]["InjectAll.backward node (at once)"]["calls_per_step"] == 1
     assert t["profile"]["Point.backward nodes (per block)"]["calls_per_step"] == 0
     assert t["profile"]["  of which e·B_l (point_signals)"]["calls_per_step"] >= 1

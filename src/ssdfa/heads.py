@@ -54,7 +54,7 @@ class HeadMarker:
     """Identifies one head's forward wrap; the converted model owning it decides what it does."""
 
 
-class HeadHook(ForwardWrap):
+class HeadWrap(ForwardWrap):
     """A head module's forward, wrapped: its output (or a tuple's first tensor) passes the
     injection of the converted model that is running (identity outside one)."""
 
@@ -218,7 +218,7 @@ def find_heads(
 def hook_heads(net: nn.Module, heads: list[Head]):
     for head in heads:
         if head.marker is not None:
-            HeadHook(net.get_submodule(head.name), head.marker)
+            HeadWrap(net.get_submodule(head.name), head.marker)
 
 
 def check_reached(heads, fired, tape, names) -> None:
